@@ -1,0 +1,1 @@
+"""Face2Diffusion in pure PyTorch: nothing here imports ComfyUI."""

@@ -1,0 +1,25 @@
+"""Errors a user can act on: each message names the input, what is wrong and what to do."""
+
+
+class F2DError(Exception):
+    """Base of every error this pack raises on purpose."""
+
+
+class WeightFileError(F2DError):
+    """A weight file is missing, truncated, unsafe or belongs to another model."""
+
+
+class NoFaceError(F2DError):
+    """No face was found in an input image."""
+
+
+class ModelPackError(F2DError):
+    """An insightface model pack (or another auxiliary model) is missing or unusable."""
+
+
+class PromptError(F2DError):
+    """A prompt cannot carry S* (identifier missing, unsupported text encoder)."""
+
+
+class DatasetError(F2DError):
+    """A training folder cannot be used."""

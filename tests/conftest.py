@@ -1,0 +1,26 @@
+"""Shared fixtures: the repo on sys.path, official-format checkpoints on the formula weights."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.support import formula_weights  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def official_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """`msid.pt` and `mapping.pt` in the official format, on the fixture's formula weights."""
+    return formula_weights.write_official_checkpoints(tmp_path_factory.mktemp("official"))
+
+
+@pytest.fixture(scope="session")
+def expected() -> dict:
+    """What the official code produced on the formula weights."""
+    return formula_weights.expected()

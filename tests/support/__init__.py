@@ -1,0 +1,1 @@
+"""Helpers the tests share: formula weights, fixture data, real photos from installed packages."""

@@ -1,0 +1,103 @@
+"""Load the official `msid.pt` / `mapping.pt` (or converted `.safetensors`) and write combined files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .atomic_io import atomic_write
+from .errors import WeightFileError
+from .mapper import F2DMapper
+from .msid_encoder import MSIDEncoder
+from .weight_files import StateDict, load_into, read_weights
+
+log = logging.getLogger(__name__)
+
+MSID_PREFIX = "msid."
+MAPPER_PREFIX = "mapper."
+FORMAT_NAME = "face2diffusion"
+MSID_WHAT = "the F2D MSID encoder (msid.pt)"
+MAPPER_WHAT = "the F2D mapper (mapping.pt)"
+
+
+@dataclass
+class F2DModels:
+    """The two trained parts of Face2Diffusion and where they came from."""
+
+    msid: MSIDEncoder
+    mapper: F2DMapper
+    sources: dict[str, str]
+
+
+def _split(sd: StateDict, prefix: str) -> StateDict:
+    return {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _part(sd: StateDict, metadata: dict[str, str], prefix: str) -> StateDict:
+    """The msid or mapper tensors of a file, whether combined (prefixed) or plain."""
+    if metadata.get("format") == FORMAT_NAME or any(k.startswith((MSID_PREFIX, MAPPER_PREFIX)) for k in sd):
+        return _split(sd, prefix)
+    return sd
+
+
+def load_msid(path: Path | str) -> MSIDEncoder:
+    """The MSID encoder from `msid.pt` or a `.safetensors` holding it (plain or combined)."""
+    sd, metadata = read_weights(path)
+    part = _part(sd, metadata, MSID_PREFIX)
+    if not part:
+        raise WeightFileError(f"{path} is a Face2Diffusion file without the MSID encoder (only the mapper).")
+    return load_into(MSIDEncoder, part, path, MSID_WHAT)
+
+
+def load_mapper(path: Path | str) -> F2DMapper:
+    """The mapper from `mapping.pt`, a trained mapper, or a combined `.safetensors`."""
+    sd, metadata = read_weights(path)
+    part = _part(sd, metadata, MAPPER_PREFIX)
+    if not part:
+        raise WeightFileError(f"{path} is a Face2Diffusion file without the mapper (only the MSID encoder).")
+    return load_into(F2DMapper, part, path, MAPPER_WHAT)
+
+
+def load_f2d_models(msid_path: Path | str, mapper_path: Path | str | None = None) -> F2DModels:
+    """Both parts: from two files, or from one combined `.safetensors` when `mapper_path` is None."""
+    mapper_path = mapper_path or msid_path
+    return F2DModels(
+        msid=load_msid(msid_path),
+        mapper=load_mapper(mapper_path),
+        sources={"msid": Path(msid_path).name, "mapper": Path(mapper_path).name},
+    )
+
+
+def sha256_of(path: Path | str) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_f2d_safetensors(
+    path: Path | str,
+    msid: MSIDEncoder | None = None,
+    mapper: F2DMapper | None = None,
+    metadata: dict[str, object] | None = None,
+) -> Path:
+    """Write the given parts into one `.safetensors` (keys `msid.*`, `mapper.*`), atomically."""
+    tensors: StateDict = {}
+    for prefix, module in ((MSID_PREFIX, msid), (MAPPER_PREFIX, mapper)):
+        if module is not None:
+            for k, v in module.state_dict().items():
+                tensors[prefix + k] = v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype)
+    meta = {"format": FORMAT_NAME, "format_version": "1"}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
+    path = Path(path)
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), meta))
+    log.info("Wrote %s (%d tensors)", path, len(tensors))
+    return path

@@ -1,0 +1,83 @@
+"""The multi-scale identity (MSID) encoder: a face-recognition ViT read out at four depths."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+from torch.nn import functional as F
+
+MSID_TAP_BLOCKS = (2, 5, 8, 11)  # 0-based blocks whose CLS token is read out
+MSID_WIDTH = 384
+IDVEC_DIM = MSID_WIDTH * len(MSID_TAP_BLOCKS)  # 1536
+MSID_IMAGE_SIZE = 112
+
+
+def _scale_norm(width: int) -> nn.Sequential:
+    """BatchNorm1d (eval: running stats) then LayerNorm, as `norms.layer_i` in `msid.pt`."""
+    return nn.Sequential(nn.BatchNorm1d(width), nn.LayerNorm(width, eps=1e-5))
+
+
+class MSIDEncoder(VisionTransformer):
+    """timm ViT (112 px, patch 8, width 384, depth 12) whose key names match the official `msid.pt`.
+
+    Input: aligned faces [B, 3, 112, 112] in [-1, 1]. Output: identity vectors [B, 1536], the four
+    CLS tokens after blocks 2, 5, 8, 11, each through its `norms.layer_i`, concatenated.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            img_size=MSID_IMAGE_SIZE,
+            patch_size=8,
+            embed_dim=MSID_WIDTH,
+            depth=12,
+            num_heads=12,
+            mlp_ratio=4.0,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            num_classes=0,
+        )
+        self.norms = nn.ModuleDict({f"layer_{i}": _scale_norm(MSID_WIDTH) for i in MSID_TAP_BLOCKS})
+
+    def scale_tokens(self, faces: torch.Tensor) -> list[torch.Tensor]:
+        """The CLS token after each tapped block, through BatchNorm only: four [B, 384]."""
+        x = self._pos_embed(self.patch_embed(faces))
+        x = self.norm_pre(x)
+        tokens = []
+        for i, block in enumerate(self.blocks[: MSID_TAP_BLOCKS[-1] + 1]):
+            x = block(x)
+            if i in MSID_TAP_BLOCKS:
+                tokens.append(self.norms[f"layer_{i}"][0](x[:, 0]))
+        return tokens
+
+    def layer_norms(self) -> list[nn.LayerNorm]:
+        """The LayerNorm of each scale, in tap order."""
+        return [self.norms[f"layer_{i}"][1] for i in MSID_TAP_BLOCKS]
+
+    def forward(self, faces: torch.Tensor) -> torch.Tensor:
+        """Identity vectors [B, 1536] of aligned faces [B, 3, 112, 112] in [-1, 1]."""
+        scales = zip(self.scale_tokens(faces), self.layer_norms(), strict=True)
+        return torch.cat([norm(token) for token, norm in scales], dim=-1)
+
+    def pooled_identity(self, faces: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """One identity vector [1536] for several photos of one person ("normalized mean").
+
+        Per scale, each photo's token is standardized (LayerNorm without its affine), the
+        standardized tokens are averaged (optionally weighted), and the scale's LayerNorm is applied
+        to the average. Every scale of the result thus has the statistics of a single photo's
+        identity vector, the input distribution the mapper was trained on, while a plain mean of
+        identity vectors shrinks towards the LayerNorm bias as photos disagree. For one photo it
+        equals `forward` to float precision.
+        """
+        pooled = []
+        for token, norm in zip(self.scale_tokens(faces), self.layer_norms(), strict=True):
+            standardized = F.layer_norm(token, norm.normalized_shape, eps=norm.eps)
+            if weights is None:
+                mean = standardized.mean(dim=0, keepdim=True)
+            else:
+                w = (weights / weights.sum()).to(standardized)
+                mean = (standardized * w[:, None]).sum(dim=0, keepdim=True)
+            pooled.append(norm(mean))
+        return torch.cat(pooled, dim=-1)[0]

@@ -1,0 +1,154 @@
+"""Read weight files safely and say plainly what is wrong with a bad one.
+
+Only `.safetensors` and `torch.load(weights_only=True)` are used: no arbitrary unpickling.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from .errors import WeightFileError
+
+log = logging.getLogger(__name__)
+
+StateDict = dict[str, torch.Tensor]
+
+# Key fragments that give away which model a file really holds, checked in order.
+_SIGNATURES: tuple[tuple[str, str], ...] = (
+    ("conditioner.embedders.", "an SDXL checkpoint"),
+    ("model.diffusion_model.", "a Stable Diffusion checkpoint"),
+    ("cond_stage_model.", "a Stable Diffusion checkpoint"),
+    ("double_blocks.", "a Flux model"),
+    ("joint_blocks.", "an SD3 model"),
+    ("image_proj.", "an IP-Adapter model"),
+    ("ip_adapter.", "an IP-Adapter model"),
+    ("lora_", "a LoRA"),
+    ("lora.", "a LoRA"),
+    ("vision_model.", "a CLIP vision model"),
+    ("text_model.", "a CLIP text encoder"),
+    ("input_hint_block.", "a ControlNet"),
+    ("norms.layer_", "the F2D MSID encoder (msid.pt)"),
+    ("i2t_first.", "the F2D mapper (mapping.pt)"),
+    ("null_exp", "the F2D mapper (mapping.pt)"),
+    ("final_layers.", "a Deep3DFaceRecon expression model"),
+    ("cp.resnet.", "a BiSeNet face-parsing model"),
+    ("decoder.up_blocks.", "a VAE"),
+    ("first_stage_model.", "a VAE"),
+)
+
+_WRAPPER_KEYS = ("state_dict", "model", "module")
+
+
+def describe_weights(keys: list[str]) -> str | None:
+    """A guess of what model a list of keys belongs to, for error messages."""
+    for fragment, what in _SIGNATURES:
+        if any(fragment in k for k in keys):
+            return what
+    return None
+
+
+def _load_pickle(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        blocked = next((line for line in lines if "GLOBAL" in line), None)
+        if blocked is None:
+            raise _unreadable(path, lines[-1] if lines else type(e).__name__) from None
+        raise WeightFileError(
+            f"{path} holds Python objects besides tensors, so it is not loaded (only plain state "
+            f"dicts are read, never arbitrary pickles). Use the released weight file, or convert it "
+            f"to .safetensors. Detail: {blocked}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise _unreadable(path, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+
+def _unreadable(path: Path, detail: str) -> WeightFileError:
+    return WeightFileError(
+        f"{path} could not be read as a PyTorch weight file: it is truncated (an incomplete "
+        f"download?) or not a weight file at all ({path.stat().st_size} bytes). Download it "
+        f"again. Detail: {detail}"
+    )
+
+
+def _unwrap(obj: object, path: Path) -> StateDict:
+    """A flat name -> tensor dict from a loaded object, unwrapping `{"state_dict": ...}` etc."""
+    while isinstance(obj, Mapping) and len(obj) == 1 and next(iter(obj)) in _WRAPPER_KEYS:
+        obj = next(iter(obj.values()))
+    if not isinstance(obj, Mapping) or not obj:
+        raise WeightFileError(
+            f"{path} does not hold a state dict (name -> tensor) but {type(obj).__name__}: "
+            f"it is not a weight file this pack can use."
+        )
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise WeightFileError(
+            f"{path} is not a plain state dict: entries {bad[:5]} are not tensors "
+            f"(a training checkpoint with optimizer state or settings?). Use the released weights."
+        )
+    sd = {str(k): v for k, v in obj.items()}
+    if all(k.startswith("module.") for k in sd):  # saved from DataParallel / DDP
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    return sd
+
+
+def read_weights(path: Path | str) -> tuple[StateDict, dict[str, str]]:
+    """(tensors, metadata) of a `.safetensors` or PyTorch weight file, with readable errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightFileError(f"Weight file {path} does not exist.")
+    if path.suffix.lower() == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = dict(f.metadata() or {})
+            return load_file(str(path)), metadata
+        except (SafetensorError, OSError, ValueError) as e:
+            raise WeightFileError(
+                f"{path} is not a valid .safetensors file: it is truncated (an incomplete "
+                f"download?) or damaged. Download or convert it again. Detail: {e}"
+            ) from None
+    return _unwrap(_load_pickle(path), path), {}
+
+
+def check_state_dict(sd: StateDict, model: nn.Module, path: Path | str, expected: str) -> None:
+    """Raise a WeightFileError naming the file if `sd` cannot load strictly into `model`."""
+    want = model.state_dict()
+    missing = [k for k in want if k not in sd]
+    unexpected = [k for k in sd if k not in want]
+    wrong_shape = [
+        f"{k}: file {tuple(sd[k].shape)}, expected {tuple(want[k].shape)}"
+        for k in want
+        if k in sd and sd[k].shape != want[k].shape
+    ]
+    if not (missing or unexpected or wrong_shape):
+        return
+    guess = describe_weights(list(sd))
+    intro = f"{path} is not {expected}"
+    intro += f": it looks like {guess}." if guess and guess != expected else "."
+    details = []
+    if missing:
+        details.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        details.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    if wrong_shape:
+        details.append(f"{len(wrong_shape)} wrong shapes (e.g. {'; '.join(wrong_shape[:2])})")
+    raise WeightFileError(f"{intro} {'; '.join(details)}. Pick the right file for this input.")
+
+
+def load_into(model_type: Callable[[], nn.Module], sd: StateDict, path: Path | str, expected: str) -> nn.Module:
+    """Build `model_type()` without initialising it, check `sd` fits, load it strictly; eval mode."""
+    with torch.device("meta"):
+        model = model_type()
+    check_state_dict(sd, model, path, expected)
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model.eval()

@@ -1,0 +1,384 @@
+"""Face detection with an insightface model pack (SCRFD): box, 5 keypoints and score, largest face first.
+
+Packs live in `<insightface_root>/models/<name>/` (ComfyUI: `models/insightface/models/antelopev2`,
+`.../buffalo_l`). Only the pack's detector is kept (insightface's `allowed_modules=["detection"]`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime
+
+from .errors import F2DError, ModelPackError, NoFaceError
+from .images import ImageLike, as_labeled_images, to_rgb_uint8
+
+logger = logging.getLogger(__name__)
+
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+DEFAULT_DET_SIZE = 640
+DEFAULT_RETRY_DET_SIZE = 320
+# SCRFD detectors are 2-17 MB; bigger files (recognisers, 3D landmarks) are not parsed to find one.
+_SCAN_LIMIT_BYTES = 64 * 2**20
+_COMFYUI_PLACE = "ComfyUI/models/insightface/models/<name>/"
+
+OnMissing = Literal["error", "skip"]
+
+
+# --- execution providers -------------------------------------------------------------------------
+
+
+def _identity_model_bytes() -> bytes:
+    """A one-node ONNX model, to see which providers a session really starts with."""
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [value],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@functools.lru_cache(maxsize=1)
+def _cuda_probe() -> str | None:
+    """Why a CUDA session does not start here, or None when it does (tried once per process)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
+    session = onnxruntime.InferenceSession(_identity_model_bytes(), providers=[CUDA_PROVIDER, CPU_PROVIDER])
+    if CUDA_PROVIDER not in session.get_providers():
+        return (
+            "onnxruntime-gpu could not start CUDA (its CUDA/cuDNN libraries are missing or do not match; "
+            "onnxruntime logged the details)"
+        )
+    return None
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why onnxruntime cannot run on CUDA on this machine, or None when it can."""
+    if CUDA_PROVIDER not in onnxruntime.get_available_providers():
+        return "this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu instead of onnxruntime)"
+    return _cuda_probe()
+
+
+def select_providers(preference: str = "auto") -> list[str]:
+    """onnxruntime providers for "auto" (CUDA if it works, else CPU), "cpu", "cuda" or a provider name.
+
+    An explicit provider name (e.g. "TensorrtExecutionProvider") is an override: it only has to be
+    listed by `onnxruntime.get_available_providers()`, and CPU is appended as the fallback.
+    """
+    available = list(onnxruntime.get_available_providers())
+    choice = preference.strip()
+    if choice.lower() == "auto":
+        reason = cuda_unavailable_reason()
+        chosen = [CUDA_PROVIDER, CPU_PROVIDER] if reason is None else [CPU_PROVIDER]
+        if reason is not None:
+            logger.info("face detection runs on the CPU: %s", reason)
+    elif choice.lower() == "cpu":
+        chosen = [CPU_PROVIDER]
+    elif choice.lower() == "cuda":
+        reason = cuda_unavailable_reason()
+        if reason is not None:
+            raise F2DError(
+                f"face detection on CUDA was asked for, but {reason}. Choose 'auto' or 'cpu', "
+                "or install an onnxruntime-gpu that matches this machine's CUDA."
+            )
+        chosen = [CUDA_PROVIDER, CPU_PROVIDER]
+    elif choice in available:
+        chosen = [choice] + ([CPU_PROVIDER] if choice != CPU_PROVIDER and CPU_PROVIDER in available else [])
+    else:
+        raise F2DError(
+            f"unknown onnxruntime provider {preference!r}; use 'auto', 'cpu', 'cuda' or one of the "
+            f"providers this onnxruntime lists: {', '.join(available)}"
+        )
+    logger.info("face detection providers: %s", chosen)
+    return chosen
+
+
+# --- model packs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _PackScan:
+    """What a pack folder holds: its ONNX files, the detector among them, and files that did not parse."""
+
+    onnx_files: tuple[Path, ...]
+    detector: Path | None
+    unreadable: tuple[tuple[Path, str], ...]
+
+
+@functools.lru_cache(maxsize=256)
+def _onnx_output_count(path: str, size: int, mtime_ns: int) -> int:
+    """Number of graph outputs of an ONNX file (cached per file version); raises if it does not parse."""
+    import onnx
+
+    del size, mtime_ns  # part of the cache key only
+    return len(onnx.load_model(path, load_external_data=False).graph.output)
+
+
+def _scan_pack(pack_dir: Path) -> _PackScan:
+    """Find the pack's detector the way insightface routes one: an ONNX model with 5 or more outputs."""
+    files = tuple(sorted(p for p in pack_dir.glob("*.onnx") if p.is_file()))
+    hinted = [p for p in files if p.name.startswith("det") or "scrfd" in p.name.lower()]
+    others = sorted((p for p in files if p not in hinted), key=lambda p: p.stat().st_size)
+    unreadable = []
+    for path in hinted + others:
+        stat = path.stat()
+        if path not in hinted and stat.st_size > _SCAN_LIMIT_BYTES:
+            continue
+        try:
+            outputs = _onnx_output_count(str(path), stat.st_size, stat.st_mtime_ns)
+        except Exception as exc:  # onnx raises DecodeError, ValueError or OSError for a damaged file
+            unreadable.append((path, f"{type(exc).__name__}: {exc}".strip()))
+            continue
+        if outputs >= 5:
+            return _PackScan(files, path, tuple(unreadable))
+    return _PackScan(files, None, tuple(unreadable))
+
+
+def list_model_packs(insightface_root: Path | str) -> list[str]:
+    """Names of the packs in `<insightface_root>/models/<name>/` that hold a face detection model."""
+    models_dir = Path(insightface_root).expanduser() / "models"
+    if not models_dir.is_dir():
+        return []
+    return sorted(p.name for p in models_dir.iterdir() if p.is_dir() and _scan_pack(p).detector is not None)
+
+
+def _packs_found(root: Path) -> str:
+    """'Packs found in X: a, b.' for error messages."""
+    packs = list_model_packs(root)
+    return f"Packs with a face detector in {root / 'models'}: {', '.join(packs) if packs else 'none'}."
+
+
+def _where_to_put(root: Path, name: str) -> str:
+    """Where a pack's files belong, for error messages."""
+    return (
+        f"Put the pack's .onnx files (e.g. det_10g.onnx) in {root / 'models' / name}/ "
+        f"(in ComfyUI: {_COMFYUI_PLACE.replace('<name>', name)})."
+    )
+
+
+def _pack_dir(root: Path, pack_name: str) -> Path:
+    """The existing folder of a pack, or a ModelPackError naming what exists and where a pack goes."""
+    if not pack_name or pack_name in (".", "..") or "/" in pack_name or "\\" in pack_name:
+        raise ModelPackError(
+            f"insightface pack name {pack_name!r} must be a folder name inside {root / 'models'}. " + _packs_found(root)
+        )
+    pack_dir = root / "models" / pack_name
+    if not pack_dir.is_dir():
+        raise ModelPackError(
+            f"insightface model pack {pack_name!r} not found: there is no folder {pack_dir}. "
+            f"{_packs_found(root)} {_where_to_put(root, pack_name)}"
+        )
+    return pack_dir
+
+
+def _no_detector_message(root: Path, pack_dir: Path, scan: _PackScan) -> str:
+    """Why a pack folder has no usable detector, naming its files."""
+    if scan.unreadable:
+        broken = "; ".join(f"{path} ({why})" for path, why in scan.unreadable)
+        return (
+            f"insightface model pack {pack_dir.name!r}: cannot read {broken}. The file is damaged or "
+            f"not an ONNX model (an interrupted download?): download the pack again. {_packs_found(root)}"
+        )
+    names = ", ".join(p.name for p in scan.onnx_files) or "no .onnx files"
+    return (
+        f"insightface model pack {pack_dir.name!r} in {pack_dir} has no face detection model "
+        f"(an SCRFD .onnx such as det_10g.onnx); it holds: {names}. {_packs_found(root)} "
+        f"{_where_to_put(root, pack_dir.name)}"
+    )
+
+
+@contextlib.contextmanager
+def _stdout_to_log() -> Iterator[None]:
+    """Send what insightface prints to the debug log instead of the user's console."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        for line in buffer.getvalue().splitlines():
+            if line.strip():
+                logger.debug("insightface: %s", line)
+
+
+def _load_face_analysis(root: Path, pack_dir: Path, scan: _PackScan, providers: list[str]) -> Any:
+    """insightface's FaceAnalysis with only the detector, or a ModelPackError naming the file that failed.
+
+    The pack folder's absolute path is given as `name`: insightface uses a name that is an existing
+    folder as is (2.x) or joins it under `root/models` (0.7.x, where an absolute path wins), so it
+    never looks in the working directory or tries a download.
+    """
+    from insightface.app import FaceAnalysis
+
+    try:
+        with _stdout_to_log():
+            return FaceAnalysis(
+                name=str(pack_dir.resolve()), root=str(root), allowed_modules=["detection"], providers=providers
+            )
+    except Exception as exc:  # insightface raises onnxruntime, onnx and assertion errors alike
+        text = f"{type(exc).__name__}: {exc}".strip()
+        culprits = [p for p in scan.onnx_files if p.name in text]
+        what = f"cannot load {culprits[0]}" if culprits else f"cannot load the models in {pack_dir}"
+        raise ModelPackError(
+            f"insightface model pack {pack_dir.name!r}: {what} ({text}). A damaged or incompatible "
+            f".onnx file (an interrupted download?): download the pack again. {_packs_found(root)}"
+        ) from exc
+
+
+# --- detection -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class DetectedFace:
+    """One face: box (x1, y1, x2, y2) and 5 keypoints (eye, eye, nose, mouth corner x2) in image pixels."""
+
+    bbox: tuple[float, float, float, float]
+    kps: np.ndarray  # (5, 2) float32, insightface order
+    score: float
+    det_size: int  # the detection size (pixels) that found it
+
+    @property
+    def area(self) -> float:
+        """Box area in pixels."""
+        x1, y1, x2, y2 = self.bbox
+        return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+
+def _check_det_size(value: int, what: str) -> int:
+    """A detection size: a positive multiple of 32 (SCRFD's largest stride)."""
+    if int(value) != value or value < 32 or value % 32:
+        raise F2DError(f"{what} {value!r} must be a multiple of 32 (e.g. 320, 480, 640)")
+    return int(value)
+
+
+class FaceDetector:
+    """An insightface pack's SCRFD detector, loaded once; `detect` gives faces largest first."""
+
+    def __init__(
+        self,
+        insightface_root: Path | str,
+        pack_name: str,
+        providers: Sequence[str] | None = None,
+        det_size: int = DEFAULT_DET_SIZE,
+        retry_det_size: int | None = DEFAULT_RETRY_DET_SIZE,
+        det_thresh: float = 0.5,
+    ) -> None:
+        self.root = Path(insightface_root).expanduser()
+        self.pack_name = pack_name
+        self.pack_dir = _pack_dir(self.root, pack_name)
+        scan = _scan_pack(self.pack_dir)
+        if scan.detector is None:
+            raise ModelPackError(_no_detector_message(self.root, self.pack_dir, scan))
+        self.det_size = _check_det_size(det_size, "det_size")
+        retry = None if retry_det_size is None else _check_det_size(retry_det_size, "retry_det_size")
+        self.retry_det_size = None if retry == self.det_size else retry
+        self.providers = list(providers) if providers is not None else select_providers("auto")
+        self._analysis = _load_face_analysis(self.root, self.pack_dir, scan, self.providers)
+        self._det_model = self._analysis.det_model
+        if not getattr(self._det_model, "use_kps", True):
+            raise ModelPackError(
+                f"the detector of insightface pack {pack_name!r} ({self._det_model.model_file}) gives no "
+                "5-point landmarks, which face alignment needs: use a pack such as buffalo_l or antelopev2."
+            )
+        self._static_size: tuple[int, int] | None = None
+        self._fix_static_input_size()
+        with _stdout_to_log():
+            size = self._static_size or (self.det_size, self.det_size)
+            self._analysis.prepare(ctx_id=0, det_thresh=det_thresh, det_size=size)
+        in_use = self._det_model.session.get_providers()
+        if in_use[:1] != self.providers[:1]:
+            logger.warning("face detector asked for %s but onnxruntime runs it on %s", self.providers, in_use)
+        logger.info(
+            "face detector %s loaded from %s on %s", Path(self._det_model.model_file).name, self.pack_dir, in_use
+        )
+
+    def _fix_static_input_size(self) -> None:
+        """Detectors exported with a fixed input size run only at that size: no other size, no retry."""
+        shape = getattr(self._det_model, "input_shape", None) or []
+        height, width = [*list(shape[2:4]), None, None][:2]
+        if isinstance(height, int) and isinstance(width, int) and height > 0:
+            logger.info("the detector's input is fixed at %dx%d: detecting at that size only", width, height)
+            self.det_size, self.retry_det_size = width, None
+            self._static_size = (width, height)
+
+    def __repr__(self) -> str:
+        return f"FaceDetector(pack={self.pack_name!r}, det_size={self.det_size}, retry={self.retry_det_size})"
+
+    def _detect_at(self, bgr: np.ndarray, size: int) -> list[DetectedFace]:
+        """All faces SCRFD finds with the image fitted into size x size."""
+        bboxes, kpss = self._det_model.detect(bgr, input_size=self._static_size or (size, size))
+        return [
+            DetectedFace(
+                bbox=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+                kps=np.asarray(k, dtype=np.float32).reshape(5, 2),
+                score=float(b[4]),
+                det_size=size,
+            )
+            for b, k in zip(bboxes, kpss, strict=True)
+        ]
+
+    def detect(self, image: ImageLike, label: str = "image") -> list[DetectedFace]:
+        """Every face in an RGB image, largest box first; a smaller detection size is tried before []."""
+        rgb = to_rgb_uint8(image, label)
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        faces = self._detect_at(bgr, self.det_size)
+        if not faces and self.retry_det_size is not None:
+            logger.info("%s: no face at detection size %d; trying %d", label, self.det_size, self.retry_det_size)
+            faces = self._detect_at(bgr, self.retry_det_size)
+        faces.sort(key=lambda face: (-face.area, -face.score))
+        logger.debug("%s: %d face(s) found", label, len(faces))
+        return faces
+
+
+def pick_face(faces: Sequence[DetectedFace], label: str, index: int = 0) -> DetectedFace:
+    """Face number `index` of a largest-first list (0 = largest); NoFaceError naming `label` if absent."""
+    if index < 0:
+        raise F2DError(f"{label}: face_index {index} is negative; 0 is the largest face, 1 the next, ...")
+    if not faces:
+        raise NoFaceError(
+            f"{label}: no face found. Use a photo where the face is clearly visible and roughly frontal, "
+            "crop closer if it is small in the frame, or skip this image."
+        )
+    if index >= len(faces):
+        raise NoFaceError(
+            f"{label}: face_index {index} asked for, but {len(faces)} face(s) found "
+            f"(face_index 0..{len(faces) - 1}, largest first); lower face_index."
+        )
+    return faces[index]
+
+
+def detect_faces(
+    detector: FaceDetector,
+    images: ImageLike | Sequence[ImageLike],
+    face_index: int = 0,
+    on_missing: OnMissing = "error",
+) -> list[DetectedFace | None]:
+    """Face `face_index` of each image of a batch; with on_missing="skip" a missing one is None (and logged)."""
+    if on_missing not in ("error", "skip"):
+        raise F2DError(f"on_missing must be 'error' or 'skip', not {on_missing!r}")
+    picked: list[DetectedFace | None] = []
+    for item in as_labeled_images(images):
+        try:
+            picked.append(pick_face(detector.detect(item.rgb, item.label), item.label, face_index))
+        except NoFaceError as exc:
+            if on_missing == "error":
+                raise
+            logger.warning("%s Skipping it.", exc)
+            picked.append(None)
+    return picked

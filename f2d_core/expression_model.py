@@ -1,0 +1,192 @@
+"""Deep3DFaceRecon's coefficient regressor (ResNet-50 + seven 1x1 heads -> 257 BFM coefficients) and its loader.
+
+Published checkpoint: `epoch_20.pth` of sicxu/Deep3DFaceRecon_pytorch, a `torch.save` of
+`{"net_recon": state dict, "opt_00": Adam state, "sched_00": StepLR state}`. `net_recon` holds
+`backbone.*` (a torchvision-named ResNet-50 without `fc`: 318 tensors, the names timm's `resnet50`
+uses too) and `final_layers.{0..6}.{weight, bias}`: 1x1 convolutions 2048 -> 80 identity, 64
+expression, 80 texture, 3 angles, 27 lighting, 2 + 1 translation, concatenated in that order.
+Face2Diffusion's expression code is coefficients 80..143.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+
+from .errors import WeightFileError
+from .expression_alignment import deep3d_crops
+from .images import ImageLike
+from .weight_files import StateDict, describe_weights, read_weights
+
+log = logging.getLogger(__name__)
+
+COEFFICIENT_GROUPS: tuple[tuple[str, int], ...] = (
+    ("identity", 80),
+    ("expression", 64),
+    ("texture", 80),
+    ("angle", 3),
+    ("lighting", 27),
+    ("translation_xy", 2),
+    ("translation_z", 1),
+)
+NUM_COEFFICIENTS = 257
+EXPRESSION_SLICE = slice(80, 144)
+FEATURE_DIM = 2048
+MODEL_FOLDER = "models/face2diffusion/"
+HOW_TO_GET = (
+    "Download epoch_20.pth of Deep3DFaceRecon_pytorch (github.com/sicxu/Deep3DFaceRecon_pytorch, "
+    f"'Inference with a pre-trained model') and put it in ComfyUI's {MODEL_FOLDER}"
+)
+# Keys a file may nest the regressor under: a flattened epoch_20.pth, SadTalker's combined safetensors.
+_NESTING_PREFIXES = ("net_recon.", "face_3drecon.")
+
+
+class ExpressionRegressor(nn.Module):
+    """Deep3DFaceRecon's `ReconNetWrapper` (ResNet-50): RGB face crops in [0, 1] -> 257 BFM coefficients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = timm.create_model("resnet50", pretrained=False, num_classes=0, global_pool="avg")
+        self.final_layers = nn.ModuleList(nn.Conv2d(FEATURE_DIM, n, kernel_size=1) for _, n in COEFFICIENT_GROUPS)
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        """crops [B, 3, 224, 224] (from `deep3d_crops`) -> coefficients [B, 257]."""
+        features = self.backbone(crops)[:, :, None, None]  # [B, 2048, 1, 1], after global average pooling
+        return torch.cat([head(features) for head in self.final_layers], dim=1).flatten(1)
+
+    def coefficients(self, crops: torch.Tensor) -> torch.Tensor:
+        """All 257 coefficients [B, 257]: identity, expression, texture, angles, lighting, translation."""
+        return self(crops)
+
+    def expression(self, crops: torch.Tensor) -> torch.Tensor:
+        """The 64 expression coefficients [B, 64] (80..143) that Face2Diffusion conditions on."""
+        return self(crops)[:, EXPRESSION_SLICE]
+
+
+def _torch_load(path: Path) -> object:
+    """`torch.load(weights_only=True)` with errors that say what is wrong with the file."""
+    try:
+        # mmap: the optimizer state that epoch_20.pth carries is never read into memory.
+        return torch.load(path, weights_only=True, map_location="cpu", mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise WeightFileError(
+            f"{path} holds pickled Python objects{what}, not only tensors, so it is not loaded: this pack "
+            f"never unpickles code. Use the published epoch_20.pth, or save the network's state_dict() "
+            f"or a .safetensors file instead."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightFileError(
+            f"{path} ({path.stat().st_size} bytes) cannot be read as a PyTorch weight file: it is truncated "
+            f"(an interrupted download?) or not a weight file. {HOW_TO_GET} again. Detail: {detail}"
+        ) from None
+
+
+def _tensors_of(obj: object, path: Path) -> StateDict:
+    """The regressor's tensors from a loaded file: epoch_20.pth's `net_recon`, or a plain state dict."""
+    if isinstance(obj, Mapping) and isinstance(obj.get("net_recon"), Mapping):
+        obj = obj["net_recon"]
+    if not isinstance(obj, Mapping) or not obj:
+        raise WeightFileError(
+            f"{path} holds {type(obj).__name__ if obj is not None else 'nothing'}, not a dict of tensors: "
+            f"it is not a Deep3DFaceRecon checkpoint. {HOW_TO_GET}."
+        )
+    not_tensors = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise WeightFileError(
+            f"{path} is neither Deep3DFaceRecon's epoch_20.pth (no 'net_recon' entry) nor a state dict: "
+            f"entries {not_tensors[:5]} are not tensors. {HOW_TO_GET}."
+        )
+    return {str(k): v for k, v in obj.items()}
+
+
+def _strip_prefixes(sd: StateDict) -> StateDict:
+    """Keys as ReconNetWrapper names them: drop a nesting prefix (selecting those keys) and DDP's `module.`."""
+    for prefix in _NESTING_PREFIXES:
+        nested = {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
+        if nested:
+            sd = nested
+            break
+    if all(k.startswith("module.") for k in sd):
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    return sd
+
+
+def _check_keys(sd: StateDict, want: StateDict, path: Path) -> None:
+    """Raise a WeightFileError naming the file for another model's weights, missing/unexpected keys or shapes."""
+    if not any(k.startswith(("backbone.", "final_layers.")) for k in sd):
+        guess = describe_weights(list(sd))
+        looks = f"it holds {guess}" if guess else f"its keys ({', '.join(list(sd)[:3])}, ...) belong to another model"
+        if "conv1.weight" in sd and "fc.weight" in sd:
+            looks = "it holds an ImageNet ResNet classifier (such as resnet50-0676ba61.pth, the training init)"
+        raise WeightFileError(f"{path} is not Deep3DFaceRecon's face reconstruction network: {looks}. {HOW_TO_GET}.")
+    missing = [k for k in want if k not in sd]
+    unexpected = [k for k in sd if k not in want]
+    shapes = [
+        f"{k} {tuple(sd[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in want.items()
+        if k in sd and sd[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys ({', '.join(missing[:4])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:4])})")
+    if shapes:
+        problems.append(f"{len(shapes)} tensors of the wrong shape ({'; '.join(shapes[:3])})")
+    if problems:
+        raise WeightFileError(
+            f"{path} does not match Deep3DFaceRecon's ResNet-50 regressor (epoch_20.pth): {'; '.join(problems)}. "
+            f"A different network variant (resnet18, use_last_fc) or a damaged file? {HOW_TO_GET}."
+        )
+
+
+def read_expression_state_dict(path: str | Path) -> StateDict:
+    """The regressor's tensors (ReconNetWrapper key names) from epoch_20.pth, a state dict or a .safetensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightFileError(f"The expression model {path} does not exist. {HOW_TO_GET}.")
+    if path.suffix.lower() == ".safetensors":
+        sd, _ = read_weights(path)
+    else:
+        sd = _tensors_of(_torch_load(path), path)
+    return _strip_prefixes(sd)
+
+
+def load_expression_model(path: str | Path) -> ExpressionRegressor:
+    """Deep3DFaceRecon's regressor from `epoch_20.pth` (as published) or a `.safetensors`, in eval mode on the CPU."""
+    sd = read_expression_state_dict(path)
+    with torch.device("meta"):  # no random init: every tensor comes from the file
+        model = ExpressionRegressor()
+    _check_keys(sd, model.state_dict(), Path(path))
+    model = model.to_empty(device="cpu")
+    model.load_state_dict(sd, strict=True)
+    log.info("Loaded the Deep3DFaceRecon expression model from %s", path)
+    return model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def expression_codes(
+    model: ExpressionRegressor,
+    images: ImageLike | Sequence[ImageLike],
+    lm5: torch.Tensor | np.ndarray,
+) -> torch.Tensor:
+    """Expression codes [B, 64] of faces, on the model's device: Deep3DFaceRecon's crop, then its regressor.
+
+    images: a batch [B, H, W, C] or a list of B RGB photos (uint8 0..255 or float 0..1, channels last);
+    lm5: [B, 5, 2] landmarks in the photos' pixels (insightface `kps` order, y down).
+    """
+    parameter = next(model.parameters())
+    crops = deep3d_crops(images, lm5).to(parameter.device, parameter.dtype)
+    return model.expression(crops)

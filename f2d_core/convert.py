@@ -1,6 +1,6 @@
 """Command line: convert the official `msid.pt` + `mapping.pt` into one `.safetensors` with metadata.
 
-    python -m f2d_core.convert msid.pt mapping.pt -o face2diffusion.safetensors
+python -m f2d_core.convert msid.pt mapping.pt -o face2diffusion.safetensors
 """
 
 from __future__ import annotations

@@ -1,0 +1,29 @@
+"""The ComfyUI node layer: thin V3 nodes that translate ComfyUI types for f2d_core."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .apply_tokens import F2DApplyTokens
+from .encode_face import F2DEncodeFace
+from .expression_reference import F2DExpressionReference
+from .face_files import F2DLoadFace, F2DSaveFace
+from .load_encoder import F2DLoadMSIDEncoder
+from .model_paths import register_model_folders
+
+NODES: list[type[io.ComfyNode]] = [
+    F2DLoadMSIDEncoder,
+    F2DEncodeFace,
+    F2DExpressionReference,
+    F2DApplyTokens,
+    F2DSaveFace,
+    F2DLoadFace,
+]
+
+
+class Face2DiffusionExtension(ComfyExtension):
+    """Registers the pack's model folders and nodes."""
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        register_model_folders()  # before ComfyUI reads the schemas, whose file lists need the folders
+        return NODES

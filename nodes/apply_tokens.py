@@ -1,0 +1,92 @@
+"""Apply F2D Tokens: CLIPTextEncode, except that the identifier ("f l") becomes the person's S*."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..f2d_core.errors import F2DError
+from ..f2d_core.injection import DEFAULT_IDENTIFIER
+from .clip_tokens import tokens_with_face
+from .sockets import F2DExpression, F2DExpressionSocket, F2DFace, F2DFaceSocket
+
+
+def s_star_for_prompt(face: F2DFace, expression: F2DExpression | None, strength: float):
+    """The face's S*: as encoded (expression from the prompt), or re-mapped with a reference expression."""
+    if expression is None or strength * expression.strength == 0:
+        return face.face.s_star
+    if face.encoder is None:
+        raise F2DError(
+            "This F2D face was loaded from a file without its mapper, so no expression can be mixed in: connect "
+            "an F2D model to Load F2D Face."
+        )
+    return face.encoder.s_star(face.face.idvec, expression.code, strength * expression.strength).cpu()
+
+
+class F2DApplyTokens(io.ComfyNode):
+    """Apply F2D Tokens."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="F2DApplyTokens",
+            display_name="Apply F2D Tokens",
+            category="face2diffusion",
+            description="Encodes the prompt like CLIPTextEncode, with the person's S* in place of the identifier "
+            "(e.g. 'a photo of f l as a knight'). Works with any SD1.x checkpoint, LoRA and ControlNet.",
+            inputs=[
+                io.Clip.Input("clip", tooltip="The CLIP of an SD1.x checkpoint."),
+                io.String.Input(
+                    "text",
+                    multiline=True,
+                    dynamic_prompts=True,
+                    default=f"a photo of {DEFAULT_IDENTIFIER}",
+                    tooltip=f"The prompt. Write the identifier ('{DEFAULT_IDENTIFIER}') where the person goes; "
+                    "(f l:1.2) weights work as usual.",
+                ),
+                F2DFaceSocket.Input("f2d_face", tooltip="From Encode Face → S* or Load F2D Face."),
+                F2DExpressionSocket.Input(
+                    "expression",
+                    optional=True,
+                    tooltip="From Expression Reference: copy that photo's expression. Without it the "
+                    "expression follows the prompt (the official behaviour).",
+                ),
+                io.Float.Input(
+                    "expression_strength",
+                    default=1.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    optional=True,
+                    tooltip="How much of the reference expression to use (multiplies the strength set on "
+                    "Expression Reference); 0 = the prompt decides.",
+                ),
+                io.String.Input(
+                    "identifier",
+                    default=DEFAULT_IDENTIFIER,
+                    optional=True,
+                    tooltip="The two-token word that stands for the person ('f l' is what the official "
+                    "weights were trained with).",
+                ),
+            ],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def validate_inputs(cls, identifier: str = DEFAULT_IDENTIFIER, **_: object) -> bool | str:
+        if not identifier.strip():
+            return "identifier is empty: use 'f l' (the official identifier)."
+        return True
+
+    @classmethod
+    def execute(
+        cls,
+        clip,
+        text: str,
+        f2d_face: F2DFace,
+        expression: F2DExpression | None = None,
+        expression_strength: float = 1.0,
+        identifier: str = DEFAULT_IDENTIFIER,
+    ) -> io.NodeOutput:
+        s_star = s_star_for_prompt(f2d_face, expression, expression_strength)
+        tokens = tokens_with_face(clip, text, s_star, identifier.strip())
+        return io.NodeOutput(clip.encode_from_tokens_scheduled(tokens))

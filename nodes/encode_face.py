@@ -1,0 +1,73 @@
+"""Encode Face → S*: one or several photos of one person become the two words S*."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..f2d_core.face_encoder import POOLING_MODES, face_box_masks
+from .sockets import F2DFace, F2DFaceSocket, F2DModel, F2DModelSocket
+
+ON_MISSING = {"error": "error", "skip image": "skip"}
+
+
+def crops_as_image(crops: torch.Tensor) -> torch.Tensor:
+    """[N, 3, 112, 112] crops -> ComfyUI IMAGE [N, 112, 112, 3]."""
+    return crops.permute(0, 2, 3, 1).contiguous().float().cpu()
+
+
+class F2DEncodeFace(io.ComfyNode):
+    """Encode Face → S*."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="F2DEncodeFace",
+            display_name="Encode Face → S*",
+            category="face2diffusion",
+            description="Finds the face in each photo, aligns it and encodes it into S*, two word embeddings that "
+            "stand for this person wherever the prompt says 'f l'. Several photos of the same person are pooled "
+            "into one S*.",
+            inputs=[
+                F2DModelSocket.Input("f2d_model", tooltip="From Load MSID Encoder."),
+                io.Image.Input(
+                    "image",
+                    tooltip="One photo, or a batch of photos of the same person (any size, colour or grey).",
+                ),
+                io.Int.Input(
+                    "face_index",
+                    default=0,
+                    min=0,
+                    max=64,
+                    tooltip="Which face of each photo to use: 0 = the largest, 1 = the next largest, ...",
+                ),
+                io.Combo.Input(
+                    "if_no_face",
+                    options=list(ON_MISSING),
+                    default="error",
+                    tooltip="What to do with a photo where no face is found: stop with an error naming it, or "
+                    "skip it and encode the others.",
+                ),
+                io.Combo.Input(
+                    "pooling",
+                    options=list(POOLING_MODES),
+                    default="normalized_mean",
+                    tooltip="How several photos are combined. normalized_mean (default) averages each scale's "
+                    "standardized features and re-normalizes, so the result looks like one photo's identity "
+                    "vector to the mapper; mean is the plain average.",
+                ),
+            ],
+            outputs=[
+                F2DFaceSocket.Output(display_name="f2d_face"),
+                io.Image.Output(display_name="aligned_faces", tooltip="The 112x112 aligned crops that were used."),
+                io.Mask.Output(display_name="face_masks", tooltip="Box of the face used in each photo."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, f2d_model: F2DModel, image: torch.Tensor, face_index: int, if_no_face: str, pooling: str):
+        encoded = f2d_model.encoder.encode(
+            image, f2d_model.detector, face_index=face_index, on_missing=ON_MISSING[if_no_face], pooling=pooling
+        )
+        masks = face_box_masks(encoded.faces, image.shape[1], image.shape[2])
+        return io.NodeOutput(F2DFace(encoded, f2d_model.encoder), crops_as_image(encoded.crops), masks)

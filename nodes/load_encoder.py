@@ -1,0 +1,130 @@
+"""Load MSID Encoder: the MSID encoder + mapper and an insightface detector, loaded once and cached."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+import comfy.model_management
+import torch
+from comfy_api.latest import io
+
+from ..f2d_core.checkpoints import load_f2d_models
+from ..f2d_core.errors import WeightFileError
+from ..f2d_core.face_detection import FaceDetector, select_providers
+from ..f2d_core.face_encoder import FaceEncoder
+from .model_paths import insightface_packs, insightface_root_of, weight_files, weight_path
+from .sockets import F2DModel, F2DModelSocket
+
+log = logging.getLogger(__name__)
+
+SAME_FILE = "(in the MSID file)"
+OFFICIAL = (
+    "Download msid.pt and mapping.pt from the official Face2Diffusion release "
+    "(github.com/mapooon/Face2Diffusion) and put them there."
+)
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@lru_cache(maxsize=2)
+def _load(msid: str, mapper: str, mtimes: tuple, pack: str, provider: str, precision: str, det_size: int) -> F2DModel:
+    """Build (once per distinct settings and file versions) the model bundle."""
+    msid_path = weight_path(msid, OFFICIAL)
+    mapper_path = msid_path if mapper == SAME_FILE else weight_path(mapper, OFFICIAL)
+    device = comfy.model_management.get_torch_device()
+    models = load_f2d_models(msid_path, mapper_path)
+    encoder = FaceEncoder(models, device, PRECISIONS[precision])
+    detector = FaceDetector(insightface_root_of(pack), pack, select_providers(provider), det_size=det_size)
+    info = {**models.sources, "pack": pack, "device": str(device), "precision": precision}
+    log.info("Face2Diffusion model ready: %s", info)
+    return F2DModel(encoder=encoder, detector=detector, info=info)
+
+
+def _mtimes(*names: str) -> tuple:
+    """File versions, so that a replaced file is loaded again."""
+    return tuple(weight_path(n, OFFICIAL).stat().st_mtime_ns for n in names if n != SAME_FILE)
+
+
+def file_versions(*names: str) -> tuple:
+    """Like `_mtimes`, but a missing file is a version too (the node's own run reports it)."""
+    try:
+        return _mtimes(*names)
+    except WeightFileError:
+        return ("missing", *names)
+
+
+class F2DLoadMSIDEncoder(io.ComfyNode):
+    """Load MSID Encoder."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="F2DLoadMSIDEncoder",
+            display_name="Load MSID Encoder",
+            category="face2diffusion",
+            description="Loads the Face2Diffusion MSID encoder and mapper (official msid.pt / mapping.pt, or a "
+            "converted or trained .safetensors) from models/face2diffusion, and an insightface pack from "
+            "models/insightface/models to find faces with.",
+            inputs=[
+                io.Combo.Input(
+                    "msid_file",
+                    options=weight_files("msid.pt"),
+                    tooltip="The MSID encoder: msid.pt from the official release, or a combined face2diffusion "
+                    ".safetensors. Put it in ComfyUI/models/face2diffusion/.",
+                ),
+                io.Combo.Input(
+                    "mapper_file",
+                    options=[*weight_files("mapping.pt", "map"), SAME_FILE],
+                    tooltip="The mapper: mapping.pt from the official release or one you trained. Choose "
+                    f"'{SAME_FILE}' when the MSID file is a combined .safetensors holding both.",
+                ),
+                io.Combo.Input(
+                    "insightface_pack",
+                    options=insightface_packs(),
+                    tooltip="Face detector pack in ComfyUI/models/insightface/models/ (antelopev2 or buffalo_l, "
+                    "the same packs InstantID and PuLID use).",
+                ),
+                io.Combo.Input(
+                    "detector_device",
+                    options=["auto", "cuda", "cpu"],
+                    default="auto",
+                    tooltip="Where onnxruntime runs face detection: auto = CUDA when onnxruntime-gpu can use it, "
+                    "else CPU.",
+                ),
+                io.Combo.Input(
+                    "precision",
+                    options=list(PRECISIONS),
+                    default="fp32",
+                    tooltip="Encoder precision. fp32 gives the official S* exactly; fp16/bf16 are faster on GPUs "
+                    "and differ slightly.",
+                ),
+                io.Int.Input(
+                    "detection_size",
+                    default=640,
+                    min=160,
+                    max=1600,
+                    step=32,
+                    tooltip="Detector input size in pixels; a smaller size is tried automatically before "
+                    "reporting that no face was found.",
+                ),
+            ],
+            outputs=[F2DModelSocket.Output(display_name="f2d_model")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, msid_file: str, mapper_file: str, **_: object) -> tuple:
+        return file_versions(msid_file, mapper_file)
+
+    @classmethod
+    def execute(
+        cls,
+        msid_file: str,
+        mapper_file: str,
+        insightface_pack: str,
+        detector_device: str,
+        precision: str,
+        detection_size: int,
+    ) -> io.NodeOutput:
+        mtimes = _mtimes(msid_file, mapper_file)
+        model = _load(msid_file, mapper_file, mtimes, insightface_pack, detector_device, precision, detection_size)
+        return io.NodeOutput(model)

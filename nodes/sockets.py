@@ -1,0 +1,40 @@
+"""The pack's own socket types and the objects that travel along them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from comfy_api.latest import io
+
+from ..f2d_core.face_detection import FaceDetector
+from ..f2d_core.face_encoder import EncodedFace, FaceEncoder
+
+F2DModelSocket = io.Custom("F2D_MODEL")
+F2DFaceSocket = io.Custom("F2D_FACE")
+F2DExpressionSocket = io.Custom("F2D_EXPRESSION")
+
+
+@dataclass
+class F2DModel:
+    """MSID encoder + mapper on the compute device, and the insightface detector to find faces with."""
+
+    encoder: FaceEncoder
+    detector: FaceDetector | None
+    info: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class F2DFace:
+    """One person's S*; the encoder is kept so an expression can be mixed in later (None: file without it)."""
+
+    face: EncodedFace
+    encoder: FaceEncoder | None = None
+
+
+@dataclass
+class F2DExpression:
+    """A 64-d expression code (Deep3DFaceRecon coefficients 80..143) and how strongly to apply it."""
+
+    code: torch.Tensor
+    strength: float = 1.0

@@ -1,0 +1,139 @@
+"""Fixtures for tests against a real ComfyUI: the models folder, and one server for the whole session.
+
+The folder is skipped, with the reason, when COMFYUI_PATH is unset or is not a ComfyUI checkout.
+Set F2D_TEST_MODEL_CACHE to a directory to reuse the tiny SD1.5 models across sessions (a stamp
+guards against stale builds); otherwise they are built once per session in pytest's tmp dir.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import formula_weights
+from tests.support.comfy_server import ComfyServer
+from tests.support.tiny_models import TinyModels, build_tiny_models
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PACK_DIR_NAME = "comfyui-face2diffusion"  # the folder name users clone the pack into
+ModelWriter = Callable[[Path], None]
+
+
+def comfyui_checkout_problem(value: str | None) -> str | None:
+    """Why COMFYUI_PATH cannot be used, or None when it points at a ComfyUI checkout."""
+    if not value:
+        return "COMFYUI_PATH is not set: point it at a ComfyUI checkout to run the integration tests"
+    path = Path(value)
+    missing = [p for p in ("main.py", "nodes.py", "comfy/sd.py", "folder_paths.py") if not (path / p).is_file()]
+    if missing:
+        return f"COMFYUI_PATH={value} is not a ComfyUI checkout (no {', '.join(missing)})"
+    return None
+
+
+def write_f2d_checkpoints(models_dir: Path) -> None:
+    """`face2diffusion/msid.pt` and `mapping.pt` in the official format, on the fixture's formula weights."""
+    formula_weights.write_official_checkpoints(models_dir / "face2diffusion")
+
+
+# ---- MODEL WRITERS -------------------------------------------------------------------------------
+# Each writer puts the files of one model family under the session's models dir (the folders of
+# tests/support/comfy_server.py MODEL_FOLDERS). Extend this list; keep each writer deterministic.
+#   to add: insightface synthetic pack  -> models_dir / "insightface" / "models" / <pack name> / *.onnx
+#   to add: expression model             -> models_dir / "face2diffusion" / <file>
+MODEL_WRITERS: list[ModelWriter] = [
+    write_f2d_checkpoints,
+]
+# ---------------------------------------------------------------------------------------------------
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link `source` to `target` (same filesystem), else copy it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def comfyui_path() -> Path:
+    """The ComfyUI checkout from COMFYUI_PATH; skips every test of this folder when there is none."""
+    problem = comfyui_checkout_problem(os.environ.get("COMFYUI_PATH"))
+    if problem:
+        pytest.skip(problem)
+    return Path(os.environ["COMFYUI_PATH"]).resolve()
+
+
+@pytest.fixture(scope="session")
+def comfy_models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The (still empty) models dir the session's server reads; filled by `comfy_models_dir`."""
+    return tmp_path_factory.mktemp("comfy_models")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(comfyui_path: Path, comfy_models_root: Path, tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    """The tiny SD1.5 checkpoint, inpainting checkpoint and ControlNet, built (or reused) and verified."""
+    cache = os.environ.get("F2D_TEST_MODEL_CACHE")
+    build_dir = Path(cache) if cache else tmp_path_factory.mktemp("tiny_models")
+    models = build_tiny_models(build_dir, comfyui_path)
+    for path in (models.checkpoint, models.inpaint_checkpoint, models.controlnet):
+        _link_or_copy(path, comfy_models_root / path.relative_to(build_dir))
+    log.info("tiny models: %.1f s%s, %s", models.build_seconds, " (cached)" if models.cached else "", models.sizes)
+    return models
+
+
+@pytest.fixture(scope="session")
+def comfy_models_dir(comfy_models_root: Path, tiny_models: TinyModels) -> Path:
+    """The session's models dir: tiny SD1.5 models plus everything MODEL_WRITERS write."""
+    for writer in MODEL_WRITERS:
+        writer(comfy_models_root)
+    return comfy_models_root
+
+
+@pytest.fixture(scope="session")
+def comfy_server_process(
+    comfyui_path: Path, comfy_models_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ComfyServer]:
+    """The session's server, launched but not waited for; this repo is its pack `comfyui-face2diffusion`."""
+    server = ComfyServer(
+        comfyui_path,
+        tmp_path_factory.mktemp("comfy_server"),
+        comfy_models_root,
+        custom_nodes={PACK_DIR_NAME: REPO_ROOT},
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _boot_comfy_server_early(request: pytest.FixtureRequest, comfyui_path: Path) -> None:
+    """Launch the server first when a selected test needs it, so it boots while the models build."""
+    if any("comfy_server" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        request.getfixturevalue("comfy_server_process")
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfy_server_process: ComfyServer, comfy_models_dir: Path) -> ComfyServer:
+    """One ready ComfyUI server for the session, reading the models of `comfy_models_dir`."""
+    comfy_server_process.wait_ready()
+    return comfy_server_process
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test of this folder `comfyui` and `slow`, so `-m "not comfyui"` leaves them out."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.comfyui)
+            item.add_marker(pytest.mark.slow)

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from f2d_core.checkpoints import load_f2d_models
 from f2d_core.errors import NoFaceError
@@ -32,12 +31,8 @@ def detector(tmp_path_factory) -> FaceDetector:
 
 
 def _photo_in_square(photo: str, size: tuple[int, int] = (640, 640), centre=(320, 320), side=128) -> np.ndarray:
-    """A real photo's texture inside a square the synthetic detector finds (red channel saturated)."""
-    image = si.square_image(size, [(*centre, side, 255)])
-    texture = np.asarray(Image.fromarray(load_rgb(photo)).resize((side, side)))
-    cx, cy, half = centre[0], centre[1], side // 2
-    image[cy - half : cy + half, cx - half : cx + half, 1:] = texture[:, :, 1:]
-    return image
+    """A real photo's texture inside a square the synthetic detector finds."""
+    return si.face_photo(load_rgb(photo), size, centre, side)
 
 
 def test_one_photo_gives_s_star_of_its_aligned_face(encoder, detector):

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
-from tests.support import formula_weights
+from tests.support import formula_weights, synthetic_bisenet, synthetic_deep3d, synthetic_insightface
 from tests.support.comfy_server import ComfyServer
 from tests.support.tiny_models import TinyModels, build_tiny_models
 
@@ -37,9 +38,44 @@ def comfyui_checkout_problem(value: str | None) -> str | None:
     return None
 
 
+INSIGHTFACE_PACK = "buffalo_l"  # the pack name the bundled workflows use; here a synthetic pack of its structure
+PROBE_PACK = REPO_ROOT / "tests" / "support" / "probe_nodes"
+
+
 def write_f2d_checkpoints(models_dir: Path) -> None:
     """`face2diffusion/msid.pt` and `mapping.pt` in the official format, on the fixture's formula weights."""
     formula_weights.write_official_checkpoints(models_dir / "face2diffusion")
+
+
+def write_insightface_pack(models_dir: Path) -> None:
+    """A synthetic pack with buffalo_l's files under insightface/models (its detector finds red squares)."""
+    synthetic_insightface.write_synthetic_pack(models_dir / "insightface", INSIGHTFACE_PACK)
+
+
+def write_expression_model(models_dir: Path) -> None:
+    """Deep3DFaceRecon's `epoch_20.pth` in the published format, seeded weights."""
+    synthetic_deep3d.write_published_checkpoint(models_dir / "face2diffusion" / "epoch_20.pth", seed=0)
+
+
+def write_face_parser(models_dir: Path) -> None:
+    """BiSeNet's `79999_iter.pth` in the published format, seeded weights."""
+    synthetic_bisenet.write_checkpoint(models_dir / "face2diffusion" / "79999_iter.pth")
+
+
+def write_sdxl_text_encoder_parts(models_dir: Path) -> None:
+    """Just enough of CLIP-L and CLIP-G for DualCLIPLoader to build a real SDXL CLIP (weights never used)."""
+    from safetensors.torch import save_file
+
+    folder = models_dir / "text_encoders"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {"text_model.encoder.layers.0.mlp.fc1.weight": torch.zeros(3072, 768, dtype=torch.float16)},
+        str(folder / "sdxl_clip_l_part.safetensors"),
+    )
+    save_file(
+        {"text_model.encoder.layers.30.mlp.fc1.weight": torch.zeros(5120, 1280, dtype=torch.float16)},
+        str(folder / "sdxl_clip_g_part.safetensors"),
+    )
 
 
 # ---- MODEL WRITERS -------------------------------------------------------------------------------
@@ -49,6 +85,10 @@ def write_f2d_checkpoints(models_dir: Path) -> None:
 #   to add: expression model             -> models_dir / "face2diffusion" / <file>
 MODEL_WRITERS: list[ModelWriter] = [
     write_f2d_checkpoints,
+    write_insightface_pack,
+    write_expression_model,
+    write_face_parser,
+    write_sdxl_text_encoder_parts,
 ]
 # ---------------------------------------------------------------------------------------------------
 
@@ -107,7 +147,8 @@ def comfy_server_process(
         comfyui_path,
         tmp_path_factory.mktemp("comfy_server"),
         comfy_models_root,
-        custom_nodes={PACK_DIR_NAME: REPO_ROOT},
+        custom_nodes={PACK_DIR_NAME: REPO_ROOT, "f2d_test_probe_nodes": PROBE_PACK},
+        extra_args=["--fp32-text-enc"],  # CPU keeps text encoders in fp16 unless asked: exact parity needs fp32
     )
     server.start()
     try:

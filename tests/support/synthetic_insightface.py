@@ -188,3 +188,20 @@ def expected_box(cx: float, cy: float, side: float) -> np.ndarray:
 def expected_kps(cx: float, cy: float, side: float) -> np.ndarray:
     """The 5 keypoints the synthetic detector reports for a square of that side (side = 4 strides)."""
     return np.array([cx, cy], np.float32) + KPS_OFFSETS * (side / 4)
+
+
+def face_photo(
+    texture: np.ndarray, size: tuple[int, int] = (640, 640), centre: tuple[int, int] = (320, 320), side: int = 128
+) -> np.ndarray:
+    """A black photo with one "face" the synthetic detector finds: a square carrying a real photo's texture.
+
+    The square's red channel is saturated (what the detector keys on); green and blue carry `texture`
+    (an RGB uint8 photo, resized to the square), so different textures give different identities.
+    """
+    from PIL import Image
+
+    image = square_image(size, [(*centre, side, 255)])
+    patch = np.asarray(Image.fromarray(texture).resize((side, side)))
+    half = side // 2
+    image[centre[1] - half : centre[1] + half, centre[0] - half : centre[0] + half, 1:] = patch[:, :, 1:]
+    return image

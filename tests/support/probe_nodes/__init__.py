@@ -1,0 +1,32 @@
+"""A test-only ComfyUI node pack: writes what flows along a CONDITIONING socket to a file tests can read.
+
+Loaded next to the real pack in integration tests (ComfyUI's own execution tests use test nodes the
+same way); it is never shipped to users.
+"""
+
+import os
+
+import folder_paths
+from safetensors.torch import save_file
+
+
+class F2DTestSaveConditioning:
+    """Save each conditioning tensor of a CONDITIONING as `<output>/<name>.safetensors`."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"conditioning": ("CONDITIONING",), "name": ("STRING", {"default": "cond"})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    def save(self, conditioning, name):
+        tensors = {f"cond_{i}": c[0].detach().float().cpu().contiguous() for i, c in enumerate(conditioning)}
+        path = os.path.join(folder_paths.get_output_directory(), f"{name}.safetensors")
+        save_file(tensors, path)
+        return {"ui": {"text": [os.path.basename(path)]}}
+
+
+NODE_CLASS_MAPPINGS = {"F2DTestSaveConditioning": F2DTestSaveConditioning}

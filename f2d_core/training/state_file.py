@@ -1,0 +1,88 @@
+"""The resumable training state: mapper, optimizer moments, step, loss history; one safetensors file, atomic."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..atomic_io import atomic_write
+from ..errors import F2DError, WeightFileError
+from ..mapper import F2DMapper
+from ..weight_files import read_weights
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "face2diffusion-training-state"
+STATE_FILE = "training_state.safetensors"
+_RESUMED_HYPER = ("lr", "weight_decay", "betas", "eps")
+
+
+@dataclass
+class ResumePoint:
+    """What a saved state says about the run it came from."""
+
+    step: int
+    losses: list[float]
+    settings: dict[str, object]
+
+
+def state_bytes(mapper: F2DMapper) -> int:
+    """Size of one state file: the mapper and AdamW's two moments, float32."""
+    return 3 * sum(p.numel() * 4 for p in mapper.parameters())
+
+
+def check_free_disk(directory: Path, needed: int) -> None:
+    """Refuse to start a run that could not write its checkpoints (the temp copy counts too)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise F2DError(
+            f"Not enough free disk for training checkpoints in {directory}: {needed / 2**20:.0f} MiB needed, "
+            f"{free / 2**20:.0f} MiB free. Free some space or choose another run folder."
+        )
+
+
+def save_state(
+    path: Path, mapper: F2DMapper, optimizer: torch.optim.Optimizer, step: int, losses: list[float], settings: dict
+) -> Path:
+    """Write the state atomically: a crash mid-write leaves the previous state intact."""
+    tensors = {f"mapper.{k}": v.detach().float().cpu().contiguous() for k, v in mapper.state_dict().items()}
+    names = {id(p): n for n, p in mapper.named_parameters()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optim.{names[id(p)]}.{key}"] = value.detach().float().cpu().reshape(value.shape).contiguous()
+    tensors["losses"] = torch.tensor(losses, dtype=torch.float32)
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    metadata = {
+        "format": STATE_FORMAT,
+        "step": str(step),
+        "settings": json.dumps(settings, default=str),
+        "optimizer": json.dumps(hyper, default=str),
+    }
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata))
+
+
+def load_state(path: Path, mapper: F2DMapper, optimizer: torch.optim.Optimizer) -> ResumePoint:
+    """Restore mapper and optimizer from `save_state`'s file; return where the run stood."""
+    tensors, metadata = read_weights(path)
+    if metadata.get("format") != STATE_FORMAT:
+        raise WeightFileError(f"{path} is not a Face2Diffusion training state; delete it or pick another run name.")
+    mapper.load_state_dict({k.removeprefix("mapper."): v for k, v in tensors.items() if k.startswith("mapper.")})
+    params = dict(mapper.named_parameters())
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            name, state_key = key.removeprefix("optim.").rsplit(".", 1)
+            optimizer.state[params[name]][state_key] = value.to(params[name].device)
+    for group, saved in zip(optimizer.param_groups, json.loads(metadata["optimizer"]), strict=True):
+        group.update({k: tuple(v) if k == "betas" else v for k, v in saved.items() if k in _RESUMED_HYPER})
+    step = int(metadata["step"])
+    log.info("Resuming from %s at step %d", path, step)
+    return ResumePoint(step=step, losses=tensors["losses"].tolist(), settings=json.loads(metadata["settings"]))

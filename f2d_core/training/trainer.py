@@ -1,0 +1,200 @@
+"""The CGDR mapper training loop: only the mapper (and null_exp) learns; UNet, text encoder and VAE stay frozen."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import F2DError
+from ..injection import DEFAULT_IDENTIFIER
+from ..mapper import F2DMapper
+from .backend import DiffusionBackend
+from .losses import LOSSES, denoising_loss, needs_class_prediction
+from .state_file import STATE_FILE, check_free_disk, load_state, save_state, state_bytes
+
+log = logging.getLogger(__name__)
+
+NUM_TIMESTEPS = 1000
+
+
+@dataclass
+class TrainSettings:
+    """The run's hyper-parameters; the paper's values are the defaults (FFHQ, 100K steps at batch 32)."""
+
+    steps: int = 100_000
+    batch_size: int = 32
+    learning_rate: float = 1e-5
+    weight_decay: float = 1e-2
+    loss: str = "cgdr"
+    expression_dropout: float = 0.2
+    shuffle_identities: bool = False
+    seed: int = 0
+    checkpoint_every: int = 1000
+    prompt: str = f"A photo of {DEFAULT_IDENTIFIER}"
+    class_prompt: str = "A photo of a person"
+    max_bad_steps: int = 10
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise F2DError(f"loss must be one of {LOSSES}, not {self.loss!r}")
+        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise F2DError("steps, batch_size and checkpoint_every must be at least 1")
+        if not 0 <= self.expression_dropout <= 1:
+            raise F2DError(f"expression_dropout must be in [0, 1], not {self.expression_dropout}")
+
+
+@dataclass
+class TrainResult:
+    """How a run ended."""
+
+    mapper: F2DMapper
+    step: int
+    losses: list[float] = field(default_factory=list)
+    status: str = "completed"  # completed | interrupted | diverged
+    state_path: Path | None = None
+
+
+@dataclass
+class Batch:
+    """One step's samples: what the mapper sees (reference) and what the UNet must denoise (target)."""
+
+    idvec: torch.Tensor  # [B, 1536]
+    expression: torch.Tensor | None  # [B, 64]
+    keep_expression: torch.Tensor  # [B] 1 = use the expression, 0 = null_exp (dropout)
+    latents: torch.Tensor  # [B, 4, h, w]
+    masks: torch.Tensor  # [B, 1, h, w]
+
+
+def sample_batch(data, settings: TrainSettings, step: int, rank: int = 0, world_size: int = 1) -> Batch:
+    """The samples of `step` for `rank`: a fixed function of (seed, step), so a resumed run sees the same data."""
+    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
+    n, views = data.idvec.shape[0], data.idvec.shape[1]
+    picks = torch.randint(0, n, (world_size, settings.batch_size), generator=generator)[rank]
+    view = torch.randint(0, views, (world_size, settings.batch_size), generator=generator)[rank]
+    drop = torch.rand(world_size, settings.batch_size, generator=generator)[rank] < settings.expression_dropout
+    targets = picks.tolist()
+    refs = [data.reference_index(i, generator) if settings.shuffle_identities else i for i in targets]
+    has_expression = data.expression is not None
+    return Batch(
+        idvec=data.idvec[refs, view],
+        expression=data.expression[refs, view] if has_expression else None,
+        keep_expression=(~drop).float() if has_expression else torch.zeros(len(refs)),
+        latents=data.latents[targets, view],
+        masks=data.masks[targets, view],
+    )
+
+
+class MapperTrainer:
+    """Runs `TrainSettings` on a prepared training set through a frozen diffusion backend."""
+
+    def __init__(
+        self,
+        mapper: F2DMapper,
+        backend: DiffusionBackend,
+        data,
+        settings: TrainSettings,
+        run_dir: Path,
+        trainable: nn.Module | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.mapper, self.backend, self.data, self.settings = mapper, backend, data, settings
+        self.trainable = trainable or mapper  # a DistributedDataParallel wrapper under torchrun
+        self.run_dir, self.rank, self.world_size = Path(run_dir), rank, world_size
+        self.optimizer = torch.optim.AdamW(
+            mapper.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+        )
+
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / STATE_FILE
+
+    def _save(self, step: int, losses: list[float]) -> None:
+        if self.rank == 0:
+            save_state(self.state_path, self.mapper, self.optimizer, step, losses, asdict(self.settings))
+
+    def step_loss(self, batch: Batch, class_context: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        """Loss of one batch; gradients reach the mapper through the text encoder and the UNet."""
+        device = self.backend.device
+        s_star = self.trainable(
+            batch.idvec.to(device),
+            None if batch.expression is None else batch.expression.to(device),
+            batch.keep_expression.to(device),
+        )
+        context = self.backend.text_context(self.settings.prompt, s_star)
+        latents = batch.latents.to(device)
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        timesteps = torch.randint(0, NUM_TIMESTEPS, (latents.shape[0],), generator=generator).to(device)
+        noisy = self.backend.noisy_latents(latents, noise, timesteps)
+        eps_class = None
+        if class_context is not None:
+            with torch.no_grad():
+                eps_class = self.backend.predict_noise(noisy, timesteps, class_context.expand(len(latents), -1, -1))
+        eps_hat = self.backend.predict_noise(noisy, timesteps, context)
+        return denoising_loss(self.settings.loss, eps_hat, noise, batch.masks.to(device), eps_class)
+
+    def run(
+        self,
+        resume: bool = True,
+        progress: Callable[[int, int, float], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> TrainResult:
+        """Train until `settings.steps`, saving every `checkpoint_every` steps and when stopped."""
+        settings = self.settings
+        check_free_disk(self.run_dir, 2 * state_bytes(self.mapper) + (64 << 20))
+        step, losses = 0, []
+        if resume and self.state_path.exists():
+            point = load_state(self.state_path, self.mapper, self.optimizer)
+            step, losses = point.step, point.losses
+        self.mapper.train()
+        class_context = None
+        if needs_class_prediction(settings.loss):
+            with torch.no_grad():
+                class_context = self.backend.text_context(settings.class_prompt).detach()
+        bad_steps, status = 0, "completed"
+        while step < settings.steps:
+            if should_stop is not None and should_stop():
+                status = "interrupted"
+                break
+            batch = sample_batch(self.data, settings, step, self.rank, self.world_size)
+            generator = torch.Generator().manual_seed(settings.seed * 7_919 + step * 101 + self.rank)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.step_loss(batch, class_context, generator)
+            if not math.isfinite(loss.item()):
+                bad_steps += 1
+                log.warning("step %d: loss is %s; step skipped (%d in a row)", step + 1, loss.item(), bad_steps)
+                if bad_steps >= settings.max_bad_steps:
+                    status = "diverged"
+                    break
+                step += 1
+                continue
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.mapper.parameters(), float("inf"))
+            if not torch.isfinite(grad_norm):
+                bad_steps += 1
+                log.warning("step %d: non-finite gradient; step skipped (%d in a row)", step + 1, bad_steps)
+                if bad_steps >= settings.max_bad_steps:
+                    status = "diverged"
+                    break
+                step += 1
+                continue
+            self.optimizer.step()
+            bad_steps = 0
+            step += 1
+            losses.append(loss.item())
+            if progress is not None:
+                progress(step, settings.steps, losses[-1])
+            if step % settings.checkpoint_every == 0:
+                self._save(step, losses)
+        self.mapper.eval()
+        if status != "diverged":
+            self._save(step, losses)
+        else:
+            log.error("Stopped: %d non-finite losses in a row; the last saved state is kept.", bad_steps)
+        return TrainResult(self.mapper, step, losses, status, self.state_path if self.state_path.exists() else None)

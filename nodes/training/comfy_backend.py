@@ -1,0 +1,137 @@
+"""The trainer's diffusion backend on ComfyUI objects: a MODEL (UNet) and a CLIP, both kept frozen.
+
+ComfyUI loads weights under `torch.inference_mode()`, and such tensors cannot be saved for backward;
+its CLIP layers also add in place. So the backend trains through private, non-inference copies of the
+UNet and the CLIP-L text model, and runs the text model with out-of-place residual adds. The user's
+MODEL and CLIP are never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+from functools import partial
+
+import comfy.model_management
+import torch
+from comfy.ldm.modules.attention import optimized_attention_for_device
+from comfy.model_base import ModelType
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ...f2d_core.errors import F2DError
+from ...f2d_core.injection import DEFAULT_IDENTIFIER, find_identifier
+from ..clip_tokens import check_sd1_clip, identifier_ids, special_tokens
+
+log = logging.getLogger(__name__)
+
+_CHECKPOINTED_BLOCKS = ("ResBlock", "SpatialTransformer")
+
+
+def trainable_copy(module: nn.Module) -> nn.Module:
+    """`module` itself when its tensors can be saved for backward, else a frozen non-inference copy."""
+    tensors = [*module.parameters(), *module.buffers()]
+    if any(t.is_inference() for t in tensors):
+        with torch.inference_mode(False):
+            module = copy.deepcopy(module)
+    return module.requires_grad_(False).eval()
+
+
+def enable_gradient_checkpointing(unet: nn.Module) -> int:
+    """Recompute ResBlock / SpatialTransformer activations in backward (less memory, ~30% more compute)."""
+    count = 0
+    for block in unet.modules():
+        if type(block).__name__ in _CHECKPOINTED_BLOCKS:
+            block.forward = partial(checkpoint, block.forward, use_reentrant=False)
+            count += 1
+    return count
+
+
+def fingerprint(*modules: nn.Module) -> str:
+    """SHA-256 of every tensor of the modules, in name order."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class ComfyDiffusionBackend:
+    """`f2d_core.training.DiffusionBackend` for an SD1.x (eps-prediction) ComfyUI MODEL and CLIP."""
+
+    def __init__(
+        self, model, clip, gradient_checkpointing: bool = False, identifier: str = DEFAULT_IDENTIFIER
+    ) -> None:
+        check_sd1_clip(clip, clip.tokenize(identifier))
+        base = model.model
+        if base.model_type != ModelType.EPS:
+            raise F2DError(
+                f"Mapper training needs an SD1.x eps-prediction model; this MODEL predicts {base.model_type.name}."
+            )
+        comfy.model_management.load_models_gpu([model, clip.patcher], force_full_load=True)
+        self._frozen = (base.diffusion_model, clip.cond_stage_model.clip_l.transformer.text_model)
+        self.unet = trainable_copy(base.diffusion_model)
+        self.text_model = trainable_copy(self._frozen[1])
+        if gradient_checkpointing:
+            log.info("gradient checkpointing on %d UNet blocks", enable_gradient_checkpointing(self.unet))
+        self.device = next(self.unet.parameters()).device
+        self.unet_dtype = base.manual_cast_dtype or base.get_dtype()
+        self.model_sampling = base.model_sampling
+        self.latent_format = base.latent_format
+        self.clip, self.identifier = clip, identifier
+        self.layer_idx = clip.layer_idx  # CLIPSetLastLayer (clip skip) is honoured, as in CLIPTextEncode
+
+    def frozen_fingerprint(self) -> str:
+        """Hash of the user's UNet and text encoder weights (not the private copies)."""
+        return fingerprint(*self._frozen)
+
+    def _token_ids(self, prompt: str) -> tuple[torch.Tensor, list[int]]:
+        chunks = self.clip.tokenize(prompt)["l"]
+        if len(chunks) != 1:
+            raise F2DError(f"The training prompt {prompt!r} is longer than 75 tokens; shorten it.")
+        ids = torch.tensor([int(t) for t, *_ in chunks[0]], device=self.device)
+        occurrences = find_identifier(chunks, identifier_ids(self.clip, self.identifier), special_tokens(self.clip))
+        return ids, [pos for occurrence in occurrences for _, pos in occurrence]
+
+    def text_context(self, prompt: str, s_star: torch.Tensor | None = None) -> torch.Tensor:
+        """Last-layer CLIP-L states [B, 77, 768]; S* replaces token + position embedding at the identifier."""
+        ids, positions = self._token_ids(prompt)
+        embeddings = self.text_model.embeddings
+        x = embeddings.token_embedding(ids[None], out_dtype=torch.float32)
+        x = x + embeddings.position_embedding.weight.to(self.device, torch.float32)[None]
+        if s_star is not None:
+            if len(positions) % 2 or not positions:
+                raise F2DError(f"The training prompt {prompt!r} must contain the identifier {self.identifier!r}.")
+            x = x.expand(s_star.shape[0], -1, -1).clone()
+            for k, pos in enumerate(positions):
+                x[:, pos] = s_star[:, k % 2].to(x.dtype)
+        return self._encode(x)
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The text transformer without in-place adds, stopping at the clip-skip layer like ComfyUI."""
+        layers = self.text_model.encoder.layers
+        last = len(layers) - 1 if self.layer_idx is None else len(layers) + self.layer_idx
+        mask = torch.full((x.shape[1], x.shape[1]), -torch.finfo(x.dtype).max, dtype=x.dtype, device=x.device)
+        mask = mask.triu_(1)
+        attention = optimized_attention_for_device(x.device, mask=True, small_input=True)
+        for i, layer in enumerate(layers):
+            x = x + layer.self_attn(layer.layer_norm1(x), mask, attention)
+            x = x + layer.mlp(layer.layer_norm2(x))
+            if i == last:
+                break
+        return self.text_model.final_layer_norm(x)
+
+    def noisy_latents(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """z_t = x0 + sigma(t) * eps in ComfyUI's sigma parameterisation (x0 scaled as the model expects)."""
+        sigma = self.model_sampling.sigma(timesteps)
+        x0 = self.latent_format.process_in(latents.float())
+        return self.model_sampling.noise_scaling(sigma, noise.float(), x0)
+
+    def predict_noise(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The UNet's eps for z_t (what `apply_model` computes before turning it into x0)."""
+        sigma = self.model_sampling.sigma(timesteps)
+        x_in = self.model_sampling.calculate_input(sigma, noisy).to(self.unet_dtype)
+        t = self.model_sampling.timestep(sigma).float()
+        return self.unet(x_in, t, context=context.to(self.unet_dtype)).float()

@@ -10,6 +10,7 @@ from .expression_reference import F2DExpressionReference
 from .face_files import F2DLoadFace, F2DSaveFace
 from .load_encoder import F2DLoadMSIDEncoder
 from .model_paths import register_model_folders
+from .training import TRAINING_NODES
 
 NODES: list[type[io.ComfyNode]] = [
     F2DLoadMSIDEncoder,
@@ -18,6 +19,7 @@ NODES: list[type[io.ComfyNode]] = [
     F2DApplyTokens,
     F2DSaveFace,
     F2DLoadFace,
+    *TRAINING_NODES,
 ]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import folder_paths
 
-from ..f2d_core.errors import WeightFileError
+from ..f2d_core.errors import DatasetError, WeightFileError
 from ..f2d_core.face_detection import list_model_packs
 
 F2D_FOLDER = "face2diffusion"  # models/face2diffusion: msid.pt, mapping.pt, epoch_20.pth, 79999_iter.pth
@@ -37,7 +37,7 @@ def weight_files(expected_name: str, name_hint: str = "") -> list[str]:
     `expected_name` is listed even when absent, so that choosing it reaches the node, whose error then
     says where to get the file, instead of ComfyUI's bare "value not in list".
     """
-    files = folder_paths.get_filename_list(F2D_FOLDER)
+    files = [f for f in folder_paths.get_filename_list(F2D_FOLDER) if not f.startswith("faces/")]
     hint = (name_hint or Path(expected_name).stem).lower()
     ordered = sorted(files, key=lambda f: (hint not in f.lower(), f))
     return ordered if expected_name in ordered else [expected_name, *ordered]
@@ -50,6 +50,29 @@ def weight_path(filename: str, how_to_get: str = "") -> Path:
         folders = ", ".join(folder_paths.get_folder_paths(F2D_FOLDER))
         raise WeightFileError(f"{filename} is not in the face2diffusion model folder ({folders}). {how_to_get}".strip())
     return Path(path)
+
+
+def training_cache_dir() -> Path:
+    """Where prepared training photos are cached (survives restarts; not a model folder)."""
+    return Path(folder_paths.get_user_directory()) / "face2diffusion" / "training_cache"
+
+
+def training_run_dir(run_name: str) -> Path:
+    """Where a training run keeps its resumable state: output/face2diffusion_training/<run_name>."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_name).strip("._") or "run"
+    return Path(folder_paths.get_output_directory()) / "face2diffusion_training" / safe
+
+
+def input_folder(folder: str, allow_outside: bool) -> Path:
+    """A training folder inside ComfyUI's input folder (relative or absolute); outside only when allowed."""
+    base = Path(folder_paths.get_input_directory()).resolve()
+    path = (base / Path(folder).expanduser()).resolve()
+    if not path.is_relative_to(base) and not allow_outside:
+        raise DatasetError(
+            f"The training folder {path} is outside ComfyUI's input folder {base}. Move the photos into the "
+            "input folder, or turn on allow_outside_input to read them where they are."
+        )
+    return path
 
 
 def insightface_roots() -> list[Path]:

@@ -9,10 +9,13 @@ from comfy_api.latest import io
 
 from ..f2d_core.face_detection import FaceDetector
 from ..f2d_core.face_encoder import EncodedFace, FaceEncoder
+from ..f2d_core.mapper import F2DMapper
 
 F2DModelSocket = io.Custom("F2D_MODEL")
 F2DFaceSocket = io.Custom("F2D_FACE")
 F2DExpressionSocket = io.Custom("F2D_EXPRESSION")
+F2DDatasetSocket = io.Custom("F2D_DATASET")
+F2DTrainedMapperSocket = io.Custom("F2D_TRAINED_MAPPER")
 
 
 @dataclass
@@ -38,3 +41,14 @@ class F2DExpression:
 
     code: torch.Tensor
     strength: float = 1.0
+
+
+@dataclass
+class TrainedMapper:
+    """A mapper fresh from training, with what is needed to save and describe it."""
+
+    mapper: F2DMapper
+    step: int
+    losses: list[float]
+    settings: dict[str, object]
+    dataset_report: str = ""

@@ -9,7 +9,6 @@ MODEL and CLIP are never modified.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 from functools import partial
 
@@ -22,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ...f2d_core.errors import F2DError
 from ...f2d_core.injection import DEFAULT_IDENTIFIER, find_identifier
+from ...f2d_core.training.dataset_cache import module_fingerprint
 from ..clip_tokens import check_sd1_clip, identifier_ids, special_tokens
 
 log = logging.getLogger(__name__)
@@ -48,22 +48,10 @@ def enable_gradient_checkpointing(unet: nn.Module) -> int:
     return count
 
 
-def fingerprint(*modules: nn.Module) -> str:
-    """SHA-256 of every tensor of the modules, in name order."""
-    digest = hashlib.sha256()
-    for module in modules:
-        for name, tensor in sorted(module.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 class ComfyDiffusionBackend:
     """`f2d_core.training.DiffusionBackend` for an SD1.x (eps-prediction) ComfyUI MODEL and CLIP."""
 
-    def __init__(
-        self, model, clip, gradient_checkpointing: bool = False, identifier: str = DEFAULT_IDENTIFIER
-    ) -> None:
+    def __init__(self, model, clip, gradient_checkpointing: bool = False, identifier: str = DEFAULT_IDENTIFIER) -> None:
         check_sd1_clip(clip, clip.tokenize(identifier))
         base = model.model
         if base.model_type != ModelType.EPS:
@@ -85,7 +73,7 @@ class ComfyDiffusionBackend:
 
     def frozen_fingerprint(self) -> str:
         """Hash of the user's UNet and text encoder weights (not the private copies)."""
-        return fingerprint(*self._frozen)
+        return "".join(module_fingerprint(m) for m in self._frozen)
 
     def _token_ids(self, prompt: str) -> tuple[torch.Tensor, list[int]]:
         chunks = self.clip.tokenize(prompt)["l"]

@@ -1,0 +1,142 @@
+"""Training Dataset node: a folder of face photos -> the cached CGDR training set."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import comfy.model_management
+import comfy.utils
+import torch
+from comfy_api.latest import io
+
+from ...f2d_core.expression_model import HOW_TO_GET, ExpressionRegressor, load_expression_model
+from ...f2d_core.face_parsing import FaceParser, load_face_parser
+from ...f2d_core.training.dataset import PreparationStopped, prepare_dataset
+from ...f2d_core.training.dataset_cache import module_fingerprint
+from ..model_paths import input_folder, training_cache_dir, weight_files, weight_path
+from ..sockets import F2DDatasetSocket, F2DModel, F2DModelSocket
+
+NO_PARSER = "(none: landmark ellipse)"
+NO_EXPRESSION = "(none: null_exp only)"
+PARSER_FILE = "79999_iter.pth"
+PARSER_HOW_TO_GET = (
+    "Download 79999_iter.pth of face-parsing.PyTorch (github.com/zllrunning/face-parsing.PyTorch) and put it there."
+)
+
+
+@lru_cache(maxsize=1)
+def _parser(filename: str, mtime_ns: int) -> FaceParser:
+    return load_face_parser(weight_path(filename, PARSER_HOW_TO_GET))
+
+
+@lru_cache(maxsize=1)
+def _expression(filename: str, mtime_ns: int) -> ExpressionRegressor:
+    return load_expression_model(weight_path(filename, HOW_TO_GET))
+
+
+class F2DTrainingDataset(io.ComfyNode):
+    """F2D Training Dataset."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="F2DTrainingDataset",
+            display_name="F2D Training Dataset",
+            category="face2diffusion/training",
+            description="Prepares a folder of face photos for mapper training: face crops, identity vectors, "
+            "VAE latents, face masks and expressions, cached so a second run is instant. Unusable files are "
+            "skipped and listed in the report.",
+            inputs=[
+                F2DModelSocket.Input("f2d_model", tooltip="Its detector finds the faces, its MSID encoder reads them."),
+                io.Vae.Input("vae", tooltip="The VAE of the checkpoint you will train for."),
+                io.String.Input(
+                    "folder",
+                    default="faces",
+                    tooltip="Folder of photos inside ComfyUI's input folder: photos directly in it, or one "
+                    "subfolder per person (enables the identity shuffle).",
+                ),
+                io.Boolean.Input(
+                    "allow_outside_input",
+                    default=False,
+                    tooltip="Allow a folder outside ComfyUI's input folder (an absolute path).",
+                ),
+                io.Combo.Input(
+                    "face_parser",
+                    options=[*weight_files(PARSER_FILE, "iter"), NO_PARSER],
+                    tooltip="BiSeNet face parser (79999_iter.pth) for the face mask of the CGDR loss. Without "
+                    "it, an ellipse from the landmarks stands in.",
+                ),
+                io.Combo.Input(
+                    "expression_model",
+                    options=[*weight_files("epoch_20.pth", "epoch"), NO_EXPRESSION],
+                    tooltip="Deep3DFaceRecon epoch_20.pth for expression codes; without it the mapper learns "
+                    "with its neutral expression only.",
+                ),
+                io.Int.Input(
+                    "crop_size", default=512, min=64, max=1024, step=64, tooltip="Training crop size (paper: 512)."
+                ),
+                io.Boolean.Input(
+                    "flip", default=True, tooltip="Add the mirror image of each photo (the paper's only augmentation)."
+                ),
+                io.Int.Input("face_index", default=0, min=0, max=64, tooltip="0 = the largest face of each photo."),
+                io.String.Input(
+                    "mask_folder",
+                    default="",
+                    optional=True,
+                    tooltip="Optional folder of masks (same name as each photo, white = face) instead of the parser.",
+                ),
+                io.Mask.Input("masks", optional=True, tooltip="Optional masks, one per photo in sorted file order."),
+            ],
+            outputs=[
+                F2DDatasetSocket.Output(display_name="dataset"),
+                io.String.Output(display_name="report", tooltip="What was used and what was skipped, and why."),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        f2d_model: F2DModel,
+        vae,
+        folder: str,
+        allow_outside_input: bool,
+        face_parser: str,
+        expression_model: str,
+        crop_size: int,
+        flip: bool,
+        face_index: int,
+        mask_folder: str = "",
+        masks: torch.Tensor | None = None,
+    ) -> io.NodeOutput:
+        path = input_folder(folder, allow_outside_input)
+        parser = None
+        if face_parser != NO_PARSER and not mask_folder and masks is None:
+            parser = _parser(face_parser, weight_path(face_parser, PARSER_HOW_TO_GET).stat().st_mtime_ns)
+            parser = parser.to(comfy.model_management.get_torch_device())
+        regressor = None
+        if expression_model != NO_EXPRESSION:
+            regressor = _expression(expression_model, weight_path(expression_model, HOW_TO_GET).stat().st_mtime_ns)
+            regressor = regressor.to(comfy.model_management.get_torch_device())
+        bar = comfy.utils.ProgressBar(1)
+        try:
+            dataset = prepare_dataset(
+                path,
+                f2d_model.encoder,
+                f2d_model.detector,
+                lambda crops: vae.encode(crops.permute(0, 2, 3, 1)),
+                f"vae:{module_fingerprint(vae.first_stage_model)}",
+                cache_dir=training_cache_dir(),
+                face_parser=parser,
+                mask_folder=input_folder(mask_folder, allow_outside_input) if mask_folder else None,
+                masks=None if masks is None else list(masks),
+                expression_model=regressor,
+                crop_size=crop_size,
+                flip=flip,
+                face_index=face_index,
+                progress=lambda done, total: bar.update_absolute(done, total),
+                should_stop=comfy.model_management.processing_interrupted,
+            )
+        except PreparationStopped:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            raise
+        return io.NodeOutput(dataset, dataset.report.summary())

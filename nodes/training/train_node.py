@@ -1,0 +1,183 @@
+"""Train F2D Mapper: CGDR training of the mapper inside ComfyUI's executor, resumable and interruptible."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+
+import comfy.model_management
+import comfy.utils
+import torch
+from comfy_api.latest import io
+from server import PromptServer
+
+from ...f2d_core.errors import F2DError
+from ...f2d_core.mapper import F2DMapper
+from ...f2d_core.training.losses import LOSSES
+from ...f2d_core.training.trainer import MapperTrainer, TrainSettings
+from ..model_paths import training_run_dir
+from ..sockets import F2DDatasetSocket, F2DModel, F2DModelSocket, F2DTrainedMapperSocket, TrainedMapper
+from .comfy_backend import ComfyDiffusionBackend
+
+log = logging.getLogger(__name__)
+
+START_FROM = ("f2d_model mapper", "scratch")
+PROGRESS_EVENT = "f2d.training.progress"
+
+
+def starting_mapper(f2d_model: F2DModel, start_from: str) -> F2DMapper:
+    """A trainable mapper: a copy of the loaded one (e.g. the official mapping.pt), or freshly initialised."""
+    mapper = F2DMapper()
+    if start_from == "f2d_model mapper":
+        mapper.load_state_dict(
+            {k: v.detach().clone().float().cpu() for k, v in f2d_model.encoder.mapper.state_dict().items()}
+        )
+    return mapper
+
+
+class _Reporter:
+    """Progress bar plus a throttled loss event for the graph's live loss plot (js/f2d_training_loss.js)."""
+
+    def __init__(self, node_id: str | None, total: int) -> None:
+        self.node_id, self.bar, self.last = node_id, comfy.utils.ProgressBar(total), 0.0
+
+    def __call__(self, step: int, total: int, loss: float) -> None:
+        self.bar.update_absolute(step, total)
+        now = time.monotonic()
+        if self.node_id is not None and (now - self.last > 0.25 or step == total):
+            self.last = now
+            PromptServer.instance.send_sync(
+                PROGRESS_EVENT, {"node": self.node_id, "step": step, "total": total, "loss": loss}
+            )
+
+
+class F2DTrainMapper(io.ComfyNode):
+    """Train F2D Mapper."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="F2DTrainMapper",
+            display_name="Train F2D Mapper",
+            category="face2diffusion/training",
+            description="Trains the mapper (identity -> S*) with the paper's class-guided denoising "
+            "regularization; the UNet, text encoder and VAE stay frozen. Saves a resumable state every "
+            "checkpoint_every steps in output/face2diffusion_training/<run_name>; interrupting saves too.",
+            inputs=[
+                io.Model.Input("model", tooltip="The SD1.x model to train for (SD1.4 in the paper)."),
+                io.Clip.Input("clip", tooltip="Its CLIP."),
+                F2DDatasetSocket.Input("dataset", tooltip="From F2D Training Dataset."),
+                F2DModelSocket.Input("f2d_model", tooltip="Gives the starting mapper."),
+                io.Combo.Input(
+                    "start_from",
+                    options=list(START_FROM),
+                    tooltip="Fine-tune the loaded mapper (e.g. the official mapping.pt) or train from scratch.",
+                ),
+                io.Int.Input("steps", default=1000, min=1, max=10_000_000, tooltip="Total steps (paper: 100,000)."),
+                io.Int.Input("batch_size", default=8, min=1, max=256, tooltip="Photos per step (paper: 32)."),
+                io.Float.Input(
+                    "learning_rate",
+                    default=1e-5,
+                    min=1e-8,
+                    max=1e-2,
+                    step=1e-6,
+                    round=1e-8,
+                    tooltip="AdamW learning rate (paper: 1e-5).",
+                ),
+                io.Combo.Input(
+                    "loss",
+                    options=list(LOSSES),
+                    tooltip="cgdr (the paper's): face reconstructed, the rest pulled towards 'a photo of a "
+                    "person'; reconstruction and masked_reconstruction are the baselines it is compared with.",
+                ),
+                io.Float.Input(
+                    "expression_dropout",
+                    default=0.2,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    tooltip="Probability of training with null_exp instead of the photo's expression (paper: 0.2).",
+                ),
+                io.Boolean.Input(
+                    "shuffle_identities",
+                    default=False,
+                    tooltip="Encode another photo of the same person than the one denoised (needs one subfolder "
+                    "per person): FaceChain-FACT's shuffle against copying the photo.",
+                ),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seeds batches, noise and timesteps."),
+                io.Int.Input(
+                    "checkpoint_every",
+                    default=500,
+                    min=1,
+                    max=1_000_000,
+                    tooltip="Save the resumable state every N steps.",
+                ),
+                io.String.Input("run_name", default="f2d_mapper", tooltip="Run folder; the same name resumes a run."),
+                io.Boolean.Input("resume", default=True, tooltip="Continue from the run's last saved state."),
+                io.Boolean.Input(
+                    "gradient_checkpointing",
+                    default=True,
+                    tooltip="Recompute UNet activations in backward: far less memory (batch 8 on 12 GB), ~30% slower.",
+                ),
+            ],
+            outputs=[F2DTrainedMapperSocket.Output(display_name="trained_mapper")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        model,
+        clip,
+        dataset,
+        f2d_model: F2DModel,
+        start_from: str,
+        steps: int,
+        batch_size: int,
+        learning_rate: float,
+        loss: str,
+        expression_dropout: float,
+        shuffle_identities: bool,
+        seed: int,
+        checkpoint_every: int,
+        run_name: str,
+        resume: bool,
+        gradient_checkpointing: bool,
+    ) -> io.NodeOutput:
+        settings = TrainSettings(
+            steps=steps,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            loss=loss,
+            expression_dropout=expression_dropout,
+            shuffle_identities=shuffle_identities,
+            seed=seed,
+            checkpoint_every=checkpoint_every,
+        )
+        run_dir = training_run_dir(run_name)
+        with torch.inference_mode(False):
+            backend = ComfyDiffusionBackend(model, clip, gradient_checkpointing=gradient_checkpointing)
+            mapper = starting_mapper(f2d_model, start_from).to(backend.device)
+            trainer = MapperTrainer(mapper, backend, dataset, settings, run_dir)
+            result = trainer.run(
+                resume=resume,
+                progress=_Reporter(cls.hidden.unique_id, steps),
+                should_stop=comfy.model_management.processing_interrupted,
+            )
+        if result.status == "interrupted":
+            log.info("Training interrupted at step %d; state saved in %s", result.step, run_dir)
+            comfy.model_management.throw_exception_if_processing_interrupted()
+        if result.status == "diverged":
+            raise F2DError(
+                f"Training stopped at step {result.step}: the loss was not finite {settings.max_bad_steps} times in "
+                f"a row (lower learning_rate, or check the dataset). The last good state is in {run_dir}."
+            )
+        trained = TrainedMapper(
+            mapper=result.mapper.cpu().eval(),
+            step=result.step,
+            losses=result.losses,
+            settings={**asdict(settings), "start_from": start_from, "run_dir": str(run_dir), **dataset.settings},
+            dataset_report=dataset.report.summary(),
+        )
+        return io.NodeOutput(trained)

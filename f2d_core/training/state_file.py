@@ -58,7 +58,9 @@ def save_state(
         for p in group["params"]:
             for key, value in optimizer.state.get(p, {}).items():
                 if isinstance(value, torch.Tensor):
-                    tensors[f"optim.{names[id(p)]}.{key}"] = value.detach().float().cpu().reshape(value.shape).contiguous()
+                    tensors[f"optim.{names[id(p)]}.{key}"] = (
+                        value.detach().float().cpu().reshape(value.shape).contiguous()
+                    )
     tensors["losses"] = torch.tensor(losses, dtype=torch.float32)
     hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     metadata = {

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -21,6 +22,8 @@ from .state_file import STATE_FILE, check_free_disk, load_state, save_state, sta
 log = logging.getLogger(__name__)
 
 NUM_TIMESTEPS = 1000
+LOG_EVERY_SECONDS = 10.0
+EVAL_STEP = 1 << 40  # the fixed evaluation batch is drawn as if at this step
 
 
 @dataclass
@@ -58,6 +61,8 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     status: str = "completed"  # completed | interrupted | diverged
     state_path: Path | None = None
+    eval_loss_start: float = math.nan  # loss on one fixed batch (samples, noise, timesteps) when this run began
+    eval_loss_end: float = math.nan  # ... and when it ended: comparable, unlike the noisy per-step losses
 
 
 @dataclass
@@ -139,13 +144,48 @@ class MapperTrainer:
         eps_hat = self.backend.predict_noise(noisy, timesteps, context)
         return denoising_loss(self.settings.loss, eps_hat, noise, batch.masks.to(device), eps_class)
 
+    def _log_progress(self, step: int, loss: float) -> None:
+        """Log the first step, then at most every LOG_EVERY_SECONDS, and the last (rank 0 only)."""
+        now = time.monotonic()
+        first = not hasattr(self, "_last_log")
+        if self.rank == 0 and (first or now - self._last_log >= LOG_EVERY_SECONDS or step == self.settings.steps):
+            rate = "" if first else f", {(step - self._last_step) / (now - self._last_log):.2f} steps/s"
+            log.info("step %d/%d: loss %.5f%s", step, self.settings.steps, loss, rate)
+            self._last_log, self._last_step = now, step
+
+    def evaluate(self, class_context: torch.Tensor | None) -> float:
+        """Loss of the fixed evaluation batch (no expression dropout, mapper in eval mode, no gradients)."""
+        batch = sample_batch(self.data, replace(self.settings, expression_dropout=0.0), EVAL_STEP)
+        was_training = self.mapper.training
+        self.mapper.eval()
+        with torch.no_grad():
+            loss = self.step_loss(batch, class_context, torch.Generator().manual_seed(self.settings.seed + 424_242))
+        self.mapper.train(was_training)
+        return loss.item()
+
+    def _train_step(self, step: int, class_context: torch.Tensor | None) -> float | None:
+        """One optimizer step; None (and no update) when the loss or the gradient is not finite."""
+        batch = sample_batch(self.data, self.settings, step, self.rank, self.world_size)
+        generator = torch.Generator().manual_seed(self.settings.seed * 7_919 + step * 101 + self.rank)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.step_loss(batch, class_context, generator)
+        if not math.isfinite(loss.item()):
+            log.warning("step %d: the loss is %s; step skipped", step + 1, loss.item())
+            return None
+        loss.backward()
+        if not torch.isfinite(torch.nn.utils.clip_grad_norm_(self.mapper.parameters(), float("inf"))):
+            log.warning("step %d: the gradient is not finite; step skipped", step + 1)
+            return None
+        self.optimizer.step()
+        return loss.item()
+
     def run(
         self,
         resume: bool = True,
         progress: Callable[[int, int, float], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> TrainResult:
-        """Train until `settings.steps`, saving every `checkpoint_every` steps and when stopped."""
+        """Train until `settings.steps`, saving every `checkpoint_every` steps, when stopped, and on any error."""
         settings = self.settings
         check_free_disk(self.run_dir, 2 * state_bytes(self.mapper) + (64 << 20))
         step, losses = 0, []
@@ -157,44 +197,38 @@ class MapperTrainer:
         if needs_class_prediction(settings.loss):
             with torch.no_grad():
                 class_context = self.backend.text_context(settings.class_prompt).detach()
+        eval_start = self.evaluate(class_context)
         bad_steps, status = 0, "completed"
-        while step < settings.steps:
-            if should_stop is not None and should_stop():
-                status = "interrupted"
-                break
-            batch = sample_batch(self.data, settings, step, self.rank, self.world_size)
-            generator = torch.Generator().manual_seed(settings.seed * 7_919 + step * 101 + self.rank)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self.step_loss(batch, class_context, generator)
-            if not math.isfinite(loss.item()):
-                bad_steps += 1
-                log.warning("step %d: loss is %s; step skipped (%d in a row)", step + 1, loss.item(), bad_steps)
-                if bad_steps >= settings.max_bad_steps:
-                    status = "diverged"
+        try:
+            while step < settings.steps:
+                if should_stop is not None and should_stop():
+                    status = "interrupted"
                     break
+                loss = self._train_step(step, class_context)
                 step += 1
-                continue
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.mapper.parameters(), float("inf"))
-            if not torch.isfinite(grad_norm):
-                bad_steps += 1
-                log.warning("step %d: non-finite gradient; step skipped (%d in a row)", step + 1, bad_steps)
-                if bad_steps >= settings.max_bad_steps:
-                    status = "diverged"
-                    break
-                step += 1
-                continue
-            self.optimizer.step()
-            bad_steps = 0
-            step += 1
-            losses.append(loss.item())
-            if progress is not None:
-                progress(step, settings.steps, losses[-1])
-            if step % settings.checkpoint_every == 0:
-                self._save(step, losses)
-        self.mapper.eval()
-        if status != "diverged":
+                if loss is None:
+                    bad_steps += 1
+                    if bad_steps >= settings.max_bad_steps:
+                        status = "diverged"
+                        break
+                    continue
+                bad_steps = 0
+                losses.append(loss)
+                self._log_progress(step, loss)
+                if step % settings.checkpoint_every == 0:
+                    self._save(step, losses)
+                if progress is not None:
+                    progress(step, settings.steps, loss)  # may raise (ComfyUI's interrupt): saved just below
+        except BaseException:
+            log.info("Training stopped by an exception at step %d; saving the state first.", step)
             self._save(step, losses)
-        else:
+            raise
+        self.mapper.eval()
+        if status == "diverged":
             log.error("Stopped: %d non-finite losses in a row; the last saved state is kept.", bad_steps)
-        return TrainResult(self.mapper, step, losses, status, self.state_path if self.state_path.exists() else None)
+        else:
+            self._save(step, losses)
+        eval_end = self.evaluate(class_context)
+        log.info("fixed-batch loss: %.5f at the start of this run, %.5f at step %d", eval_start, eval_end, step)
+        state = self.state_path if self.state_path.exists() else None
+        return TrainResult(self.mapper, step, losses, status, state, eval_start, eval_end)

@@ -1,0 +1,118 @@
+"""A training folder's files: photos directly in it or one subfolder per person, sorted; decoding that never raises.
+
+Hidden files and folders (a name starting with ".") are ignored, so a cache kept inside the folder
+(`.f2d_cache`) is never read as photos. Files are sorted by their path relative to the folder.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..images import to_rgb_uint8
+from .dataset_report import NESTED_FOLDER, NOT_IMAGE
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+ASPECT_TOLERANCE = 0.01  # a mask of another size is resized when its aspect ratio is this close
+
+
+class UnreadableImage(Exception):
+    """A file with an image suffix that does not decode (truncated, corrupt, not really an image)."""
+
+
+@dataclass(frozen=True)
+class FolderEntry:
+    """One file of a training folder: where it is, its name relative to the folder, its person, or why it is out."""
+
+    path: Path
+    name: str  # posix path relative to the folder: "a.jpg" or "alice/a.jpg"
+    person: str  # subfolder name, "" for photos directly in the folder
+    skip: str | None = None  # a reason code when the file cannot be a photo
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def _entry(path: Path, folder: Path, person: str) -> FolderEntry:
+    """A file, marked NOT_IMAGE unless its suffix is an image suffix."""
+    name = path.relative_to(folder).as_posix()
+    return FolderEntry(path, name, person, None if path.suffix.lower() in IMAGE_SUFFIXES else NOT_IMAGE)
+
+
+def list_folder(folder: Path, exclude: Path | None = None) -> list[FolderEntry]:
+    """Every visible file of the folder and of its person subfolders, sorted by relative path.
+
+    Folders inside a person folder are listed as NESTED_FOLDER (not searched); `exclude` (the cache,
+    when it lies inside the folder) is left out.
+    """
+    excluded = exclude.resolve() if exclude is not None else None
+    entries = []
+    for item in filter(_visible, folder.iterdir()):
+        if excluded is not None and item.resolve() == excluded:
+            continue
+        if item.is_file():
+            entries.append(_entry(item, folder, ""))
+        elif item.is_dir():
+            for inner in filter(_visible, item.iterdir()):
+                if inner.is_file():
+                    entries.append(_entry(inner, folder, item.name))
+                elif inner.is_dir():
+                    entries.append(FolderEntry(inner, inner.relative_to(folder).as_posix(), item.name, NESTED_FOLDER))
+    return sorted(entries, key=lambda e: e.name)
+
+
+def _open(data: bytes) -> Image.Image:
+    """A fully decoded PIL image, turned upright by its EXIF orientation (as ComfyUI's Load Image does)."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return ImageOps.exif_transpose(image)
+    # Decoders of untrusted bytes raise OSError, SyntaxError, ValueError, EOFError, struct.error,
+    # DecompressionBombError...: every one means "not a usable image", never a crash of the whole run.
+    except Exception as exc:
+        raise UnreadableImage(f"{type(exc).__name__}: {exc}".strip()) from None
+
+
+def decode_photo(data: bytes) -> np.ndarray:
+    """RGB uint8 [H, W, 3] of an image file's bytes (transparency over black); UnreadableImage if it is not one."""
+    image = _open(data)
+    try:
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            return to_rgb_uint8(np.asarray(image.convert("RGBA")))
+        return np.array(image.convert("RGB"))
+    except Exception as exc:  # a mode PIL cannot convert
+        raise UnreadableImage(f"{type(exc).__name__}: {exc}".strip()) from None
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+    """A mask image's bytes as float32 [H, W] in 0..1 (grey level, white = face); UnreadableImage if not an image."""
+    image = _open(data)
+    try:
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    except Exception as exc:
+        raise UnreadableImage(f"{type(exc).__name__}: {exc}".strip()) from None
+
+
+def find_mask_file(mask_folder: Path, entry: FolderEntry) -> Path | None:
+    """The mask of a photo: same relative folder and stem in `mask_folder`, any image suffix (.png first)."""
+    relative = Path(entry.name)
+    base = mask_folder / relative.parent / relative.stem
+    for suffix in IMAGE_SUFFIXES:
+        for candidate in (base.with_name(base.name + suffix), base.with_name(base.name + suffix.upper())):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def same_aspect(mask_hw: tuple[int, int], photo_hw: tuple[int, int]) -> bool:
+    """Whether a mask of this size can be resized onto the photo (same aspect ratio within ASPECT_TOLERANCE)."""
+    (mh, mw), (ph, pw) = mask_hw, photo_hw
+    return abs((mw / mh) / (pw / ph) - 1.0) <= ASPECT_TOLERANCE

@@ -123,6 +123,7 @@ class F2DTrainMapper(io.ComfyNode):
             ],
             outputs=[F2DTrainedMapperSocket.Output(display_name="trained_mapper")],
             hidden=[io.Hidden.unique_id],
+            is_output_node=True,  # training writes its resumable state even when nothing consumes the mapper
         )
 
     @classmethod
@@ -177,7 +178,14 @@ class F2DTrainMapper(io.ComfyNode):
             mapper=result.mapper.cpu().eval(),
             step=result.step,
             losses=result.losses,
-            settings={**asdict(settings), "start_from": start_from, "run_dir": str(run_dir), **dataset.settings},
+            settings={
+                **asdict(settings),
+                "start_from": start_from,
+                "run_dir": str(run_dir),
+                "eval_loss_start": result.eval_loss_start,
+                "eval_loss_end": result.eval_loss_end,
+                **dataset.settings,
+            },
             dataset_report=dataset.report.summary(),
         )
         return io.NodeOutput(trained)

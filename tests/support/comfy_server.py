@@ -303,6 +303,10 @@ class ComfyServer:
             raise ExecutionFailed(prompt_id, errors[0] if errors else {"exception_message": str(status)}, entry)
         return entry
 
+    def interrupt(self) -> None:
+        """POST /interrupt: stop the running prompt, as the UI's cancel button does."""
+        self._session.post(f"{self.url}/interrupt", timeout=30).raise_for_status()
+
     def run(self, api_graph: Mapping[str, Any], timeout: float = 120.0) -> dict[str, Any]:
         """Queue a graph and wait for it: `wait(queue_prompt(api_graph))`."""
         return self.wait(self.queue_prompt(api_graph), timeout)

@@ -48,3 +48,60 @@ def save_conditioning(graph: Graph, source: list, name: str, node_id: str) -> Gr
     """Add the test probe node that writes the conditioning of `source` to `<output>/<name>.safetensors`."""
     graph[node_id] = {"class_type": "F2DTestSaveConditioning", "inputs": {"conditioning": source, "name": name}}
     return graph
+
+
+def training_graph(
+    folder: str,
+    run_name: str,
+    steps: int = 2,
+    batch_size: int = 2,
+    learning_rate: float = 1e-5,
+    loss: str = "cgdr",
+    checkpoint_every: int = 1000,
+    crop_size: int = 64,
+    save_as: str | None = None,
+) -> Graph:
+    """Checkpoint + Load MSID Encoder -> F2D Training Dataset ("3") -> Train F2D Mapper ("4") [-> Save ("5")]."""
+    graph: Graph = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
+        "2": loader(),
+        "3": {
+            "class_type": "F2DTrainingDataset",
+            "inputs": {
+                "f2d_model": ["2", 0],
+                "vae": ["1", 2],
+                "folder": folder,
+                "allow_outside_input": False,
+                "face_parser": "79999_iter.pth",
+                "expression_model": "epoch_20.pth",
+                "crop_size": crop_size,
+                "flip": True,
+                "face_index": 0,
+            },
+        },
+        "4": {
+            "class_type": "F2DTrainMapper",
+            "inputs": {
+                "model": ["1", 0],
+                "clip": ["1", 1],
+                "dataset": ["3", 0],
+                "f2d_model": ["2", 0],
+                "start_from": "f2d_model mapper",
+                "steps": steps,
+                "batch_size": batch_size,
+                "learning_rate": learning_rate,
+                "loss": loss,
+                "expression_dropout": 0.2,
+                "shuffle_identities": False,
+                "seed": 0,
+                "checkpoint_every": checkpoint_every,
+                "run_name": run_name,
+                "resume": True,
+                "gradient_checkpointing": True,
+            },
+        },
+        "6": {"class_type": "PreviewAny", "inputs": {"source": ["3", 1]}},
+    }
+    if save_as is not None:
+        graph["5"] = {"class_type": "F2DSaveMapper", "inputs": {"trained_mapper": ["4", 0], "name": save_as}}
+    return graph

@@ -3,6 +3,7 @@
 On first `import torchvision`, define the two op schemas its Python code registers fakes for
 (`nms`, `qnms`); compiled ops still don't run, which nothing under test needs.
 """
+
 import sys
 
 

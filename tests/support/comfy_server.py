@@ -90,7 +90,7 @@ def extra_model_paths_yaml(models_dir: Path, custom_nodes_dir: Path, folders: Se
 
 
 class ComfyServer:
-    """A ComfyUI `main.py --cpu` subprocess on a free port, with its own directories and a client for its API."""
+    """A ComfyUI `main.py` subprocess (`--cpu` unless cpu=False) on a free port, with its own folders and a client."""
 
     def __init__(
         self,
@@ -100,12 +100,13 @@ class ComfyServer:
         custom_nodes: Mapping[str, Path] | None = None,
         extra_args: Sequence[str] = (),
         startup_timeout: float = 180.0,
+        cpu: bool = True,
     ) -> None:
         self.comfyui_path = Path(comfyui_path).resolve()
         self.work_dir = Path(work_dir)
         self.models_dir = Path(models_dir)
         self.custom_nodes = dict(custom_nodes or {})
-        self.extra_args = list(extra_args)
+        self.extra_args = ["--cpu", *extra_args] if cpu else list(extra_args)
         self.startup_timeout = startup_timeout
         self.port = 0
         self.url = ""
@@ -141,7 +142,7 @@ class ComfyServer:
     def command(self, yaml_path: Path) -> list[str]:
         """The command line: what a user types, plus directories that keep the checkout untouched."""
         return [
-            sys.executable, "main.py", "--cpu",
+            sys.executable, "main.py",
             "--listen", "127.0.0.1", "--port", str(self.port),
             "--disable-auto-launch",
             "--extra-model-paths-config", str(yaml_path),

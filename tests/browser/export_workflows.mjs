@@ -1,0 +1,204 @@
+#!/usr/bin/env node
+/**
+ * Regenerate the bundled workflows with ComfyUI's own frontend:
+ *   workflows/api/<name>.json  (read, then rewritten as the frontend's "Export (API)" writes it)
+ *   workflows/<name>.json      (the frontend's "Export": UI format, laid out with groups and notes)
+ *   workflows/<name>.jpg       (thumbnail: a screenshot of the laid-out graph)
+ *
+ * Each API graph is loaded with the app's own loader (app.loadApiJson), placed by workflow_layout.mjs,
+ * and exported with app.graphToPrompt(), exactly as the Export menu entries do.
+ *
+ *   node tests/browser/export_workflows.mjs --url http://127.0.0.1:8188 [--only f2d_portrait]
+ *
+ * The server must have this pack loaded; it gets the quiet settings of comfy_page.mjs stored, so use
+ * a scratch server: `F2D_EXPORT_WORKFLOWS=1 pytest tests/browser -k export` starts one with test models
+ * and preview inputs (see test_browser.py).
+ */
+import { createHash } from "node:crypto";
+import { readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+
+import { launch, openComfy, prepareServer, realErrors } from "./comfy_page.mjs";
+import { LAYOUTS } from "./workflow_layout.mjs";
+
+const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const THUMBNAIL = { width: 1024, height: 640, maxBytes: 60 * 1024 };
+/** Settings for a clean thumbnail (no minimap, menus or stats; full detail when zoomed out); restored after. */
+const THUMBNAIL_SETTINGS = {
+  "LiteGraph.Canvas.MinFontSizeForLOD": 0,
+  "Comfy.Minimap.Visible": false,
+  "Comfy.Graph.CanvasMenu": false,
+  "Comfy.Graph.CanvasInfo": false,
+  "Comfy.Workflow.WorkflowTabsPosition": "Sidebar",
+};
+/** Room for the pictures these nodes show (their default size has none). */
+const MIN_SIZE = { LoadImage: [300, 360], PreviewImage: [280, 300], SaveImage: [420, 470] };
+
+/** Runs in the page: place the loaded graph's nodes, add notes and groups. */
+function arrangeInPage({ layout, minSize }) {
+  const { app, LiteGraph, LGraphGroup } = window;
+  const TITLE = LiteGraph.NODE_TITLE_HEIGHT;
+  const GAP_X = 60;
+  const GAP_SAME_GROUP = TITLE + 20;
+  const GAP_OTHER_GROUP = TITLE + 90; // room for a group's title bar and padding
+  const PAD = 15;
+  const HEADER = 50;
+
+  const groupOf = new Map();
+  layout.groups.forEach((group, g) => group.nodes.forEach((id) => groupOf.set(String(id), g)));
+  const byKey = new Map(app.graph.nodes.map((node) => [String(node.id), node]));
+  for (const [key, text] of Object.entries(layout.notes ?? {})) {
+    const note = LiteGraph.createNode("MarkdownNote");
+    note.title = "Read me";
+    app.graph.add(note);
+    note.widgets[0].value = text;
+    note.size = [440, 300];
+    byKey.set(key, note);
+  }
+
+  for (const node of app.graph.nodes) {
+    const [width, height] = minSize[node.type] ?? [0, 0];
+    node.setSize([Math.max(node.size[0], width), Math.max(node.size[1], height)]);
+  }
+  const bottom = (node) => node.pos[1] + node.size[1];
+  let x = 0;
+  for (const column of layout.columns) {
+    let y = 0;
+    let previous = null;
+    let width = 0;
+    for (const entry of column) {
+      const { id, align, below } = typeof entry === "object" ? entry : { id: entry };
+      const node = byKey.get(String(id));
+      if (!node) throw new Error(`layout names ${id}, which is not in the graph`);
+      if (previous) {
+        const sameGroup = groupOf.has(String(id)) && groupOf.get(String(id)) === groupOf.get(previous);
+        y += sameGroup ? GAP_SAME_GROUP : GAP_OTHER_GROUP;
+      }
+      if (align != null) y = Math.max(y, byKey.get(String(align)).pos[1]);
+      for (const other of below ?? []) y = Math.max(y, bottom(byKey.get(String(other))) + GAP_OTHER_GROUP);
+      node.pos = [x, y];
+      y = bottom(node);
+      width = Math.max(width, node.size[0]);
+      previous = String(id);
+    }
+    x += width + GAP_X;
+  }
+  const placed = new Set(layout.columns.flat().map((entry) => String(typeof entry === "object" ? entry.id : entry)));
+  const unplaced = [...byKey.keys()].filter((key) => !placed.has(key));
+  if (unplaced.length) throw new Error(`layout does not place ${unplaced.join(", ")}`);
+
+  for (const { title, nodes } of layout.groups) {
+    const members = nodes.map((id) => byKey.get(String(id)));
+    const left = Math.min(...members.map((n) => n.pos[0])) - PAD;
+    const top = Math.min(...members.map((n) => n.pos[1] - TITLE)) - HEADER;
+    const right = Math.max(...members.map((n) => n.pos[0] + n.size[0])) + PAD;
+    const lowest = Math.max(...members.map(bottom)) + PAD;
+    const group = new LGraphGroup(title);
+    group.pos = [left, top];
+    group.size = [right - left, lowest - top];
+    app.graph.add(group);
+  }
+}
+
+/** Runs in the page: zoom so that every node and group fills the canvas. */
+function fitInPage(zoom) {
+  const { app, LiteGraph } = window;
+  const title = LiteGraph.NODE_TITLE_HEIGHT;
+  const boxes = [
+    ...app.graph.nodes.map((n) => [n.pos[0], n.pos[1] - title, n.size[0], n.size[1] + title]),
+    ...app.graph.groups.map((g) => [g.pos[0], g.pos[1], g.size[0], g.size[1]]),
+  ];
+  const x0 = Math.min(...boxes.map((b) => b[0]));
+  const y0 = Math.min(...boxes.map((b) => b[1]));
+  const x1 = Math.max(...boxes.map((b) => b[0] + b[2]));
+  const y1 = Math.max(...boxes.map((b) => b[1] + b[3]));
+  app.canvas.ds.fitToBounds([x0, y0, x1 - x0, y1 - y0], { zoom });
+  app.graph.setDirtyCanvas(true, true);
+}
+
+/**
+ * Runs in the page: what the Export and Export (API) menu entries write, without the saved view
+ * (`extra.ds`), so that ComfyUI fits the graph to each user's window when it opens the file.
+ */
+async function exportInPage() {
+  const prompt = await window.app.graphToPrompt();
+  delete prompt.workflow.extra.ds;
+  return { ui: prompt.workflow, api: prompt.output };
+}
+
+/** Runs in the page: change settings; returns their previous values. */
+async function setInPage(settings) {
+  const store = window.app.extensionManager.setting;
+  const previous = Object.fromEntries(Object.keys(settings).map((id) => [id, store.get(id)]));
+  for (const [id, value] of Object.entries(settings)) await store.set(id, value);
+  return previous;
+}
+
+const json = (value) => `${JSON.stringify(value, null, 2)}\n`;
+
+async function exportOne(context, url, name) {
+  const api = JSON.parse(readFileSync(join(REPO, "workflows", "api", `${name}.json`), "utf8"));
+  const layout = LAYOUTS[name];
+  if (!layout) throw new Error(`no layout for ${name} in workflow_layout.mjs`);
+  const { page, errors } = await openComfy(context, url);
+  await page.evaluate(({ api, name }) => window.app.loadApiJson(api, name), { api, name });
+  await page.evaluate(arrangeInPage, { layout, minSize: MIN_SIZE });
+  const exported = await page.evaluate(exportInPage);
+  // Load the export like a user who opens the file, so the thumbnail shows what they will see.
+  await page.evaluate(({ ui, name }) => window.app.loadGraphData(ui, true, true, name), { ui: exported.ui, name });
+  const restore = await page.evaluate(setInPage, THUMBNAIL_SETTINGS);
+  await page.evaluate(() => (window.app.extensionManager.focusMode = true));
+  await page.addStyleTag({ content: ".comfy-menu-hamburger { display: none !important; }" }); // focus mode's exit
+  await page.waitForTimeout(1000); // image previews and DOM widgets settle, the tab bar leaves
+  await page.evaluate(fitInPage, 0.96);
+  await page.waitForTimeout(500);
+  const thumbnail = await jpegUnder(page, THUMBNAIL.maxBytes);
+  await page.evaluate(setInPage, restore);
+  await page.close();
+  const problems = realErrors(errors);
+  if (problems.length) throw new Error(`${name}: the page reported errors:\n${JSON.stringify(problems, null, 1)}`);
+  exported.ui.id = stableId(name); // a fixed workflow id keeps regenerated files diff-free
+  writeFileSync(join(REPO, "workflows", "api", `${name}.json`), json(exported.api));
+  writeFileSync(join(REPO, "workflows", `${name}.json`), json(exported.ui));
+  writeFileSync(join(REPO, "workflows", `${name}.jpg`), thumbnail);
+  return { name, nodes: exported.ui.nodes.length, thumbnailBytes: thumbnail.length };
+}
+
+/** The canvas as a JPEG no larger than `maxBytes`, at the best quality that fits. */
+async function jpegUnder(page, maxBytes) {
+  const canvas = page.locator("#graph-canvas");
+  for (const quality of [80, 70, 60, 50, 40]) {
+    const image = await canvas.screenshot({ type: "jpeg", quality });
+    if (image.length <= maxBytes) return image;
+  }
+  throw new Error(`the thumbnail stays above ${maxBytes} bytes`);
+}
+
+/** A UUID-shaped id derived from the workflow's name. */
+function stableId(name) {
+  const hex = createHash("sha1").update(`face2diffusion/${name}`).digest("hex");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-5${hex.slice(13, 16)}-8${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
+}
+
+async function main() {
+  const { values } = parseArgs({ options: { url: { type: "string" }, only: { type: "string", multiple: true } } });
+  if (!values.url) throw new Error("usage: export_workflows.mjs --url http://127.0.0.1:8188 [--only NAME]");
+  const url = values.url.replace(/\/$/, "");
+  const names =
+    values.only ??
+    readdirSync(join(REPO, "workflows", "api"))
+      .filter((file) => file.endsWith(".json"))
+      .map((file) => file.slice(0, -".json".length))
+      .sort();
+  await prepareServer(url);
+  const { context, close } = await launch({ viewport: { width: THUMBNAIL.width, height: THUMBNAIL.height } });
+  try {
+    for (const name of names) console.log(JSON.stringify(await exportOne(context, url, name)));
+  } finally {
+    await close();
+  }
+}
+
+await main();

@@ -1,0 +1,113 @@
+/**
+ * How each bundled workflow is arranged for users: columns of node ids (left to right, top to bottom),
+ * groups, and notes. The nodes and their values come from workflows/api/<name>.json; this file only
+ * places them. A column entry is a node id, a note key, or {id, align: otherId} to start no higher than
+ * another node, or {id, below: [ids]} to start under those nodes with room for a group title between.
+ */
+
+const FILES_NOTE = `## Face2Diffusion: files to put in place
+- \`ComfyUI/models/face2diffusion/\`: **msid.pt** and **mapping.pt** from the official release
+  (github.com/mapooon/Face2Diffusion)
+- \`ComfyUI/models/insightface/models/buffalo_l/\`: the insightface **buffalo_l** pack
+  (the one InstantID and PuLID use; antelopev2 works too)
+- \`ComfyUI/models/checkpoints/\`: any SD1.5 checkpoint (S* is made for SD1.x)
+
+Write **f l** in the prompt where the person goes; \`(f l:1.2)\` weights work.`;
+
+const note = (extra = "") => (extra ? `${FILES_NOTE}\n\n${extra}` : FILES_NOTE);
+
+const FACE_GROUP = { title: "Face → S*", nodes: [2, 3, 4, 5] };
+const PROMPT_GROUP = { title: "Prompt with f l", nodes: [6, 7] };
+const GENERATE_TITLE = "Generate (the paper: Euler a, 30 steps, CFG 7, 512×512)";
+
+export const LAYOUTS = {
+  f2d_portrait: {
+    notes: { files: note() },
+    columns: [
+      ["files", 1, 2, 3],
+      [{ id: 4, align: 2 }, 5],
+      [{ id: 6, align: 1 }, 7],
+      [{ id: 8, align: 1 }, 9],
+      [{ id: 10, align: 1 }, 11],
+    ],
+    groups: [FACE_GROUP, PROMPT_GROUP, { title: GENERATE_TITLE, nodes: [8, 9, 10, 11] }],
+  },
+  f2d_prompt_batch: {
+    notes: {
+      files: note(`Four of the paper's prompts share one face; each has its own sampler (same seed), and the four
+images are saved together. For more prompts, copy an Apply F2D Tokens + KSampler pair and add a Batch latents.`),
+    },
+    columns: [
+      ["files", 1, 2, 3],
+      [{ id: 4, align: 2 }, 5],
+      [{ id: 6, align: 1 }, 7, 8, 9, 10],
+      [{ id: 15, align: 1 }, { id: 11, align: 6 }, { id: 12, align: 7 }, { id: 13, align: 8 }, { id: 14, align: 9 }],
+      [{ id: 16, align: 1 }, 17, 18, 19, 20],
+    ],
+    groups: [
+      FACE_GROUP,
+      { title: "Prompts with f l", nodes: [6, 7, 8, 9, 10] },
+      { title: GENERATE_TITLE, nodes: [11, 12, 13, 14, 15, 16, 17, 18, 19, 20] },
+    ],
+  },
+  f2d_expression: {
+    notes: {
+      files: note(`Expression Reference needs Deep3DFaceRecon's **epoch_20.pth**
+(github.com/sicxu/Deep3DFaceRecon_pytorch) in \`ComfyUI/models/face2diffusion/\`. Its photo gives only the
+expression; the identity comes from the face photo.`),
+    },
+    columns: [
+      ["files", 1, 2, 3, { id: 12, below: [3, 5] }],
+      [{ id: 4, align: 2 }, 5, { id: 13, align: 12 }],
+      [{ id: 6, align: 1 }, 7],
+      [{ id: 8, align: 1 }, 9],
+      [{ id: 10, align: 1 }, 11],
+    ],
+    groups: [
+      FACE_GROUP,
+      { title: "Expression from a second photo", nodes: [12, 13] },
+      PROMPT_GROUP,
+      { title: GENERATE_TITLE, nodes: [8, 9, 10, 11] },
+    ],
+  },
+  f2d_inpaint_template: {
+    notes: {
+      files: note(`Template portrait (FaceChain-FACT style): load an **SD1.5 inpainting** checkpoint
+(e.g. sd-v1-5-inpainting.ckpt), open the template in the MaskEditor (right-click the Load Image node) and
+paint over the face. Only the masked area changes.`),
+    },
+    columns: [
+      ["files", 1, 2, 3, { id: 12, below: [3, 5] }],
+      [{ id: 4, align: 2 }, 5],
+      [{ id: 6, align: 1 }, 7],
+      [{ id: 13, align: 1 }, 9],
+      [{ id: 10, align: 1 }, 14, 11],
+    ],
+    groups: [
+      FACE_GROUP,
+      { title: "Template + mask", nodes: [12] },
+      PROMPT_GROUP,
+      { title: "Inpaint the masked face", nodes: [13, 9, 10, 14, 11] },
+    ],
+  },
+  f2d_controlnet_pose: {
+    notes: {
+      files: note(`Pose: an OpenPose ControlNet (e.g. **control_v11p_sd15_openpose.pth** in
+\`ComfyUI/models/controlnet/\`) and a pose skeleton image (made, for example, by an OpenPose/DWPose
+preprocessor).`),
+    },
+    columns: [
+      ["files", 1, 2, 3, { id: 12, below: [3, 5, 7] }, 13],
+      [{ id: 4, align: 2 }, 5],
+      [{ id: 6, align: 1 }, 7, { id: 14, align: 12 }],
+      [{ id: 8, align: 1 }, 9],
+      [{ id: 10, align: 1 }, 11],
+    ],
+    groups: [
+      FACE_GROUP,
+      { title: "Pose", nodes: [12, 13, 14] },
+      PROMPT_GROUP,
+      { title: GENERATE_TITLE, nodes: [8, 9, 10, 11] },
+    ],
+  },
+};

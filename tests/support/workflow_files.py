@@ -1,0 +1,278 @@
+"""The bundled workflows (`workflows/*.json` UI format, `workflows/api/*.json` API format) as tests use them.
+
+`prepare_for_test` turns an API workflow into one the test server runs in seconds: model names become
+the test models (by node type and input name, failing clearly on a model nothing covers), LoadImage
+nodes get the uploaded test input their consumers need, and sizes and steps shrink.
+`ui_as_api` reads a UI workflow the way the frontend queues it, so tests can compare it with its API copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from tests.support import synthetic_insightface as si
+from tests.support.photos import ALIGNED_CROP, ASTRONAUT, load_rgb
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WORKFLOWS_DIR = REPO_ROOT / "workflows"
+API_DIR = WORKFLOWS_DIR / "api"
+THUMBNAIL_MAX_BYTES = 60 * 1024
+
+Graph = dict[str, dict[str, Any]]
+
+# Frontend-only nodes: saved in UI workflows, never sent to the server.
+VIRTUAL_NODE_TYPES = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
+MUTED_MODES = frozenset({2, 4})  # LiteGraph NEVER and BYPASS: left out of the API graph
+MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".onnx", ".gguf", ".sft")
+WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+
+# (node type, input) -> {name a bundled workflow uses: the test server's model of that kind}.
+MODEL_SUBSTITUTES: dict[tuple[str, str], dict[str, str]] = {
+    ("CheckpointLoaderSimple", "ckpt_name"): {
+        "v1-5-pruned-emaonly.safetensors": "f2d_tiny_sd15.safetensors",
+        "sd-v1-5-inpainting.ckpt": "f2d_tiny_sd15_inpaint.safetensors",
+    },
+    ("ControlNetLoader", "control_net_name"): {
+        "control_v11p_sd15_openpose.pth": "f2d_tiny_controlnet_sd15.safetensors",
+    },
+    ("F2DLoadMSIDEncoder", "msid_file"): {"msid.pt": "msid.pt"},
+    ("F2DLoadMSIDEncoder", "mapper_file"): {"mapping.pt": "mapping.pt"},
+    ("F2DLoadMSIDEncoder", "insightface_pack"): {"buffalo_l": "buffalo_l"},
+    ("F2DExpressionReference", "expression_model"): {"epoch_20.pth": "epoch_20.pth"},
+}
+
+# What a LoadImage feeds decides which test input it gets: (consumer type, consumer input) -> role.
+IMAGE_ROLES: dict[tuple[str, str], str] = {
+    ("F2DEncodeFace", "image"): "face",
+    ("F2DExpressionReference", "image"): "expression",
+    ("InpaintModelConditioning", "pixels"): "template",
+    ("VAEEncodeForInpaint", "pixels"): "template",
+    ("ImageCompositeMasked", "destination"): "template",
+    ("ControlNetApplyAdvanced", "image"): "pose",
+    ("ControlNetApply", "image"): "pose",
+}
+
+# Small and fast on a CPU: (node type, input) -> value; any `steps` input is capped at TEST_STEPS.
+TEST_SIZE = 64
+TEST_STEPS = 2
+SHRINK: dict[tuple[str, str], int] = {
+    ("EmptyLatentImage", "width"): TEST_SIZE,
+    ("EmptyLatentImage", "height"): TEST_SIZE,
+}
+
+
+class WorkflowProblem(AssertionError):
+    """A bundled workflow the tests cannot run as it is; the message names the workflow, node and fix."""
+
+
+# ---- files ---------------------------------------------------------------------------------------
+
+
+def workflow_names() -> list[str]:
+    """Names of the bundled workflows, from their API copies."""
+    return sorted(path.stem for path in API_DIR.glob("*.json"))
+
+
+def load_api(name: str) -> Graph:
+    """`workflows/api/<name>.json`."""
+    return json.loads((API_DIR / f"{name}.json").read_text())
+
+
+def load_ui(name: str) -> dict[str, Any]:
+    """`workflows/<name>.json`."""
+    return json.loads((WORKFLOWS_DIR / f"{name}.json").read_text())
+
+
+def thumbnail_path(name: str) -> Path:
+    """`workflows/<name>.jpg`, the thumbnail ComfyUI's template browser shows."""
+    return WORKFLOWS_DIR / f"{name}.jpg"
+
+
+# ---- test inputs ---------------------------------------------------------------------------------
+
+
+def pose_image(size: int = TEST_SIZE) -> Image.Image:
+    """An OpenPose-style stick figure (coloured limbs on black), as an OpenPose ControlNet expects."""
+    image = Image.new("RGB", (size, size))
+    draw = ImageDraw.Draw(image)
+    s = size / 64
+    limbs = [
+        ((32, 12), (32, 30), (255, 0, 0)),
+        ((32, 18), (20, 28), (255, 170, 0)),
+        ((32, 18), (44, 28), (170, 255, 0)),
+        ((32, 30), (24, 52), (0, 255, 85)),
+        ((32, 30), (40, 52), (0, 170, 255)),
+    ]
+    for (x0, y0), (x1, y1), colour in limbs:
+        draw.line((x0 * s, y0 * s, x1 * s, y1 * s), fill=colour, width=max(1, round(2 * s)))
+    draw.ellipse((28 * s, 6 * s, 36 * s, 14 * s), outline=(0, 0, 255), width=max(1, round(s)))
+    return image
+
+
+def template_image(size: int = TEST_SIZE) -> Image.Image:
+    """A grey template portrait whose centre is transparent: LoadImage's mask (1 - alpha) marks it."""
+    rgba = np.full((size, size, 4), 128, np.uint8)
+    rgba[..., 3] = 255
+    rgba[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4, 3] = 0
+    return Image.fromarray(rgba, "RGBA")
+
+
+def input_images() -> dict[str, Image.Image]:
+    """One test input per LoadImage role: faces the synthetic detector finds, a masked template, a pose."""
+    return {
+        "face": Image.fromarray(si.face_photo(load_rgb(ASTRONAUT))),
+        "expression": Image.fromarray(si.face_photo(load_rgb(ALIGNED_CROP))),
+        "template": template_image(),
+        "pose": pose_image(),
+    }
+
+
+def preview_images() -> dict[str, Image.Image]:
+    """One picture per LoadImage role for the browser (previews in screenshots and thumbnails; never run)."""
+    astronaut = Image.fromarray(load_rgb(ASTRONAUT))
+    template = astronaut.convert("RGBA")
+    template.putalpha(Image.fromarray(np.where(_face_box(512), 0, 255).astype(np.uint8)))
+    return {
+        "face": astronaut,
+        "expression": astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        "template": template,
+        "pose": pose_image(512),
+    }
+
+
+def _face_box(size: int) -> np.ndarray:
+    """Where the astronaut's face is in the 512x512 photo (the area a template's mask would cover)."""
+    box = np.zeros((size, size), bool)
+    box[40:240, 150:300] = True
+    return box
+
+
+# ---- API graphs for the test server --------------------------------------------------------------
+
+
+def _consumers(graph: Graph, node_id: str, slot: int) -> list[tuple[str, str]]:
+    """(consumer type, input name) of every input linked to output `slot` of `node_id`."""
+    return [
+        (node["class_type"], name)
+        for node in graph.values()
+        for name, value in node["inputs"].items()
+        if isinstance(value, list) and value == [node_id, slot]
+    ]
+
+
+def image_roles(graph: Graph, workflow: str = "workflow") -> dict[str, str]:
+    """{LoadImage node id: role} from what each LoadImage's IMAGE feeds (see IMAGE_ROLES)."""
+    roles = {}
+    for node_id, node in graph.items():
+        if node["class_type"] != "LoadImage":
+            continue
+        consumers = _consumers(graph, node_id, 0)
+        found = {IMAGE_ROLES[c] for c in consumers if c in IMAGE_ROLES}
+        if len(found) != 1:
+            raise WorkflowProblem(
+                f"{workflow}: LoadImage node {node_id} feeds {consumers or 'nothing'}, so no single test input "
+                f"fits it ({sorted(found) or 'no known role'}); add its consumer to IMAGE_ROLES in {__name__}."
+            )
+        roles[node_id] = found.pop()
+    return roles
+
+
+def _looks_like_model(value: object) -> bool:
+    return isinstance(value, str) and value.lower().endswith(MODEL_EXTENSIONS)
+
+
+def substitute_models(graph: Graph, workflow: str = "workflow") -> Graph:
+    """Copy of `graph` with every model name replaced by the test model of its kind (MODEL_SUBSTITUTES)."""
+    graph = copy.deepcopy(graph)
+    for node_id, node in graph.items():
+        for name, value in node["inputs"].items():
+            table = MODEL_SUBSTITUTES.get((node["class_type"], name))
+            if table is None and not _looks_like_model(value):
+                continue
+            if table is None or value not in table:
+                raise WorkflowProblem(
+                    f"{workflow}: node {node_id} ({node['class_type']}) input {name!r} = {value!r} is a model no "
+                    f"test substitute covers; add it to MODEL_SUBSTITUTES in {__name__}."
+                )
+            node["inputs"][name] = table[value]
+    return graph
+
+
+def shrink(graph: Graph) -> Graph:
+    """Copy of `graph` with latent sizes at TEST_SIZE and every `steps` at most TEST_STEPS."""
+    graph = copy.deepcopy(graph)
+    for node in graph.values():
+        for name, value in node["inputs"].items():
+            if (node["class_type"], name) in SHRINK:
+                node["inputs"][name] = SHRINK[(node["class_type"], name)]
+            elif name == "steps" and isinstance(value, int):
+                node["inputs"][name] = min(value, TEST_STEPS)
+    return graph
+
+
+def prepare_for_test(graph: Graph, uploaded: Mapping[str, str], workflow: str = "workflow") -> Graph:
+    """The graph the test server runs: test models, uploaded inputs (`{role: name}`), small and few steps."""
+    prepared = shrink(substitute_models(graph, workflow))
+    for node_id, role in image_roles(prepared, workflow).items():
+        prepared[node_id]["inputs"]["image"] = uploaded[role]
+    return prepared
+
+
+# ---- UI workflows as the frontend queues them ----------------------------------------------------
+
+
+def _is_widget(spec: list) -> bool:
+    """Whether an /object_info input spec is shown as a widget (its value saved in `widgets_values`)."""
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    kind = spec[0]
+    return (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput")
+
+
+def widget_values(node: Mapping[str, Any], node_info: Mapping[str, Any]) -> dict[str, Any]:
+    """{input name: value} of a UI node's `widgets_values`, in the order /object_info gives the inputs.
+
+    The frontend also saves a seed's "control after generate" choice and LoadImage's upload button
+    right after their widget; those extra entries are skipped.
+    """
+    specs = {**node_info["input"].get("required", {}), **node_info["input"].get("optional", {})}
+    order = node_info.get("input_order", {})
+    names = [*order.get("required", []), *order.get("optional", [])]
+    values = list(node.get("widgets_values") or [])
+    out, i = {}, 0
+    for name in names:
+        spec = specs[name]
+        if not _is_widget(spec):
+            continue
+        if i < len(values):
+            out[name] = values[i]
+        options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+        i += 1 + bool(options.get("control_after_generate")) + bool(options.get("image_upload"))
+    return out
+
+
+def ui_as_api(ui: Mapping[str, Any], object_info: Mapping[str, Any]) -> Graph:
+    """The API graph a UI workflow describes: node types, widget values and links (no `_meta`)."""
+    runs = [n for n in ui["nodes"] if n["type"] not in VIRTUAL_NODE_TYPES and n.get("mode", 0) not in MUTED_MODES]
+    nodes = {str(n["id"]): n for n in runs}
+    graph: Graph = {}
+    for node_id, node in nodes.items():
+        if node["type"] not in object_info:
+            raise WorkflowProblem(f"UI node {node_id} has type {node['type']!r}, which the server does not know.")
+        graph[node_id] = {"inputs": widget_values(node, object_info[node["type"]]), "class_type": node["type"]}
+    for _, origin, origin_slot, target, target_slot, *_ in ui["links"]:
+        if str(target) in graph and str(origin) in nodes:
+            name = nodes[str(target)]["inputs"][target_slot]["name"]
+            graph[str(target)]["inputs"][name] = [str(origin), origin_slot]
+    return graph
+
+
+def without_meta(graph: Graph) -> Graph:
+    """The graph without the `_meta` titles the server ignores."""
+    return {node_id: {k: v for k, v in node.items() if k != "_meta"} for node_id, node in graph.items()}

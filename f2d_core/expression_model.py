@@ -11,10 +11,7 @@ Face2Diffusion's expression code is coefficients 80..143.
 from __future__ import annotations
 
 import logging
-import pickle
-import re
-import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +22,7 @@ from torch import nn
 from .errors import WeightFileError
 from .expression_alignment import deep3d_crops
 from .images import ImageLike
-from .weight_files import StateDict, describe_weights, read_weights
+from .weight_files import StateDict, describe_weights, key_problems, read_weights
 
 log = logging.getLogger(__name__)
 
@@ -72,45 +69,6 @@ class ExpressionRegressor(nn.Module):
         return self(crops)[:, EXPRESSION_SLICE]
 
 
-def _torch_load(path: Path) -> object:
-    """`torch.load(weights_only=True)` with errors that say what is wrong with the file."""
-    try:
-        # mmap: the optimizer state that epoch_20.pth carries is never read into memory.
-        return torch.load(path, weights_only=True, map_location="cpu", mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f" ({found.group(1)})" if found else ""
-        raise WeightFileError(
-            f"{path} holds pickled Python objects{what}, not only tensors, so it is not loaded: this pack "
-            f"never unpickles code. Use the published epoch_20.pth, or save the network's state_dict() "
-            f"or a .safetensors file instead."
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WeightFileError(
-            f"{path} ({path.stat().st_size} bytes) cannot be read as a PyTorch weight file: it is truncated "
-            f"(an interrupted download?) or not a weight file. {HOW_TO_GET} again. Detail: {detail}"
-        ) from None
-
-
-def _tensors_of(obj: object, path: Path) -> StateDict:
-    """The regressor's tensors from a loaded file: epoch_20.pth's `net_recon`, or a plain state dict."""
-    if isinstance(obj, Mapping) and isinstance(obj.get("net_recon"), Mapping):
-        obj = obj["net_recon"]
-    if not isinstance(obj, Mapping) or not obj:
-        raise WeightFileError(
-            f"{path} holds {type(obj).__name__ if obj is not None else 'nothing'}, not a dict of tensors: "
-            f"it is not a Deep3DFaceRecon checkpoint. {HOW_TO_GET}."
-        )
-    not_tensors = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise WeightFileError(
-            f"{path} is neither Deep3DFaceRecon's epoch_20.pth (no 'net_recon' entry) nor a state dict: "
-            f"entries {not_tensors[:5]} are not tensors. {HOW_TO_GET}."
-        )
-    return {str(k): v for k, v in obj.items()}
-
-
 def _strip_prefixes(sd: StateDict) -> StateDict:
     """Keys as ReconNetWrapper names them: drop a nesting prefix (selecting those keys) and DDP's `module.`."""
     for prefix in _NESTING_PREFIXES:
@@ -131,20 +89,7 @@ def _check_keys(sd: StateDict, want: StateDict, path: Path) -> None:
         if "conv1.weight" in sd and "fc.weight" in sd:
             looks = "it holds an ImageNet ResNet classifier (such as resnet50-0676ba61.pth, the training init)"
         raise WeightFileError(f"{path} is not Deep3DFaceRecon's face reconstruction network: {looks}. {HOW_TO_GET}.")
-    missing = [k for k in want if k not in sd]
-    unexpected = [k for k in sd if k not in want]
-    shapes = [
-        f"{k} {tuple(sd[k].shape)} (expected {tuple(v.shape)})"
-        for k, v in want.items()
-        if k in sd and sd[k].shape != v.shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys ({', '.join(missing[:4])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:4])})")
-    if shapes:
-        problems.append(f"{len(shapes)} tensors of the wrong shape ({'; '.join(shapes[:3])})")
+    problems = key_problems(sd, want)
     if problems:
         raise WeightFileError(
             f"{path} does not match Deep3DFaceRecon's ResNet-50 regressor (epoch_20.pth): {'; '.join(problems)}. "
@@ -157,10 +102,7 @@ def read_expression_state_dict(path: str | Path) -> StateDict:
     path = Path(path)
     if not path.is_file():
         raise WeightFileError(f"The expression model {path} does not exist. {HOW_TO_GET}.")
-    if path.suffix.lower() == ".safetensors":
-        sd, _ = read_weights(path)
-    else:
-        sd = _tensors_of(_torch_load(path), path)
+    sd, _ = read_weights(path, select="net_recon", hint=f"{HOW_TO_GET}.")
     return _strip_prefixes(sd)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -56,38 +57,39 @@ def describe_weights(keys: list[str]) -> str | None:
     return None
 
 
-def _load_pickle(path: Path) -> object:
+def load_torch_file(path: Path, hint: str = "") -> object:
+    """`torch.load(weights_only=True)` (memory-mapped when zipped), with errors that say what is wrong."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        blocked = next((line for line in lines if "GLOBAL" in line), None)
+        blocked = re.search(r"GLOBAL ([\w.]+)", str(e))
         if blocked is None:
-            raise _unreadable(path, lines[-1] if lines else type(e).__name__) from None
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            raise _unreadable(path, lines[-1] if lines else type(e).__name__, hint) from None
         raise WeightFileError(
-            f"{path} holds Python objects besides tensors, so it is not loaded (only plain state "
-            f"dicts are read, never arbitrary pickles). Use the released weight file, or convert it "
-            f"to .safetensors. Detail: {blocked}"
+            f"{path} holds pickled Python objects ({blocked.group(1)}) besides tensors, so it is not loaded: this "
+            f"pack never unpickles code. {hint or 'Use the released weight file, or convert it to .safetensors.'}"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise _unreadable(path, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        raise _unreadable(path, str(e).splitlines()[0] if str(e) else type(e).__name__, hint) from None
 
 
-def _unreadable(path: Path, detail: str) -> WeightFileError:
+def _unreadable(path: Path, detail: str, hint: str = "") -> WeightFileError:
     return WeightFileError(
-        f"{path} could not be read as a PyTorch weight file: it is truncated (an incomplete "
-        f"download?) or not a weight file at all ({path.stat().st_size} bytes). Download it "
-        f"again. Detail: {detail}"
+        f"{path} could not be read as a PyTorch weight file: it is truncated (an incomplete download?) or "
+        f"not a weight file at all ({path.stat().st_size} bytes). {hint or 'Download it again.'} Detail: {detail}"
     )
 
 
-def _unwrap(obj: object, path: Path) -> StateDict:
-    """A flat name -> tensor dict from a loaded object, unwrapping `{"state_dict": ...}` etc."""
+def _unwrap(obj: object, path: Path, select: str | None = None) -> StateDict:
+    """A flat name -> tensor dict from a loaded object: `obj[select]`, or unwrapping `{"state_dict": ...}`."""
+    if select is not None and isinstance(obj, Mapping) and isinstance(obj.get(select), Mapping):
+        obj = obj[select]
     while isinstance(obj, Mapping) and len(obj) == 1 and next(iter(obj)) in _WRAPPER_KEYS:
         obj = next(iter(obj.values()))
     if not isinstance(obj, Mapping) or not obj:
         raise WeightFileError(
-            f"{path} does not hold a state dict (name -> tensor) but {type(obj).__name__}: "
+            f"{path} holds {type(obj).__name__}, not a dict of tensors (a state dict): "
             f"it is not a weight file this pack can use."
         )
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
@@ -102,8 +104,12 @@ def _unwrap(obj: object, path: Path) -> StateDict:
     return sd
 
 
-def read_weights(path: Path | str) -> tuple[StateDict, dict[str, str]]:
-    """(tensors, metadata) of a `.safetensors` or PyTorch weight file, with readable errors."""
+def read_weights(path: Path | str, select: str | None = None, hint: str = "") -> tuple[StateDict, dict[str, str]]:
+    """(tensors, metadata) of a `.safetensors` or PyTorch weight file, with readable errors.
+
+    select: the entry to read when a PyTorch file holds several (e.g. "net_recon" of a training
+    checkpoint); hint: what to do, appended to errors about an unreadable file.
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightFileError(f"Weight file {path} does not exist.")
@@ -117,32 +123,37 @@ def read_weights(path: Path | str) -> tuple[StateDict, dict[str, str]]:
                 f"{path} is not a valid .safetensors file: it is truncated (an incomplete "
                 f"download?) or damaged. Download or convert it again. Detail: {e}"
             ) from None
-    return _unwrap(_load_pickle(path), path), {}
+    return _unwrap(load_torch_file(path, hint), path, select), {}
+
+
+def key_problems(sd: StateDict, want: Mapping[str, torch.Tensor]) -> list[str]:
+    """Missing keys, unexpected keys and wrong shapes of `sd` against `want`, as short phrases."""
+    missing = [k for k in want if k not in sd]
+    unexpected = [k for k in sd if k not in want]
+    wrong_shape = [
+        f"{k} {tuple(sd[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in want.items()
+        if k in sd and sd[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys ({', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:3])})")
+    if wrong_shape:
+        problems.append(f"{len(wrong_shape)} tensors of the wrong shape ({'; '.join(wrong_shape[:2])})")
+    return problems
 
 
 def check_state_dict(sd: StateDict, model: nn.Module, path: Path | str, expected: str) -> None:
     """Raise a WeightFileError naming the file if `sd` cannot load strictly into `model`."""
-    want = model.state_dict()
-    missing = [k for k in want if k not in sd]
-    unexpected = [k for k in sd if k not in want]
-    wrong_shape = [
-        f"{k}: file {tuple(sd[k].shape)}, expected {tuple(want[k].shape)}"
-        for k in want
-        if k in sd and sd[k].shape != want[k].shape
-    ]
-    if not (missing or unexpected or wrong_shape):
+    problems = key_problems(sd, model.state_dict())
+    if not problems:
         return
     guess = describe_weights(list(sd))
     intro = f"{path} is not {expected}"
     intro += f": it looks like {guess}." if guess and guess != expected else "."
-    details = []
-    if missing:
-        details.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        details.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-    if wrong_shape:
-        details.append(f"{len(wrong_shape)} wrong shapes (e.g. {'; '.join(wrong_shape[:2])})")
-    raise WeightFileError(f"{intro} {'; '.join(details)}. Pick the right file for this input.")
+    raise WeightFileError(f"{intro} {'; '.join(problems)}. Pick the right file for this input.")
 
 
 def load_into(model_type: Callable[[], nn.Module], sd: StateDict, path: Path | str, expected: str) -> nn.Module:

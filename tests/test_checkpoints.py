@@ -107,7 +107,9 @@ def test_pickle_with_code_is_refused_and_never_runs(tmp_path):
     path = tmp_path / "mapping.pt"
     with open(path, "wb") as f:
         torch.save({"null_exp": torch.zeros(64), "evil": _Payload(marker)}, f)
-    with pytest.raises(WeightFileError, match=r"holds Python objects besides tensors.*never arbitrary pickles"):
+    with pytest.raises(
+        WeightFileError, match=r"holds pickled Python objects \(posix\.mkdir\) besides tensors.*never unpickles code"
+    ):
         load_mapper(path)
     assert not marker.exists()
 
@@ -158,8 +160,8 @@ def test_wrong_shapes_and_missing_keys_are_listed(tmp_path, state_dicts):
     with pytest.raises(WeightFileError) as info:
         load_mapper(path)
     message = str(info.value)
-    assert "1 missing keys (e.g. null_exp)" in message
-    assert "i2t_first.fc_out.weight: file (1024, 1536), expected (768, 1536)" in message
+    assert "1 missing keys (null_exp)" in message
+    assert "i2t_first.fc_out.weight (1024, 1536) (expected (768, 1536))" in message
 
 
 def test_combined_file_without_the_part_asked_for(tmp_path, state_dicts):

@@ -144,7 +144,7 @@ def test_imagenet_resnet_is_named(tmp_path):
 def test_not_a_dict_is_reported(tmp_path):
     path = tmp_path / "tensor.pth"
     torch.save(torch.zeros(3), path)
-    assert "Tensor, not a dict of tensors" in _message(path)
+    assert "holds Tensor, not a dict of tensors" in _message(path)
 
 
 def test_missing_and_unexpected_keys_are_listed(tmp_path, net_recon):

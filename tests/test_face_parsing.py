@@ -167,7 +167,7 @@ def test_pickle_with_python_objects_is_refused_without_running_it(tmp_path):
 
 @pytest.mark.parametrize(
     "payload,words",
-    [([torch.zeros(2)], "does not hold a state dict"), ({"w": torch.zeros(2), "epoch": 3}, "not tensors")],
+    [([torch.zeros(2)], "holds list, not a dict of tensors"), ({"w": torch.zeros(2), "epoch": 3}, "not tensors")],
 )
 def test_pickle_that_is_not_a_state_dict(payload, words, tmp_path):
     path = tmp_path / "odd.pth"

@@ -163,14 +163,21 @@ class MapperTrainer:
         self.mapper.train(was_training)
         return loss.item()
 
+    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank: under DDP all ranks must skip a step together."""
+        finite = torch.tensor(float(math.isfinite(loss.item())), device=loss.device)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        return bool(finite.item())
+
     def _train_step(self, step: int, class_context: torch.Tensor | None) -> float | None:
         """One optimizer step; None (and no update) when the loss or the gradient is not finite."""
         batch = sample_batch(self.data, self.settings, step, self.rank, self.world_size)
         generator = torch.Generator().manual_seed(self.settings.seed * 7_919 + step * 101 + self.rank)
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.step_loss(batch, class_context, generator)
-        if not math.isfinite(loss.item()):
-            log.warning("step %d: the loss is %s; step skipped", step + 1, loss.item())
+        if not self._finite_everywhere(loss):
+            log.warning("step %d: the loss is not finite (here: %s); step skipped", step + 1, loss.item())
             return None
         loss.backward()
         if not torch.isfinite(torch.nn.utils.clip_grad_norm_(self.mapper.parameters(), float("inf"))):

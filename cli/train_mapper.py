@@ -1,0 +1,324 @@
+"""Train the F2D mapper outside the server: ComfyUI as a library, one process, or one per GPU through torchrun.
+
+    python cli/train_mapper.py --comfyui ~/ComfyUI --checkpoint sd14.safetensors --msid msid.pt \\
+        --mapper mapping.pt --insightface-root ~/ComfyUI/models/insightface --pack buffalo_l \\
+        --folder ~/faces --face-parser 79999_iter.pth --expression-model epoch_20.pth \\
+        --steps 100000 --batch-size 32 --lr 1e-5 --run-dir runs/ffhq --out f2d_mapper_ffhq.safetensors
+    torchrun --nproc_per_node 4 cli/train_mapper.py ...same arguments...   # DDP: 8 photos per GPU
+
+`--batch-size` is the global batch: each of the N ranks takes batch/N samples of every step and DDP
+averages the gradients, so one update is the same as a single process's at the full batch. The
+trainer, the losses and the diffusion backend are the ones the Train F2D Mapper node runs
+(`nodes.training.comfy_backend` on ComfyUI's own checkpoint loader). Rank 0 prepares the training
+set (cached in `--cache-dir`) while the others wait, then they read it from the cache. Only rank 0
+writes the resumable state in `--run-dir` and the final `--out`; running the same command again
+continues from the saved state. Ctrl-C (SIGINT) or SIGTERM saves the state and exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+if __package__:
+    from .comfy_library import PACK_NAME, ComfyLibraryError, bootstrap, pack_module
+else:  # run as a script: cli/ is sys.path[0] (comfy_library takes it off before importing ComfyUI)
+    from comfy_library import PACK_NAME, ComfyLibraryError, bootstrap, pack_module
+
+log = logging.getLogger("f2d.train_mapper")
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process stands in the run: rank, world size, and the device it trains on."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    p = argparse.ArgumentParser(description="Train the Face2Diffusion mapper with CGDR (one or many GPUs, or CPU).")
+    p.add_argument("--comfyui", help="ComfyUI checkout (default: $COMFYUI_PATH).")
+    p.add_argument("--checkpoint", type=Path, required=True, help="SD1.x checkpoint (.safetensors) to train for.")
+    p.add_argument("--msid", type=Path, required=True, help="MSID encoder: msid.pt or a combined .safetensors.")
+    start = p.add_mutually_exclusive_group(required=True)
+    start.add_argument("--mapper", type=Path, help="Starting mapper: mapping.pt or a trained .safetensors.")
+    start.add_argument("--from-scratch", action="store_true", help="Start from a freshly initialised mapper.")
+    p.add_argument("--insightface-root", type=Path, required=True, help="Folder holding models/<pack>/.")
+    p.add_argument("--pack", default="buffalo_l", help="insightface pack that finds the faces.")
+    p.add_argument("--det-size", type=int, default=640, help="Face detector input size.")
+    p.add_argument("--folder", type=Path, required=True, help="Face photos: directly, or one subfolder per person.")
+    p.add_argument("--face-parser", type=Path, help="BiSeNet 79999_iter.pth for the face mask (else an ellipse).")
+    p.add_argument("--expression-model", type=Path, help="Deep3DFaceRecon epoch_20.pth (else null_exp only).")
+    p.add_argument("--crop-size", type=int, default=512, help="Training crop size (paper: 512).")
+    p.add_argument("--no-flip", action="store_true", help="Do not add mirrored views.")
+    p.add_argument("--cache-dir", type=Path, help="Prepared-photo cache (default: RUN_DIR/dataset_cache).")
+    p.add_argument("--steps", type=int, default=100_000, help="Total steps (paper: 100,000).")
+    p.add_argument("--batch-size", type=int, default=32, help="Global batch, split across ranks (paper: 32).")
+    p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (paper: 1e-5).")
+    p.add_argument("--loss", default="cgdr", help="cgdr | reconstruction | masked_reconstruction.")
+    p.add_argument("--expression-dropout", type=float, default=0.2, help="P(null_exp instead of the expression).")
+    p.add_argument("--shuffle-identities", action="store_true", help="Encode another photo of the same person.")
+    p.add_argument("--seed", type=int, default=0, help="Seeds batches, noise, timesteps and a scratch mapper.")
+    p.add_argument("--checkpoint-every", type=int, default=1000, help="Save the resumable state every N steps.")
+    p.add_argument("--max-bad-steps", type=int, default=10, help="Stop after this many non-finite losses in a row.")
+    p.add_argument("--run-dir", type=Path, required=True, help="Resumable state; an existing one is continued.")
+    p.add_argument("--out", type=Path, required=True, help="The trained mapper (.safetensors).")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="Recompute UNet activations (less memory).")
+    p.add_argument("--cpu", action="store_true", help="Train on the CPU (automatic without CUDA).")
+    return p.parse_args(argv)
+
+
+def setup_logging(rank: int, world_size: int) -> None:
+    """Plain lines on stderr; ranks other than 0 show only warnings and this tool's own lines."""
+    prefix = f"[rank {rank}] " if world_size > 1 else ""
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=f"{prefix}%(message)s")
+    log.setLevel(logging.INFO)
+
+
+def start_ranks(cpu: bool) -> Ranks:
+    """Join torchrun's process group (gloo on CPU, nccl on CUDA), or be the only rank."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cpu")
+    if not cpu:
+        torch.cuda.set_device(local_rank)  # before ComfyUI's model_management picks its device
+        device = torch.device("cuda", local_rank)
+    if world_size > 1:
+        dist.init_process_group("gloo" if cpu else "nccl", rank=rank, world_size=world_size)
+    return Ranks(rank, world_size, local_rank, device)
+
+
+def per_rank_batch(global_batch: int, world_size: int) -> int:
+    """Samples each rank takes per step; the global batch must split evenly."""
+    if global_batch < world_size or global_batch % world_size:
+        raise SystemExit(
+            f"--batch-size {global_batch} does not split over {world_size} processes: give a multiple of {world_size}."
+        )
+    return global_batch // world_size
+
+
+def _share(ranks: Ranks, value: object) -> object:
+    """Rank 0's `value` on every rank."""
+    if not ranks.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _load_optional(path: Path | None, loader, device: torch.device):
+    return None if path is None else loader(path).to(device)
+
+
+def prepare_training_set(args: argparse.Namespace, vae, ranks: Ranks):
+    """The training set: rank 0 builds (or reads) the cache, then the others read everything from it."""
+    checkpoints = pack_module("f2d_core.checkpoints")
+    detection = pack_module("f2d_core.face_detection")
+    dataset = pack_module("f2d_core.training.dataset")
+    fingerprint = pack_module("f2d_core.training.dataset_cache").module_fingerprint
+    msid = checkpoints.load_msid(args.msid)
+    models = checkpoints.F2DModels(msid, pack_module("f2d_core.mapper").F2DMapper(), {"msid": args.msid.name})
+    encoder = pack_module("f2d_core.face_encoder").FaceEncoder(models, ranks.device)
+    providers = detection.select_providers("cpu" if ranks.device.type == "cpu" else "auto")
+    detector = detection.FaceDetector(args.insightface_root, args.pack, providers, det_size=args.det_size)
+    parser = _load_optional(args.face_parser, pack_module("f2d_core.face_parsing").load_face_parser, ranks.device)
+    regressor = _load_optional(
+        args.expression_model, pack_module("f2d_core.expression_model").load_expression_model, ranks.device
+    )
+
+    def build():
+        return dataset.prepare_dataset(
+            args.folder,
+            encoder,
+            detector,
+            lambda crops: vae.encode(crops.permute(0, 2, 3, 1)),
+            f"vae:{fingerprint(vae.first_stage_model)}",  # the node's key: a cache shared with the server works
+            cache_dir=args.cache_dir or args.run_dir / "dataset_cache",
+            face_parser=parser,
+            expression_model=regressor,
+            crop_size=args.crop_size,
+            flip=not args.no_flip,
+        )
+
+    data, error = None, None
+    if ranks.rank == 0:
+        try:
+            data = build()
+        except Exception as e:  # the others must hear of it instead of waiting forever
+            error = f"{type(e).__name__}: {e}"
+            _share(ranks, error)
+            raise
+    error = _share(ranks, error)
+    if error is not None:
+        raise SystemExit(f"rank 0 could not prepare the training set: {error}")
+    if data is None:
+        log.info("reading the training set rank 0 prepared")
+        data = build()
+    return data
+
+
+class StopRequest:
+    """SIGINT / SIGTERM ask the run to stop; every rank learns of it at the same step."""
+
+    def __init__(self, ranks: Ranks) -> None:
+        self.ranks, self.requested = ranks, False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if not self.requested:
+            log.warning("%s: stopping after this step and saving the state", signal.Signals(signum).name)
+        self.requested = True
+
+    def __call__(self) -> bool:
+        if not self.ranks.distributed:
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=self.ranks.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def starting_mapper(args: argparse.Namespace):
+    """The mapper to train: from --mapper, or freshly initialised from --seed."""
+    if args.mapper is not None:
+        return pack_module("f2d_core.checkpoints").load_mapper(args.mapper)
+    torch.manual_seed(args.seed)
+    return pack_module("f2d_core.mapper").F2DMapper()
+
+
+def load_checkpoint(path: Path):
+    """MODEL, CLIP and VAE of an SD1.x checkpoint, loaded as ComfyUI's CheckpointLoaderSimple does."""
+    import comfy.sd
+    import folder_paths
+
+    if not path.is_file():
+        raise SystemExit(f"--checkpoint {path} does not exist.")
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
+        str(path), output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings")
+    )
+    return model, clip, vae
+
+
+def save_output(args: argparse.Namespace, result, settings, ranks: Ranks, data) -> Path:
+    """The trained mapper with the run's settings in its metadata (what Save F2D Mapper writes)."""
+    training_settings = {
+        **asdict(settings),
+        "global_batch_size": args.batch_size,
+        "world_size": ranks.world_size,
+        "start_from": "scratch" if args.from_scratch else args.mapper.name,
+        "checkpoint": args.checkpoint.name,
+        "run_dir": str(args.run_dir),
+        "trainer": "cli/train_mapper.py",
+        **data.settings,
+    }
+    metadata = {
+        "contents": "mapper",
+        "trained_steps": str(result.step),
+        "final_loss": f"{result.losses[-1]:.6g}" if result.losses else "",
+        "training_settings": training_settings,
+        "dataset_report": data.report.summary(),
+    }
+    save = pack_module("f2d_core.checkpoints").save_f2d_safetensors
+    return save(args.out, mapper=result.mapper.cpu().eval(), metadata=metadata)
+
+
+def train(args: argparse.Namespace, ranks: Ranks) -> int:
+    """Load, prepare, train, save; the exit code."""
+    trainer_module = pack_module("f2d_core.training.trainer")
+    backend_module = pack_module("nodes.training.comfy_backend")
+    fingerprint = pack_module("f2d_core.training.dataset_cache").module_fingerprint
+    settings = trainer_module.TrainSettings(
+        steps=args.steps,
+        batch_size=per_rank_batch(args.batch_size, ranks.world_size),
+        learning_rate=args.lr,
+        loss=args.loss,
+        expression_dropout=args.expression_dropout,
+        shuffle_identities=args.shuffle_identities,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        max_bad_steps=args.max_bad_steps,
+    )
+    model, clip, vae = load_checkpoint(args.checkpoint)
+    data = prepare_training_set(args, vae, ranks)
+    backend = backend_module.ComfyDiffusionBackend(model, clip, gradient_checkpointing=args.gradient_checkpointing)
+    mapper = starting_mapper(args).to(backend.device)
+    trainable = mapper
+    if ranks.distributed:
+        device_ids = None if backend.device.type == "cpu" else [backend.device.index]
+        trainable = torch.nn.parallel.DistributedDataParallel(mapper, device_ids=device_ids)
+    trainer = trainer_module.MapperTrainer(
+        mapper, backend, data, settings, args.run_dir, trainable=trainable, rank=ranks.rank, world_size=ranks.world_size
+    )
+    if ranks.rank == 0:
+        log.info(
+            "training %d steps, batch %d (%d per rank x %d), %d photos, loss %s, on %s",
+            settings.steps,
+            args.batch_size,
+            settings.batch_size,
+            ranks.world_size,
+            len(data),
+            settings.loss,
+            backend.device,
+        )
+    result = trainer.run(resume=True, should_stop=StopRequest(ranks))  # rank 0's trainer logs step, loss, steps/s
+    log.info("mapper sha256 %s at step %d (%s)", fingerprint(mapper), result.step, result.status)
+    if result.status == "diverged":
+        log.error(
+            "Stopped at step %d: the loss was not finite %d times in a row (lower --lr, or check the photos). "
+            "The last good state is kept in %s.",
+            result.step,
+            settings.max_bad_steps,
+            args.run_dir,
+        )
+        return EXIT_FAILED
+    if result.status == "interrupted":
+        log.info("Stopped at step %d; the state is in %s: run the same command to continue.", result.step, args.run_dir)
+        return EXIT_INTERRUPTED
+    if ranks.rank == 0:
+        log.info("trained mapper (step %d): %s", result.step, save_output(args, result, settings, ranks, data))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: start the ranks, import ComfyUI and the pack, train."""
+    args = parse_args(argv)
+    cpu = args.cpu or not torch.cuda.is_available()
+    ranks = start_ranks(cpu)
+    setup_logging(ranks.rank, ranks.world_size)
+    try:
+        bootstrap(args.comfyui, cpu=cpu)
+        return train(args, ranks)
+    except ComfyLibraryError as e:
+        log.error("%s", e)
+        return EXIT_USAGE
+    except Exception as e:
+        errors = sys.modules.get(f"{PACK_NAME}.f2d_core.errors")
+        if errors is None or not isinstance(e, errors.F2DError):
+            raise
+        log.error("%s", e)  # a problem the message explains (a file, a setting): no traceback
+        return EXIT_FAILED
+    finally:
+        if ranks.distributed:
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

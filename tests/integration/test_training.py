@@ -133,10 +133,7 @@ def test_frozen_weights_are_bit_identical_after_training(comfy_server, photo_fol
     out = Path(comfy_server.output_dir)
     cond = [load_file(str(out / f"probe_cond_{t}.safetensors"))["cond_0"] for t in ("before", "after")]
     assert torch.equal(cond[0], cond[1])  # text encoder untouched
-    latents = [
-        load_file(str(next(out.glob(f"probe_{t}_*.latent"))))["latent_tensor"]
-        for t in ("before", "after")
-    ]
+    latents = [load_file(str(next(out.glob(f"probe_{t}_*.latent"))))["latent_tensor"] for t in ("before", "after")]
     assert torch.equal(latents[0], latents[1])  # UNet and VAE untouched: same sample, same decode + encode
 
 

@@ -13,6 +13,7 @@ from ..f2d_core.checkpoints import load_f2d_models
 from ..f2d_core.errors import WeightFileError
 from ..f2d_core.face_detection import FaceDetector, select_providers
 from ..f2d_core.face_encoder import FaceEncoder
+from ..f2d_core.onnxruntime_check import onnxruntime_conflict
 from .model_paths import insightface_packs, insightface_root_of, weight_files, weight_path
 from .sockets import F2DModel, F2DModelSocket
 
@@ -34,6 +35,8 @@ def _load(msid: str, mapper: str, mtimes: tuple, pack: str, provider: str, preci
     device = comfy.model_management.get_torch_device()
     models = load_f2d_models(msid_path, mapper_path)
     encoder = FaceEncoder(models, device, PRECISIONS[precision])
+    if conflict := onnxruntime_conflict():
+        log.warning("%s", conflict)
     detector = FaceDetector(insightface_root_of(pack), pack, select_providers(provider), det_size=det_size)
     info = {**models.sources, "pack": pack, "device": str(device), "precision": precision}
     log.info("Face2Diffusion model ready: %s", info)

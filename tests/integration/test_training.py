@@ -154,3 +154,19 @@ def test_interrupt_saves_the_state_and_a_new_run_resumes(comfy_server, photo_fol
     comfy_server.run(training_graph(photo_folder, "interrupted", steps=step + 1), timeout=TIMEOUT)
     assert _state(comfy_server, "interrupted")[0] == step + 1
     assert not list(state.glob("*.partial"))
+
+
+def test_a_folder_outside_the_input_folder_is_refused_unless_allowed(comfy_server, photo_folder):
+    outside = Path(comfy_server.input_dir).parent / "outside_photos"
+    outside.mkdir(exist_ok=True)
+    graph = training_graph(f"../{outside.name}", "outside", steps=1)
+    del graph["4"]
+    with pytest.raises(ExecutionFailed) as failure:
+        comfy_server.run(graph, timeout=TIMEOUT)
+    assert failure.value.node_type == "F2DTrainingDataset"
+    assert "outside ComfyUI's input folder" in failure.value.exception_message
+    assert "allow_outside_input" in failure.value.exception_message
+    graph["3"]["inputs"]["allow_outside_input"] = True
+    with pytest.raises(ExecutionFailed) as failure:  # now read: an empty folder is its own, specific error
+        comfy_server.run(graph, timeout=TIMEOUT)
+    assert "is empty" in failure.value.exception_message

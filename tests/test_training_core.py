@@ -1,0 +1,137 @@
+"""Training core without a diffusion model: the losses, the resumable state file, batches, settings."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from f2d_core.errors import F2DError
+from f2d_core.mapper import F2DMapper
+from f2d_core.training.dataset import TrainingSet
+from f2d_core.training.dataset_report import DatasetReport
+from f2d_core.training.losses import denoising_loss, needs_class_prediction
+from f2d_core.training.state_file import check_free_disk, load_state, save_state, state_bytes
+from f2d_core.training.trainer import TrainSettings, sample_batch
+
+
+def test_cgdr_target_is_noise_on_the_face_and_class_prediction_elsewhere():
+    eps, eps_class = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[..., :4, :] = 1
+    target = eps * mask + eps_class * (1 - mask)
+    assert denoising_loss("cgdr", target, eps, mask, eps_class).item() == pytest.approx(0.0, abs=1e-12)
+    # Matching the noise everywhere is penalised off the face, where the class prediction rules.
+    expected = ((eps - eps_class) ** 2 * (1 - mask)).mean()
+    assert denoising_loss("cgdr", eps, eps, mask, eps_class).item() == pytest.approx(expected.item())
+
+
+def test_baselines():
+    eps, eps_hat = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    assert denoising_loss("reconstruction", eps_hat, eps).item() == pytest.approx(((eps - eps_hat) ** 2).mean().item())
+    masked = (((eps - eps_hat) * mask) ** 2).mean().item()
+    assert denoising_loss("masked_reconstruction", eps_hat, eps, mask).item() == pytest.approx(masked)
+    assert needs_class_prediction("cgdr") and not needs_class_prediction("reconstruction")
+
+
+def test_cgdr_gradient_never_reaches_the_class_prediction():
+    eps_class = torch.randn(1, 4, 8, 8, requires_grad=True)
+    eps_hat = torch.randn(1, 4, 8, 8, requires_grad=True)
+    denoising_loss("cgdr", eps_hat, torch.randn(1, 4, 8, 8), torch.zeros(1, 1, 8, 8), eps_class).backward()
+    assert eps_class.grad is None and eps_hat.grad is not None
+
+
+def _trained_pair():
+    mapper = F2DMapper()
+    optimizer = torch.optim.AdamW(mapper.parameters(), lr=1e-3)
+    mapper(torch.randn(2, 1536), torch.randn(2, 64)).square().mean().backward()
+    optimizer.step()
+    return mapper, optimizer
+
+
+def test_state_round_trip_restores_mapper_optimizer_step_and_losses(tmp_path):
+    mapper, optimizer = _trained_pair()
+    path = save_state(tmp_path / "state.safetensors", mapper, optimizer, 7, [1.0, 0.5], {"loss": "cgdr"})
+    fresh = F2DMapper()
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=1.0)
+    point = load_state(path, fresh, fresh_optimizer)
+    assert (point.step, point.losses, point.settings) == (7, [1.0, 0.5], {"loss": "cgdr"})
+    for (name, a), b in zip(mapper.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert fresh_optimizer.param_groups[0]["lr"] == 1e-3
+    assert isinstance(fresh_optimizer.param_groups[0]["betas"], tuple)
+    old = optimizer.state[mapper.null_exp]
+    new = fresh_optimizer.state[fresh.null_exp]
+    assert torch.equal(old["exp_avg"], new["exp_avg"]) and torch.equal(old["exp_avg_sq"], new["exp_avg_sq"])
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_training_state_refuses_other_files(tmp_path, official_checkpoints):
+    from f2d_core.errors import WeightFileError
+
+    mapper, optimizer = _trained_pair()
+    with pytest.raises(WeightFileError, match="not a Face2Diffusion training state"):
+        load_state(official_checkpoints[1], mapper, optimizer)
+
+
+def test_a_run_without_room_for_its_checkpoints_is_refused(tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    with pytest.raises(F2DError, match=r"Not enough free disk for training checkpoints.*MiB needed"):
+        check_free_disk(tmp_path / "run", free + (1 << 40))
+    check_free_disk(tmp_path / "run", 1)
+    assert state_bytes(F2DMapper()) == 3 * 4 * 12_000_832
+
+
+def _data(n: int = 6, views: int = 2) -> TrainingSet:
+    return TrainingSet(
+        idvec=torch.arange(n, dtype=torch.float32)[:, None, None].expand(n, views, 1536).clone(),
+        expression=torch.zeros(n, views, 64),
+        latents=torch.arange(n, dtype=torch.float32)[:, None, None, None, None].expand(n, views, 4, 2, 2).clone(),
+        masks=torch.ones(n, views, 1, 2, 2),
+        person=["a", "a", "a", "b", "b", ""],
+        files=[str(i) for i in range(n)],
+        report=DatasetReport(folder="x"),
+    )
+
+
+def test_batches_are_a_function_of_seed_and_step_so_a_resumed_run_sees_the_same_data():
+    data, settings = _data(), TrainSettings(batch_size=4, seed=3)
+    a, b = sample_batch(data, settings, 11), sample_batch(data, settings, 11)
+    assert torch.equal(a.latents, b.latents) and torch.equal(a.keep_expression, b.keep_expression)
+    assert not torch.equal(sample_batch(data, settings, 12).latents, a.latents)
+    ranks = [sample_batch(data, settings, 11, rank=r, world_size=2).latents for r in (0, 1)]
+    assert not torch.equal(ranks[0], ranks[1])  # each rank draws its own share of the step
+
+
+def test_shuffle_takes_the_identity_from_another_photo_of_the_same_person():
+    data = _data()
+    settings = TrainSettings(batch_size=64, shuffle_identities=True)
+    batch = sample_batch(data, settings, 0)
+    target = batch.latents[:, 0, 0, 0].long()
+    reference = batch.idvec[:, 0].long()
+    for t, r in zip(target.tolist(), reference.tolist(), strict=True):
+        if t == 5:  # directly in the folder: its own identity
+            assert r == 5
+        else:
+            assert r != t and data.person[r] == data.person[t]
+
+
+def test_expression_dropout_rate_and_no_expression_without_codes():
+    settings = TrainSettings(batch_size=4000, expression_dropout=0.2)
+    keep = sample_batch(_data(), settings, 0).keep_expression
+    assert 0.75 < keep.mean().item() < 0.85
+    data = _data()
+    data.expression = None
+    assert sample_batch(data, settings, 0).keep_expression.sum() == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [({"loss": "l1"}, "loss must be one of"), ({"steps": 0}, "at least 1"), ({"expression_dropout": 1.5}, r"\[0, 1\]")],
+)
+def test_settings_that_cannot_work_are_refused(kwargs, words):
+    with pytest.raises(F2DError, match=words):
+        TrainSettings(**kwargs)

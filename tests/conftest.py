@@ -1,4 +1,8 @@
-"""Shared fixtures: the repo on sys.path, official-format checkpoints on the formula weights."""
+"""Shared fixtures: the repo on sys.path, official-format checkpoints on the formula weights.
+
+The real-ComfyUI fixtures (one server per session, its models, the skip rule without COMFYUI_PATH) come
+from the plugin `tests.support.comfy_fixtures`, registered here once for the whole test tree.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from tests.support import formula_weights  # noqa: E402
+
+pytest_plugins = ["tests.support.comfy_fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -82,9 +82,11 @@ async function toasts(page) {
   return page.locator(WARNING_TOAST).allInnerTexts();
 }
 
-/** Type `prompt` (which lacks the identifier) into the first Apply F2D Tokens node, then queue. */
+/** Type `prompt` (which lacks the identifier) into the first Apply F2D Tokens node, then queue; null without one. */
 async function checkMissingIdentifier(page, queued, prompt) {
-  const [{ id: nodeId }] = await page.evaluate(applyNodesInPage);
+  const [first] = await page.evaluate(applyNodesInPage);
+  if (!first) return null;
+  const nodeId = first.id;
   await page.evaluate(focusNodeInPage, nodeId);
   const textarea = page.locator(`textarea[data-f2d-test="text-${nodeId}"]`);
   await textarea.waitFor({ state: "visible" });
@@ -118,7 +120,7 @@ async function checkWorkflow(context, config, name) {
   result.queued = await queue(page, queued);
   result.toastsAfterQueue = await toasts(page);
   result.missingIdentifier = await checkMissingIdentifier(page, queued, config.promptWithoutIdentifier);
-  await page.screenshot({ path: join(config.out, `${name}_missing_identifier.png`) });
+  if (result.missingIdentifier) await page.screenshot({ path: join(config.out, `${name}_missing_identifier.png`) });
   result.errors = errors;
   await page.close();
   return result;

@@ -3,16 +3,17 @@
  * Regenerate the bundled workflows with ComfyUI's own frontend:
  *   workflows/api/<name>.json  (read, then rewritten as the frontend's "Export (API)" writes it)
  *   workflows/<name>.json      (the frontend's "Export": UI format, laid out with groups and notes)
- *   workflows/<name>.jpg       (thumbnail: a screenshot of the laid-out graph)
+ *   workflows/<name>.jpg       (thumbnail: a screenshot of the laid-out graph, `--stamp` as its JPEG comment)
  *
  * Each API graph is loaded with the app's own loader (app.loadApiJson), placed by workflow_layout.mjs,
  * and exported with app.graphToPrompt(), exactly as the Export menu entries do.
  *
- *   node tests/browser/export_workflows.mjs --url http://127.0.0.1:8188 [--only f2d_portrait]
+ *   node tests/browser/export_workflows.mjs --url http://127.0.0.1:8188 --stamp TEXT [--only f2d_portrait]
  *
  * The server must have this pack loaded; it gets the quiet settings of comfy_page.mjs stored, so use
  * a scratch server: `F2D_EXPORT_WORKFLOWS=1 pytest tests/browser -k export` starts one with test models
- * and preview inputs (see test_browser.py).
+ * and uploads the drawn placeholders of placeholders.py under the Load Image names (never a photo: the
+ * thumbnails show them), then runs this with the stamp the tests look for (see test_browser.py).
  */
 import { createHash } from "node:crypto";
 import { readFileSync, readdirSync, writeFileSync } from "node:fs";
@@ -35,9 +36,10 @@ const THUMBNAIL_SETTINGS = {
 };
 /** Room for the pictures these nodes show (their default size has none). */
 const MIN_SIZE = { LoadImage: [300, 360], PreviewImage: [280, 300], SaveImage: [420, 470] };
+const NOTE_SIZE = [440, 300];
 
 /** Runs in the page: place the loaded graph's nodes, add notes and groups. */
-function arrangeInPage({ layout, minSize }) {
+function arrangeInPage({ layout, minSize, noteSize }) {
   const { app, LiteGraph, LGraphGroup } = window;
   const TITLE = LiteGraph.NODE_TITLE_HEIGHT;
   const GAP_X = 60;
@@ -54,13 +56,18 @@ function arrangeInPage({ layout, minSize }) {
     note.title = "Read me";
     app.graph.add(note);
     note.widgets[0].value = text;
-    note.size = [440, 300];
+    note.size = layout.noteSize?.[key] ?? noteSize;
     byKey.set(key, note);
   }
 
   for (const node of app.graph.nodes) {
-    const [width, height] = minSize[node.type] ?? [0, 0];
+    const [width, height] = layout.sizes?.[node.id] ?? minSize[node.type] ?? [0, 0];
     node.setSize([Math.max(node.size[0], width), Math.max(node.size[1], height)]);
+  }
+  for (const [id, value] of Object.entries(layout.seedControl ?? {})) {
+    const control = byKey.get(id)?.widgets?.find((w) => w.name === "control_after_generate");
+    if (!control) throw new Error(`layout sets the seed control of ${id}, which has none`);
+    control.value = value;
   }
   const bottom = (node) => node.pos[1] + node.size[1];
   let x = 0;
@@ -138,13 +145,13 @@ async function setInPage(settings) {
 
 const json = (value) => `${JSON.stringify(value, null, 2)}\n`;
 
-async function exportOne(context, url, name) {
+async function exportOne(context, url, name, stamp) {
   const api = JSON.parse(readFileSync(join(REPO, "workflows", "api", `${name}.json`), "utf8"));
   const layout = LAYOUTS[name];
   if (!layout) throw new Error(`no layout for ${name} in workflow_layout.mjs`);
   const { page, errors } = await openComfy(context, url);
   await page.evaluate(({ api, name }) => window.app.loadApiJson(api, name), { api, name });
-  await page.evaluate(arrangeInPage, { layout, minSize: MIN_SIZE });
+  await page.evaluate(arrangeInPage, { layout, minSize: MIN_SIZE, noteSize: NOTE_SIZE });
   const exported = await page.evaluate(exportInPage);
   // Load the export like a user who opens the file, so the thumbnail shows what they will see.
   await page.evaluate(({ ui, name }) => window.app.loadGraphData(ui, true, true, name), { ui: exported.ui, name });
@@ -154,7 +161,7 @@ async function exportOne(context, url, name) {
   await page.waitForTimeout(1000); // image previews and DOM widgets settle, the tab bar leaves
   await page.evaluate(fitInPage, 0.96);
   await page.waitForTimeout(500);
-  const thumbnail = await jpegUnder(page, THUMBNAIL.maxBytes);
+  const thumbnail = withComment(await jpegUnder(page, THUMBNAIL.maxBytes - stamp.length - 4), stamp);
   await page.evaluate(setInPage, restore);
   await page.close();
   const problems = realErrors(errors);
@@ -176,6 +183,15 @@ async function jpegUnder(page, maxBytes) {
   throw new Error(`the thumbnail stays above ${maxBytes} bytes`);
 }
 
+/** `jpeg` with a COM segment holding `text` (ASCII), after its JFIF header; PIL reads it as info["comment"]. */
+function withComment(jpeg, text) {
+  const body = Buffer.from(text, "ascii");
+  const header = Buffer.from([0xff, 0xfe, 0, 0]);
+  header.writeUInt16BE(body.length + 2, 2);
+  const at = jpeg[2] === 0xff && jpeg[3] === 0xe0 ? 4 + jpeg.readUInt16BE(4) : 2;
+  return Buffer.concat([jpeg.subarray(0, at), header, body, jpeg.subarray(at)]);
+}
+
 /** A UUID-shaped id derived from the workflow's name. */
 function stableId(name) {
   const hex = createHash("sha1").update(`face2diffusion/${name}`).digest("hex");
@@ -183,8 +199,11 @@ function stableId(name) {
 }
 
 async function main() {
-  const { values } = parseArgs({ options: { url: { type: "string" }, only: { type: "string", multiple: true } } });
-  if (!values.url) throw new Error("usage: export_workflows.mjs --url http://127.0.0.1:8188 [--only NAME]");
+  const options = { url: { type: "string" }, stamp: { type: "string" }, only: { type: "string", multiple: true } };
+  const { values } = parseArgs({ options });
+  if (!values.url || !values.stamp) {
+    throw new Error("usage: export_workflows.mjs --url http://127.0.0.1:8188 --stamp TEXT [--only NAME]");
+  }
   const url = values.url.replace(/\/$/, "");
   const names =
     values.only ??
@@ -195,7 +214,7 @@ async function main() {
   await prepareServer(url);
   const { context, close } = await launch({ viewport: { width: THUMBNAIL.width, height: THUMBNAIL.height } });
   try {
-    for (const name of names) console.log(JSON.stringify(await exportOne(context, url, name)));
+    for (const name of names) console.log(JSON.stringify(await exportOne(context, url, name, values.stamp)));
   } finally {
     await close();
   }

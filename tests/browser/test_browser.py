@@ -2,8 +2,9 @@
 identifier is and warns before queueing a prompt without it, and the training-loss sparkline draws.
 
 The page is driven by check_workflows.mjs (node + playwright-core + Debian's chromium) against the
-session's server; this file asserts on its report. Screenshots stay in F2D_ARTIFACTS_DIR (default
-`artifacts/browser/`). `F2D_EXPORT_WORKFLOWS=1` also regenerates workflows/ with export_workflows.mjs.
+session's server; this file asserts on its report. Load Image nodes show the drawn placeholders of
+placeholders.py (never a photo). Screenshots stay in F2D_ARTIFACTS_DIR (default `artifacts/browser/`).
+`F2D_EXPORT_WORKFLOWS=1` also regenerates workflows/ (UI, API, thumbnails) with export_workflows.mjs.
 """
 
 from __future__ import annotations
@@ -21,15 +22,25 @@ from PIL import Image
 
 from f2d_core.face_encoder import EncodedFace
 from f2d_core.face_file import save_face
-from tests.integration.conftest import PACK_DIR_NAME
+from tests.browser.placeholders import placeholder_images
+from tests.support.comfy_fixtures import PACK_DIR_NAME
 from tests.support.comfy_server import ComfyServer, ExecutionFailed
 from tests.support.f2d_graphs import CHECKPOINT, save_conditioning
-from tests.support.workflow_files import image_roles, load_api, preview_images, without_meta, workflow_names
+from tests.support.workflow_files import (
+    PLACEHOLDER_FILES,
+    THUMBNAIL_STAMP,
+    image_roles,
+    load_api,
+    without_meta,
+    workflow_names,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 CHROMIUM = Path(os.environ.get("F2D_CHROMIUM", "/usr/bin/chromium"))
 NAMES = workflow_names()
+# The workflows that prompt with the identifier (all but training): their Apply F2D Tokens nodes are checked.
+PROMPTING = [name for name in NAMES if any(n["class_type"] == "F2DApplyTokens" for n in load_api(name).values())]
 PROMPT_WITHOUT_IDENTIFIER = "a photo of a person as a knight"  # typed into an Apply F2D Tokens node
 
 # (prompt, identifier, occurrences): the extension's count, which the server must agree with on 0 vs more.
@@ -84,18 +95,20 @@ def artifacts_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def preview_inputs(comfy_server: ComfyServer) -> None:
-    """Pictures under the names the workflows' LoadImage nodes use, so the page shows them (nothing runs)."""
-    pictures = preview_images()
-    for name in NAMES:
-        graph = load_api(name)
-        for node_id, role in image_roles(graph, name).items():
-            comfy_server.upload_image(pictures[role], graph[node_id]["inputs"]["image"])
+    """The drawn placeholders under the names the workflows' LoadImage nodes use, so the page shows them."""
+    for role, picture in placeholder_images().items():
+        comfy_server.upload_image(picture, PLACEHOLDER_FILES[role])
 
 
 @pytest.mark.skipif(os.environ.get("F2D_EXPORT_WORKFLOWS") != "1", reason="set F2D_EXPORT_WORKFLOWS=1 to regenerate")
 def test_export_workflows(comfy_server: ComfyServer, preview_inputs: None):
     """Regenerates workflows/*.json, workflows/*.jpg and workflows/api/*.json (runs before the checks)."""
-    exported = [json.loads(line) for line in run_node("export_workflows.mjs", "--url", comfy_server.url).splitlines()]
+    for name in NAMES:  # the thumbnails show exactly the uploaded placeholders
+        graph = load_api(name)
+        for node_id, role in image_roles(graph, name).items():
+            assert graph[node_id]["inputs"]["image"] == PLACEHOLDER_FILES[role], f"{name}: LoadImage {node_id}"
+    out = run_node("export_workflows.mjs", "--url", comfy_server.url, "--stamp", THUMBNAIL_STAMP)
+    exported = [json.loads(line) for line in out.splitlines()]
     assert sorted(entry["name"] for entry in exported) == NAMES
 
 
@@ -130,13 +143,15 @@ def test_workflow_opens_without_missing_nodes_or_errors(report: dict, name: str)
     result = report["workflows"][name]
     assert result["served"], f"{name}.json is not served as a template"
     assert result["missingNodeTypes"] == [] and result["dialogs"] == []
-    assert "F2DApplyTokens" in result["loadedNodeTypes"]
+    assert sorted(result["loadedNodeTypes"]) == sorted(
+        [node["type"] for node in json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text())["nodes"]]
+    )
     assert real_errors(result["errors"]) == []
     with Image.open(result["screenshot"]) as screenshot:
         assert screenshot.format == "PNG" and screenshot.size == (1600, 1000)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", PROMPTING)
 def test_status_line_counts_the_identifier(report: dict, name: str):
     result = report["workflows"][name]
     assert result["applyNodes"]
@@ -147,7 +162,7 @@ def test_status_line_counts_the_identifier(report: dict, name: str):
         assert result["statusVisible"][node["id"]], f"node {node['id']}: status line not on screen at 100% zoom"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", PROMPTING)
 def test_queueing_without_the_identifier_warns(report: dict, name: str):
     result = report["workflows"][name]
     assert not any("Face2Diffusion" in toast for toast in result["toastsAfterQueue"])
@@ -157,6 +172,14 @@ def test_queueing_without_the_identifier_warns(report: dict, name: str):
     (toast,) = [toast for toast in missing["toasts"] if "Face2Diffusion" in toast]
     assert "identifier missing" in toast and f"#{missing['nodeId']} " in toast
     assert missing["sentText"] == PROMPT_WITHOUT_IDENTIFIER
+
+
+def test_the_training_workflow_is_checked_in_the_page_too(report: dict):
+    """It has no Apply F2D Tokens node (nothing to warn about), but it opens and queues like the others."""
+    assert "f2d_train_mapper" in NAMES and "f2d_train_mapper" not in PROMPTING
+    result = report["workflows"]["f2d_train_mapper"]
+    assert result["applyNodes"] == [] and result["missingIdentifier"] is None
+    assert {"F2DTrainingDataset", "F2DTrainMapper", "F2DSaveMapper", "F2DLossGraph"} <= set(result["loadedNodeTypes"])
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -3,6 +3,8 @@
  * groups, and notes. The nodes and their values come from workflows/api/<name>.json; this file only
  * places them. A column entry is a node id, a note key, or {id, align: otherId} to start no higher than
  * another node, or {id, below: [ids]} to start under those nodes with room for a group title between.
+ * Optional: `noteSize` {key: [w, h]} (default 440×300), `sizes` {id: [w, h]} (at least),
+ * `seedControl` {id: "fixed" | "increment" | ...} (the frontend's "control after generate" of a seed).
  */
 
 const FILES_NOTE = `## Face2Diffusion: files to put in place
@@ -19,6 +21,40 @@ const note = (extra = "") => (extra ? `${FILES_NOTE}\n\n${extra}` : FILES_NOTE);
 const FACE_GROUP = { title: "Face → S*", nodes: [2, 3, 4, 5] };
 const PROMPT_GROUP = { title: "Prompt with f l", nodes: [6, 7] };
 const GENERATE_TITLE = "Generate (the paper: Euler a, 30 steps, CFG 7, 512×512)";
+
+const TRAINING_NOTE = `## Train your own F2D mapper (CGDR, as in the paper)
+**Photos** go in \`ComfyUI/input/faces/\`: directly in it, or one subfolder per person (needed for
+*shuffle_identities*). Files that cannot be used are skipped and listed in the **Dataset report**.
+
+**Model files**
+- \`models/checkpoints/\`: the SD1.x checkpoint to train for (the paper: SD1.4; SD1.5 works)
+- \`models/face2diffusion/\`: **msid.pt** (identity encoder) and **mapping.pt** (the official mapper,
+  the starting point here) from the official release; **79999_iter.pth** (BiSeNet face parser from
+  face-parsing.PyTorch: the face mask of the loss); **epoch_20.pth** (Deep3DFaceRecon: expression codes)
+- \`models/insightface/models/buffalo_l/\`: the face detector and landmarks
+
+**Settings**: the paper's lr 1e-5, CGDR loss and expression dropout 0.2; 2000 steps at batch 8 with
+gradient checkpointing fit a 12 GB GPU. Queue again to go on: the state in
+\`output/face2diffusion_training/f2d_mapper/\` resumes. The result,
+\`models/face2diffusion/f2d_mapper_trained.safetensors\`, is a *mapper_file* of Load MSID Encoder.
+
+**Headless**: this very workflow against a running server (from the pack's folder):
+\`\`\`
+python cli/run_workflow.py workflows/api/f2d_train_mapper.json \\
+  --server http://127.0.0.1:8188 --set 4.steps=20000
+\`\`\`
+**The paper's full schedule** (from scratch, 100K steps, batch 32) without a server, on 4 GPUs,
+from the ComfyUI folder:
+\`\`\`
+torchrun --nproc_per_node 4 custom_nodes/comfyui-face2diffusion/cli/train_mapper.py \\
+  --comfyui . --checkpoint models/checkpoints/v1-5-pruned-emaonly.safetensors \\
+  --msid models/face2diffusion/msid.pt --from-scratch \\
+  --insightface-root models/insightface --pack buffalo_l --folder input/faces \\
+  --face-parser models/face2diffusion/79999_iter.pth \\
+  --expression-model models/face2diffusion/epoch_20.pth \\
+  --steps 100000 --batch-size 32 --lr 1e-5 --gradient-checkpointing \\
+  --run-dir runs/paper --out models/face2diffusion/f2d_mapper_paper.safetensors
+\`\`\``;
 
 export const LAYOUTS = {
   f2d_portrait: {
@@ -108,6 +144,24 @@ preprocessor).`),
       { title: "Pose", nodes: [12, 13, 14] },
       PROMPT_GROUP,
       { title: GENERATE_TITLE, nodes: [8, 9, 10, 11] },
+    ],
+  },
+  f2d_train_mapper: {
+    notes: { files: TRAINING_NOTE },
+    noteSize: { files: [560, 480] },
+    sizes: { 4: [340, 0], 6: [380, 300], 8: [560, 330] },
+    seedControl: { 4: "fixed" }, // a resumed run must see the same batches
+    columns: [
+      ["files"],
+      [1, 2, 3, 6],
+      [{ id: 4, align: 1 }],
+      [{ id: 5, align: 1 }, 7, 8],
+    ],
+    groups: [
+      { title: "Models", nodes: [1, 2] },
+      { title: "Your photos → training set", nodes: [3, 6] },
+      { title: "Train (CGDR)", nodes: [4] },
+      { title: "Save + loss", nodes: [5, 7, 8] },
     ],
   },
 };

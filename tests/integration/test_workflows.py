@@ -1,20 +1,28 @@
-"""The bundled workflows: each runs to images on the test server, its UI file describes the same graph as
-its API copy, it uses only core nodes and this pack's, and it has a thumbnail ComfyUI can show."""
+"""The bundled workflows: each runs on the test server (to images, or to a saved mapper), its UI file
+describes the same graph as its API copy, it uses only core nodes and this pack's, and it has a thumbnail
+ComfyUI can show that was made with drawn placeholders, never a photo."""
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 import requests
 from PIL import Image
+from safetensors import safe_open
 
-from tests.integration.conftest import PACK_DIR_NAME
+from f2d_core.checkpoints import load_mapper
+from tests.support.comfy_fixtures import PACK_DIR_NAME
 from tests.support.comfy_server import ComfyServer
 from tests.support.workflow_files import (
+    PLACEHOLDER_FILES,
     THUMBNAIL_MAX_BYTES,
+    THUMBNAIL_STAMP,
     WORKFLOWS_DIR,
     WorkflowProblem,
+    image_roles,
     input_images,
     load_api,
     load_ui,
@@ -22,19 +30,41 @@ from tests.support.workflow_files import (
     substitute_models,
     thumbnail_path,
     ui_as_api,
+    widget_positions,
     without_meta,
     workflow_names,
 )
 
-BUNDLED = ["f2d_controlnet_pose", "f2d_expression", "f2d_inpaint_template", "f2d_portrait", "f2d_prompt_batch"]
+TRAINING = "f2d_train_mapper"
+GENERATION = ["f2d_controlnet_pose", "f2d_expression", "f2d_inpaint_template", "f2d_portrait", "f2d_prompt_batch"]
 NAMES = workflow_names()
 PAPER_SAMPLING = {"sampler_name": "euler_ancestral", "steps": 30, "cfg": 7}
+# The training workflow's settings: the paper's where the node has them, a consumer GPU's for the rest.
+PAPER_TRAINING = {"learning_rate": 1e-5, "loss": "cgdr", "expression_dropout": 0.2}
+CONSUMER_TRAINING = {"steps": 2000, "batch_size": 8, "gradient_checkpointing": True, "start_from": "f2d_model mapper"}
+TRAINING_DATASET = {
+    "folder": "faces",
+    "allow_outside_input": False,
+    "face_parser": "79999_iter.pth",
+    "expression_model": "epoch_20.pth",
+    "crop_size": 512,
+    "flip": True,
+}
+TEST_PHOTO_FOLDER = "f2d_wf_training_photos"
+REGENERATE = "F2D_EXPORT_WORKFLOWS=1 COMFYUI_PATH=... python -m pytest tests/browser -q -k export"
 
 
 @pytest.fixture(scope="module")
 def uploaded(comfy_server: ComfyServer) -> dict[str, str]:
-    """{role: uploaded name} of the test inputs (faces the synthetic detector finds, template, pose)."""
-    return {role: comfy_server.upload_image(image, f"f2d_wf_{role}.png") for role, image in input_images().items()}
+    """{role: uploaded name} of the test inputs (faces the synthetic detector finds, template, pose), and a
+    folder of two such face photos in the input folder for the training workflow."""
+    images = input_images()
+    names = {role: comfy_server.upload_image(image, f"f2d_wf_{role}.png") for role, image in images.items()}
+    folder = Path(comfy_server.input_dir) / TEST_PHOTO_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    for role in ("face", "expression"):
+        images[role].save(folder / f"{role}.png")
+    return {**names, "training_photos": TEST_PHOTO_FOLDER}
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +77,14 @@ def _nodes_of(graph: dict, class_type: str) -> dict[str, dict]:
     return {node_id: node for node_id, node in graph.items() if node["class_type"] == class_type}
 
 
-def test_the_five_workflows_are_bundled_in_both_formats_with_thumbnails():
-    assert NAMES == BUNDLED
+def test_the_six_workflows_are_bundled_in_both_formats_with_thumbnails():
+    assert NAMES == sorted([*GENERATION, TRAINING])
     for name in NAMES:
         assert (WORKFLOWS_DIR / f"{name}.json").is_file(), f"{name}: UI workflow missing"
         assert thumbnail_path(name).is_file(), f"{name}: thumbnail missing"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", GENERATION)
 def test_workflow_runs_to_images(comfy_server: ComfyServer, uploaded: dict[str, str], name: str):
     """One image per sampler, saved together by the workflow's one SaveImage, plus the aligned face preview."""
     graph = prepare_for_test(load_api(name), uploaded, name)
@@ -65,6 +95,32 @@ def test_workflow_runs_to_images(comfy_server: ComfyServer, uploaded: dict[str, 
     assert all(image.size == (64, 64) for image in saved)
     previews = [comfy_server.output_images(history, node_id) for node_id in _nodes_of(graph, "PreviewImage")]
     assert [[image.size for image in images] for images in previews] == [[(112, 112)]]
+
+
+def test_training_workflow_trains_and_saves_a_mapper(
+    comfy_server: ComfyServer, comfy_models_dir: Path, uploaded: dict[str, str]
+):
+    """On a folder of two photos, 64 px crops, 2 steps at batch 2: a loadable mapper, the report, the loss plot."""
+    graph = prepare_for_test(load_api(TRAINING), uploaded, TRAINING)
+    dataset, trainer = (next(iter(_nodes_of(graph, t))) for t in ("F2DTrainingDataset", "F2DTrainMapper"))
+    assert graph[dataset]["inputs"]["folder"] == TEST_PHOTO_FOLDER
+    assert {k: graph[trainer]["inputs"][k] for k in ("steps", "batch_size")} == {"steps": 2, "batch_size": 2}
+    history = comfy_server.run(graph, timeout=600)
+
+    (save_id,) = _nodes_of(graph, "F2DSaveMapper")
+    name = graph[save_id]["inputs"]["name"]
+    saved = comfy_models_dir / "face2diffusion" / f"{name}.safetensors"
+    assert history["outputs"][save_id]["text"] == [str(saved)]
+    with safe_open(str(saved), framework="pt") as f:
+        metadata = f.metadata()
+    assert metadata["trained_steps"] == "2"
+    settings = json.loads(metadata["training_settings"])
+    assert (settings["loss"], settings["batch_size"], settings["crop_size"]) == ("cgdr", 2, 64)
+    load_mapper(saved)
+    (report_id,) = _nodes_of(graph, "PreviewAny")
+    assert "2 of 2 files usable" in "".join(history["outputs"][report_id]["text"])
+    (plot_id,) = _nodes_of(graph, "PreviewImage")
+    assert [image.size for image in comfy_server.output_images(history, plot_id)] == [(768, 384)]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -94,7 +150,7 @@ def test_workflow_uses_core_nodes_and_this_pack_only(object_info: dict, name: st
         )
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", GENERATION)
 def test_workflow_samples_with_the_papers_settings_and_prompts_with_f_l(name: str):
     graph = load_api(name)
     for node in _nodes_of(graph, "KSampler").values():
@@ -105,12 +161,55 @@ def test_workflow_samples_with_the_papers_settings_and_prompts_with_f_l(name: st
     assert prompts and all(re.search(r"\bf l\b", text) for text in prompts)
 
 
+def test_training_workflow_trains_with_the_papers_settings(object_info: dict):
+    """Dataset from input/faces at 512 with flips; CGDR at lr 1e-5, dropout 0.2; saved, plotted, reported."""
+    graph = load_api(TRAINING)
+    ((dataset_id, dataset),) = _nodes_of(graph, "F2DTrainingDataset").items()
+    ((trainer_id, trainer),) = _nodes_of(graph, "F2DTrainMapper").items()
+    assert {k: dataset["inputs"][k] for k in TRAINING_DATASET} == TRAINING_DATASET
+    assert {k: trainer["inputs"][k] for k in PAPER_TRAINING} == PAPER_TRAINING
+    assert {k: trainer["inputs"][k] for k in CONSUMER_TRAINING} == CONSUMER_TRAINING
+    (checkpoint,) = _nodes_of(graph, "CheckpointLoaderSimple").values()
+    assert checkpoint["inputs"]["ckpt_name"] == load_api("f2d_portrait")["1"]["inputs"]["ckpt_name"]
+    trained = [trainer_id, 0]
+    consumers = {node["class_type"]: node["inputs"] for node in graph.values() if trained in node["inputs"].values()}
+    assert set(consumers) == {"F2DSaveMapper", "F2DLossGraph"}
+    (plot_id,) = _nodes_of(graph, "F2DLossGraph")
+    assert [node["inputs"]["images"] for node in _nodes_of(graph, "PreviewImage").values()] == [[plot_id, 0]]
+    assert [node["inputs"]["source"] for node in _nodes_of(graph, "PreviewAny").values()] == [[dataset_id, 1]]
+    # A resumed run must see the same batches: the UI keeps the seed fixed after each queue.
+    ui_trainer = next(node for node in load_ui(TRAINING)["nodes"] if str(node["id"]) == trainer_id)
+    seed_at = widget_positions(object_info["F2DTrainMapper"])["seed"]
+    assert ui_trainer["widgets_values"][seed_at + 1] == "fixed"
+
+
+def test_training_workflow_note_says_where_everything_goes():
+    (note,) = [node for node in load_ui(TRAINING)["nodes"] if node["type"] == "MarkdownNote"]
+    text = note["widgets_values"][0]
+    for needed in ("input/faces", "79999_iter.pth", "epoch_20.pth", "msid.pt", "mapping.pt", "buffalo_l"):
+        assert needed in text
+    for command in ("torchrun", "cli/train_mapper.py", "cli/run_workflow.py workflows/api/f2d_train_mapper.json"):
+        assert command in text
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_thumbnail_is_a_small_jpeg(name: str):
+def test_thumbnail_is_a_small_jpeg_made_with_the_placeholders(name: str):
+    """Small, and stamped by export_workflows.mjs, which shows only drawn placeholders in Load Image nodes."""
     path = thumbnail_path(name)
     assert path.stat().st_size <= THUMBNAIL_MAX_BYTES
     with Image.open(path) as image:
         assert image.format == "JPEG" and image.width >= 320 and image.height >= 200
+        assert image.info.get("comment") == THUMBNAIL_STAMP.encode(), f"{name}.jpg: regenerate it ({REGENERATE})"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_load_image_nodes_name_the_placeholder_files(name: str):
+    """The names the export uploads the drawn placeholders under, so a thumbnail can only show those."""
+    api = load_api(name)
+    expected = {node_id: PLACEHOLDER_FILES[role] for node_id, role in image_roles(api, name).items()}
+    assert {node_id: api[node_id]["inputs"]["image"] for node_id in expected} == expected
+    ui = {str(node["id"]): node["widgets_values"][0] for node in load_ui(name)["nodes"] if node["type"] == "LoadImage"}
+    assert ui == expected
 
 
 def test_server_lists_the_workflows_as_templates(comfy_server: ComfyServer):
@@ -136,3 +235,8 @@ def test_a_load_image_without_a_known_role_fails_clearly():
     graph["20"] = {"class_type": "LoadImage", "inputs": {"image": "extra.png"}}
     with pytest.raises(WorkflowProblem, match=r"LoadImage node 20 feeds nothing"):
         prepare_for_test(graph, {"face": "face.png"}, "f2d_portrait")
+
+
+def test_a_training_folder_without_a_test_folder_fails_clearly():
+    with pytest.raises(WorkflowProblem, match=r"node 3 \(F2DTrainingDataset\) reads the folder 'faces'"):
+        prepare_for_test(load_api(TRAINING), {}, TRAINING)

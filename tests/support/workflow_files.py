@@ -2,7 +2,8 @@
 
 `prepare_for_test` turns an API workflow into one the test server runs in seconds: model names become
 the test models (by node type and input name, failing clearly on a model nothing covers), LoadImage
-nodes get the uploaded test input their consumers need, and sizes and steps shrink.
+nodes get the uploaded test input their consumers need, photo folders (training) the test's folder,
+and sizes, batches and steps shrink.
 `ui_as_api` reads a UI workflow the way the frontend queues it, so tests can compare it with its API copy.
 """
 
@@ -24,6 +25,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 API_DIR = WORKFLOWS_DIR / "api"
 THUMBNAIL_MAX_BYTES = 60 * 1024
+# The JPEG comment export_workflows.mjs writes into each thumbnail when the Load Image nodes showed the
+# drawn placeholders (tests/browser/placeholders.py): a thumbnail without it was made some other way.
+THUMBNAIL_STAMP = "f2d thumbnail; Load Image previews: the drawn placeholders of tests/browser/placeholders.py"
+# role (see IMAGE_ROLES) -> the file each bundled workflow's Load Image names; the export uploads a drawn
+# placeholder under it, so the thumbnails show no photo.
+PLACEHOLDER_FILES: dict[str, str] = {
+    "face": "f2d_face.png",
+    "expression": "f2d_expression_reference.png",
+    "template": "f2d_template.png",
+    "pose": "f2d_pose.png",
+}
 
 Graph = dict[str, dict[str, Any]]
 
@@ -46,6 +58,8 @@ MODEL_SUBSTITUTES: dict[tuple[str, str], dict[str, str]] = {
     ("F2DLoadMSIDEncoder", "mapper_file"): {"mapping.pt": "mapping.pt"},
     ("F2DLoadMSIDEncoder", "insightface_pack"): {"buffalo_l": "buffalo_l"},
     ("F2DExpressionReference", "expression_model"): {"epoch_20.pth": "epoch_20.pth"},
+    ("F2DTrainingDataset", "face_parser"): {"79999_iter.pth": "79999_iter.pth"},
+    ("F2DTrainingDataset", "expression_model"): {"epoch_20.pth": "epoch_20.pth"},
 }
 
 # What a LoadImage feeds decides which test input it gets: (consumer type, consumer input) -> role.
@@ -59,13 +73,27 @@ IMAGE_ROLES: dict[tuple[str, str], str] = {
     ("ControlNetApply", "image"): "pose",
 }
 
+# Folders of input photos a node reads: (node type, input) -> role; the test supplies a folder per role.
+FOLDER_ROLES: dict[tuple[str, str], str] = {
+    ("F2DTrainingDataset", "folder"): "training_photos",
+}
+
 # Small and fast on a CPU: (node type, input) -> value; any `steps` input is capped at TEST_STEPS.
 TEST_SIZE = 64
 TEST_STEPS = 2
+TEST_BATCH = 2
 SHRINK: dict[tuple[str, str], int] = {
     ("EmptyLatentImage", "width"): TEST_SIZE,
     ("EmptyLatentImage", "height"): TEST_SIZE,
+    ("F2DTrainingDataset", "crop_size"): TEST_SIZE,
+    ("F2DTrainMapper", "batch_size"): TEST_BATCH,
 }
+# INT inputs the frontend gives a "control after generate" widget even when /object_info does not ask.
+LEGACY_SEED_NAMES = frozenset({"seed", "noise_seed"})
+# Inputs the frontend's own extensions add to a node's prompt from a widget no workflow file saves (the
+# server ignores them): node type -> {input: value until the node first runs}. PreviewAny shows its text
+# in a "preview" widget (Comfy.PreviewAny).
+FRONTEND_PROMPT_INPUTS: dict[str, dict[str, Any]] = {"PreviewAny": {"preview": ""}}
 
 
 class WorkflowProblem(AssertionError):
@@ -134,26 +162,6 @@ def input_images() -> dict[str, Image.Image]:
     }
 
 
-def preview_images() -> dict[str, Image.Image]:
-    """One picture per LoadImage role for the browser (previews in screenshots and thumbnails; never run)."""
-    astronaut = Image.fromarray(load_rgb(ASTRONAUT))
-    template = astronaut.convert("RGBA")
-    template.putalpha(Image.fromarray(np.where(_face_box(512), 0, 255).astype(np.uint8)))
-    return {
-        "face": astronaut,
-        "expression": astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-        "template": template,
-        "pose": pose_image(512),
-    }
-
-
-def _face_box(size: int) -> np.ndarray:
-    """Where the astronaut's face is in the 512x512 photo (the area a template's mask would cover)."""
-    box = np.zeros((size, size), bool)
-    box[40:240, 150:300] = True
-    return box
-
-
 # ---- API graphs for the test server --------------------------------------------------------------
 
 
@@ -217,9 +225,26 @@ def shrink(graph: Graph) -> Graph:
     return graph
 
 
+def substitute_folders(graph: Graph, folders: Mapping[str, str], workflow: str = "workflow") -> Graph:
+    """Copy of `graph` with every photo folder (FOLDER_ROLES) replaced by the test's folder of that role."""
+    graph = copy.deepcopy(graph)
+    for node_id, node in graph.items():
+        for name in node["inputs"]:
+            role = FOLDER_ROLES.get((node["class_type"], name))
+            if role is None:
+                continue
+            if role not in folders:
+                raise WorkflowProblem(
+                    f"{workflow}: node {node_id} ({node['class_type']}) reads the folder {node['inputs'][name]!r}; "
+                    f"the test gives no {role!r} folder to put in its place."
+                )
+            node["inputs"][name] = folders[role]
+    return graph
+
+
 def prepare_for_test(graph: Graph, uploaded: Mapping[str, str], workflow: str = "workflow") -> Graph:
-    """The graph the test server runs: test models, uploaded inputs (`{role: name}`), small and few steps."""
-    prepared = shrink(substitute_models(graph, workflow))
+    """The graph the test server runs: test models, uploaded inputs and folders (`{role: name}`), small and short."""
+    prepared = shrink(substitute_folders(substitute_models(graph, workflow), uploaded, workflow))
     for node_id, role in image_roles(prepared, workflow).items():
         prepared[node_id]["inputs"]["image"] = uploaded[role]
     return prepared
@@ -235,26 +260,31 @@ def _is_widget(spec: list) -> bool:
     return (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput")
 
 
-def widget_values(node: Mapping[str, Any], node_info: Mapping[str, Any]) -> dict[str, Any]:
-    """{input name: value} of a UI node's `widgets_values`, in the order /object_info gives the inputs.
+def widget_positions(node_info: Mapping[str, Any]) -> dict[str, int]:
+    """{input name: its index in a UI node's `widgets_values`}, in the order /object_info gives the inputs.
 
-    The frontend also saves a seed's "control after generate" choice and LoadImage's upload button
-    right after their widget; those extra entries are skipped.
+    The frontend also saves a seed's "control after generate" choice (at the seed's index + 1) and
+    LoadImage's upload button right after their widget. Like the frontend, an INT input named `seed` or
+    `noise_seed` has that choice unless its spec says `control_after_generate: false`.
     """
     specs = {**node_info["input"].get("required", {}), **node_info["input"].get("optional", {})}
     order = node_info.get("input_order", {})
-    names = [*order.get("required", []), *order.get("optional", [])]
-    values = list(node.get("widgets_values") or [])
-    out, i = {}, 0
-    for name in names:
+    positions, i = {}, 0
+    for name in [*order.get("required", []), *order.get("optional", [])]:
         spec = specs[name]
         if not _is_widget(spec):
             continue
-        if i < len(values):
-            out[name] = values[i]
+        positions[name] = i
         options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-        i += 1 + bool(options.get("control_after_generate")) + bool(options.get("image_upload"))
-    return out
+        control = options.get("control_after_generate", spec[0] == "INT" and name in LEGACY_SEED_NAMES)
+        i += 1 + bool(control) + bool(options.get("image_upload"))
+    return positions
+
+
+def widget_values(node: Mapping[str, Any], node_info: Mapping[str, Any]) -> dict[str, Any]:
+    """{input name: value} of a UI node's `widgets_values` (see `widget_positions`)."""
+    values = list(node.get("widgets_values") or [])
+    return {name: values[i] for name, i in widget_positions(node_info).items() if i < len(values)}
 
 
 def ui_as_api(ui: Mapping[str, Any], object_info: Mapping[str, Any]) -> Graph:
@@ -265,7 +295,8 @@ def ui_as_api(ui: Mapping[str, Any], object_info: Mapping[str, Any]) -> Graph:
     for node_id, node in nodes.items():
         if node["type"] not in object_info:
             raise WorkflowProblem(f"UI node {node_id} has type {node['type']!r}, which the server does not know.")
-        graph[node_id] = {"inputs": widget_values(node, object_info[node["type"]]), "class_type": node["type"]}
+        inputs = {**FRONTEND_PROMPT_INPUTS.get(node["type"], {}), **widget_values(node, object_info[node["type"]])}
+        graph[node_id] = {"inputs": inputs, "class_type": node["type"]}
     for _, origin, origin_slot, target, target_slot, *_ in ui["links"]:
         if str(target) in graph and str(origin) in nodes:
             name = nodes[str(target)]["inputs"][target_slot]["name"]

@@ -1,8 +1,15 @@
-"""Fixtures for tests against a real ComfyUI: the models folder, and one server for the whole session.
+"""Pytest plugin: one real ComfyUI server per test session, its models dir, and the skip rule without one.
 
-The folder is skipped, with the reason, when COMFYUI_PATH is unset or is not a ComfyUI checkout.
-Set F2D_TEST_MODEL_CACHE to a directory to reuse the tiny SD1.5 models across sessions (a stamp
-guards against stale builds); otherwise they are built once per session in pytest's tmp dir.
+Registered once, from `tests/conftest.py` (`pytest_plugins`), so that `tests/integration` and
+`tests/browser` share one server even when both run in one session; never import these fixtures into
+a conftest (each import would register a second copy, and with it a second server).
+
+- Every test under `tests/integration/` or `tests/browser/` is marked `comfyui` and `slow` (browser ones
+  also `browser`), and is skipped, with the reason, when COMFYUI_PATH is unset or not a ComfyUI checkout.
+- The server is launched only when a selected test uses `comfy_server`: a unit-test-only run starts none.
+  It then boots while the first tests run and the tiny models build.
+- Set F2D_TEST_MODEL_CACHE to a directory to reuse the tiny SD1.5 models across sessions (a stamp guards
+  against stale builds); otherwise they are built once per session in pytest's tmp dir.
 """
 
 from __future__ import annotations
@@ -23,8 +30,17 @@ from tests.support.tiny_models import TinyModels, build_tiny_models
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+TESTS_DIR = REPO_ROOT / "tests"
 PACK_DIR_NAME = "comfyui-face2diffusion"  # the folder name users clone the pack into
+INSIGHTFACE_PACK = "buffalo_l"  # the pack name the bundled workflows use; here a synthetic pack of its structure
+PROBE_PACK = REPO_ROOT / "tests" / "support" / "probe_nodes"
 ModelWriter = Callable[[Path], None]
+
+# Folders whose tests need a real ComfyUI, and the marks their tests get.
+COMFYUI_FOLDERS: dict[Path, tuple[str, ...]] = {
+    TESTS_DIR / "integration": ("comfyui", "slow"),
+    TESTS_DIR / "browser": ("browser", "comfyui", "slow"),
+}
 
 
 def comfyui_checkout_problem(value: str | None) -> str | None:
@@ -38,8 +54,13 @@ def comfyui_checkout_problem(value: str | None) -> str | None:
     return None
 
 
-INSIGHTFACE_PACK = "buffalo_l"  # the pack name the bundled workflows use; here a synthetic pack of its structure
-PROBE_PACK = REPO_ROOT / "tests" / "support" / "probe_nodes"
+def _comfyui_problem() -> str | None:
+    return comfyui_checkout_problem(os.environ.get("COMFYUI_PATH"))
+
+
+# ---- MODEL WRITERS -------------------------------------------------------------------------------
+# Each writer puts the files of one model family under the session's models dir (the folders of
+# tests/support/comfy_server.py MODEL_FOLDERS). Extend MODEL_WRITERS; keep each writer deterministic.
 
 
 def write_f2d_checkpoints(models_dir: Path) -> None:
@@ -78,11 +99,6 @@ def write_sdxl_text_encoder_parts(models_dir: Path) -> None:
     )
 
 
-# ---- MODEL WRITERS -------------------------------------------------------------------------------
-# Each writer puts the files of one model family under the session's models dir (the folders of
-# tests/support/comfy_server.py MODEL_FOLDERS). Extend this list; keep each writer deterministic.
-#   to add: insightface synthetic pack  -> models_dir / "insightface" / "models" / <pack name> / *.onnx
-#   to add: expression model             -> models_dir / "face2diffusion" / <file>
 MODEL_WRITERS: list[ModelWriter] = [
     write_f2d_checkpoints,
     write_insightface_pack,
@@ -103,10 +119,27 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-@pytest.fixture(scope="session", autouse=True)
+def _needs_comfyui(item: pytest.Item) -> tuple[str, ...]:
+    """The marks of the ComfyUI folder `item` lives in; () outside them."""
+    path = Path(item.path).resolve()
+    return next((marks for folder, marks in COMFYUI_FOLDERS.items() if folder in path.parents), ())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the ComfyUI folders' tests (so `-m "not comfyui"` leaves them out); skip them without ComfyUI."""
+    problem = _comfyui_problem()
+    for item in items:
+        marks = _needs_comfyui(item)
+        for mark in marks:
+            item.add_marker(getattr(pytest.mark, mark))
+        if marks and problem:
+            item.add_marker(pytest.mark.skip(reason=problem))
+
+
+@pytest.fixture(scope="session")
 def comfyui_path() -> Path:
-    """The ComfyUI checkout from COMFYUI_PATH; skips every test of this folder when there is none."""
-    problem = comfyui_checkout_problem(os.environ.get("COMFYUI_PATH"))
+    """The ComfyUI checkout from COMFYUI_PATH; skips the test when there is none."""
+    problem = _comfyui_problem()
     if problem:
         pytest.skip(problem)
     return Path(os.environ["COMFYUI_PATH"]).resolve()
@@ -157,10 +190,15 @@ def comfy_server_process(
         server.stop()
 
 
+def _server_wanted(items: list[pytest.Item]) -> bool:
+    """Whether a selected test that is not skipped for want of ComfyUI uses the server."""
+    return _comfyui_problem() is None and any("comfy_server" in getattr(i, "fixturenames", ()) for i in items)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _boot_comfy_server_early(request: pytest.FixtureRequest, comfyui_path: Path) -> None:
-    """Launch the server first when a selected test needs it, so it boots while the models build."""
-    if any("comfy_server" in getattr(item, "fixturenames", ()) for item in request.session.items):
+def _boot_comfy_server_early(request: pytest.FixtureRequest) -> None:
+    """Launch the server at the session's start when a selected test needs it, so it boots meanwhile."""
+    if _server_wanted(request.session.items):
         request.getfixturevalue("comfy_server_process")
 
 
@@ -169,12 +207,3 @@ def comfy_server(comfy_server_process: ComfyServer, comfy_models_dir: Path) -> C
     """One ready ComfyUI server for the session, reading the models of `comfy_models_dir`."""
     comfy_server_process.wait_ready()
     return comfy_server_process
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test of this folder `comfyui` and `slow`, so `-m "not comfyui"` leaves them out."""
-    here = Path(__file__).resolve().parent
-    for item in items:
-        if here in Path(item.path).resolve().parents:
-            item.add_marker(pytest.mark.comfyui)
-            item.add_marker(pytest.mark.slow)

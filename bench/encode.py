@@ -4,9 +4,10 @@
     python bench/encode.py --device cuda --dtype fp16 --batch 256
 
 Official-style path, per face: skimage SimilarityTransform fit, cv2.warpAffine to 112, uint8 ->
-float normalisation in numpy, then MSID and mapper in fp32 eager at batch 1 (as the official
-inference script runs). This pack's path: one batched similarity fit and kornia warp on the model's
-device, one batched MSID + mapper call. Both run on the same real photos and landmarks in one
+float normalisation in numpy, then MSID (every block on every token, explicit attention, as the
+official timm-based code) and mapper in fp32 eager at batch 1 (as the official inference script
+runs). This pack's path: one batched similarity fit and kornia warp on the model's device, one
+batched MSID (fused attention; the last tapped block for the CLS token only) + mapper call. Both run on the same real photos and landmarks in one
 process; outputs are checked to agree. Detection is timed on its own (insightface pack given with
 --insightface-root/--pack, else a synthetic pack whose tiny detector is NOT representative).
 """
@@ -33,7 +34,7 @@ from f2d_core.alignment import ARCFACE_TEMPLATE_112
 from f2d_core.checkpoints import F2DModels
 from f2d_core.face_encoder import FaceEncoder
 from f2d_core.mapper import F2DMapper
-from f2d_core.msid_encoder import MSIDEncoder
+from f2d_core.msid_encoder import MSID_TAP_BLOCKS, MSIDEncoder
 from tests.support.formula_weights import expected
 from tests.support.photos import load_rgb
 
@@ -63,6 +64,17 @@ def paired(
     return statistics.median(samples[0]), statistics.median(samples[1])
 
 
+def official_style_msid(msid: MSIDEncoder, x: torch.Tensor) -> torch.Tensor:
+    """The official forward: every block on every token (explicit attention), then each tap's BN + LN."""
+    x = msid.norm_pre(msid._pos_embed(msid.patch_embed(x)))
+    taps = []
+    for i, block in enumerate(msid.blocks):
+        x = block(x)
+        if i in MSID_TAP_BLOCKS:
+            taps.append(msid.norms[f"layer_{i}"](x[:, 0]))
+    return torch.cat(taps, dim=-1)
+
+
 def official_style_encode(models: F2DModels, images: list[np.ndarray], landmarks: np.ndarray) -> torch.Tensor:
     """Per face: skimage fit, cv2 warp, numpy normalisation, fp32 eager batch-1 MSID + mapper on CPU."""
     out = []
@@ -72,7 +84,7 @@ def official_style_encode(models: F2DModels, images: list[np.ndarray], landmarks
             crop = cv2.warpAffine(image, tform.params[:2], (112, 112), borderValue=0.0)
             x = (crop.astype(np.float32) / 255.0 - 0.5) / 0.5
             x = torch.from_numpy(x.transpose(2, 0, 1))[None]
-            out.append(models.mapper(models.msid(x)))
+            out.append(models.mapper(official_style_msid(models.msid, x)))
     return torch.cat(out)
 
 
@@ -138,6 +150,8 @@ def main() -> None:
     baseline_models = F2DModels(MSIDEncoder().eval(), F2DMapper().eval(), {})
     baseline_models.msid.load_state_dict(models.msid.state_dict())
     baseline_models.mapper.load_state_dict(models.mapper.state_dict())
+    for block in baseline_models.msid.blocks:
+        block.attn.fused_attn = False  # the official code's timm computed attention explicitly
     encoder = FaceEncoder(models, device, DTYPES[args.dtype])
 
     photos, landmarks = make_batch(args.batch)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
+from einops import rearrange
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 from torch.nn import functional as F
 
@@ -13,6 +14,26 @@ MSID_TAP_BLOCKS = (2, 5, 8, 11)  # 0-based blocks whose CLS token is read out
 MSID_WIDTH = 384
 IDVEC_DIM = MSID_WIDTH * len(MSID_TAP_BLOCKS)  # 1536
 MSID_IMAGE_SIZE = 112
+
+
+def cls_token_block(block: Block, x: torch.Tensor) -> torch.Tensor:
+    """`block(x)[:, :1]` (eval mode), computing only what the CLS token needs.
+
+    The last tapped block's other outputs are never read, so it needs keys and values of every token
+    but a single query, and its projection and MLP for one token: about 7% of the encoder's work saved.
+    """
+    attn = block.attn
+    h = block.norm1(x)
+    width = h.shape[-1]
+    weight, bias = attn.qkv.weight, attn.qkv.bias
+    q = F.linear(h[:, :1], weight[:width], None if bias is None else bias[:width])
+    kv = F.linear(h, weight[width:], None if bias is None else bias[width:])
+    q = rearrange(q, "b n (heads d) -> b heads n d", heads=attn.num_heads)
+    k, v = rearrange(kv, "b n (two heads d) -> two b heads n d", two=2, heads=attn.num_heads)
+    out = F.scaled_dot_product_attention(attn.q_norm(q), attn.k_norm(k), v)
+    out = getattr(attn, "norm", nn.Identity())(rearrange(out, "b heads n d -> b n (heads d)"))
+    cls = x[:, :1] + block.ls1(attn.proj(out))
+    return cls + block.ls2(block.mlp(block.norm2(cls)))
 
 
 def _scale_norm(width: int) -> nn.Sequential:
@@ -46,8 +67,10 @@ class MSIDEncoder(VisionTransformer):
         x = self._pos_embed(self.patch_embed(faces))
         x = self.norm_pre(x)
         tokens = []
-        for i, block in enumerate(self.blocks[: MSID_TAP_BLOCKS[-1] + 1]):
-            x = block(x)
+        last = MSID_TAP_BLOCKS[-1]
+        for i, block in enumerate(self.blocks[: last + 1]):
+            use_cls_path = i == last and not self.training and getattr(block.attn, "gate", None) is None
+            x = cls_token_block(block, x) if use_cls_path else block(x)
             if i in MSID_TAP_BLOCKS:
                 tokens.append(self.norms[f"layer_{i}"][0](x[:, 0]))
         return tokens

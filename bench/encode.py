@@ -8,8 +8,9 @@ float normalisation in numpy, then MSID (every block on every token, explicit at
 official timm-based code) and mapper in fp32 eager at batch 1 (as the official inference script
 runs). This pack's path: one batched similarity fit and kornia warp on the model's device, one
 batched MSID (fused attention; the last tapped block for the CLS token only) + mapper call.
-Both run on the same real photos and landmarks in one process; outputs are checked to agree. Detection is timed on its own (insightface pack given with
---insightface-root/--pack, else a synthetic pack whose tiny detector is NOT representative).
+Both run on the same real photos and landmarks in one process; outputs are checked to agree.
+Detection is timed on its own (insightface pack given with --insightface-root/--pack, else a
+synthetic pack whose tiny detector is NOT representative).
 """
 
 from __future__ import annotations

@@ -62,6 +62,10 @@ class ComfyDiffusionBackend:
         self._frozen = (base.diffusion_model, clip.cond_stage_model.clip_l.transformer.text_model)
         self.unet = trainable_copy(base.diffusion_model)
         self.text_model = trainable_copy(self._frozen[1])
+        if self.unet is not base.diffusion_model:
+            # Training runs on the private copies: let ComfyUI move the originals off the GPU.
+            comfy.model_management.unload_all_models()
+            comfy.model_management.soft_empty_cache()
         if gradient_checkpointing:
             log.info("gradient checkpointing on %d UNet blocks", enable_gradient_checkpointing(self.unet))
         self.device = next(self.unet.parameters()).device

@@ -166,6 +166,8 @@ class F2DTrainMapper(io.ComfyNode):
                 progress=_Reporter(cls.hidden.unique_id, steps),
                 should_stop=comfy.model_management.processing_interrupted,
             )
+            del backend, trainer  # the private UNet / text encoder copies
+        comfy.model_management.soft_empty_cache()
         if result.status == "interrupted":
             log.info("Training interrupted at step %d; state saved in %s", result.step, run_dir)
             comfy.model_management.throw_exception_if_processing_interrupted()

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-import comfy.model_management
 import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ..f2d_core.expression_model import HOW_TO_GET, ExpressionRegressor, expression_codes, load_expression_model
+from ..f2d_core.expression_model import HOW_TO_GET, expression_codes, load_expression_model
 from ..f2d_core.face_detection import detect_faces
-from .model_paths import weight_files, weight_path
+from .model_cache import load_weight_file
+from .model_paths import weight_files
 from .sockets import F2DExpression, F2DExpressionSocket, F2DModel, F2DModelSocket
 
 EXPRESSION_FILE = "epoch_20.pth"
-
-
-@lru_cache(maxsize=1)
-def _load(filename: str, mtime_ns: int, device: str) -> ExpressionRegressor:
-    """The regressor, loaded once per file version and device."""
-    return load_expression_model(weight_path(filename, HOW_TO_GET)).to(device)
 
 
 class F2DExpressionReference(io.ComfyNode):
@@ -61,9 +53,7 @@ class F2DExpressionReference(io.ComfyNode):
     def execute(
         cls, f2d_model: F2DModel, image: torch.Tensor, expression_model: str, face_index: int, strength: float
     ) -> io.NodeOutput:
-        path = weight_path(expression_model, HOW_TO_GET)
-        device = str(comfy.model_management.get_torch_device())
-        model = _load(expression_model, path.stat().st_mtime_ns, device)
+        model = load_weight_file(load_expression_model, expression_model, HOW_TO_GET)
         faces = detect_faces(f2d_model.detector, image, face_index=face_index, on_missing="error")
         landmarks = np.stack([face.kps for face in faces])
         codes = expression_codes(model, image, landmarks)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import comfy.model_management
 import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ...f2d_core.expression_model import HOW_TO_GET, ExpressionRegressor, load_expression_model
-from ...f2d_core.face_parsing import FaceParser, load_face_parser
+from ...f2d_core.expression_model import HOW_TO_GET, load_expression_model
+from ...f2d_core.face_parsing import load_face_parser
 from ...f2d_core.training.dataset import PreparationStopped, prepare_dataset
 from ...f2d_core.training.dataset_cache import module_fingerprint
-from ..model_paths import input_folder, training_cache_dir, weight_files, weight_path
+from ..model_cache import load_weight_file
+from ..model_paths import input_folder, training_cache_dir, weight_files
 from ..sockets import F2DDatasetSocket, F2DModel, F2DModelSocket
 
 NO_PARSER = "(none: landmark ellipse)"
@@ -22,16 +21,6 @@ PARSER_FILE = "79999_iter.pth"
 PARSER_HOW_TO_GET = (
     "Download 79999_iter.pth of face-parsing.PyTorch (github.com/zllrunning/face-parsing.PyTorch) and put it there."
 )
-
-
-@lru_cache(maxsize=1)
-def _parser(filename: str, mtime_ns: int) -> FaceParser:
-    return load_face_parser(weight_path(filename, PARSER_HOW_TO_GET))
-
-
-@lru_cache(maxsize=1)
-def _expression(filename: str, mtime_ns: int) -> ExpressionRegressor:
-    return load_expression_model(weight_path(filename, HOW_TO_GET))
 
 
 class F2DTrainingDataset(io.ComfyNode):
@@ -111,12 +100,10 @@ class F2DTrainingDataset(io.ComfyNode):
         path = input_folder(folder, allow_outside_input)
         parser = None
         if face_parser != NO_PARSER and not mask_folder and masks is None:
-            parser = _parser(face_parser, weight_path(face_parser, PARSER_HOW_TO_GET).stat().st_mtime_ns)
-            parser = parser.to(comfy.model_management.get_torch_device())
+            parser = load_weight_file(load_face_parser, face_parser, PARSER_HOW_TO_GET)
         regressor = None
         if expression_model != NO_EXPRESSION:
-            regressor = _expression(expression_model, weight_path(expression_model, HOW_TO_GET).stat().st_mtime_ns)
-            regressor = regressor.to(comfy.model_management.get_torch_device())
+            regressor = load_weight_file(load_expression_model, expression_model, HOW_TO_GET)
         bar = comfy.utils.ProgressBar(1)
         try:
             dataset = prepare_dataset(

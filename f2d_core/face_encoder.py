@@ -33,11 +33,6 @@ class EncodedFace:
     settings: dict[str, object] = field(default_factory=dict)
 
 
-def images_to_tensor(images: ImageLike | Sequence[ImageLike]) -> list[torch.Tensor]:
-    """Each image as a [3, H, W] float tensor in [0, 1] (any size, grey/RGBA converted)."""
-    return [torch.from_numpy(item.rgb).permute(2, 0, 1).float().div_(255) for item in as_labeled_images(images)]
-
-
 def face_box_masks(faces: Sequence[DetectedFace | None], height: int, width: int) -> torch.Tensor:
     """[B, H, W] masks, 1 inside each used face's box (all 0 for a skipped image)."""
     masks = torch.zeros(len(faces), height, width)
@@ -106,14 +101,15 @@ class FaceEncoder:
         strength: float = 1.0,
     ) -> EncodedFace:
         """One S* for one person from one or several photos: every photo's face is pooled."""
-        tensors = images_to_tensor(images)
-        faces = detect_faces(detector, [t.permute(1, 2, 0) for t in tensors], face_index, on_missing)
+        photos = [item.rgb for item in as_labeled_images(images)]  # RGB uint8, converted once
+        faces = detect_faces(detector, photos, face_index, on_missing)
         used = [i for i, face in enumerate(faces) if face is not None]
         if not used:
             raise NoFaceError(f"No face found in any of the {len(faces)} image(s): nothing to encode.")
         landmarks = np.stack([faces[i].kps for i in used])
+        tensors = [torch.from_numpy(photos[i]).permute(2, 0, 1).float().div_(255) for i in used]
         same_size = len({tuple(t.shape) for t in tensors}) == 1
-        picked = torch.stack([tensors[i] for i in used]) if same_size else [tensors[i] for i in used]
+        picked = torch.stack(tensors) if same_size else tensors
         crops = self.crops(picked, landmarks)
         idvec = self.identity(crops, pooling)
         settings = {

@@ -46,30 +46,40 @@ def _part(sd: StateDict, metadata: dict[str, str], prefix: str) -> StateDict:
     return sd
 
 
+_PARTS = {  # prefix in a combined file -> (model, what it is, what a file holding only the other part lacks)
+    MSID_PREFIX: (MSIDEncoder, MSID_WHAT, "the MSID encoder (only the mapper)"),
+    MAPPER_PREFIX: (F2DMapper, MAPPER_WHAT, "the mapper (only the MSID encoder)"),
+}
+
+
+def _load_part(weights: tuple[StateDict, dict[str, str]], path: Path | str, prefix: str):
+    """One part of a read weight file, checked and loaded."""
+    model_type, what, lacking = _PARTS[prefix]
+    part = _part(*weights, prefix)
+    if not part:
+        raise WeightFileError(f"{path} is a Face2Diffusion file without {lacking}.")
+    return load_into(model_type, part, path, what)
+
+
 def load_msid(path: Path | str) -> MSIDEncoder:
     """The MSID encoder from `msid.pt` or a `.safetensors` holding it (plain or combined)."""
-    sd, metadata = read_weights(path)
-    part = _part(sd, metadata, MSID_PREFIX)
-    if not part:
-        raise WeightFileError(f"{path} is a Face2Diffusion file without the MSID encoder (only the mapper).")
-    return load_into(MSIDEncoder, part, path, MSID_WHAT)
+    return _load_part(read_weights(path), path, MSID_PREFIX)
 
 
 def load_mapper(path: Path | str) -> F2DMapper:
     """The mapper from `mapping.pt`, a trained mapper, or a combined `.safetensors`."""
-    sd, metadata = read_weights(path)
-    part = _part(sd, metadata, MAPPER_PREFIX)
-    if not part:
-        raise WeightFileError(f"{path} is a Face2Diffusion file without the mapper (only the MSID encoder).")
-    return load_into(F2DMapper, part, path, MAPPER_WHAT)
+    return _load_part(read_weights(path), path, MAPPER_PREFIX)
 
 
 def load_f2d_models(msid_path: Path | str, mapper_path: Path | str | None = None) -> F2DModels:
-    """Both parts: from two files, or from one combined `.safetensors` when `mapper_path` is None."""
+    """Both parts: from two files, or from one combined `.safetensors` (read once) when `mapper_path` is None."""
     mapper_path = mapper_path or msid_path
+    msid_weights = read_weights(msid_path)
+    same_file = Path(mapper_path) == Path(msid_path)
+    mapper_weights = msid_weights if same_file else read_weights(mapper_path)
     return F2DModels(
-        msid=load_msid(msid_path),
-        mapper=load_mapper(mapper_path),
+        msid=_load_part(msid_weights, msid_path, MSID_PREFIX),
+        mapper=_load_part(mapper_weights, mapper_path, MAPPER_PREFIX),
         sources={"msid": Path(msid_path).name, "mapper": Path(mapper_path).name},
     )
 

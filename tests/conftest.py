@@ -30,3 +30,12 @@ def official_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
 def expected() -> dict:
     """What the official code produced on the formula weights."""
     return formula_weights.expected()
+
+
+@pytest.fixture(scope="session")
+def encoder(official_checkpoints):
+    """A FaceEncoder (CPU, fp32) on the official-format formula weights."""
+    from f2d_core.checkpoints import load_f2d_models
+    from f2d_core.face_encoder import FaceEncoder
+
+    return FaceEncoder(load_f2d_models(*official_checkpoints))

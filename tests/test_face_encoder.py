@@ -6,19 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from f2d_core.checkpoints import load_f2d_models
 from f2d_core.errors import NoFaceError
 from f2d_core.face_detection import FaceDetector
-from f2d_core.face_encoder import FaceEncoder, face_box_masks
+from f2d_core.face_encoder import face_box_masks
 from tests.support import synthetic_insightface as si
 from tests.support.photos import ALIGNED_CROP, ASTRONAUT, load_rgb
 
 CPU = ["CPUExecutionProvider"]
-
-
-@pytest.fixture(scope="module")
-def encoder(official_checkpoints) -> FaceEncoder:
-    return FaceEncoder(load_f2d_models(*official_checkpoints))
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from f2d_core.checkpoints import load_f2d_models
 from f2d_core.errors import DatasetError
 from f2d_core.expression_model import expression_codes, load_expression_model
 from f2d_core.face_detection import FaceDetector
-from f2d_core.face_encoder import FaceEncoder
 from f2d_core.face_parsing import load_face_parser
 from f2d_core.training.dataset import PreparationStopped, TrainingSet, prepare_dataset
 from f2d_core.training.dataset_files import decode_photo
@@ -41,11 +39,7 @@ IMAGE_FILES = sorted([*USABLE, "broken.jpg", "half.png", "night.png"])  # the fi
 
 def _face(texture: str, centre: tuple[int, int] = (160, 160), side: int = 128, shade: int = 0) -> np.ndarray:
     """A red square the synthetic detector finds, with a real photo's texture in green and blue."""
-    image = si.square_image(PHOTO, [(*centre, side, 255)])
-    tex = np.asarray(Image.fromarray(load_rgb(texture)).resize((side, side))).astype(np.int16)
-    cx, cy, half = centre[0], centre[1], side // 2
-    image[cy - half : cy + half, cx - half : cx + half, 1:] = np.clip(tex[:, :, 1:] + shade, 0, 255)
-    return image
+    return si.face_photo(load_rgb(texture), PHOTO, centre, side, shade)
 
 
 def _save(path: Path, image: np.ndarray, **kwargs) -> None:
@@ -116,11 +110,6 @@ def small(tmp_path_factory) -> Path:
     (root / "broken.jpg").write_bytes(b"\xff\xd8\xff" + bytes(range(256)) * 4)
     _save(root / "night.png", np.zeros(PHOTO, np.uint8))
     return root
-
-
-@pytest.fixture(scope="module")
-def encoder(official_checkpoints) -> FaceEncoder:
-    return FaceEncoder(load_f2d_models(*official_checkpoints))
 
 
 @pytest.fixture(scope="module")

@@ -191,17 +191,24 @@ def expected_kps(cx: float, cy: float, side: float) -> np.ndarray:
 
 
 def face_photo(
-    texture: np.ndarray, size: tuple[int, int] = (640, 640), centre: tuple[int, int] = (320, 320), side: int = 128
+    texture: np.ndarray,
+    size: tuple[int, int] = (640, 640),
+    centre: tuple[int, int] = (320, 320),
+    side: int = 128,
+    shade: int = 0,
 ) -> np.ndarray:
     """A black photo with one "face" the synthetic detector finds: a square carrying a real photo's texture.
 
     The square's red channel is saturated (what the detector keys on); green and blue carry `texture`
-    (an RGB uint8 photo, resized to the square), so different textures give different identities.
+    (an RGB uint8 photo, resized to the square, brightened by `shade`), so different textures give
+    different identities.
     """
     from PIL import Image
 
     image = square_image(size, [(*centre, side, 255)])
-    patch = np.asarray(Image.fromarray(texture).resize((side, side)))
+    patch = np.asarray(Image.fromarray(texture).resize((side, side))).astype(np.int16) + shade
     half = side // 2
-    image[centre[1] - half : centre[1] + half, centre[0] - half : centre[0] + half, 1:] = patch[:, :, 1:]
+    image[centre[1] - half : centre[1] + half, centre[0] - half : centre[0] + half, 1:] = np.clip(
+        patch[:, :, 1:], 0, 255
+    )
     return image

@@ -112,6 +112,8 @@ class MapperTrainer:
         self.mapper, self.backend, self.data, self.settings = mapper, backend, data, settings
         self.trainable = trainable or mapper  # a DistributedDataParallel wrapper under torchrun
         self.run_dir, self.rank, self.world_size = Path(run_dir), rank, world_size
+        self._last_log: float | None = None  # when progress was last logged, and at which step
+        self._last_step = 0
         self.optimizer = torch.optim.AdamW(
             mapper.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
         )
@@ -147,7 +149,7 @@ class MapperTrainer:
     def _log_progress(self, step: int, loss: float) -> None:
         """Log the first step, then at most every LOG_EVERY_SECONDS, and the last (rank 0 only)."""
         now = time.monotonic()
-        first = not hasattr(self, "_last_log")
+        first = self._last_log is None
         if self.rank == 0 and (first or now - self._last_log >= LOG_EVERY_SECONDS or step == self.settings.steps):
             rate = "" if first else f", {(step - self._last_step) / (now - self._last_log):.2f} steps/s"
             log.info("step %d/%d: loss %.5f%s", step, self.settings.steps, loss, rate)

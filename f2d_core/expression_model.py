@@ -35,7 +35,6 @@ COEFFICIENT_GROUPS: tuple[tuple[str, int], ...] = (
     ("translation_xy", 2),
     ("translation_z", 1),
 )
-NUM_COEFFICIENTS = 257
 EXPRESSION_SLICE = slice(80, 144)
 FEATURE_DIM = 2048
 MODEL_FOLDER = "models/face2diffusion/"

@@ -31,11 +31,11 @@ from skimage.transform import SimilarityTransform
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from f2d_core.alignment import ARCFACE_TEMPLATE_112
 from f2d_core.checkpoints import F2DModels
-from f2d_core.face_encoder import FaceEncoder
-from f2d_core.mapper import F2DMapper
-from f2d_core.msid_encoder import MSID_TAP_BLOCKS, MSIDEncoder
+from f2d_core.faces.alignment import ARCFACE_TEMPLATE_112
+from f2d_core.identity.face_encoder import FaceEncoder
+from f2d_core.identity.mapper import F2DMapper
+from f2d_core.identity.msid_encoder import MSID_TAP_BLOCKS, MSIDEncoder
 from tests.support.formula_weights import expected
 from tests.support.photos import load_rgb
 
@@ -112,7 +112,7 @@ def make_batch(batch: int) -> tuple[list[np.ndarray], np.ndarray]:
 
 def bench_detection(args: argparse.Namespace, photos: list[np.ndarray], device: torch.device) -> dict:
     """Seconds per image of face detection (insightface), separately from the encode."""
-    from f2d_core.face_detection import FaceDetector, select_providers
+    from f2d_core.faces.face_detection import FaceDetector, select_providers
 
     root, pack, synthetic = args.insightface_root, args.pack, False
     if root is None:

@@ -13,9 +13,9 @@ import time
 
 import comfy.sd
 import torch
-from comfyui_face2diffusion.f2d_core.mapper import F2DMapper
-from comfyui_face2diffusion.f2d_core.training.dataset import TrainingSet
-from comfyui_face2diffusion.f2d_core.training.dataset_report import DatasetReport
+from comfyui_face2diffusion.f2d_core.identity.mapper import F2DMapper
+from comfyui_face2diffusion.f2d_core.training.data.dataset import TrainingSet
+from comfyui_face2diffusion.f2d_core.training.data.report import DatasetReport
 from comfyui_face2diffusion.f2d_core.training.losses import denoising_loss
 from comfyui_face2diffusion.f2d_core.training.trainer import MapperTrainer, TrainSettings, sample_batch
 from comfyui_face2diffusion.nodes.training.comfy_backend import ComfyDiffusionBackend

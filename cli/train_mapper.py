@@ -131,17 +131,17 @@ def _load_optional(path: Path | None, loader, device: torch.device):
 def prepare_training_set(args: argparse.Namespace, vae, ranks: Ranks):
     """The training set: rank 0 builds (or reads) the cache, then the others read everything from it."""
     checkpoints = pack_module("f2d_core.checkpoints")
-    detection = pack_module("f2d_core.face_detection")
-    dataset = pack_module("f2d_core.training.dataset")
-    fingerprint = pack_module("f2d_core.training.dataset_cache").module_fingerprint
+    detection = pack_module("f2d_core.faces.face_detection")
+    dataset = pack_module("f2d_core.training.data.dataset")
+    fingerprint = pack_module("f2d_core.training.data.cache").module_fingerprint
     msid = checkpoints.load_msid(args.msid)
-    models = checkpoints.F2DModels(msid, pack_module("f2d_core.mapper").F2DMapper(), {"msid": args.msid.name})
-    encoder = pack_module("f2d_core.face_encoder").FaceEncoder(models, ranks.device)
+    models = checkpoints.F2DModels(msid, pack_module("f2d_core.identity.mapper").F2DMapper(), {"msid": args.msid.name})
+    encoder = pack_module("f2d_core.identity.face_encoder").FaceEncoder(models, ranks.device)
     providers = detection.select_providers("cpu" if ranks.device.type == "cpu" else "auto")
     detector = detection.FaceDetector(args.insightface_root, args.pack, providers, det_size=args.det_size)
-    parser = _load_optional(args.face_parser, pack_module("f2d_core.face_parsing").load_face_parser, ranks.device)
+    parser = _load_optional(args.face_parser, pack_module("f2d_core.faces.face_parsing").load_face_parser, ranks.device)
     regressor = _load_optional(
-        args.expression_model, pack_module("f2d_core.expression_model").load_expression_model, ranks.device
+        args.expression_model, pack_module("f2d_core.faces.expression_model").load_expression_model, ranks.device
     )
 
     def build():
@@ -201,7 +201,7 @@ def starting_mapper(args: argparse.Namespace):
     if args.mapper is not None:
         return pack_module("f2d_core.checkpoints").load_mapper(args.mapper)
     torch.manual_seed(args.seed)
-    return pack_module("f2d_core.mapper").F2DMapper()
+    return pack_module("f2d_core.identity.mapper").F2DMapper()
 
 
 def load_checkpoint(path: Path):
@@ -244,7 +244,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> int:
     """Load, prepare, train, save; the exit code."""
     trainer_module = pack_module("f2d_core.training.trainer")
     backend_module = pack_module("nodes.training.comfy_backend")
-    fingerprint = pack_module("f2d_core.training.dataset_cache").module_fingerprint
+    fingerprint = pack_module("f2d_core.training.data.cache").module_fingerprint
     settings = trainer_module.TrainSettings(
         steps=args.steps,
         batch_size=per_rank_batch(args.batch_size, ranks.world_size),

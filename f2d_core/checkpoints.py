@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 
 from .atomic_io import atomic_write
 from .errors import WeightFileError
-from .mapper import F2DMapper
-from .msid_encoder import MSIDEncoder
+from .identity.mapper import F2DMapper
+from .identity.msid_encoder import MSIDEncoder
 from .weight_files import StateDict, load_into, read_weights
 
 log = logging.getLogger(__name__)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER
 from ..f2d_core.errors import F2DError
-from ..f2d_core.injection import DEFAULT_IDENTIFIER
 from .clip_tokens import tokens_with_face
 from .sockets import F2DExpression, F2DExpressionSocket, F2DFace, F2DFaceSocket
 

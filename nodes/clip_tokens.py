@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..f2d_core.conditioning.injection import inject_s_star
 from ..f2d_core.errors import PromptError
-from ..f2d_core.injection import inject_s_star
 
 _FAMILIES = {
     frozenset({"g", "l"}): "SDXL",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..f2d_core.face_encoder import POOLING_MODES, face_box_masks
+from ..f2d_core.identity.face_encoder import POOLING_MODES, face_box_masks
 from .sockets import F2DFace, F2DFaceSocket, F2DModel, F2DModelSocket
 
 ON_MISSING = {"error": "error", "skip image": "skip"}

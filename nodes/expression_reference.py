@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ..f2d_core.expression_model import HOW_TO_GET, expression_codes, load_expression_model
-from ..f2d_core.face_detection import detect_faces
+from ..f2d_core.faces.expression_model import HOW_TO_GET, expression_codes, load_expression_model
+from ..f2d_core.faces.face_detection import detect_faces
 from .model_cache import load_weight_file
 from .model_paths import weight_files
 from .sockets import F2DExpression, F2DExpressionSocket, F2DModel, F2DModelSocket

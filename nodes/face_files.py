@@ -8,7 +8,7 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..f2d_core.face_file import load_face, save_face
+from ..f2d_core.identity.face_file import load_face, save_face
 from .encode_face import crops_as_image
 from .model_paths import FACES_FOLDER
 from .sockets import F2DFace, F2DFaceSocket, F2DModel, F2DModelSocket

@@ -11,8 +11,8 @@ from comfy_api.latest import io
 
 from ..f2d_core.checkpoints import load_f2d_models
 from ..f2d_core.errors import WeightFileError
-from ..f2d_core.face_detection import FaceDetector, select_providers
-from ..f2d_core.face_encoder import FaceEncoder
+from ..f2d_core.faces.face_detection import FaceDetector, select_providers
+from ..f2d_core.identity.face_encoder import FaceEncoder
 from ..f2d_core.onnxruntime_check import onnxruntime_conflict
 from .model_paths import insightface_packs, insightface_root_of, weight_files, weight_path
 from .sockets import F2DModel, F2DModelSocket

@@ -8,7 +8,7 @@ from pathlib import Path
 import folder_paths
 
 from ..f2d_core.errors import DatasetError, WeightFileError
-from ..f2d_core.face_detection import list_model_packs
+from ..f2d_core.faces.face_detection import list_model_packs
 
 F2D_FOLDER = "face2diffusion"  # models/face2diffusion: msid.pt, mapping.pt, epoch_20.pth, 79999_iter.pth
 FACES_FOLDER = "face2diffusion_faces"  # models/face2diffusion/faces: saved F2D faces

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import torch
 from comfy_api.latest import io
 
-from ..f2d_core.face_detection import FaceDetector
-from ..f2d_core.face_encoder import EncodedFace, FaceEncoder
-from ..f2d_core.mapper import F2DMapper
+from ..f2d_core.faces.face_detection import FaceDetector
+from ..f2d_core.identity.face_encoder import EncodedFace, FaceEncoder
+from ..f2d_core.identity.mapper import F2DMapper
 
 F2DModelSocket = io.Custom("F2D_MODEL")
 F2DFaceSocket = io.Custom("F2D_FACE")

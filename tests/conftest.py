@@ -36,6 +36,6 @@ def expected() -> dict:
 def encoder(official_checkpoints):
     """A FaceEncoder (CPU, fp32) on the official-format formula weights."""
     from f2d_core.checkpoints import load_f2d_models
-    from f2d_core.face_encoder import FaceEncoder
+    from f2d_core.identity.face_encoder import FaceEncoder
 
     return FaceEncoder(load_f2d_models(*official_checkpoints))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from skimage.transform import SimilarityTransform
 
-from f2d_core.alignment import ARCFACE_TEMPLATE_112, align_faces, similarity_transform, to_msid_input
+from f2d_core.faces.alignment import ARCFACE_TEMPLATE_112, align_faces, similarity_transform, to_msid_input
 from tests.support.photos import load_rgb
 
 # The official crop is a uint8 image: our float warp lands within half a level of it (1/255 in

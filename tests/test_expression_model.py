@@ -14,8 +14,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from f2d_core.errors import F2DError, NoFaceError, WeightFileError
-from f2d_core.expression_alignment import DEEP3D_LM3D_5, crop_placement, deep3d_crops
-from f2d_core.expression_model import (
+from f2d_core.faces.expression_alignment import DEEP3D_LM3D_5, crop_placement, deep3d_crops
+from f2d_core.faces.expression_model import (
     COEFFICIENT_GROUPS,
     ExpressionRegressor,
     expression_codes,

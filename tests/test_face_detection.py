@@ -11,7 +11,7 @@ import onnxruntime
 import pytest
 import torch
 
-from f2d_core import face_detection as fd
+from f2d_core.faces import face_detection as fd
 from f2d_core.errors import F2DError, ModelPackError, NoFaceError
 from tests.support import synthetic_insightface as si
 from tests.support.photos import ASTRONAUT, load_rgb
@@ -53,7 +53,7 @@ def squares() -> np.ndarray:
 def test_auto_gives_cpu_on_this_machine(caplog: pytest.LogCaptureFixture) -> None:
     if fd.cuda_unavailable_reason() is None:
         pytest.skip("CUDA works here")
-    with caplog.at_level(logging.INFO, logger="f2d_core.face_detection"):
+    with caplog.at_level(logging.INFO, logger="f2d_core.faces.face_detection"):
         assert fd.select_providers("auto") == CPU
     assert "['CPUExecutionProvider']" in caplog.text and "CPU" in caplog.text
 
@@ -158,7 +158,7 @@ def test_det_size_must_suit_scrfd(insightface_root: Path) -> None:
 
 
 def test_insightface_prints_go_to_the_log(capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG, logger="f2d_core.face_detection"), fd._stdout_to_log():
+    with caplog.at_level(logging.DEBUG, logger="f2d_core.faces.face_detection"), fd._stdout_to_log():
         sys.stdout.write("find model: det_10g.onnx detection\n")
     assert capsys.readouterr().out == ""
     assert "insightface: find model: det_10g.onnx detection" in caplog.text
@@ -205,7 +205,7 @@ def test_batch_with_a_faceless_image(
     with pytest.raises(NoFaceError, match="image 2 of 3: no face found"):
         fd.detect_faces(detector, [squares, black, squares])
     batch = torch.from_numpy(np.stack([squares, black, squares])).float() / 255.0  # ComfyUI IMAGE
-    with caplog.at_level(logging.WARNING, logger="f2d_core.face_detection"):
+    with caplog.at_level(logging.WARNING, logger="f2d_core.faces.face_detection"):
         picked = fd.detect_faces(detector, batch, face_index=1, on_missing="skip")
     assert picked[1] is None and "image 2 of 3: no face found" in caplog.text
     for face in (picked[0], picked[2]):
@@ -218,7 +218,7 @@ def test_face_too_big_for_640_is_found_at_320(
     insightface_root: Path, detector: fd.FaceDetector, caplog: pytest.LogCaptureFixture
 ) -> None:
     big = si.square_image((640, 640), [(320, 320, 256, 255)])
-    with caplog.at_level(logging.INFO, logger="f2d_core.face_detection"):
+    with caplog.at_level(logging.INFO, logger="f2d_core.faces.face_detection"):
         faces = detector.detect(big, "image 1 of 1")
     assert "image 1 of 1: no face at detection size 640; trying 320" in caplog.text
     assert len(faces) == 1 and faces[0].det_size == 320
@@ -231,7 +231,7 @@ def test_face_too_big_for_640_is_found_at_320(
 def test_fixed_input_detector_runs_at_its_own_size(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     pack_dir = si.write_synthetic_pack(tmp_path, "static", files=["w600k_r50.onnx"])
     si.onnx.save(si.build_scrfd_detector(input_size=(640, 640)), str(pack_dir / "det_10g.onnx"))
-    with caplog.at_level(logging.INFO, logger="f2d_core.face_detection"):
+    with caplog.at_level(logging.INFO, logger="f2d_core.faces.face_detection"):
         static = fd.FaceDetector(tmp_path, "static", providers=CPU, det_size=320)
     assert "fixed at 640x640" in caplog.text
     assert (static.det_size, static.retry_det_size) == (640, None)

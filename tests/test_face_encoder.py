@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from f2d_core.errors import NoFaceError
-from f2d_core.face_detection import FaceDetector
-from f2d_core.face_encoder import face_box_masks
+from f2d_core.faces.face_detection import FaceDetector
+from f2d_core.identity.face_encoder import face_box_masks
 from tests.support import synthetic_insightface as si
 from tests.support.photos import ALIGNED_CROP, ASTRONAUT, load_rgb
 

@@ -11,7 +11,7 @@ import torch
 from skimage import data as skdata
 
 from f2d_core.errors import WeightFileError
-from f2d_core.face_parsing import (
+from f2d_core.faces.face_parsing import (
     CELEBAMASK_HQ_CLASSES,
     FACE_CLASSES,
     BiSeNet,

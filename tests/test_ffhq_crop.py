@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from f2d_core.training.ffhq_crop import (
+from f2d_core.training.data.ffhq_crop import (
     crop_corners,
     ffhq_crop,
     ffhq_matrix,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from f2d_core.conditioning.injection import find_identifier, inject_s_star
 from f2d_core.errors import PromptError
-from f2d_core.injection import find_identifier, inject_s_star
 from tests.support.formula_weights import clip_text_state_dict
 
 BOS, EOS = 49406, 49407

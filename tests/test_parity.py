@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from f2d_core.alignment import align_faces, to_msid_input
 from f2d_core.checkpoints import load_f2d_models
+from f2d_core.faces.alignment import align_faces, to_msid_input
 from tests.support.photos import load_rgb
 
 TOL = 1e-4

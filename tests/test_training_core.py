@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from f2d_core.errors import F2DError
-from f2d_core.mapper import F2DMapper
-from f2d_core.training.dataset import TrainingSet
-from f2d_core.training.dataset_report import DatasetReport
+from f2d_core.identity.mapper import F2DMapper
+from f2d_core.training.data.dataset import TrainingSet
+from f2d_core.training.data.report import DatasetReport
 from f2d_core.training.losses import denoising_loss, needs_class_prediction
 from f2d_core.training.state_file import check_free_disk, load_state, save_state, state_bytes
 from f2d_core.training.trainer import TrainSettings, sample_batch

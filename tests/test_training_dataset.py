@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from f2d_core.errors import DatasetError
-from f2d_core.expression_model import expression_codes, load_expression_model
-from f2d_core.face_detection import FaceDetector
-from f2d_core.face_parsing import load_face_parser
-from f2d_core.training.dataset import PreparationStopped, TrainingSet, prepare_dataset
-from f2d_core.training.dataset_files import decode_photo
-from f2d_core.training.ffhq_crop import ffhq_crop, mirror_landmarks, shrink_factor
+from f2d_core.faces.expression_model import expression_codes, load_expression_model
+from f2d_core.faces.face_detection import FaceDetector
+from f2d_core.faces.face_parsing import load_face_parser
+from f2d_core.training.data.dataset import PreparationStopped, TrainingSet, prepare_dataset
+from f2d_core.training.data.ffhq_crop import ffhq_crop, mirror_landmarks, shrink_factor
+from f2d_core.training.data.files import decode_photo
 from tests.support import synthetic_bisenet, synthetic_deep3d
 from tests.support import synthetic_insightface as si
 from tests.support.photos import ASTRONAUT, CAT, load_rgb

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from ..atomic_io import atomic_write
 from ..errors import F2DError, WeightFileError
-from ..mapper import F2DMapper
+from ..identity.mapper import F2DMapper
 from ..weight_files import read_weights
 
 log = logging.getLogger(__name__)

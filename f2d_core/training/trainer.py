@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..conditioning.injection import DEFAULT_IDENTIFIER
 from ..errors import F2DError
-from ..injection import DEFAULT_IDENTIFIER
-from ..mapper import F2DMapper
+from ..identity.mapper import F2DMapper
 from .backend import DiffusionBackend
 from .losses import LOSSES, denoising_loss, needs_class_prediction
 from .state_file import STATE_FILE, check_free_disk, load_state, save_state, state_bytes

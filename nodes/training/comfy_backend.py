@@ -19,9 +19,9 @@ from comfy.model_base import ModelType
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ...f2d_core.conditioning.injection import DEFAULT_IDENTIFIER, find_identifier
 from ...f2d_core.errors import F2DError
-from ...f2d_core.injection import DEFAULT_IDENTIFIER, find_identifier
-from ...f2d_core.training.dataset_cache import module_fingerprint
+from ...f2d_core.training.data.cache import module_fingerprint
 from ..clip_tokens import check_sd1_clip, identifier_ids, special_tokens
 
 log = logging.getLogger(__name__)

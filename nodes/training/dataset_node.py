@@ -7,10 +7,10 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ...f2d_core.expression_model import HOW_TO_GET, load_expression_model
-from ...f2d_core.face_parsing import load_face_parser
-from ...f2d_core.training.dataset import PreparationStopped, prepare_dataset
-from ...f2d_core.training.dataset_cache import module_fingerprint
+from ...f2d_core.faces.expression_model import HOW_TO_GET, load_expression_model
+from ...f2d_core.faces.face_parsing import load_face_parser
+from ...f2d_core.training.data.cache import module_fingerprint
+from ...f2d_core.training.data.dataset import PreparationStopped, prepare_dataset
 from ..model_cache import load_weight_file
 from ..model_paths import input_folder, training_cache_dir, weight_files
 from ..sockets import F2DDatasetSocket, F2DModel, F2DModelSocket

@@ -13,7 +13,7 @@ from comfy_api.latest import io
 from server import PromptServer
 
 from ...f2d_core.errors import F2DError
-from ...f2d_core.mapper import F2DMapper
+from ...f2d_core.identity.mapper import F2DMapper
 from ...f2d_core.training.losses import LOSSES
 from ...f2d_core.training.trainer import MapperTrainer, TrainSettings
 from ..model_paths import training_run_dir

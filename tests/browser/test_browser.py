@@ -20,8 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
-from f2d_core.face_encoder import EncodedFace
-from f2d_core.face_file import save_face
+from f2d_core.identity.face_encoder import EncodedFace
+from f2d_core.identity.face_file import save_face
 from tests.browser.placeholders import placeholder_images
 from tests.support.comfy_fixtures import PACK_DIR_NAME
 from tests.support.comfy_server import ComfyServer, ExecutionFailed

@@ -24,7 +24,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from f2d_core.checkpoints import load_mapper
-from f2d_core.training.dataset_cache import module_fingerprint
+from f2d_core.training.data.cache import module_fingerprint
 from tests.support import synthetic_insightface as si
 from tests.support.comfy_library_run import run_library_script
 from tests.support.comfy_server import ComfyServer

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from f2d_core.face_encoder import EncodedFace
-from f2d_core.face_file import save_face
+from f2d_core.identity.face_encoder import EncodedFace
+from f2d_core.identity.face_file import save_face
 from tests.support import synthetic_insightface as si
 from tests.support.comfy_server import ComfyServer, ExecutionFailed
 from tests.support.f2d_graphs import CHECKPOINT, encode_face_graph, save_conditioning

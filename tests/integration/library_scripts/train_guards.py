@@ -17,10 +17,10 @@ from pathlib import Path
 import comfy.sd
 import numpy as np
 import torch
-from comfyui_face2diffusion.f2d_core.mapper import F2DMapper
-from comfyui_face2diffusion.f2d_core.training.dataset import TrainingSet
-from comfyui_face2diffusion.f2d_core.training.dataset_cache import module_fingerprint
-from comfyui_face2diffusion.f2d_core.training.dataset_report import DatasetReport
+from comfyui_face2diffusion.f2d_core.identity.mapper import F2DMapper
+from comfyui_face2diffusion.f2d_core.training.data.cache import module_fingerprint
+from comfyui_face2diffusion.f2d_core.training.data.dataset import TrainingSet
+from comfyui_face2diffusion.f2d_core.training.data.report import DatasetReport
 from comfyui_face2diffusion.f2d_core.training.state_file import STATE_FILE
 from comfyui_face2diffusion.f2d_core.training.trainer import MapperTrainer, TrainSettings, sample_batch
 from comfyui_face2diffusion.nodes.training.comfy_backend import ComfyDiffusionBackend

@@ -13,7 +13,7 @@ from numbers import Integral
 
 import torch
 
-from .errors import PromptError
+from ..errors import PromptError
 
 DEFAULT_IDENTIFIER = "f l"
 TokenEntry = tuple

@@ -8,7 +8,7 @@ keypoints (eye, eye, nose, mouth corner, mouth corner; image-left first):
     quad = [c - x - y, c - x + y, c + x + y, c + x - y]  (top-left, bottom-left, bottom-right, top-right)
 rot90(v) = (-v_y, v_x): a quarter turn that takes "right" to "down" in image coordinates (y down).
 
-Coordinates: points are in pixels with pixel centres at integers (as cv2 and `f2d_core.alignment`);
+Coordinates: points are in pixels with pixel centres at integers (as cv2 and `f2d_core.faces.alignment`);
 the quad's corners go to the crop's outer corners, (-0.5, -0.5) ... (size - 0.5, size - 0.5).
 Unlike FFHQ the border is black (no blurred reflection padding), and a face much larger than the
 crop is first shrunk by an integer box filter (FFHQ's `shrink` step) so the bilinear warp does not alias.
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from kornia.geometry.transform import warp_affine
 
-from ..alignment import similarity_transform
+from ...faces.alignment import similarity_transform
 
 DEFAULT_SIZE = 512
 EYE_SCALE = 2.0  # half side >= 2 x eye distance

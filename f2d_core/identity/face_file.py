@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .atomic_io import atomic_write
-from .errors import WeightFileError
+from ..atomic_io import atomic_write
+from ..errors import WeightFileError
+from ..weight_files import read_weights
 from .face_encoder import EncodedFace
-from .weight_files import read_weights
 
 FACE_FORMAT = "face2diffusion-face"
 _SHAPES = {"s_star": (2, 768), "idvec": (1536,)}

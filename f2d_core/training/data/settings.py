@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
-from ..expression_model import ExpressionRegressor
-from ..face_detection import FaceDetector
-from ..face_encoder import FaceEncoder
-from ..face_parsing import FACE_CLASSES, FaceParser
+from ...faces.expression_model import ExpressionRegressor
+from ...faces.face_detection import FaceDetector
+from ...faces.face_parsing import FACE_CLASSES, FaceParser
+from ...identity.face_encoder import FaceEncoder
 from . import masks as mask_rules
-from .dataset_cache import module_fingerprint
+from .cache import module_fingerprint
 
 CROP_RECIPE = "ffhq-5pt-v1"  # bump when ffhq_crop.py changes its output
 

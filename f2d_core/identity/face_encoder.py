@@ -10,11 +10,11 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .alignment import align_faces, to_msid_input
-from .checkpoints import F2DModels
-from .errors import NoFaceError
-from .face_detection import DetectedFace, FaceDetector, OnMissing, detect_faces
-from .images import ImageLike, as_labeled_images
+from ..checkpoints import F2DModels
+from ..errors import NoFaceError
+from ..faces.alignment import align_faces, to_msid_input
+from ..faces.face_detection import DetectedFace, FaceDetector, OnMissing, detect_faces
+from ..images import ImageLike, as_labeled_images
 
 log = logging.getLogger(__name__)
 

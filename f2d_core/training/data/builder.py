@@ -17,13 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..alignment import ARCFACE_TEMPLATE_112, similarity_transform
-from ..errors import F2DError
-from ..expression_model import ExpressionRegressor, expression_codes
-from ..face_detection import DetectedFace
-from ..face_encoder import FaceEncoder
-from ..face_parsing import FaceParser, downsample_mask
-from .dataset_cache import OK, CachedSample
+from ...errors import F2DError
+from ...faces.alignment import ARCFACE_TEMPLATE_112, similarity_transform
+from ...faces.expression_model import ExpressionRegressor, expression_codes
+from ...faces.face_detection import DetectedFace
+from ...faces.face_parsing import FaceParser, downsample_mask
+from ...identity.face_encoder import FaceEncoder
+from .cache import OK, CachedSample
 from .ffhq_crop import ffhq_matrix, mirror_landmarks, shrink_factor, transform_points, warp_to_crop
 from .masks import ellipse_mask, photo_mask_to_latent
 

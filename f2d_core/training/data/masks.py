@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import DatasetError
-from ..face_parsing import downsample_mask
-from .dataset_files import same_aspect
+from ...errors import DatasetError
+from ...faces.face_parsing import downsample_mask
 from .ffhq_crop import warp_to_crop
+from .files import same_aspect
 
 # The fallback ellipse, in units of the face's own landmark distances (anthropometric averages:
 # eyes to mouth ~1.1 x the eye distance, hairline ~0.9 of it above the eyes, chin ~0.7 below the mouth).

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import F2DError, NoFaceError
-from .images import ImageLike, as_labeled_images
+from ..errors import F2DError, NoFaceError
+from ..images import ImageLike, as_labeled_images
 
 log = logging.getLogger(__name__)
 

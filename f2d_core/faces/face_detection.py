@@ -18,8 +18,8 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime
 
-from .errors import F2DError, ModelPackError, NoFaceError
-from .images import ImageLike, as_labeled_images, to_rgb_uint8
+from ..errors import F2DError, ModelPackError, NoFaceError
+from ..images import ImageLike, as_labeled_images, to_rgb_uint8
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import F2DError, WeightFileError
-from .weight_files import check_state_dict, read_weights
+from ..errors import F2DError, WeightFileError
+from ..weight_files import check_state_dict, read_weights
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..atomic_io import atomic_write
+from ...atomic_io import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ import timm
 import torch
 from torch import nn
 
-from .errors import WeightFileError
+from ..errors import WeightFileError
+from ..images import ImageLike
+from ..weight_files import StateDict, describe_weights, key_problems, read_weights
 from .expression_alignment import deep3d_crops
-from .images import ImageLike
-from .weight_files import StateDict, describe_weights, key_problems, read_weights
 
 log = logging.getLogger(__name__)
 

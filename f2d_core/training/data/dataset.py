@@ -17,18 +17,18 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DatasetError, F2DError
-from ..expression_model import ExpressionRegressor
-from ..face_detection import FaceDetector
-from ..face_encoder import FaceEncoder
-from ..face_parsing import FaceParser
-from .dataset_builder import LatentEncoder, SampleBuilder
-from .dataset_cache import OK
-from .dataset_files import IMAGE_SUFFIXES, list_folder
-from .dataset_report import DatasetReport
-from .dataset_run import FolderRun, PreparationStopped
-from .dataset_settings import MaskPlan, build_settings
+from ...errors import DatasetError, F2DError
+from ...faces.expression_model import ExpressionRegressor
+from ...faces.face_detection import FaceDetector
+from ...faces.face_parsing import FaceParser
+from ...identity.face_encoder import FaceEncoder
+from .builder import LatentEncoder, SampleBuilder
+from .cache import OK
+from .files import IMAGE_SUFFIXES, list_folder
 from .masks import check_mask_list
+from .report import DatasetReport
+from .run import FolderRun, PreparationStopped
+from .settings import MaskPlan, build_settings
 
 __all__ = ["PreparationStopped", "TrainingSet", "prepare_dataset"]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..images import to_rgb_uint8
-from .dataset_report import NESTED_FOLDER, NOT_IMAGE
+from ...images import to_rgb_uint8
+from .report import NESTED_FOLDER, NOT_IMAGE
 
 log = logging.getLogger(__name__)
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DatasetError, F2DError, NoFaceError
-from ..face_detection import FaceDetector, pick_face
-from .dataset_builder import SampleBuilder
-from .dataset_cache import SKIPPED, CachedSample, SampleCache, sha256_hex, tensor_digest
-from .dataset_files import FolderEntry, UnreadableImage, decode_mask, decode_photo, find_mask_file
-from .dataset_report import MASK_MISSING, MASK_UNUSABLE, NO_FACE, UNREADABLE, DatasetReport
-from .dataset_settings import MaskPlan
+from ...errors import DatasetError, F2DError, NoFaceError
+from ...faces.face_detection import FaceDetector, pick_face
+from .builder import SampleBuilder
+from .cache import SKIPPED, CachedSample, SampleCache, sha256_hex, tensor_digest
+from .files import FolderEntry, UnreadableImage, decode_mask, decode_photo, find_mask_file
 from .masks import fit_mask
+from .report import MASK_MISSING, MASK_UNUSABLE, NO_FACE, UNREADABLE, DatasetReport
+from .settings import MaskPlan
 
 log = logging.getLogger(__name__)
 

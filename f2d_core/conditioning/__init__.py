@@ -1,0 +1,1 @@
+"""S* in CLIP conditioning: where it is injected."""

@@ -1,0 +1,1 @@
+"""A face becomes S*: the MSID encoder, the mapper, the encode path and face files."""

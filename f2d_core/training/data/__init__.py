@@ -1,0 +1,1 @@
+"""The training set: FFHQ crops, per-photo features, the cache and its report."""

@@ -100,8 +100,8 @@ class F2DLoadMSIDEncoder(io.ComfyNode):
                     "precision",
                     options=list(PRECISIONS),
                     default="fp32",
-                    tooltip="Encoder precision. fp32 gives the official S* exactly; fp16/bf16 are faster on GPUs "
-                    "and differ slightly.",
+                    tooltip="Precision of the MSID encoder and mapper. fp32 gives the official S* exactly; "
+                    "fp16/bf16 are faster on GPUs and differ slightly. Face alignment always runs in fp32.",
                 ),
                 io.Int.Input(
                     "detection_size",

@@ -6,6 +6,7 @@ import torch
 
 from ..f2d_core.conditioning.injection import inject_s_star
 from ..f2d_core.errors import PromptError
+from ..f2d_core.identity.face_encoder import check_finite_s_star
 
 _FAMILIES = {
     frozenset({"g", "l"}): "SDXL",
@@ -33,7 +34,12 @@ def check_sd1_clip(clip, tokens: dict) -> None:
 
 
 def position_embedding(clip) -> torch.Tensor:
-    """The CLIP-L position embedding table [77, 768] of a ComfyUI CLIP."""
+    """The CLIP-L position embedding table [77, 768] of a ComfyUI CLIP, as its next encode will add it.
+
+    Read after `clip.load_model()`: only loading applies ComfyUI's weight patches (a LoRA or a model
+    merge that changes the table), so a table read before it differs on the first queue from later ones.
+    """
+    clip.load_model()
     text_model = clip.cond_stage_model.clip_l.transformer.text_model
     return text_model.embeddings.position_embedding.weight
 
@@ -56,5 +62,6 @@ def tokens_with_face(clip, text: str, s_star: torch.Tensor, identifier: str) -> 
     tokens = clip.tokenize(text)
     check_sd1_clip(clip, tokens)
     ids = identifier_ids(clip, identifier)
+    check_finite_s_star(s_star)
     tokens["l"] = inject_s_star(tokens["l"], ids, s_star, position_embedding(clip), special_tokens(clip), identifier)
     return tokens

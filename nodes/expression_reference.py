@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..f2d_core.faces.expression_model import HOW_TO_GET, expression_codes, load_expression_model
 from ..f2d_core.faces.face_detection import detect_faces
-from .model_cache import load_weight_file
+from .model_cache import load_weight_file, weight_file_version
 from .model_paths import weight_files
 from .sockets import F2DExpression, F2DExpressionSocket, F2DModel, F2DModelSocket
 
@@ -48,6 +48,10 @@ class F2DExpressionReference(io.ComfyNode):
             ],
             outputs=[F2DExpressionSocket.Output(display_name="expression")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, expression_model: str, **_: object) -> tuple:
+        return weight_file_version(expression_model, HOW_TO_GET)
 
     @classmethod
     def execute(

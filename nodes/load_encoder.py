@@ -1,19 +1,20 @@
-"""Load MSID Encoder: the MSID encoder + mapper and an insightface detector, loaded once and cached."""
+"""Load MSID Encoder: the MSID encoder + mapper (under ComfyUI's model management) and a face detector, each cached."""
 
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
+from functools import lru_cache, partial
+from pathlib import Path
 
 import comfy.model_management
 import torch
 from comfy_api.latest import io
 
 from ..f2d_core.checkpoints import load_f2d_models
-from ..f2d_core.errors import WeightFileError
 from ..f2d_core.faces.face_detection import FaceDetector, select_providers
 from ..f2d_core.identity.face_encoder import FaceEncoder
 from ..f2d_core.onnxruntime_check import onnxruntime_conflict
+from .model_cache import file_identity, load_on_device, managed, weight_file_version
 from .model_paths import insightface_packs, insightface_root_of, weight_files, weight_path
 from .sockets import F2DModel, F2DModelSocket
 
@@ -28,32 +29,33 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 
 
 @lru_cache(maxsize=2)
-def _load(msid: str, mapper: str, mtimes: tuple, pack: str, provider: str, precision: str, det_size: int) -> F2DModel:
-    """Build (once per distinct settings and file versions) the model bundle."""
-    msid_path = weight_path(msid, OFFICIAL)
-    mapper_path = msid_path if mapper == SAME_FILE else weight_path(mapper, OFFICIAL)
-    device = comfy.model_management.get_torch_device()
+def _encoder(msid_path: Path, mapper_path: Path, versions: tuple, precision: str) -> FaceEncoder:
+    """MSID + mapper read once per file version and precision, handed to ComfyUI's model management."""
+    del versions  # part of the cache key only
     models = load_f2d_models(msid_path, mapper_path)
-    encoder = FaceEncoder(models, device, PRECISIONS[precision])
+    encoder = FaceEncoder(models, comfy.model_management.unet_offload_device(), PRECISIONS[precision])
+    encoder.prepare = partial(load_on_device, managed(encoder.networks))
+    return encoder
+
+
+@lru_cache(maxsize=2)
+def _detector(pack: str, provider: str, det_size: int) -> FaceDetector:
+    """The face detector, cached apart from the encoder: changing detection_size loads no second MSID."""
     if conflict := onnxruntime_conflict():
         log.warning("%s", conflict)
-    detector = FaceDetector(insightface_root_of(pack), pack, select_providers(provider), det_size=det_size)
-    info = {**models.sources, "pack": pack, "device": str(device), "precision": precision}
-    log.info("Face2Diffusion model ready: %s", info)
-    return F2DModel(encoder=encoder, detector=detector, info=info)
+    return FaceDetector(insightface_root_of(pack), pack, select_providers(provider), det_size=det_size)
 
 
-def _mtimes(*names: str) -> tuple:
-    """File versions, so that a replaced file is loaded again."""
-    return tuple(weight_path(n, OFFICIAL).stat().st_mtime_ns for n in names if n != SAME_FILE)
+def _paths(msid: str, mapper: str) -> tuple[Path, Path]:
+    """The MSID and mapper files; the mapper may be inside the MSID file."""
+    msid_path = weight_path(msid, OFFICIAL)
+    return msid_path, msid_path if mapper == SAME_FILE else weight_path(mapper, OFFICIAL)
 
 
 def file_versions(*names: str) -> tuple:
-    """Like `_mtimes`, but a missing file is a version too (the node's own run reports it)."""
-    try:
-        return _mtimes(*names)
-    except WeightFileError:
-        return ("missing", *names)
+    """(size, mtime, inode) of each file, so that a replaced file is loaded again; a missing file is a
+    version too (the node's own run reports it)."""
+    return tuple(weight_file_version(n, OFFICIAL) for n in names if n != SAME_FILE)
 
 
 class F2DLoadMSIDEncoder(io.ComfyNode):
@@ -98,8 +100,8 @@ class F2DLoadMSIDEncoder(io.ComfyNode):
                     "precision",
                     options=list(PRECISIONS),
                     default="fp32",
-                    tooltip="Encoder precision. fp32 gives the official S* exactly; fp16/bf16 are faster on GPUs "
-                    "and differ slightly.",
+                    tooltip="Precision of the MSID encoder and mapper. fp32 gives the official S* exactly; "
+                    "fp16/bf16 are faster on GPUs and differ slightly. Face alignment always runs in fp32.",
                 ),
                 io.Int.Input(
                     "detection_size",
@@ -128,6 +130,11 @@ class F2DLoadMSIDEncoder(io.ComfyNode):
         precision: str,
         detection_size: int,
     ) -> io.NodeOutput:
-        mtimes = _mtimes(msid_file, mapper_file)
-        model = _load(msid_file, mapper_file, mtimes, insightface_pack, detector_device, precision, detection_size)
-        return io.NodeOutput(model)
+        msid_path, mapper_path = _paths(msid_file, mapper_file)
+        versions = (file_identity(msid_path), file_identity(mapper_path))
+        encoder = _encoder(msid_path, mapper_path, versions, precision)
+        detector = _detector(insightface_pack, detector_device, detection_size)
+        device = comfy.model_management.get_torch_device()
+        info = {**encoder.sources, "pack": insightface_pack, "device": str(device), "precision": precision}
+        log.info("Face2Diffusion model ready: %s", info)
+        return io.NodeOutput(F2DModel(encoder=encoder, detector=detector, info=info))

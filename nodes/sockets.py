@@ -20,7 +20,7 @@ F2DTrainedMapperSocket = io.Custom("F2D_TRAINED_MAPPER")
 
 @dataclass
 class F2DModel:
-    """MSID encoder + mapper on the compute device, and the insightface detector to find faces with."""
+    """MSID encoder + mapper (under ComfyUI's model management), and the face detector to find faces with."""
 
     encoder: FaceEncoder
     detector: FaceDetector | None

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..checkpoints import F2DModels
-from ..errors import NoFaceError
+from ..errors import F2DError, NoFaceError
 from ..faces.alignment import align_faces, to_msid_input
 from ..faces.face_detection import DetectedFace, FaceDetector, OnMissing, detect_faces
 from ..images import ImageLike, as_labeled_images
@@ -43,32 +44,76 @@ def face_box_masks(faces: Sequence[DetectedFace | None], height: int, width: int
     return masks
 
 
+def check_finite_s_star(s_star: torch.Tensor, what: str = "S*") -> torch.Tensor:
+    """Return `s_star` (any shape) unchanged, or raise F2DError when it holds NaN or infinity.
+
+    A non-finite S* would silently turn the whole prompt's conditioning into NaN (a black or noise
+    image). It comes from half-precision overflow in the MSID encoder or mapper, or from a damaged
+    weights file.
+    """
+    finite = torch.isfinite(s_star)
+    if bool(finite.all()):
+        return s_star
+    bad = int((~finite).sum())
+    raise F2DError(
+        f"{what} is not finite ({bad} of {finite.numel()} values are NaN or infinite), so it cannot be put "
+        "into the prompt. In Load MSID Encoder choose precision fp32 (fp16 can overflow); if it happens in "
+        "fp32 too, the MSID or mapper file is damaged: download it again (or re-save the face)."
+    )
+
+
+class EncoderNetworks(nn.Module):
+    """MSID and the mapper as one module, so that a memory manager loads and offloads them together."""
+
+    def __init__(self, msid: nn.Module, mapper: nn.Module) -> None:
+        super().__init__()
+        self.msid, self.mapper = msid, mapper
+
+
+def _weights_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter: where it computes now."""
+    return next(module.parameters()).device
+
+
 class FaceEncoder:
-    """The MSID encoder and mapper on one device, ready to turn faces into S*."""
+    """The MSID encoder and mapper, ready to turn faces into S*.
+
+    The weights may move between calls (ComfyUI offloads them to the CPU and loads them back):
+    `prepare()` runs before every forward pass (the node layer makes it load the weights onto
+    ComfyUI's device), and each call computes wherever the weights then are. Only MSID and the mapper
+    run in `dtype`; the alignment warp is always float32.
+    """
 
     def __init__(self, models: F2DModels, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-        self.device, self.dtype = torch.device(device), dtype
-        self.msid = models.msid.to(self.device, dtype).eval()
-        self.mapper = models.mapper.to(self.device, dtype).eval()
+        self.dtype = dtype
+        self.msid = models.msid.to(device, dtype).eval()
+        self.mapper = models.mapper.to(device, dtype).eval()
+        self.networks = EncoderNetworks(self.msid, self.mapper)
         self.sources = models.sources
+        self.prepare: Callable[[], object] = lambda: None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the MSID weights are now."""
+        return _weights_device(self.msid)
 
     def crops(
         self, images: torch.Tensor | Sequence[torch.Tensor], landmarks: torch.Tensor | np.ndarray
     ) -> torch.Tensor:
-        """Aligned 112 crops [N, 3, 112, 112] in [0, 1] from [N, 3, H, W] images (or a list) and [N, 5, 2] points."""
-        landmarks = torch.as_tensor(np.asarray(landmarks, dtype=np.float32)).to(self.device)
+        """Aligned 112 crops [N, 3, 112, 112] float32 in [0, 1] on the encoder's device, from [N, 3, H, W]
+        images (or a list of [3, H, W]) and [N, 5, 2] landmarks (fitted on the CPU, see `align_faces`)."""
+        landmarks = torch.as_tensor(np.asarray(landmarks, dtype=np.float32))
+        device = self.device
         if isinstance(images, torch.Tensor):
-            return align_faces(images.to(self.device, self.dtype), landmarks)
+            return align_faces(images.to(device), landmarks)
         return torch.cat(
-            [
-                align_faces(img[None].to(self.device, self.dtype), lm[None])
-                for img, lm in zip(images, landmarks, strict=True)
-            ]
+            [align_faces(img[None].to(device), lm[None]) for img, lm in zip(images, landmarks, strict=True)]
         )
 
     @torch.inference_mode()
     def identity(self, crops: torch.Tensor, pooling: Pooling | None = None) -> torch.Tensor:
-        """Identity vectors [N, 1536] of crops, or one pooled [1536] when `pooling` is given."""
+        """Identity vectors [N, 1536] float32 of crops, or one pooled [1536] when `pooling` is given."""
+        self.prepare()
         x = to_msid_input(crops.to(self.device, self.dtype))
         if pooling is None:
             return self.msid(x).float()
@@ -82,12 +127,18 @@ class FaceEncoder:
     def s_star(
         self, idvec: torch.Tensor, expression: torch.Tensor | None = None, strength: float = 1.0
     ) -> torch.Tensor:
-        """S* [..., 2, 768] float32 from identity vector(s) [..., 1536] and an optional expression [64]."""
+        """S* [..., 2, 768] float32 on the CPU from identity vector(s) [..., 1536] and an optional expression [64].
+
+        Raises F2DError when the result is not finite (`check_finite_s_star`).
+        """
+        self.prepare()
+        device = _weights_device(self.mapper)
         single = idvec.ndim == 1
-        idvec = idvec.reshape(-1, idvec.shape[-1]).to(self.device, self.dtype)
+        idvec = idvec.reshape(-1, idvec.shape[-1]).to(device, self.dtype)
         if expression is not None:
-            expression = expression.reshape(-1, expression.shape[-1]).expand(idvec.shape[0], -1).to(self.device)
-        out = self.mapper(idvec, expression, strength).float()
+            expression = expression.reshape(-1, expression.shape[-1]).expand(idvec.shape[0], -1).to(device)
+        out = self.mapper(idvec, expression, strength).float().cpu()
+        check_finite_s_star(out, f"S* (mapped in {str(self.dtype).removeprefix('torch.')})")
         return out[0] if single else out
 
     def encode(
@@ -123,7 +174,7 @@ class FaceEncoder:
         }
         log.info("Encoded S* from %d of %d image(s) (%s)", len(used), len(faces), pooling)
         return EncodedFace(
-            s_star=self.s_star(idvec, expression, strength).cpu(),
+            s_star=self.s_star(idvec, expression, strength),
             idvec=idvec.cpu(),
             crops=crops.float().cpu(),
             faces=faces,

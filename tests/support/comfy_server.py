@@ -308,6 +308,14 @@ class ComfyServer:
         """POST /interrupt: stop the running prompt, as the UI's cancel button does."""
         self._session.post(f"{self.url}/interrupt", timeout=30).raise_for_status()
 
+    def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
+        """POST /free, as the UI's "Unload models" / "Free model and node cache" buttons do.
+
+        The server acts on it between prompts (its queue worker checks the flags about once a second).
+        """
+        body = {"unload_models": unload_models, "free_memory": free_memory}
+        self._session.post(f"{self.url}/free", json=body, timeout=30).raise_for_status()
+
     def run(self, api_graph: Mapping[str, Any], timeout: float = 120.0) -> dict[str, Any]:
         """Queue a graph and wait for it: `wait(queue_prompt(api_graph))`."""
         return self.wait(self.queue_prompt(api_graph), timeout)

@@ -1,4 +1,5 @@
-"""A test-only ComfyUI node pack: writes what flows along a CONDITIONING socket to a file tests can read.
+"""A test-only ComfyUI node pack: writes what flows along a CONDITIONING socket to a file tests can read,
+and answers `GET /f2d_test/loaded_models` with the models in ComfyUI's model management.
 
 Loaded next to the real pack in integration tests (ComfyUI's own execution tests use test nodes the
 same way); it is never shipped to users.
@@ -6,8 +7,24 @@ same way); it is never shipped to users.
 
 import os
 
+import comfy.model_management
 import folder_paths
+from aiohttp import web
 from safetensors.torch import save_file
+from server import PromptServer
+
+
+@PromptServer.instance.routes.get("/f2d_test/loaded_models")
+async def loaded_models(request):
+    """`comfy.model_management.current_loaded_models`: each model's class, object id and device."""
+    models = [loaded.model for loaded in comfy.model_management.current_loaded_models]
+    return web.json_response(
+        [
+            {"class": type(m.model).__name__, "id": id(m.model), "device": str(m.current_loaded_device())}
+            for m in models
+            if m is not None
+        ]
+    )
 
 
 class F2DTestSaveConditioning:

@@ -1,9 +1,7 @@
 """The detection cascade on the synthetic SCRFD: photos a single detection size misses, and what it costs.
 
-The synthetic detector finds a bright square of 23-42, 45-85 or 91-169 detector pixels (strides 8, 16,
-32; see tests/support/synthetic_insightface.py): too large or too small after fitting into the detection
-size, it is missed, as a real SCRFD misses a face beyond its anchor scales. Each photo below is first
-shown to be missed at 640 and 320 (the two sizes tried before the cascade), then found by the cascade.
+Each photo of tests/support/hard_photos.py is first shown to be missed at 640 and 320 (the two sizes
+tried before the cascade), then found by the cascade.
 """
 
 from __future__ import annotations
@@ -18,22 +16,10 @@ from f2d_core.errors import ModelPackError
 from f2d_core.faces import detection_cascade as dc
 from f2d_core.faces import face_detection as fd
 from tests.support import synthetic_insightface as si
+from tests.support.hard_photos import HARD_PHOTOS, hard_photo
 from tests.support.photos import ASTRONAUT, load_rgb
 
 CPU = ["CPUExecutionProvider"]
-
-# name: (photo size (height, width), face centre (x, y), face side, the attempt that finds it)
-HARD_PHOTOS = {
-    "face_fills_the_photo": ((256, 256), (128, 128), 256, "the photo padded by 128 px at detection size 320"),
-    "small_face_in_a_camera_photo": ((4000, 6000), (4125, 2700), 128, "the photo at detection size 1280"),
-    "face_cut_by_the_border": ((300, 400), (200, 250), 320, "the photo padded by 200 px at detection size 320"),
-}
-
-
-def hard_photo(name: str) -> np.ndarray:
-    """One of HARD_PHOTOS, its face carrying the astronaut photo's texture."""
-    size, centre, side, _ = HARD_PHOTOS[name]
-    return si.face_photo(load_rgb(ASTRONAUT), size, centre, side)
 
 
 @pytest.fixture(scope="module")

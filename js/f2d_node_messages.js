@@ -1,7 +1,7 @@
 /**
  * Face2Diffusion: the text a node sends back when it runs (its UI text), shown on the node.
  *
- * Encode Face → S* says which detection attempt found each photo's face; Apply F2D Tokens warns when the
+ * Encode Face says which detection attempt found each photo's face; Apply F2D Tokens warns when the
  * CLIP has clip skip. An empty text clears the line. Neither saved in the workflow nor sent to the server.
  */
 import { app } from "../../scripts/app.js";
@@ -35,7 +35,7 @@ function addMessageLine(node) {
     const result = onExecuted?.apply(this, arguments);
     const text = (message?.text ?? []).filter((line) => line).join("\n");
     element.textContent = text;
-    element.style.color = text.startsWith("⚠") ? "#f0a030" : "var(--descrip-text, #999)";
+    element.style.color = text.startsWith("Warning:") ? "#f0a030" : "var(--descrip-text, #999)";
     node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
     node.setDirtyCanvas?.(true, true);
     return result;
@@ -43,7 +43,7 @@ function addMessageLine(node) {
 }
 
 app.registerExtension({
-  name: "Face2Diffusion.NodeMessages",
+  name: "face2diffusion.NodeMessages",
   nodeCreated(node) {
     if (NODE_TYPES.has(node.comfyClass)) addMessageLine(node);
   },

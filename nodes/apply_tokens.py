@@ -47,7 +47,7 @@ class F2DApplyTokens(io.ComfyNode):
                     tooltip=f"The prompt. Write the identifier ('{DEFAULT_IDENTIFIER}') where the person goes; "
                     "(f l:1.2) weights work as usual.",
                 ),
-                F2DFaceSocket.Input("f2d_face", tooltip="From Encode Face → S* or Load F2D Face."),
+                F2DFaceSocket.Input("f2d_face", tooltip="From Encode Face (the face as S*) or Load F2D Face."),
                 F2DExpressionSocket.Input(
                     "expression",
                     optional=True,
@@ -98,5 +98,5 @@ class F2DApplyTokens(io.ComfyNode):
             log.warning("Apply F2D Tokens: %s", warning)
         # The text is sent even when empty, so that the node's message clears once clip skip is gone.
         return io.NodeOutput(
-            clip.encode_from_tokens_scheduled(tokens), ui={"text": [f"⚠ {warning}" if warning else ""]}
+            clip.encode_from_tokens_scheduled(tokens), ui={"text": [f"Warning: {warning}" if warning else ""]}
         )

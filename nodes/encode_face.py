@@ -1,4 +1,4 @@
-"""Encode Face → S*: one or several photos of one person become the two words S*."""
+"""Encode Face (shown as "Encode Face -> S*", with an arrow): photos of one person become the two words S*."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def detection_report(faces: list) -> str:
 
 
 class F2DEncodeFace(io.ComfyNode):
-    """Encode Face → S*."""
+    """Encode Face, shown as the design's node name (the one non-ASCII name of the pack)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:

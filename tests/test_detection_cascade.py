@@ -108,7 +108,8 @@ def test_a_photo_without_a_face_tries_every_attempt(detector: fd.FaceDetector) -
     result = dc.detect_with_cascade(counting, black, attempts)
     assert result.faces == [] and result.attempt is None and result.describe() == "no face in 6 attempt(s)"
     assert [size for _, size in counting.calls] == [a.det_size for a in attempts]
-    assert counting.calls[1][0] == (10000, 12000, 3)  # padded by 3000 px on each side
+    # Padded by 3000 px on each side, shrunk to fit 640 before padding (never 10000 x 12000 at full size).
+    assert counting.calls[1][0] == (533, 640, 3)
 
 
 # --- a pack unzipped one folder too deep --------------------------------------------------------

@@ -120,16 +120,31 @@ def plan_attempts(
     return attempts
 
 
-def _padded(bgr: np.ndarray, padding: int) -> np.ndarray:
-    """The image with `padding` black pixels added on each side."""
-    return np.pad(bgr, ((padding, padding), (padding, padding), (0, 0)))
+def _padded_photo(bgr: np.ndarray, padding: int, det_size: int) -> tuple[np.ndarray, float, float, int]:
+    """The photo with `padding` black pixels on each side, shrunk first when the result exceeds `det_size`.
+
+    The detector fits its input into det_size x det_size anyway; shrinking before padding gives it the
+    same picture without building a padded copy at full size (a 6000 x 4000 photo padded would be
+    12000 x 10000). Returns the image, its x and y scale from the photo, and the padding in its pixels.
+    """
+    import cv2
+
+    height, width = bgr.shape[:2]
+    scale = min(1.0, det_size / (max(height, width) + 2 * padding))
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_LINEAR)  # as insightface's SCRFD resizes
+    pad = round(padding * scale)
+    image = np.pad(bgr, ((pad, pad), (pad, pad), (0, 0)))
+    return image, bgr.shape[1] / width, bgr.shape[0] / height, pad
 
 
-def _unpadded(face: FaceT, padding: int) -> FaceT:
-    """A face found on the padded image, in the photo's pixels (its box may reach past the photo's edge)."""
+def _in_photo_pixels(face: FaceT, scale_x: float, scale_y: float, pad: int) -> FaceT:
+    """A face found on the padded (and shrunk) photo, in the photo's pixels (its box may reach past its edge)."""
     x1, y1, x2, y2 = face.bbox
-    shifted = (x1 - padding, y1 - padding, x2 - padding, y2 - padding)
-    return dataclasses.replace(face, bbox=shifted, kps=face.kps - np.float32(padding))
+    box = ((x1 - pad) / scale_x, (y1 - pad) / scale_y, (x2 - pad) / scale_x, (y2 - pad) / scale_y)
+    kps = (face.kps - np.float32(pad)) / np.array([scale_x, scale_y], np.float32)
+    return dataclasses.replace(face, bbox=box, kps=kps.astype(np.float32))
 
 
 def detect_with_cascade(
@@ -139,14 +154,15 @@ def detect_with_cascade(
 
     `detect_at(bgr, size)` gives the faces of a BGR uint8 [H, W, 3] image fitted into size x size
     (dataclasses with `bbox` (x1, y1, x2, y2) and `kps` [5, 2] float32, in that image's pixels). Faces
-    found on a padded photo are shifted back into the photo's pixels. Each failed attempt is logged
+    found on a padded photo are mapped back into the photo's pixels. Each failed attempt is logged
     at INFO with the next one.
     """
     for number, attempt in enumerate(attempts, start=1):
-        image = _padded(bgr, attempt.padding) if attempt.padding else bgr
-        faces = detect_at(image, attempt.det_size)
         if attempt.padding:
-            faces = [_unpadded(face, attempt.padding) for face in faces]
+            image, scale_x, scale_y, pad = _padded_photo(bgr, attempt.padding, attempt.det_size)
+            faces = [_in_photo_pixels(face, scale_x, scale_y, pad) for face in detect_at(image, attempt.det_size)]
+        else:
+            faces = detect_at(bgr, attempt.det_size)
         if faces:
             return CascadeResult(faces, attempt, number, len(attempts))
         if number < len(attempts):

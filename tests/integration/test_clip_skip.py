@@ -30,7 +30,8 @@ def _apply_tokens_text(server: ComfyServer, stop_at_clip_layer: int | None, name
 @pytest.mark.parametrize("layer", [-2, -12])
 def test_clip_skip_is_allowed_but_not_silent(comfy_server: ComfyServer, layer: int) -> None:
     (text,) = _apply_tokens_text(comfy_server, layer, f"clip_skip_{-layer}")
-    assert text.startswith(f"⚠ clip skip: this CLIP stops at layer {layer} (CLIP Set Last Layer)") and WARNING in text
+    assert text.startswith(f"Warning: clip skip: this CLIP stops at layer {layer} (CLIP Set Last Layer)")
+    assert WARNING in text
     assert f"Apply F2D Tokens: clip skip: this CLIP stops at layer {layer}" in comfy_server.log_text()
     assert (comfy_server.output_dir / f"clip_skip_{-layer}.safetensors").is_file()
 

@@ -18,7 +18,7 @@ OFFICIAL_WEIGHTS = {
     "/face2diffusion/mapping.pt": "https://drive.google.com/file/d/1Lf_mwMgme_HVYJCkViGr4TfGOfKw9PhE/view?usp=sharing",
 }
 # The one SYNTAX finding the design asks for: the arrow in the node name "Encode Face -> S*" (see the README).
-NODE_NAME_FINDING = "nodes/encode_face.py:\n  Line 36, col 39: RIGHTWARDS ARROW ('\u2192') - not encodable in cp1252"
+NODE_NAME_LINE = 'display_name="Encode Face \u2192 S*",'
 
 
 def comfy_test() -> str | None:
@@ -35,7 +35,13 @@ def test_comfy_test_lint() -> None:
     javascript = report["javascript"]
     assert javascript["passed"] and javascript["namespaces"] == ["face2diffusion"], javascript["findings"]
     assert javascript["summary"] == {"errors": 0, "warnings": 0}
-    assert report["syntax"]["details"].split("\n\n", 1)[1] == NODE_NAME_FINDING
+    source = (REPO / "nodes" / "encode_face.py").read_text().splitlines()
+    line = next(n for n, text in enumerate(source, start=1) if NODE_NAME_LINE in text)
+    column = source[line - 1].index("\u2192") + 1
+    finding = (
+        f"nodes/encode_face.py:\n  Line {line}, col {column}: RIGHTWARDS ARROW ('\u2192') - not encodable in cp1252"
+    )
+    assert report["syntax"]["details"].split("\n\n", 1)[1] == finding
 
 
 def test_models_point_at_the_official_downloads() -> None:

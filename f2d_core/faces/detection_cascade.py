@@ -29,8 +29,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 # Larger detection sizes are tried only when the photo is at least this many times the detection size
-# (fitted into it, the photo was shrunk that much), as multiples of it, and never above MAX_DET_SIZE
-# (a 1920 px input of det_10g needs about 1 GB of activations; larger is slow on a CPU).
+# (fitted into it, the photo was shrunk that much), as multiples of it, and never above MAX_DET_SIZE,
+# which bounds the worst case (a photo without a face) at 15.5 detections' worth of detector pixels.
 LARGER_FROM_PHOTO_RATIO = 2
 LARGER_FACTORS = (2, 3)
 MAX_DET_SIZE = 1920

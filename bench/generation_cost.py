@@ -3,7 +3,7 @@
     COMFYUI_PATH=/path/to/ComfyUI python bench/generation_cost.py --size 256 --steps 20 --rounds 5
 
 Both graphs share checkpoint, sampler (euler_ancestral), steps, CFG 7, size and seed; the F2D one
-takes its positive prompt from Apply F2D Tokens with S* from Encode Face → S*. Runs alternate
+takes its positive prompt from Apply F2D Tokens with S* from Encode Face -> S*. Runs alternate
 (F2D, plain, plain, F2D, ...) so machine load hits both alike. Each run's time is the server's own
 execution time (execution_start -> execution_success timestamps), in three regimes:
 

@@ -105,7 +105,7 @@ function addStatusLine(node) {
 }
 
 app.registerExtension({
-  name: "Face2Diffusion.IdentifierCheck",
+  name: "face2diffusion.IdentifierCheck",
   nodeCreated(node) {
     if (node.comfyClass === NODE_TYPE) addStatusLine(node);
   },

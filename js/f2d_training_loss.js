@@ -78,7 +78,7 @@ function addSparkline(node) {
 }
 
 app.registerExtension({
-  name: "Face2Diffusion.TrainingLoss",
+  name: "face2diffusion.TrainingLoss",
   nodeCreated(node) {
     if (node.comfyClass === NODE_TYPE) addSparkline(node);
   },

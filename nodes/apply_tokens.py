@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from comfy_api.latest import io
 
 from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER
 from ..f2d_core.errors import F2DError
-from .clip_tokens import tokens_with_face
+from .clip_tokens import clip_skip_warning, tokens_with_face
 from .sockets import F2DExpression, F2DExpressionSocket, F2DFace, F2DFaceSocket
+
+log = logging.getLogger(__name__)
 
 
 def s_star_for_prompt(face: F2DFace, expression: F2DExpression | None, strength: float):
@@ -43,7 +47,7 @@ class F2DApplyTokens(io.ComfyNode):
                     tooltip=f"The prompt. Write the identifier ('{DEFAULT_IDENTIFIER}') where the person goes; "
                     "(f l:1.2) weights work as usual.",
                 ),
-                F2DFaceSocket.Input("f2d_face", tooltip="From Encode Face → S* or Load F2D Face."),
+                F2DFaceSocket.Input("f2d_face", tooltip="From Encode Face (the face as S*) or Load F2D Face."),
                 F2DExpressionSocket.Input(
                     "expression",
                     optional=True,
@@ -89,4 +93,10 @@ class F2DApplyTokens(io.ComfyNode):
     ) -> io.NodeOutput:
         s_star = s_star_for_prompt(f2d_face, expression, expression_strength)
         tokens = tokens_with_face(clip, text, s_star, identifier.strip())
-        return io.NodeOutput(clip.encode_from_tokens_scheduled(tokens))
+        warning = clip_skip_warning(clip)
+        if warning:
+            log.warning("Apply F2D Tokens: %s", warning)
+        # The text is sent even when empty, so that the node's message clears once clip skip is gone.
+        return io.NodeOutput(
+            clip.encode_from_tokens_scheduled(tokens), ui={"text": [f"Warning: {warning}" if warning else ""]}
+        )

@@ -8,6 +8,8 @@ from ..f2d_core.conditioning.injection import inject_s_star
 from ..f2d_core.errors import PromptError
 from ..f2d_core.identity.face_encoder import check_finite_s_star
 
+LAST_LAYER = -1  # CLIP Set Last Layer's stop_at_clip_layer for no clip skip
+
 _FAMILIES = {
     frozenset({"g", "l"}): "SDXL",
     frozenset({"g", "l", "t5xxl"}): "SD3",
@@ -65,3 +67,20 @@ def tokens_with_face(clip, text: str, s_star: torch.Tensor, identifier: str) -> 
     check_finite_s_star(s_star)
     tokens["l"] = inject_s_star(tokens["l"], ids, s_star, position_embedding(clip), special_tokens(clip), identifier)
     return tokens
+
+
+def clip_skip_warning(clip) -> str | None:
+    """A warning when `clip` stops before CLIP's last layer (clip skip), else None.
+
+    ComfyUI keeps CLIP Set Last Layer's `stop_at_clip_layer` (or a checkpoint config's `layer_idx`) in
+    `CLIP.layer_idx` and applies it at encode time (comfy/sd.py); None or -1 is the last layer.
+    The official Face2Diffusion code trains and runs S* on the last layer's output.
+    """
+    layer = getattr(clip, "layer_idx", None)
+    if layer is None or layer == LAST_LAYER:
+        return None
+    return (
+        f"clip skip: this CLIP stops at layer {layer} (CLIP Set Last Layer), but S* was trained on CLIP's last "
+        f"layer ({LAST_LAYER}), as in the official Face2Diffusion code, so the likeness may drop. Set "
+        f"stop_at_clip_layer to {LAST_LAYER} before Apply F2D Tokens for the official behaviour."
+    )

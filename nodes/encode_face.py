@@ -1,4 +1,4 @@
-"""Encode Face → S*: one or several photos of one person become the two words S*."""
+"""Encode Face (shown as "Encode Face -> S*", with an arrow): photos of one person become the two words S*."""
 
 from __future__ import annotations
 
@@ -16,8 +16,18 @@ def crops_as_image(crops: torch.Tensor) -> torch.Tensor:
     return crops.permute(0, 2, 3, 1).contiguous().float().cpu()
 
 
+def detection_report(faces: list) -> str:
+    """One line per photo: which detection attempt found its face, or that it was skipped."""
+    total = len(faces)
+    lines = [
+        f"image {i} of {total}: {'skipped, no face found' if face is None else face.found_by}"
+        for i, face in enumerate(faces, start=1)
+    ]
+    return "\n".join(lines)
+
+
 class F2DEncodeFace(io.ComfyNode):
-    """Encode Face → S*."""
+    """Encode Face, shown as the design's node name (the one non-ASCII name of the pack)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -70,4 +80,7 @@ class F2DEncodeFace(io.ComfyNode):
             image, f2d_model.detector, face_index=face_index, on_missing=ON_MISSING[if_no_face], pooling=pooling
         )
         masks = face_box_masks(encoded.faces, image.shape[1], image.shape[2])
-        return io.NodeOutput(F2DFace(encoded, f2d_model.encoder), crops_as_image(encoded.crops), masks)
+        report = detection_report(encoded.faces)
+        return io.NodeOutput(
+            F2DFace(encoded, f2d_model.encoder), crops_as_image(encoded.crops), masks, ui={"text": [report]}
+        )

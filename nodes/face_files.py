@@ -32,7 +32,7 @@ class F2DSaveFace(io.ComfyNode):
             description="Saves S* with its settings and the aligned face crops (not the photo) to "
             "models/face2diffusion/faces, for Load F2D Face.",
             inputs=[
-                F2DFaceSocket.Input("f2d_face", tooltip="From Encode Face → S*."),
+                F2DFaceSocket.Input("f2d_face", tooltip="From Encode Face (the face as S*)."),
                 io.String.Input("name", default="person", tooltip="File name; a counter is appended."),
             ],
             outputs=[],

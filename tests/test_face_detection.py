@@ -11,8 +11,8 @@ import onnxruntime
 import pytest
 import torch
 
-from f2d_core.faces import face_detection as fd
 from f2d_core.errors import F2DError, ModelPackError, NoFaceError
+from f2d_core.faces import face_detection as fd
 from tests.support import synthetic_insightface as si
 from tests.support.photos import ASTRONAUT, load_rgb
 
@@ -214,18 +214,19 @@ def test_batch_with_a_faceless_image(
         fd.detect_faces(detector, batch, on_missing="ignore")
 
 
-def test_face_too_big_for_640_is_found_at_320(
+def test_face_too_big_for_640_is_found_on_the_padded_photo(
     insightface_root: Path, detector: fd.FaceDetector, caplog: pytest.LogCaptureFixture
 ) -> None:
     big = si.square_image((640, 640), [(320, 320, 256, 255)])
-    with caplog.at_level(logging.INFO, logger="f2d_core.faces.face_detection"):
+    assert detector._detect_at(np.ascontiguousarray(big[:, :, ::-1]), 640) == []  # 256 px > the largest anchor
+    with caplog.at_level(logging.INFO, logger="f2d_core.faces"):
         faces = detector.detect(big, "image 1 of 1")
-    assert "image 1 of 1: no face at detection size 640; trying 320" in caplog.text
-    assert len(faces) == 1 and faces[0].det_size == 320
+    assert "image 1 of 1: no face on the photo at detection size 640; trying the photo padded by 320 px" in caplog.text
+    assert "found on the photo padded by 320 px at detection size 640 (attempt 2 of 4)" in caplog.text
+    assert len(faces) == 1 and faces[0].det_size == 640 and "attempt 2 of 4" in faces[0].found_by
+    # Found on the padded photo, reported in the photo's pixels.
     np.testing.assert_allclose(faces[0].bbox, si.expected_box(320, 320, 256), atol=1.0)
     np.testing.assert_allclose(faces[0].kps, si.expected_kps(320, 320, 256), atol=1.0)
-    no_retry = fd.FaceDetector(insightface_root, PACK, providers=CPU, retry_det_size=None)
-    assert no_retry.detect(big) == []
 
 
 def test_fixed_input_detector_runs_at_its_own_size(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -238,7 +239,10 @@ def test_fixed_input_detector_runs_at_its_own_size(tmp_path: Path, caplog: pytes
     faces = static.detect(si.square_image((640, 640), SQUARES))
     assert [round(f.area) for f in faces] == [128 * 128, 64 * 64, 32 * 32]
     assert {f.det_size for f in faces} == {640}
-    assert static.detect(si.square_image((640, 640), [(320, 320, 256, 255)])) == []  # no retry possible
+    # No other size is possible, but padding is: the photo is padded and fitted into 640 x 640.
+    (padded,) = static.detect(si.square_image((640, 640), [(320, 320, 256, 255)]))
+    assert padded.found_by == "found on the photo padded by 320 px at detection size 640 (attempt 2 of 2)"
+    assert static.detect(si.square_image((640, 640), [(320, 320, 640, 255)])) == []  # still too big padded
 
 
 def test_real_photo_runs_through_the_pipeline(detector: fd.FaceDetector) -> None:

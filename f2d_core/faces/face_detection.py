@@ -7,6 +7,7 @@ Packs live in `<insightface_root>/models/<name>/` (ComfyUI: `models/insightface/
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import logging
@@ -20,6 +21,7 @@ import onnxruntime
 
 from ..errors import F2DError, ModelPackError, NoFaceError
 from ..images import ImageLike, as_labeled_images, to_rgb_uint8
+from .detection_cascade import detect_with_cascade, plan_attempts
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +133,18 @@ def _onnx_output_count(path: str, size: int, mtime_ns: int) -> int:
     return len(onnx.load_model(path, load_external_data=False).graph.output)
 
 
+def onnx_folder(pack_dir: Path) -> Path:
+    """The folder holding a pack's .onnx files: the pack folder, or its one subfolder that holds them.
+
+    insightface's zips unpack into a folder of the pack's name, so a pack unzipped inside its own
+    folder ends up as `models/antelopev2/antelopev2/*.onnx`; that inner folder is used as the pack.
+    """
+    if any(p.is_file() for p in pack_dir.glob("*.onnx")):
+        return pack_dir
+    inner = [d for d in sorted(pack_dir.iterdir()) if d.is_dir() and any(f.is_file() for f in d.glob("*.onnx"))]
+    return inner[0] if len(inner) == 1 else pack_dir
+
+
 def _scan_pack(pack_dir: Path) -> _PackScan:
     """Find the pack's detector the way insightface routes one: an ONNX model with 5 or more outputs."""
     files = tuple(sorted(p for p in pack_dir.glob("*.onnx") if p.is_file()))
@@ -156,7 +170,9 @@ def list_model_packs(insightface_root: Path | str) -> list[str]:
     models_dir = Path(insightface_root).expanduser() / "models"
     if not models_dir.is_dir():
         return []
-    return sorted(p.name for p in models_dir.iterdir() if p.is_dir() and _scan_pack(p).detector is not None)
+    return sorted(
+        p.name for p in models_dir.iterdir() if p.is_dir() and _scan_pack(onnx_folder(p)).detector is not None
+    )
 
 
 def _packs_found(root: Path) -> str:
@@ -197,6 +213,13 @@ def _no_detector_message(root: Path, pack_dir: Path, scan: _PackScan) -> str:
             f"not an ONNX model (an interrupted download?): download the pack again. {_packs_found(root)}"
         )
     names = ", ".join(p.name for p in scan.onnx_files) or "no .onnx files"
+    deeper = sorted({p.parent for p in pack_dir.rglob("*.onnx")} - {pack_dir})
+    if not scan.onnx_files and deeper:
+        return (
+            f"insightface model pack {pack_dir.name!r} in {pack_dir} holds no .onnx files itself; they are in "
+            f"{', '.join(map(str, deeper))}. Move the .onnx files up into {pack_dir}/ (only one folder level "
+            f"down is found on its own). {_packs_found(root)}"
+        )
     return (
         f"insightface model pack {pack_dir.name!r} in {pack_dir} has no face detection model "
         f"(an SCRFD .onnx such as det_10g.onnx); it holds: {names}. {_packs_found(root)} "
@@ -252,6 +275,7 @@ class DetectedFace:
     kps: np.ndarray  # (5, 2) float32, insightface order
     score: float
     det_size: int  # the detection size (pixels) that found it
+    found_by: str = ""  # which detection attempt found it, e.g. "found at once (the photo at detection size 640)"
 
     @property
     def area(self) -> float:
@@ -282,14 +306,22 @@ class FaceDetector:
         self.root = Path(insightface_root).expanduser()
         self.pack_name = pack_name
         self.pack_dir = _pack_dir(self.root, pack_name)
-        scan = _scan_pack(self.pack_dir)
+        files_dir = onnx_folder(self.pack_dir)
+        if files_dir != self.pack_dir:
+            logger.info(
+                "insightface pack %r: its .onnx files are one folder down, in %s (unzipped inside its own "
+                "folder); using that folder",
+                pack_name,
+                files_dir,
+            )
+        scan = _scan_pack(files_dir)
         if scan.detector is None:
             raise ModelPackError(_no_detector_message(self.root, self.pack_dir, scan))
         self.det_size = _check_det_size(det_size, "det_size")
         retry = None if retry_det_size is None else _check_det_size(retry_det_size, "retry_det_size")
         self.retry_det_size = None if retry == self.det_size else retry
         self.providers = list(providers) if providers is not None else select_providers("auto")
-        self._analysis = _load_face_analysis(self.root, self.pack_dir, scan, self.providers)
+        self._analysis = _load_face_analysis(self.root, files_dir, scan, self.providers)
         self._det_model = self._analysis.det_model
         if not getattr(self._det_model, "use_kps", True):
             raise ModelPackError(
@@ -334,15 +366,22 @@ class FaceDetector:
         ]
 
     def detect(self, image: ImageLike, label: str = "image") -> list[DetectedFace]:
-        """Every face in an RGB image, largest box first; a smaller detection size is tried before []."""
+        """Every face in an RGB image, largest box first, each saying which attempt found it.
+
+        Before giving up ([]) the photo is tried padded, at larger sizes (a big photo) and at the
+        smaller retry size: see `detection_cascade`. A face found at once costs one detection.
+        """
         rgb = to_rgb_uint8(image, label)
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
-        faces = self._detect_at(bgr, self.det_size)
-        if not faces and self.retry_det_size is not None:
-            logger.info("%s: no face at detection size %d; trying %d", label, self.det_size, self.retry_det_size)
-            faces = self._detect_at(bgr, self.retry_det_size)
+        height, width = bgr.shape[:2]
+        smaller = () if self.retry_det_size is None else (self.retry_det_size,)
+        attempts = plan_attempts(height, width, self.det_size, smaller, resizable=self._static_size is None)
+        result = detect_with_cascade(self._detect_at, bgr, attempts, label)
+        found_by = result.describe()
+        faces = [dataclasses.replace(face, found_by=found_by) for face in result.faces]
         faces.sort(key=lambda face: (-face.area, -face.score))
-        logger.debug("%s: %d face(s) found", label, len(faces))
+        log = logger.debug if result.attempts_made == 1 else logger.info
+        log("%s: %d face(s), %s", label, len(faces), found_by)
         return faces
 
 

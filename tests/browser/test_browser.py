@@ -168,7 +168,7 @@ def test_queueing_without_the_identifier_warns(report: dict, name: str):
     assert not any("Face2Diffusion" in toast for toast in result["toastsAfterQueue"])
     missing = result["missingIdentifier"]
     assert missing["statusAfterTyping"]["state"] == "warn"
-    assert missing["statusAfterTyping"]["status"].startswith("⚠ no 'f l' in the prompt")
+    assert missing["statusAfterTyping"]["status"].startswith("\u26a0 no 'f l' in the prompt")
     (toast,) = [toast for toast in missing["toasts"] if "Face2Diffusion" in toast]
     assert "identifier missing" in toast and f"#{missing['nodeId']} " in toast
     assert missing["sentText"] == PROMPT_WITHOUT_IDENTIFIER

@@ -17,7 +17,7 @@ from tests.support.photos import ALIGNED_CROP, ASTRONAUT, load_rgb
 
 NODE_IDS = {
     "F2DLoadMSIDEncoder": "Load MSID Encoder",
-    "F2DEncodeFace": "Encode Face → S*",
+    "F2DEncodeFace": "Encode Face \u2192 S*",
     "F2DExpressionReference": "Expression Reference",
     "F2DApplyTokens": "Apply F2D Tokens",
     "F2DSaveFace": "Save F2D Face",

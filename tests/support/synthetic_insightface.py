@@ -201,14 +201,14 @@ def face_photo(
 
     The square's red channel is saturated (what the detector keys on); green and blue carry `texture`
     (an RGB uint8 photo, resized to the square, brightened by `shade`), so different textures give
-    different identities.
+    different identities. The square may reach past the photo's border: it is then cut there.
     """
     from PIL import Image
 
-    image = square_image(size, [(*centre, side, 255)])
-    patch = np.asarray(Image.fromarray(texture).resize((side, side))).astype(np.int16) + shade
+    height, width = size
     half = side // 2
-    image[centre[1] - half : centre[1] + half, centre[0] - half : centre[0] + half, 1:] = np.clip(
-        patch[:, :, 1:], 0, 255
-    )
-    return image
+    canvas = square_image((height + 2 * side, width + 2 * side), [(centre[0] + side, centre[1] + side, side, 255)])
+    patch = np.asarray(Image.fromarray(texture).resize((side, side))).astype(np.int16) + shade
+    top, left = centre[1] + side - half, centre[0] + side - half
+    canvas[top : top + side, left : left + side, 1:] = np.clip(patch[:, :, 1:], 0, 255)
+    return np.ascontiguousarray(canvas[side : side + height, side : side + width])

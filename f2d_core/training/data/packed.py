@@ -9,12 +9,13 @@ in {0, 1}. The metadata carries the file names, persons, settings and report as 
 The file is plain safetensors (https://github.com/huggingface/safetensors: an 8-byte little-endian
 header length, a JSON header with each tensor's dtype, shape and byte range, then the raw data), so
 `safetensors.torch.load_file` reads it too; it is written here directly so that no more than one
-row is ever in memory, and mapped with `numpy.memmap` because safetensors copies what it loads.
+row is ever in memory, and mapped with `mmap` because safetensors copies what it loads.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -110,8 +111,23 @@ def _chain(first: dict[str, torch.Tensor], rest: Iterable[dict[str, torch.Tensor
     yield from rest
 
 
+def _map(path: Path) -> mmap.mmap:
+    """The whole file mapped copy-on-write (writable for torch, never written back), for random reads.
+
+    MADV_RANDOM turns off the kernel's read-ahead around each page fault (the disk's read_ahead_kb),
+    so a batch read from a file that is not in the page cache reads its rows, not their neighbourhoods.
+    Linux may still map a whole large page-cache folio per fault, so a process's RSS grows faster
+    than the rows it reads; those pages are the shared page cache, counted once however many ranks map them.
+    """
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        mapped.madvise(mmap.MADV_RANDOM)
+    return mapped
+
+
 def open_packed_set(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a packed set; the tensors are copy-on-write memory maps of the file.
+    """(tensors, metadata) of a packed set; the tensors are views of one copy-on-write memory map of the file.
 
     Reading a row touches only that row's pages, shared with every other process mapping the file.
     Raises PackedSetError when the file is not a complete packed set of this version.
@@ -126,15 +142,17 @@ def open_packed_set(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
         metadata = header.pop("__metadata__", {}) or {}
         if metadata.get("format") != SET_FORMAT or metadata.get("version") != SET_VERSION:
             raise PackedSetError(f"not a version {SET_VERSION} {SET_FORMAT} file")
+        mapped = _map(path)
         tensors = {}
         for name, entry in header.items():
             start, end = entry["data_offsets"]
             dtype, shape = _NUMPY_OF.get(entry["dtype"]), tuple(entry["shape"])
             if name not in ROW_DTYPES or dtype is not _numpy(name):
                 raise PackedSetError(f"unexpected tensor {name} of {entry['dtype']}")
-            if 8 + length + end > size or end - start != int(np.prod(shape)) * np.dtype(dtype).itemsize:
+            count = int(np.prod(shape))
+            if 8 + length + end > size or end - start != count * np.dtype(dtype).itemsize:
                 raise PackedSetError(f"{name}: its bytes {start}..{end} do not fit the file or its shape")
-            array = np.memmap(path, dtype, "c", 8 + length + start, shape)
+            array = np.frombuffer(mapped, dtype, count, 8 + length + start).reshape(shape)
             tensors[name] = torch.from_numpy(array)
     except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
         if isinstance(exc, PackedSetError):

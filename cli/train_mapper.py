@@ -9,8 +9,10 @@
 `--batch-size` is the global batch: each of the N ranks takes batch/N samples of every step and DDP
 averages the gradients, so one update is the same as a single process's at the full batch. The
 trainer, the losses and the diffusion backend are the ones the Train F2D Mapper node runs
-(`nodes.training.comfy_backend` on ComfyUI's own checkpoint loader). Rank 0 prepares the training
-set (cached in `--cache-dir`) while the others wait, then they read it from the cache. Only rank 0
+(`nodes.training.comfy_backend` on ComfyUI's own checkpoint loader). Every rank prepares its share
+of the photos (cached in `--cache-dir`) with its own GPU, the ranks wait for each other through
+torchrun's store without a timeout (see rank_sync.py), rank 0 packs the set into one file that all
+ranks memory-map, and only then is the process group (and its `--dist-timeout`) started. Only rank 0
 writes the resumable state in `--run-dir` and the final `--out`; running the same command again
 continues from the saved state. Ctrl-C (SIGINT) or SIGTERM saves the state and exits with 130.
 """
@@ -22,7 +24,9 @@ import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -30,8 +34,10 @@ import torch.distributed as dist
 
 if __package__:
     from .comfy_library import PACK_NAME, ComfyLibraryError, bootstrap, pack_module
+    from .rank_sync import RankFailed, RankSync
 else:  # run as a script: cli/ is sys.path[0] (comfy_library takes it off before importing ComfyUI)
     from comfy_library import PACK_NAME, ComfyLibraryError, bootstrap, pack_module
+    from rank_sync import RankFailed, RankSync
 
 log = logging.getLogger("f2d.train_mapper")
 
@@ -40,12 +46,13 @@ EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 @dataclass(frozen=True)
 class Ranks:
-    """Where this process stands in the run: rank, world size, and the device it trains on."""
+    """Where this process stands in the run: rank, world size, the device it trains on, torchrun's store."""
 
     rank: int
     world_size: int
     local_rank: int
     device: torch.device
+    store: dist.Store | None = None  # the rendezvous store (several ranks only): the process group starts later
 
     @property
     def distributed(self) -> bool:
@@ -83,6 +90,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="The trained mapper (.safetensors).")
     p.add_argument("--gradient-checkpointing", action="store_true", help="Recompute UNet activations (less memory).")
     p.add_argument("--cpu", action="store_true", help="Train on the CPU (automatic without CUDA).")
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        help="Seconds a DDP collective may wait during training (default: torch's; preparing the photos "
+        "happens before the process group starts and has no timeout).",
+    )
     return p.parse_args(argv)
 
 
@@ -94,16 +107,27 @@ def setup_logging(rank: int, world_size: int) -> None:
 
 
 def start_ranks(cpu: bool) -> Ranks:
-    """Join torchrun's process group (gloo on CPU, nccl on CUDA), or be the only rank."""
+    """Meet the other ranks in torchrun's rendezvous store, or be the only rank; no process group yet."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cpu")
     if not cpu:
         torch.cuda.set_device(local_rank)  # before ComfyUI's model_management picks its device
         device = torch.device("cuda", local_rank)
+    store = None
     if world_size > 1:
-        dist.init_process_group("gloo" if cpu else "nccl", rank=rank, world_size=world_size)
-    return Ranks(rank, world_size, local_rank, device)
+        store, rank, world_size = next(dist.rendezvous("env://"))
+    return Ranks(rank, world_size, local_rank, device, store)
+
+
+def start_process_group(ranks: Ranks, timeout_s: float | None) -> None:
+    """The DDP process group (gloo on CPU, nccl on CUDA) on the rendezvous store, once the data is ready."""
+    if not ranks.distributed:
+        return
+    timeout = None if timeout_s is None else timedelta(seconds=timeout_s)
+    store = dist.PrefixStore("default_pg", ranks.store)  # the keys init_process_group itself would use
+    backend = "gloo" if ranks.device.type == "cpu" else "nccl"
+    dist.init_process_group(backend, store=store, rank=ranks.rank, world_size=ranks.world_size, timeout=timeout)
 
 
 def per_rank_batch(global_batch: int, world_size: int) -> int:
@@ -115,13 +139,14 @@ def per_rank_batch(global_batch: int, world_size: int) -> int:
     return global_batch // world_size
 
 
-def _share(ranks: Ranks, value: object) -> object:
-    """Rank 0's `value` on every rank."""
-    if not ranks.distributed:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+def rank_providers(providers: list[str], device: torch.device) -> list[str | tuple[str, dict[str, int]]]:
+    """onnxruntime providers on this rank's GPU: the CUDA provider gets `device_id` = the device's index.
+
+    Without it every rank's CUDA session would run on GPU 0. On the CPU: the CPU provider only.
+    """
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    return [(p, {"device_id": device.index or 0}) if p == "CUDAExecutionProvider" else p for p in providers]
 
 
 def _load_optional(path: Path | None, loader, device: torch.device):
@@ -129,7 +154,7 @@ def _load_optional(path: Path | None, loader, device: torch.device):
 
 
 def prepare_training_set(args: argparse.Namespace, vae, ranks: Ranks):
-    """The training set: rank 0 builds (or reads) the cache, then the others read everything from it."""
+    """The training set: each rank prepares its share into the cache, rank 0 packs it, every rank maps it."""
     checkpoints = pack_module("f2d_core.checkpoints")
     detection = pack_module("f2d_core.faces.face_detection")
     dataset = pack_module("f2d_core.training.data.dataset")
@@ -138,41 +163,46 @@ def prepare_training_set(args: argparse.Namespace, vae, ranks: Ranks):
     models = checkpoints.F2DModels(msid, pack_module("f2d_core.identity.mapper").F2DMapper(), {"msid": args.msid.name})
     encoder = pack_module("f2d_core.identity.face_encoder").FaceEncoder(models, ranks.device)
     providers = detection.select_providers("cpu" if ranks.device.type == "cpu" else "auto")
+    providers = rank_providers(providers, ranks.device)
     detector = detection.FaceDetector(args.insightface_root, args.pack, providers, det_size=args.det_size)
     parser = _load_optional(args.face_parser, pack_module("f2d_core.faces.face_parsing").load_face_parser, ranks.device)
     regressor = _load_optional(
         args.expression_model, pack_module("f2d_core.faces.expression_model").load_expression_model, ranks.device
     )
-
-    def build():
-        return dataset.prepare_dataset(
-            args.folder,
-            encoder,
-            detector,
-            lambda crops: vae.encode(crops.permute(0, 2, 3, 1)),
-            f"vae:{fingerprint(vae.first_stage_model)}",  # the node's key: a cache shared with the server works
-            cache_dir=args.cache_dir or args.run_dir / "dataset_cache",
-            face_parser=parser,
-            expression_model=regressor,
-            crop_size=args.crop_size,
-            flip=not args.no_flip,
-        )
-
-    data, error = None, None
-    if ranks.rank == 0:
-        try:
-            data = build()
-        except Exception as e:  # the others must hear of it instead of waiting forever
-            error = f"{type(e).__name__}: {e}"
-            _share(ranks, error)
-            raise
-    error = _share(ranks, error)
-    if error is not None:
-        raise SystemExit(f"rank 0 could not prepare the training set: {error}")
-    if data is None:
-        log.info("reading the training set rank 0 prepared")
-        data = build()
-    return data
+    inputs = (
+        args.folder,
+        encoder,
+        detector,
+        lambda crops: vae.encode(crops.permute(0, 2, 3, 1)),
+        f"vae:{fingerprint(vae.first_stage_model)}",  # the node's key: a cache shared with the server works
+    )
+    options = {
+        "cache_dir": args.cache_dir or args.run_dir / "dataset_cache",
+        "face_parser": parser,
+        "expression_model": regressor,
+        "crop_size": args.crop_size,
+        "flip": not args.no_flip,
+    }
+    if not ranks.distributed:
+        return dataset.prepare_dataset(*inputs, **options)
+    sync = RankSync(ranks.store, ranks.rank, ranks.world_size)
+    try:
+        start = time.monotonic()
+        share = dataset.prepare_share(*inputs, rank=ranks.rank, world_size=ranks.world_size, **options)
+        log.info("prepared my share (%d files) in %.1f s", share.total_files, time.monotonic() - start)
+        log.info("waited %.1f s for the other ranks' shares", sync.meet("shares"))
+        if ranks.rank == 0:
+            data = dataset.prepare_dataset(*inputs, **options)  # everything is cached now: read and packed
+            sync.publish("set", "" if data.path is None else str(data.path))
+            return data
+        path, waited = sync.read("set")
+        log.info("waited %.1f s for rank 0 to pack the training set; mapping %s", waited, path or "(in memory)")
+        return dataset.open_training_set(Path(path)) if path else dataset.prepare_dataset(*inputs, **options)
+    except RankFailed as e:
+        raise SystemExit(f"[rank {ranks.rank}] stopping: {e}") from None
+    except BaseException as e:  # the others must hear of it instead of waiting forever
+        sync.fail(f"rank {ranks.rank} could not prepare the training set: {type(e).__name__}: {e}")
+        raise
 
 
 class StopRequest:
@@ -261,6 +291,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> int:
     backend = backend_module.ComfyDiffusionBackend(model, clip, gradient_checkpointing=args.gradient_checkpointing)
     mapper = starting_mapper(args).to(backend.device)
     trainable = mapper
+    start_process_group(ranks, args.dist_timeout)
     if ranks.distributed:
         device_ids = None if backend.device.type == "cpu" else [backend.device.index]
         trainable = torch.nn.parallel.DistributedDataParallel(mapper, device_ids=device_ids)
@@ -316,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)  # a problem the message explains (a file, a setting): no traceback
         return EXIT_FAILED
     finally:
-        if ranks.distributed:
+        if dist.is_initialized():
             dist.destroy_process_group()
 
 

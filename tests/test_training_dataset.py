@@ -19,12 +19,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import load_file
 
 from f2d_core.errors import DatasetError
 from f2d_core.faces.expression_model import expression_codes, load_expression_model
 from f2d_core.faces.face_detection import FaceDetector
 from f2d_core.faces.face_parsing import load_face_parser
-from f2d_core.training.data.dataset import PreparationStopped, TrainingSet, prepare_dataset
+from f2d_core.training.data.dataset import (
+    PreparationStopped,
+    TrainingSet,
+    open_training_set,
+    prepare_dataset,
+    prepare_share,
+)
 from f2d_core.training.data.ffhq_crop import ffhq_crop, mirror_landmarks, shrink_factor
 from f2d_core.training.data.files import decode_photo
 from tests.support import synthetic_bisenet, synthetic_deep3d
@@ -35,6 +42,7 @@ SIZE = 128  # crop size: latents and masks are 16 x 16
 PHOTO = (320, 320)  # detected at det_size 320: a square of side 128 (or 64) centred on a multiple of 32
 USABLE = ["a.png", "alice/1.png", "alice/2.png", "b.jpg", "bob/1.png"]
 IMAGE_FILES = sorted([*USABLE, "broken.jpg", "half.png", "night.png"])  # the files a mask list follows
+FP16 = 5e-4  # latents are stored as float16: half a unit in the last place of values in 0..1
 
 
 def _face(texture: str, centre: tuple[int, int] = (160, 160), side: int = 128, shade: int = 0) -> np.ndarray:
@@ -169,7 +177,8 @@ def test_shapes_files_and_persons(full):
     assert full.idvec.shape == (5, 2, 1536) and full.expression.shape == (5, 2, 64)
     assert full.latents.shape == (5, 2, 4, 16, 16) and full.masks.shape == (5, 2, 1, 16, 16)
     assert not full.idvec.is_inference() and full.idvec.dtype == torch.float32
-    assert set(full.masks.unique().tolist()) == {0.0, 1.0}
+    assert (full.latents.dtype, full.masks.dtype) == (torch.float16, torch.uint8)  # the shared, compact layout
+    assert set(full.masks.unique().tolist()) == {0, 1}
     assert full.settings["crop_size"] == SIZE and full.settings["views"] == 2
 
 
@@ -201,8 +210,8 @@ def test_flip_view_is_the_mirror_image(full, folder, encoder, detector):
 def test_latents_masks_and_codes_come_from_the_ffhq_crop(full, folder, encoder, detector, parser, expression_model):
     rgb, kps = _photo_and_kps(folder, "alice/1.png", detector)
     crop = ffhq_crop(_tensor(rgb), kps, SIZE).crops
-    torch.testing.assert_close(full.latents[1, 0], stand_in_vae(crop)[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(full.masks[1, 0], parser.face_mask(crop, size=16)[0])
+    torch.testing.assert_close(full.latents[1, 0].float(), stand_in_vae(crop)[0], atol=FP16, rtol=0)
+    torch.testing.assert_close(full.masks[1, 0].float(), parser.face_mask(crop, size=16)[0])
     torch.testing.assert_close(
         full.idvec[1, 0], encoder.identity(encoder.crops(_tensor(rgb), kps))[0], atol=1e-4, rtol=0
     )
@@ -220,7 +229,7 @@ def test_a_big_face_in_a_big_photo_is_cropped_as_from_the_whole_photo(encoder, d
     kps = torch.from_numpy(detector.detect(image)[0].kps)[None]
     crop = ffhq_crop(_tensor(image), kps, SIZE)
     assert shrink_factor(crop.matrix).tolist() == [3]  # 3 photo pixels per crop pixel
-    torch.testing.assert_close(result.latents[0, 0], stand_in_vae(crop.crops)[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(result.latents[0, 0].float(), stand_in_vae(crop.crops)[0], atol=FP16, rtol=0)
 
 
 def test_photos_are_read_upright_by_their_exif_orientation(tmp_path):
@@ -255,7 +264,7 @@ def test_mask_folder_is_carried_into_the_crop_and_flipped(folder, encoder, detec
     assert result.files == ["a.png", "alice/1.png", "bob/1.png"]
     assert result.report.files_for("mask_missing") == ["b.jpg", "broken.jpg", "half.png", "night.png"]
     assert result.report.files_for("mask_unusable") == ["alice/2.png"]
-    expected = torch.zeros(16, 16)
+    expected = torch.zeros(16, 16, dtype=torch.uint8)
     expected[:, :8] = 1
     torch.testing.assert_close(result.masks[0, 0, 0], expected)
     torch.testing.assert_close(result.masks[0, 1, 0], expected.flip(-1))
@@ -287,7 +296,7 @@ def test_without_a_mask_source_an_ellipse_is_used_and_said(folder, encoder, dete
     assert "landmark ellipse" in caplog.text and "landmark ellipse" in result.report.summary()
     mask = result.masks[0, 0, 0]
     assert mask[8, 7] == 1 and mask[0].sum() == 0 and mask[:, 0].sum() == 0  # face centre in, border out
-    assert 0.15 < mask.mean() < 0.5
+    assert 0.15 < mask.float().mean() < 0.5
     assert "Expression codes: none" in result.report.summary() and result.expression is None
 
 
@@ -352,6 +361,81 @@ def test_a_damaged_cache_file_is_recomputed(small, encoder, detector, tmp_path):
     assert after.report.cache_repaired == 1 and after.report.computed == 1 and det.calls == 1 and vae.images == 2
     assert torch.equal(after.latents, before.latents)
     assert "1 damaged cache files redone" in after.report.summary()
+
+
+# --- the packed set: one memory-mapped file per folder listing ------------------------------------------
+
+
+def _mapped_file(tensor: torch.Tensor) -> str | None:
+    """The file whose memory mapping holds the tensor's data (Linux's /proc/self/maps), else None."""
+    address = tensor.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if start <= address < end:
+            return fields[5] if len(fields) == 6 else None
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+def test_the_set_is_one_packed_file_that_safetensors_reads_and_ranks_map(small, encoder, detector, tmp_path):
+    first, _, _ = _cached_run(small, encoder, detector, tmp_path / "cache")
+    assert first.path is not None and first.path.parent.name == "sets" and first.path.is_file()
+    for name in ("idvec", "latents", "masks"):  # mapped from the file, not read into memory
+        assert _mapped_file(getattr(first, name)) == str(first.path.resolve())
+    on_disk = load_file(str(first.path))  # plain safetensors
+    assert set(on_disk) == {"idvec", "latents", "masks"} and on_disk["latents"].dtype == torch.float16
+    for name in ("idvec", "latents", "masks"):
+        assert torch.equal(on_disk[name], getattr(first, name))
+    opened = open_training_set(first.path)  # what another rank does: the files, persons and report come along
+    assert opened.files == first.files and opened.person == first.person
+    assert opened.report.summary() == first.report.summary() and opened.settings["cache"] == first.settings["cache"]
+    second, _, _ = _cached_run(small, encoder, detector, tmp_path / "cache")
+    assert second.path == first.path and second.path.stat().st_mtime_ns == first.path.stat().st_mtime_ns
+
+
+def test_a_new_photo_makes_a_new_set_and_the_old_one_goes(small, encoder, detector, tmp_path):
+    photos = shutil.copytree(small, tmp_path / "photos")
+    before, _, _ = _cached_run(photos, encoder, detector, tmp_path / "cache")
+    _save(photos / "carol" / "1.png", _face(CAT, centre=(128, 192)))
+    after, det, vae = _cached_run(photos, encoder, detector, tmp_path / "cache")
+    assert det.calls == 1 and vae.images == 2 and after.report.from_cache == 5
+    assert after.files == ["a.png", "alice/1.png", "bob/1.png", "carol/1.png"] and after.path != before.path
+    assert sorted(after.path.parent.iterdir()) == [after.path]  # the folder's old set was deleted
+    assert torch.equal(after.latents[:3], before.latents)
+
+
+def test_a_cache_without_sets_or_with_a_damaged_set_is_packed_again(small, encoder, detector, tmp_path):
+    cache = tmp_path / "cache"
+    first, _, _ = _cached_run(small, encoder, detector, cache)
+    shutil.rmtree(first.path.parent)  # a cache as the previous version wrote it: per-photo files only
+    old, det, vae = _cached_run(small, encoder, detector, cache)
+    assert det.calls == 0 and vae.images == 0 and old.path == first.path and torch.equal(old.latents, first.latents)
+    old.path.write_bytes(old.path.read_bytes()[:1000])  # cut short
+    repaired, det, _ = _cached_run(small, encoder, detector, cache)
+    assert det.calls == 0 and repaired.report.cache_repaired == 1 and torch.equal(repaired.masks, first.masks)
+    header = json.dumps({"__metadata__": {"format": "f2d-training-set", "version": "0"}}).encode()
+    repaired.path.write_bytes(len(header).to_bytes(8, "little") + header)  # another version
+    again, _, _ = _cached_run(small, encoder, detector, cache)
+    assert again.report.cache_repaired == 1 and torch.equal(again.idvec, first.idvec)
+
+
+def test_shares_prepared_by_two_ranks_make_the_single_process_set(small, encoder, detector, tmp_path):
+    alone, _, _ = _cached_run(small, encoder, detector, tmp_path / "alone")
+    counted = []
+    for rank in (0, 1):
+        counting = CountingDetector(detector)
+        share = prepare_share(
+            small, encoder, counting, stand_in_vae, "stand-in-vae", rank=rank, world_size=2,
+            cache_dir=tmp_path / "shared", crop_size=SIZE,
+        )  # fmt: skip
+        counted.append((counting.calls, share.total_files))
+    assert counted == [(3, 3), (1, 2)]  # a.png, bob/1.png, night.png | alice/1.png, broken.jpg (undecodable)
+    together, det, vae = _cached_run(small, encoder, detector, tmp_path / "shared")
+    assert det.calls == 0 and vae.images == 0 and together.report.from_cache == 5
+    assert together.files == alone.files and together.report.counts() == alone.report.counts()
+    assert torch.equal(together.latents, alone.latents) and torch.equal(together.masks, alone.masks)
+    torch.testing.assert_close(together.idvec, alone.idvec, atol=1e-5, rtol=0)  # the ViT ran in other batches
 
 
 # --- stopping, progress, folder errors -------------------------------------------------------------

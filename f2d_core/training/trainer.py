@@ -90,8 +90,8 @@ def sample_batch(data, settings: TrainSettings, step: int, rank: int = 0, world_
         idvec=data.idvec[refs, view],
         expression=data.expression[refs, view] if has_expression else None,
         keep_expression=(~drop).float() if has_expression else torch.zeros(len(refs)),
-        latents=data.latents[targets, view],
-        masks=data.masks[targets, view],
+        latents=data.latents[targets, view].float(),  # stored float16 / uint8 (shared memory map): per batch
+        masks=data.masks[targets, view].float(),
     )
 
 

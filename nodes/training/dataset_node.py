@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import comfy.model_management
 import comfy.utils
 import torch
 from comfy_api.latest import io
 
+from ...f2d_core.errors import F2DError
 from ...f2d_core.faces.expression_model import HOW_TO_GET, load_expression_model
 from ...f2d_core.faces.face_parsing import load_face_parser
 from ...f2d_core.training.data.cache import module_fingerprint
 from ...f2d_core.training.data.dataset import PreparationStopped, prepare_dataset
+from ...f2d_core.training.data.files import listing_fingerprint, tree_fingerprint
 from ..model_cache import load_weight_file
-from ..model_paths import input_folder, training_cache_dir, weight_files
+from ..model_paths import input_folder, training_cache_dir, weight_files, weight_path
 from ..sockets import F2DDatasetSocket, F2DModel, F2DModelSocket
 
 NO_PARSER = "(none: landmark ellipse)"
@@ -21,6 +26,36 @@ PARSER_FILE = "79999_iter.pth"
 PARSER_HOW_TO_GET = (
     "Download 79999_iter.pth of face-parsing.PyTorch (github.com/zllrunning/face-parsing.PyTorch) and put it there."
 )
+
+
+def _file_record(name: str, how_to_get: str) -> list[object]:
+    """[name, size, mtime in ns] of a model file of the face2diffusion folder ([name] when it is not there)."""
+    try:
+        stat = weight_path(name, how_to_get).stat()
+    except (F2DError, OSError):
+        return [name]
+    return [name, stat.st_size, stat.st_mtime_ns]
+
+
+def dataset_fingerprint(
+    folder: str, allow_outside_input: bool, face_parser: str, expression_model: str, mask_folder: str = ""
+) -> str:
+    """Hex SHA-256 of what the node reads besides its sockets: the photo and mask listings and the model files."""
+    parts: list[object] = []
+    for name, is_mask in ((folder, False), (mask_folder, True)):
+        if is_mask and not name:
+            continue
+        try:
+            path = input_folder(name, allow_outside_input)
+        except F2DError as exc:  # refused: execute says why, every time
+            parts.append(str(exc))
+            continue
+        parts.append(tree_fingerprint(path) if is_mask else listing_fingerprint(path, exclude=training_cache_dir()))
+    if face_parser != NO_PARSER:
+        parts.append(_file_record(face_parser, PARSER_HOW_TO_GET))
+    if expression_model != NO_EXPRESSION:
+        parts.append(_file_record(expression_model, HOW_TO_GET))
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 class F2DTrainingDataset(io.ComfyNode):
@@ -81,6 +116,17 @@ class F2DTrainingDataset(io.ComfyNode):
                 io.String.Output(display_name="report", tooltip="What was used and what was skipped, and why."),
             ],
         )
+
+    @classmethod
+    def fingerprint_inputs(
+        cls, folder: str, allow_outside_input: bool, face_parser: str, expression_model: str, mask_folder: str = "", **_
+    ) -> str:
+        """Changes when a photo, a mask or a model file is added, removed, replaced or edited: then the node runs.
+
+        ComfyUI would otherwise reuse the last output for unchanged inputs and never see new photos.
+        Nothing is read but the folder listings (path, size, mtime of each file).
+        """
+        return dataset_fingerprint(folder, allow_outside_input, face_parser, expression_model, mask_folder)
 
     @classmethod
     def execute(

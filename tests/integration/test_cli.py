@@ -29,7 +29,7 @@ from tests.support import synthetic_insightface as si
 from tests.support.comfy_library_run import run_library_script
 from tests.support.comfy_server import ComfyServer
 from tests.support.f2d_graphs import CHECKPOINT, PACK, training_graph
-from tests.support.photos import ALIGNED_CROP, ASTRONAUT, CAT, load_rgb
+from tests.support.photos import ALIGNED_CROP, ASTRONAUT, CAT, GROUP, load_rgb
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_WORKFLOW = REPO_ROOT / "cli" / "run_workflow.py"
@@ -38,6 +38,7 @@ SCRIPTS = Path(__file__).resolve().parent / "library_scripts"
 BUNDLED_TRAINING = REPO_ROOT / "workflows" / "api" / "f2d_train_mapper.json"
 FOLDER = "f2d_cli_faces"
 TIMEOUT = 600
+FACES_FOR_RANK_0 = 4  # about 2 s each on a 2-core CPU, the first with the models' warm-up
 
 
 def write_face_photos(folder: Path, count: int = 3) -> list[Path]:
@@ -230,19 +231,50 @@ def _metadata(path: Path) -> dict[str, str]:
         return f.metadata()
 
 
-def test_train_mapper_on_two_cpu_ranks_writes_one_mapper_and_resumes(comfyui_path, comfy_models_dir, tmp_path):
+def _uneven_shares(folder: Path, faces: int) -> Path:
+    """Photos that all fall to rank 0 of 2 (shares alternate through the sorted files), notes to rank 1.
+
+    person_0.png, person_0_notes.txt, person_1.png, ...: rank 1's share is done at once and it waits
+    for rank 0's detections, encodings and the packing: the wait a collective would time out in.
+    """
+    photos = [folder / f"person_{i}.png" for i in range(faces)]
+    textures = (ASTRONAUT, ALIGNED_CROP, CAT, GROUP)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(photos):
+        Image.fromarray(si.face_photo(load_rgb(textures[i % len(textures)]))).save(path)
+        path.with_name(f"{path.stem}_notes.txt").write_text("not a photo")
+    return folder
+
+
+def _seconds(pattern: str, text: str) -> float:
+    found = re.search(pattern, text, re.M)
+    assert found, text[-6000:]
+    return float(found.group(1))
+
+
+DIST_TIMEOUT_S = 4  # seconds a gloo collective may wait: less than rank 1 waits for rank 0's share
+
+
+def test_train_mapper_on_two_cpu_ranks_outlives_a_short_timeout_writes_one_mapper_and_resumes(
+    comfyui_path, comfy_models_dir, tmp_path
+):
     models = comfy_models_dir / "face2diffusion"
     run_dir, out = tmp_path / "run", tmp_path / "trained_mapper.safetensors"
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", TRAIN_MAPPER]
     argv += ["--comfyui", comfyui_path, "--checkpoint", comfy_models_dir / "checkpoints" / CHECKPOINT]
     argv += ["--msid", models / "msid.pt", "--mapper", models / "mapping.pt"]
     argv += ["--insightface-root", comfy_models_dir / "insightface", "--pack", PACK]
-    argv += ["--folder", write_face_photos(tmp_path / "photos")[0].parent, "--crop-size", "64"]
+    argv += ["--folder", _uneven_shares(tmp_path / "photos", FACES_FOR_RANK_0), "--crop-size", "64"]
     argv += ["--face-parser", models / "79999_iter.pth", "--expression-model", models / "epoch_20.pth"]
     argv += ["--batch-size", "2", "--loss", "reconstruction", "--run-dir", run_dir, "--out", out, "--cpu"]
+    argv += ["--dist-timeout", str(DIST_TIMEOUT_S)]
 
     first = run_cli([*argv, "--steps", "2"])
     assert first.returncode == 0, _output(first)
+    waited = _seconds(r"^\[rank 1\] waited (\S+) s for the other ranks' shares$", first.stderr)
+    waited += _seconds(r"^\[rank 1\] waited (\S+) s for rank 0 to pack the training set", first.stderr)
+    assert waited > DIST_TIMEOUT_S, _output(first)  # a collective there would have timed out
+    assert re.search(rf"^\[rank 1\] prepared my share \({FACES_FOR_RANK_0} files\)", first.stderr, re.M), _output(first)
     hashes = _rank_hashes(first.stderr)
     assert set(hashes) == {"0", "1"} and hashes["0"] == hashes["1"], _output(first)  # DDP kept the ranks equal
     assert hashes["0"][1] == "2"
@@ -253,7 +285,9 @@ def test_train_mapper_on_two_cpu_ranks_writes_one_mapper_and_resumes(comfyui_pat
     settings = json.loads(meta["training_settings"])
     assert meta["trained_steps"] == "2"
     assert (settings["global_batch_size"], settings["batch_size"], settings["world_size"]) == (2, 1, 2)
-    assert "[rank 1] reading the training set rank 0 prepared" in first.stderr
+    assert f"{FACES_FOR_RANK_0} of {2 * FACES_FOR_RANK_0} files usable" in meta["dataset_report"]
+    mapped = re.search(r"^\[rank 1\] .*; mapping (\S+\.safetensors)$", first.stderr, re.M)
+    assert mapped and Path(mapped.group(1)).parent.parent.parent == run_dir / "dataset_cache", _output(first)
 
     second = run_cli([*argv, "--steps", "3"])
     assert second.returncode == 0, _output(second)
@@ -262,8 +296,48 @@ def test_train_mapper_on_two_cpu_ranks_writes_one_mapper_and_resumes(comfyui_pat
     assert hashes["0"] == hashes["1"] and hashes["0"][1] == "3", _output(second)
     assert _metadata(out)["trained_steps"] == "3"
     assert module_fingerprint(load_mapper(out)) == hashes["0"][0]
+    assert "0 computed" in _metadata(out)["dataset_report"]  # the second run read the first's cache
     with safe_open(str(run_dir / "training_state.safetensors"), framework="pt") as f:
         assert len(f.get_tensor("losses")) == 3
+
+
+def test_each_rank_detects_faces_on_its_own_gpu_or_the_cpu():
+    import torch
+
+    from cli.train_mapper import rank_providers
+
+    cuda_first = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert rank_providers(cuda_first, torch.device("cuda", 3)) == [
+        ("CUDAExecutionProvider", {"device_id": 3}),
+        "CPUExecutionProvider",
+    ]
+    assert rank_providers(["CPUExecutionProvider"], torch.device("cuda", 1)) == ["CPUExecutionProvider"]
+    assert rank_providers(cuda_first, torch.device("cpu")) == ["CPUExecutionProvider"]
+
+
+def test_a_rank_that_fails_to_prepare_stops_the_others(comfyui_path, comfy_models_dir, tmp_path):
+    models = comfy_models_dir / "face2diffusion"
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "readme.txt").write_text("no photos here")
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", TRAIN_MAPPER]
+    argv += ["--comfyui", comfyui_path, "--checkpoint", comfy_models_dir / "checkpoints" / CHECKPOINT]
+    argv += ["--msid", models / "msid.pt", "--mapper", models / "mapping.pt"]
+    argv += ["--insightface-root", comfy_models_dir / "insightface", "--pack", PACK, "--folder", tmp_path / "photos"]
+    argv += [
+        "--crop-size",
+        "64",
+        "--batch-size",
+        "2",
+        "--run-dir",
+        tmp_path / "run",
+        "--out",
+        tmp_path / "m.safetensors",
+    ]
+    done = run_cli([*argv, "--cpu", "--steps", "1", "--dist-timeout", "4"], timeout=300)
+    assert done.returncode != 0, _output(done)
+    assert "No usable face photo among the 1 files" in done.stderr, _output(done)
+    assert "[rank 1] stopping: rank 0 could not prepare the training set: DatasetError" in done.stderr, _output(done)
+    assert "Traceback" not in done.stderr.split("rank 0 could not prepare")[0], _output(done)
 
 
 # ---- the trainer with ComfyUI as a library ------------------------------------------------------------

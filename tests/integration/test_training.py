@@ -170,3 +170,35 @@ def test_a_folder_outside_the_input_folder_is_refused_unless_allowed(comfy_serve
     with pytest.raises(ExecutionFailed) as failure:  # now read: an empty folder is its own, specific error
         comfy_server.run(graph, timeout=TIMEOUT)
     assert "is empty" in failure.value.exception_message
+
+
+def _cached_nodes(history: dict) -> list[str]:
+    """The nodes ComfyUI reused from its cache instead of running them, for one finished prompt."""
+    return next((data["nodes"] for event, data in history["status"]["messages"] if event == "execution_cached"), [])
+
+
+def test_a_photo_added_to_the_folder_is_prepared_when_the_same_graph_is_queued_again(comfy_server):
+    folder = Path(comfy_server.input_dir) / "f2d_growing_folder"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, source in enumerate((ASTRONAUT, ALIGNED_CROP)):  # shaded: photos no other test has cached
+        Image.fromarray(si.face_photo(load_rgb(source), shade=11)).save(folder / f"person_{i}.png")
+    graph = training_graph(folder.name, "growing")
+    del graph["4"]  # the dataset and its report only
+
+    first = comfy_server.run(graph, timeout=TIMEOUT)
+    assert "2 of 2 files usable" in _text_output(first, "6")
+    unchanged = comfy_server.run(graph, timeout=TIMEOUT)
+    assert "3" in _cached_nodes(unchanged)  # nothing changed: ComfyUI reuses the prepared set
+
+    Image.fromarray(si.face_photo(load_rgb(GROUP), shade=11)).save(folder / "person_2.png")
+    grown = comfy_server.run(graph, timeout=TIMEOUT)
+    assert "3" not in _cached_nodes(grown)
+    assert "3 of 3 files usable" in _text_output(grown, "6") and "(2 from the cache, 1 computed)" in _text_output(
+        grown, "6"
+    )
+
+    (folder / "person_0.png").unlink()  # a removed photo leaves the set too
+    shrunk = comfy_server.run(graph, timeout=TIMEOUT)
+    assert "2 of 2 files usable" in _text_output(shrunk, "6") and "(2 from the cache, 0 computed)" in _text_output(
+        shrunk, "6"
+    )

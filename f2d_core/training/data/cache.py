@@ -116,11 +116,11 @@ class SampleCache:
             return None, True
         return sample, False
 
-    def save(self, key: str, sample: CachedSample) -> None:
-        """Write a sample atomically (nothing without a cache); a failed write is logged, never fatal."""
+    def save(self, key: str, sample: CachedSample) -> bool:
+        """Write a sample atomically; whether it is on disk now (a failed write is logged, never fatal)."""
         path = self.path(key)
         if path is None:
-            return
+            return False
         meta = {
             "format": CACHE_FORMAT,
             "version": CACHE_VERSION,
@@ -138,6 +138,8 @@ class SampleCache:
             log.warning(
                 "Could not write the cache file %s (%s): this photo will be computed again next time.", path, exc
             )
+            return False
+        return True
 
     def _write_settings(self) -> None:
         """`settings.json` of this folder: what its samples were made with."""

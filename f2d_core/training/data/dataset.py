@@ -5,14 +5,14 @@ subfolder per person (person id = the subfolder's name). Per usable photo: the l
 `face_index`), its 112 MSID crop's identity vector, the FFHQ crop's VAE latent, the face mask M at
 latent size and, with an expression model, the 64-d expression code; with `flip` also the mirror
 image as a second view. Files that cannot be used are reported, never raised; the results are cached
-by content (see dataset_cache.py), so a second run over the same folder redoes nothing.
+by content (see cache.py), so a second run over the same folder redoes nothing, and packed into one
+file that every training process maps (see training_set.py).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -26,49 +26,24 @@ from .builder import LatentEncoder, SampleBuilder
 from .cache import OK
 from .files import IMAGE_SUFFIXES, list_folder
 from .masks import check_mask_list
+from .packed import PackedSetError, compact_row
 from .report import DatasetReport
 from .run import FolderRun, PreparationStopped
 from .settings import MaskPlan, build_settings
+from .training_set import (
+    TrainingSet,
+    open_training_set,
+    packed_set_path,
+    stack_training_set,
+    write_training_set,
+)
 
-__all__ = ["PreparationStopped", "TrainingSet", "prepare_dataset"]
+__all__ = ["PreparationStopped", "TrainingSet", "open_training_set", "prepare_dataset", "prepare_share"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CROP_SIZE = 512
 DEFAULT_BATCH_SIZE = 4
-
-
-@dataclass
-class TrainingSet:
-    """Stacked training tensors of N photos x V views (V = 2 with the flip), in sorted file order."""
-
-    idvec: torch.Tensor  # [N, V, 1536]
-    expression: torch.Tensor | None  # [N, V, 64]; None without an expression model (null_exp only)
-    latents: torch.Tensor  # [N, V, C, h, w] as encode_latents gave them
-    masks: torch.Tensor  # [N, V, 1, h, w] float32 in {0, 1}
-    person: list[str]  # subfolder name per sample, "" for photos directly in the folder
-    files: list[str]  # path relative to the folder per sample
-    report: DatasetReport
-    settings: dict[str, object] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self._groups: dict[str, list[int]] = {}
-        for i, person in enumerate(self.person):
-            if person:
-                self._groups.setdefault(person, []).append(i)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def reference_index(self, i: int, generator: torch.Generator | None = None) -> int:
-        """Another photo of sample i's person, drawn uniformly (FaceChain-FACT's shuffle); i when there is none.
-
-        Photos directly in the folder (person "") are each their own identity, so they get i back.
-        """
-        others = [j for j in self._groups.get(self.person[i], []) if j != i]
-        if not others:
-            return i
-        return others[int(torch.randint(len(others), (1,), generator=generator))]
 
 
 def _check_folder(folder: Path) -> None:
@@ -120,10 +95,102 @@ def prepare_dataset(
     encode_latents: the caller's VAE, [B, 3, S, S] in 0..1 on the CPU -> [B, C, S/8, S/8]; latent_key
     names it for the cache. Masks come from one of face_parser, mask_folder (same relative path and
     stem as each photo, in the photo's pixels, white = face), masks (one [H, W] per image file in
-    sorted order), or else a landmark ellipse (a warning says so). `cache_dir=None` caches nothing.
-    Raises DatasetError for a missing or empty folder or one without a usable photo, and
-    PreparationStopped when `should_stop()` turns true (checked between photos).
+    sorted order), or else a landmark ellipse (a warning says so). With a cache the set is packed
+    into one file there and returned memory-mapped (see training_set.py); `cache_dir=None` caches
+    nothing and keeps the set in memory. Raises DatasetError for a missing or empty folder or one
+    without a usable photo, and PreparationStopped when `should_stop()` turns true (checked between photos).
     """
+    run = _run(
+        folder, encoder, detector, encode_latents, latent_key, cache_dir, face_parser, mask_folder, masks,
+        expression_model, crop_size, flip, face_index, batch_size, progress, should_stop, share=None,
+    )  # fmt: skip
+    usable = [i for i in sorted(run.results) if run.results[i].status == OK]
+    report = run.report
+    if not usable:
+        raise DatasetError(
+            f"No usable face photo among the {len(run.entries)} files of {run.folder}: skipped "
+            f"{report.skipped_text()}. Use photos with a clearly visible face, directly in the folder or in one "
+            "subfolder per person."
+        )
+    report.used = [run.entries[i].name for i in usable]
+    person = [run.entries[i].person for i in usable]
+    settings = {**run.cache.settings, "mask_source": run.plan.describe(), "views": run.builder.views}
+    settings["cache"] = run.cache.digest
+    rows = (compact_row(run.tensors(i)) for i in usable)
+    try:
+        if run.cache.dir is None:
+            _check_latent_shapes(run, rows := list(rows))
+            training_set = stack_training_set(rows, list(report.used), person, report, settings)
+        else:
+            training_set = _packed(run, usable, rows, person, settings)
+    except PackedSetError as exc:
+        raise DatasetError(
+            f"The cached latents of {run.folder} have different shapes ({exc}) under one latent_key "
+            f"{latent_key!r}: the key must name exactly one VAE. Use a new key (or delete {run.cache.dir})."
+        ) from None
+    log.info("Training set of %s:\n%s", run.folder, report.summary())
+    return training_set
+
+
+def prepare_share(
+    folder: Path | str,
+    encoder: FaceEncoder,
+    detector: FaceDetector,
+    encode_latents: LatentEncoder,
+    latent_key: str,
+    *,
+    rank: int,
+    world_size: int,
+    cache_dir: Path | str,
+    face_parser: FaceParser | None = None,
+    mask_folder: Path | str | None = None,
+    masks: Sequence[torch.Tensor] | None = None,
+    expression_model: ExpressionRegressor | None = None,
+    crop_size: int = DEFAULT_CROP_SIZE,
+    flip: bool = True,
+    face_index: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> DatasetReport:
+    """Prepare one process's share of a folder into the cache: files rank, rank + world_size, ... in sorted order.
+
+    For several processes (DDP ranks) preparing one folder together: when every share is done, one
+    `prepare_dataset` with the same arguments reads everything from the cache and packs the set.
+    Shares alternate through the sorted files, so each gets a like mix of persons and sizes. Returns
+    the share's report; raises what prepare_dataset raises for the folder and settings.
+    """
+    if cache_dir is None:
+        raise F2DError("prepare_share needs a cache_dir: the shares meet there.")
+    if not 0 <= rank < world_size:
+        raise F2DError(f"rank {rank} is not one of the {world_size} processes.")
+    run = _run(
+        folder, encoder, detector, encode_latents, latent_key, cache_dir, face_parser, mask_folder, masks,
+        expression_model, crop_size, flip, face_index, batch_size, progress, should_stop, share=(rank, world_size),
+    )  # fmt: skip
+    return run.report
+
+
+def _run(
+    folder: Path | str,
+    encoder: FaceEncoder,
+    detector: FaceDetector,
+    encode_latents: LatentEncoder,
+    latent_key: str,
+    cache_dir: Path | str | None,
+    face_parser: FaceParser | None,
+    mask_folder: Path | str | None,
+    masks: Sequence[torch.Tensor] | None,
+    expression_model: ExpressionRegressor | None,
+    crop_size: int,
+    flip: bool,
+    face_index: int,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None,
+    should_stop: Callable[[], bool] | None,
+    share: tuple[int, int] | None,
+) -> FolderRun:
+    """Check the arguments, list the folder and go through it (or through `share` = (rank, world_size) of it)."""
     folder = Path(folder).expanduser()
     _check_folder(folder)
     sources = sum(x is not None for x in (face_parser, mask_folder, masks))
@@ -142,7 +209,7 @@ def prepare_dataset(
     plan = MaskPlan(face_parser, None if mask_folder is None else Path(mask_folder).expanduser(), mask_list)
     if plan.folder is not None and not plan.folder.is_dir():
         raise DatasetError(f"Mask folder {plan.folder} does not exist: give the folder that holds one mask per photo.")
-    if sources == 0:
+    if sources == 0 and (share is None or share[0] == 0):
         log.warning(
             "No face parser, mask folder or masks given for %s: the face mask M is a landmark ellipse "
             "(forehead to chin, cheek to cheek). A BiSeNet face parser gives the paper's mask.",
@@ -151,32 +218,40 @@ def prepare_dataset(
     settings = build_settings(encoder, detector, latent_key, plan, expression_model, crop_size, flip, face_index)
     builder = SampleBuilder(encoder, encode_latents, crop_size, flip, face_parser, expression_model, batch_size)
     report = DatasetReport(folder=str(folder), mask_source=plan.describe(), expression=expression_model is not None)
+    if share is not None:
+        entries = entries[share[0] :: share[1]]
     run = FolderRun(folder, entries, detector, builder, plan, cache_root, settings, report, face_index)
-    results = run.execute(progress, should_stop)
-    usable = [i for i in sorted(results) if results[i].status == OK]
-    if not usable:
-        raise DatasetError(
-            f"No usable face photo among the {len(entries)} files of {folder}: skipped {report.skipped_text()}. "
-            "Use photos with a clearly visible face, directly in the folder or in one subfolder per person."
-        )
-    report.used = [entries[i].name for i in usable]
-    samples = [results[i].tensors for i in usable]
-    latent_shapes = {tuple(s["latents"].shape) for s in samples}
-    if len(latent_shapes) > 1:
-        raise DatasetError(
-            f"The cached latents of {folder} have different shapes {sorted(latent_shapes)} under one latent_key "
-            f"{latent_key!r}: the key must name exactly one VAE. Use a new key (or delete {run.cache.dir})."
-        )
-    has_expression = expression_model is not None
-    training_set = TrainingSet(
-        idvec=torch.stack([s["idvec"] for s in samples]).float(),
-        expression=torch.stack([s["expression"] for s in samples]).float() if has_expression else None,
-        latents=torch.stack([s["latents"] for s in samples]).float(),
-        masks=torch.stack([s["masks"] for s in samples]).float(),
-        person=[entries[i].person for i in usable],
-        files=list(report.used),
-        report=report,
-        settings={**settings, "mask_source": plan.describe(), "views": builder.views, "cache": run.cache.digest},
-    )
-    log.info("Training set of %s:\n%s", folder, report.summary())
-    return training_set
+    run.execute(progress, should_stop)
+    return run
+
+
+def _check_latent_shapes(run: FolderRun, rows: list[dict[str, torch.Tensor]]) -> None:
+    """PackedSetError when the rows' latents differ in shape (one latent_key used for two VAEs)."""
+    shapes = sorted({tuple(r["latents"].shape) for r in rows})
+    if len(shapes) > 1:
+        raise PackedSetError(f"{shapes}")
+
+
+def _packed(
+    run: FolderRun, usable: list[int], rows: Iterable[dict[str, torch.Tensor]], person: list[str], settings: dict
+) -> TrainingSet:
+    """The packed set of the usable entries in the cache: opened when it exists, else written first.
+
+    A set that cannot be written (a full disk) is kept in memory instead, with a warning.
+    """
+    names = [run.entries[i].name for i in usable]
+    keys = [run.keys[i] for i in usable]
+    path = packed_set_path(run.cache.dir, run.folder, list(zip(names, person, keys, strict=True)))
+    if path.exists():
+        try:
+            return open_training_set(path, run.report)
+        except PackedSetError as exc:
+            log.warning("The packed training set %s is unusable (%s); writing it again.", path, exc)
+            run.report.cache_repaired += 1
+    try:
+        return write_training_set(path, rows, names, person, run.report, settings)
+    except OSError as exc:
+        log.warning("Could not write the packed training set %s (%s): keeping it in memory.", path, exc)
+        rows = [compact_row(run.tensors(i)) for i in usable]
+        _check_latent_shapes(run, rows)
+        return stack_training_set(rows, names, person, run.report, settings)

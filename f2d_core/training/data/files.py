@@ -6,7 +6,9 @@ Hidden files and folders (a name starting with ".") are ignored, so a cache kept
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +69,39 @@ def list_folder(folder: Path, exclude: Path | None = None) -> list[FolderEntry]:
                 elif inner.is_dir():
                     entries.append(FolderEntry(inner, inner.relative_to(folder).as_posix(), item.name, NESTED_FOLDER))
     return sorted(entries, key=lambda e: e.name)
+
+
+def _stat_record(path: Path, folder: Path) -> list[object]:
+    """[relative name, size, mtime in ns] of a file ([name, None, None] when it vanished meanwhile)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return [path.relative_to(folder).as_posix(), None, None]
+    return [path.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns]
+
+
+def listing_fingerprint(folder: Path, exclude: Path | None = None) -> str:
+    """Hex SHA-256 of a training folder's listing as `list_folder` sees it: each file's path, size and mtime.
+
+    Cheap (no file is read), so a UI can ask it before every run: adding, removing, replacing or
+    editing a photo changes it. A folder that does not exist gives the digest of "missing".
+    """
+    if not folder.is_dir():
+        return hashlib.sha256(b"missing").hexdigest()
+    records = [_stat_record(e.path, folder) for e in list_folder(folder, exclude)]
+    return hashlib.sha256(json.dumps(records).encode()).hexdigest()
+
+
+def tree_fingerprint(folder: Path) -> str:
+    """Hex SHA-256 of every visible file below `folder` (path, size, mtime): for a mask folder of any depth."""
+    if not folder.is_dir():
+        return hashlib.sha256(b"missing").hexdigest()
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and _visible_below(p, folder))
+    return hashlib.sha256(json.dumps([_stat_record(p, folder) for p in files]).encode()).hexdigest()
+
+
+def _visible_below(path: Path, folder: Path) -> bool:
+    return not any(part.startswith(".") for part in path.relative_to(folder).parts)
 
 
 def _open(data: bytes) -> Image.Image:

@@ -88,3 +88,11 @@ class DatasetReport:
         data = asdict(self)
         data["counts"] = self.counts()
         return json.dumps(data, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> DatasetReport:
+        """The report `to_json` wrote (raises ValueError, KeyError or TypeError for other text)."""
+        data = json.loads(text)
+        data.pop("counts", None)
+        data["skipped"] = [SkippedFile(**s) for s in data.get("skipped", [])]
+        return cls(**data)

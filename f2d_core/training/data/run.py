@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from ...errors import DatasetError, F2DError, NoFaceError
 from ...faces.face_detection import FaceDetector, pick_face
 from .builder import SampleBuilder
-from .cache import SKIPPED, CachedSample, SampleCache, sha256_hex, tensor_digest
+from .cache import OK, SKIPPED, CachedSample, SampleCache, sha256_hex, tensor_digest
 from .files import FolderEntry, UnreadableImage, decode_mask, decode_photo, find_mask_file
 from .masks import fit_mask
 from .report import MASK_MISSING, MASK_UNUSABLE, NO_FACE, UNREADABLE, DatasetReport
@@ -45,7 +46,8 @@ class FolderRun:
         self.folder, self.entries, self.detector, self.builder = folder, list(entries), detector, builder
         self.plan, self.report, self.face_index = plan, report, face_index
         self.cache = SampleCache(cache_root, settings)
-        self.results: dict[int, CachedSample] = {}
+        self.results: dict[int, CachedSample] = {}  # usable samples hold no tensors when they are in the cache
+        self.keys: dict[int, str] = {}  # entry index -> photo key (the cache file's name)
         self.report.total_files = len(self.entries)
         self._done = 0
         self._progress: Callable[[int, int], None] | None = None
@@ -62,10 +64,10 @@ class FolderRun:
             shapes["expression"] = (v, 64)
         return shapes
 
-    def _finish(self, index: int, sample: CachedSample | None) -> None:
-        """Record an entry's outcome and report progress."""
+    def _finish(self, index: int, sample: CachedSample | None, on_disk: bool = False) -> None:
+        """Record an entry's outcome (without its tensors when they are `on_disk`) and report progress."""
         if sample is not None:
-            self.results[index] = sample
+            self.results[index] = replace(sample, tensors={}) if on_disk else sample
             if sample.status == SKIPPED:
                 self.report.skip(self.entries[index].name, sample.reason, sample.detail)
                 log.info("Skipped %s: %s", self.entries[index].name, sample.detail or sample.reason)
@@ -81,9 +83,9 @@ class FolderRun:
 
     def _store(self, index: int, key: str, sample: CachedSample) -> None:
         """Cache a computed sample and record it."""
-        self.cache.save(key, sample)
+        saved = self.cache.save(key, sample)
         self.report.computed += 1
-        self._finish(index, sample)
+        self._finish(index, sample, on_disk=saved)
 
     def _flush(self) -> None:
         for work, sample in self.builder.flush():
@@ -109,6 +111,22 @@ class FolderRun:
                 self._flush()
         self._flush()
         return self.results
+
+    def tensors(self, index: int) -> dict[str, torch.Tensor]:
+        """A usable entry's tensors: kept in memory, or read back from its cache file.
+
+        Raises DatasetError when the cache file went missing or bad since this run wrote or read it.
+        """
+        sample = self.results[index]
+        if sample.tensors:
+            return sample.tensors
+        cached, _ = self.cache.load(self.keys[index], self._shapes())
+        if cached is None or cached.status != OK:
+            raise DatasetError(
+                f"The cache file of {self.entries[index].name} ({self.cache.path(self.keys[index])}) changed or "
+                "disappeared while the training set was being assembled: run the preparation again."
+            )
+        return cached.tensors
 
     def _entry(self, index: int, entry: FolderEntry, shapes: dict[str, tuple[int | None, ...]]) -> None:
         """One file: skipped, read from the cache, or computed (queued for the batched model calls)."""
@@ -136,11 +154,12 @@ class FolderRun:
             mask = self.plan.by_name[entry.name]
             mask_digest = tensor_digest(mask)
         key = sha256_hex(f"{sha256_hex(data)}:{mask_digest}".encode())
+        self.keys[index] = key
         cached, damaged = self.cache.load(key, shapes)
         self.report.cache_repaired += int(damaged)
         if cached is not None:
             self.report.from_cache += 1
-            self._finish(index, cached)
+            self._finish(index, cached, on_disk=True)
             return
         self._compute(index, entry, key, data, mask)
 

@@ -1,0 +1,61 @@
+"""Ranks waiting for each other while they prepare the training set: polling torchrun's store, no collective.
+
+A collective (broadcast, barrier) gives up after the process group's timeout (NCCL: 10 minutes), and
+preparing a few thousand photos takes longer. So the ranks meet before the process group exists, in
+the key-value store torchrun's rendezvous gives every rank: each one counts itself in and polls the
+count (`Store.add(key, 0)` and `Store.check` return at once), sleeping between looks, for as long as
+it takes. A rank that fails says so under FAILED, and every waiting rank stops with its message
+instead of waiting forever; a rank that dies outright is seen by torchrun, which ends the others.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch.distributed as dist
+
+PREFIX = "f2d/prepare/"
+FAILED = PREFIX + "failed"
+POLL_SECONDS = 0.5
+
+
+class RankFailed(RuntimeError):
+    """Another rank failed while this one waited for it."""
+
+
+class RankSync:
+    """Counted meeting points and published values among `world_size` ranks of one torchrun store."""
+
+    def __init__(self, store: dist.Store, rank: int, world_size: int, poll_seconds: float = POLL_SECONDS) -> None:
+        self.store, self.rank, self.world_size, self.poll_seconds = store, rank, world_size, poll_seconds
+
+    def _check_failed(self) -> None:
+        if self.store.check([FAILED]):
+            raise RankFailed(self.store.get(FAILED).decode(errors="replace"))
+
+    def fail(self, message: str) -> None:
+        """Tell the other ranks this one failed (they stop waiting and exit with `message`)."""
+        self.store.set(FAILED, message)
+
+    def meet(self, name: str) -> float:
+        """Wait until every rank has reached `name`; the seconds waited. RankFailed if one failed."""
+        start = time.monotonic()
+        key = PREFIX + name
+        self.store.add(key, 1)
+        while self.store.add(key, 0) < self.world_size:
+            self._check_failed()
+            time.sleep(self.poll_seconds)
+        return time.monotonic() - start
+
+    def publish(self, name: str, value: str) -> None:
+        """Make `value` readable by every rank under `name`."""
+        self.store.set(PREFIX + name, value)
+
+    def read(self, name: str) -> tuple[str, float]:
+        """(the value published under `name`, seconds waited for it); RankFailed if a rank failed first."""
+        start = time.monotonic()
+        key = PREFIX + name
+        while not self.store.check([key]):
+            self._check_failed()
+            time.sleep(self.poll_seconds)
+        return self.store.get(key).decode(), time.monotonic() - start

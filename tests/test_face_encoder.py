@@ -19,7 +19,7 @@ CPU = ["CPUExecutionProvider"]
 def detector(tmp_path_factory) -> FaceDetector:
     root = tmp_path_factory.mktemp("insightface")
     si.write_synthetic_pack(root, "pack")
-    return FaceDetector(root, "pack", providers=CPU)
+    return FaceDetector(root, "pack")
 
 
 def _photo_in_square(photo: str, size: tuple[int, int] = (640, 640), centre=(320, 320), side=128) -> np.ndarray:

@@ -250,6 +250,7 @@ def _load_face_analysis(root: Path, pack_dir: Path, scan: _PackScan, providers: 
     never looks in the working directory or tries a download.
     """
     _onnxruntime()
+    import_package("insightface", "face detection with onnxruntime", INSIGHTFACE_FIX)
     FaceAnalysis = import_package("insightface.app", "face detection with onnxruntime", INSIGHTFACE_FIX).FaceAnalysis
     try:
         with _stdout_to_log():

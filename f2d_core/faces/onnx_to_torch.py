@@ -16,13 +16,9 @@ from typing import Any
 
 import torch
 
-from ..errors import F2DError, ModelPackError
+from ..errors import MissingPackageError, ModelPackError
 
 logger = logging.getLogger(__name__)
-
-
-class MissingPackageError(F2DError):
-    """A package a feature needs is not installed, or fails to import; the message names it and the fix."""
 
 
 def import_package(module: str, needed_for: str, fix: str) -> ModuleType:

@@ -69,6 +69,7 @@ def build_scrfd_detector(
     batched: bool = False,
     strides: tuple[int, ...] = STRIDES,
     num_anchors: int = NUM_ANCHORS,
+    regression_gain: float = 0.0,
 ) -> onnx.ModelProto:
     """The bright-square SCRFD stand-in, with keypoints, in the structure insightface's `SCRFD` reads.
 
@@ -77,7 +78,9 @@ def build_scrfd_detector(
     `batched=True` gives outputs `[1, N, C]` (antelopev2's `scrfd_10g_bnkps.onnx`, exported with a
     batch axis, which insightface reads as `batched`); `input_size` (width, height) fixes the input as
     some exports do; `strides=(8, 16, 32, 64, 128), num_anchors=1` gives the 15-output layout.
-    Anchor 0 scores the square; every other anchor never fires.
+    Anchor 0 scores the square; every other anchor never fires. `regression_gain` > 0 adds a seeded
+    1x1 convolution of the brightness to the box distances and keypoint offsets, so that they follow
+    the image (the exact box of a square is then lost; comparisons of decoders use it).
     """
     nodes, inits = [], []
     # u = (x_red + 1) / 2, x being insightface's (pixel - 127.5) / 128 in RGB order.
@@ -93,8 +96,10 @@ def build_scrfd_detector(
     inits += [_const("score_w", score_w), _const("score_b", score_b)]
     for width in (1, 4, 10):
         inits += [_const(f"flat{width}", np.array([*lead, -1, width], np.int64))]
-    inits += [_const("const_w4", np.zeros((4 * num_anchors, 1, 1, 1), np.float32))]
-    inits += [_const("const_w10", np.zeros((10 * num_anchors, 1, 1, 1), np.float32))]
+    rng = np.random.default_rng(7)
+    for width in (4, 10):
+        weights = regression_gain * rng.standard_normal((width * num_anchors, 1, 1, 1)).astype(np.float32)
+        inits += [_const(f"const_w{width}", weights)]
     # Box distances (left, top, right, bottom) and keypoint offsets, in stride units, per anchor.
     inits += [_const("bbox_b", np.full(4 * num_anchors, 2.0, np.float32))]
     inits += [_const("kps_b", np.tile(KPS_OFFSETS.reshape(-1), num_anchors))]
@@ -130,11 +135,11 @@ def build_scrfd_detector(
 # The detector structures insightface's SCRFD tells apart (see `build_scrfd_detector`), by the pack
 # that ships each: buffalo_l's det_10g and antelopev2's scrfd_10g_bnkps, plus a fixed-input export
 # and the 5-stride, 1-anchor, 15-output layout.
-DETECTOR_VARIANTS: dict[str, Callable[[], onnx.ModelProto]] = {
+DETECTOR_VARIANTS: dict[str, Callable[..., onnx.ModelProto]] = {
     "det_10g": build_scrfd_detector,
-    "scrfd_10g_bnkps": lambda: build_scrfd_detector(batched=True),
-    "fixed_640": lambda: build_scrfd_detector(input_size=(640, 640), batched=True),
-    "five_strides": lambda: build_scrfd_detector(strides=(8, 16, 32, 64, 128), num_anchors=1),
+    "scrfd_10g_bnkps": lambda **kw: build_scrfd_detector(batched=True, **kw),
+    "fixed_640": lambda **kw: build_scrfd_detector(input_size=(640, 640), batched=True, **kw),
+    "five_strides": lambda **kw: build_scrfd_detector(strides=(8, 16, 32, 64, 128), num_anchors=1, **kw),
 }
 
 

@@ -137,8 +137,7 @@ def prepare_training_set(args: argparse.Namespace, vae, ranks: Ranks):
     msid = checkpoints.load_msid(args.msid)
     models = checkpoints.F2DModels(msid, pack_module("f2d_core.identity.mapper").F2DMapper(), {"msid": args.msid.name})
     encoder = pack_module("f2d_core.identity.face_encoder").FaceEncoder(models, ranks.device)
-    providers = detection.select_providers("cpu" if ranks.device.type == "cpu" else "auto")
-    detector = detection.FaceDetector(args.insightface_root, args.pack, providers, det_size=args.det_size)
+    detector = detection.FaceDetector(args.insightface_root, args.pack, det_size=args.det_size, device=ranks.device)
     parser = _load_optional(args.face_parser, pack_module("f2d_core.faces.face_parsing").load_face_parser, ranks.device)
     regressor = _load_optional(
         args.expression_model, pack_module("f2d_core.faces.expression_model").load_expression_model, ranks.device

@@ -11,9 +11,8 @@ from comfy_api.latest import io
 
 from ..f2d_core.checkpoints import load_f2d_models
 from ..f2d_core.errors import WeightFileError
-from ..f2d_core.faces.face_detection import FaceDetector, select_providers
+from ..f2d_core.faces.face_detection import DETECTOR_DEVICES, load_detector
 from ..f2d_core.identity.face_encoder import FaceEncoder
-from ..f2d_core.onnxruntime_check import onnxruntime_conflict
 from .model_paths import insightface_packs, insightface_root_of, weight_files, weight_path
 from .sockets import F2DModel, F2DModelSocket
 
@@ -35,9 +34,7 @@ def _load(msid: str, mapper: str, mtimes: tuple, pack: str, provider: str, preci
     device = comfy.model_management.get_torch_device()
     models = load_f2d_models(msid_path, mapper_path)
     encoder = FaceEncoder(models, device, PRECISIONS[precision])
-    if conflict := onnxruntime_conflict():
-        log.warning("%s", conflict)
-    detector = FaceDetector(insightface_root_of(pack), pack, select_providers(provider), det_size=det_size)
+    detector = load_detector(insightface_root_of(pack), pack, provider, device, det_size)
     info = {**models.sources, "pack": pack, "device": str(device), "precision": precision}
     log.info("Face2Diffusion model ready: %s", info)
     return F2DModel(encoder=encoder, detector=detector, info=info)
@@ -89,10 +86,11 @@ class F2DLoadMSIDEncoder(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "detector_device",
-                    options=["auto", "cuda", "cpu"],
+                    options=list(DETECTOR_DEVICES),
                     default="auto",
-                    tooltip="Where onnxruntime runs face detection: auto = CUDA when onnxruntime-gpu can use it, "
-                    "else CPU.",
+                    tooltip="Where face detection runs: auto = ComfyUI's device (GPU when there is one), with torch; "
+                    "cpu = with torch on the CPU (keeps GPU memory free); onnxruntime = with insightface + "
+                    "onnxruntime, when they are installed (CUDA if onnxruntime-gpu can use it).",
                 ),
                 io.Combo.Input(
                     "precision",

@@ -12,7 +12,6 @@ from f2d_core.identity.face_encoder import face_box_masks
 from tests.support import synthetic_insightface as si
 from tests.support.photos import ALIGNED_CROP, ASTRONAUT, load_rgb
 
-CPU = ["CPUExecutionProvider"]
 
 
 @pytest.fixture(scope="module")

@@ -407,6 +407,22 @@ class FaceDetector:
         return faces
 
 
+# Where the detector runs: "auto" = the models' torch device, "cpu" = torch on the CPU, "onnxruntime" =
+# insightface + onnxruntime (when installed) on CUDA if onnxruntime-gpu can use it, else on the CPU.
+DETECTOR_DEVICES = ("auto", "cpu", "onnxruntime")
+
+
+def load_detector(
+    insightface_root: Path | str, pack_name: str, choice: str, device: torch.device | str, det_size: int
+) -> FaceDetector:
+    """The pack's detector where `choice` (one of DETECTOR_DEVICES) says; "auto" runs it on `device`."""
+    if choice == "onnxruntime":
+        return FaceDetector(insightface_root, pack_name, select_providers("auto"), det_size=det_size)
+    if choice not in DETECTOR_DEVICES:
+        raise F2DError(f"detector device {choice!r} is not one of {', '.join(DETECTOR_DEVICES)}")
+    return FaceDetector(insightface_root, pack_name, det_size=det_size, device="cpu" if choice == "cpu" else device)
+
+
 def pick_face(faces: Sequence[DetectedFace], label: str, index: int = 0) -> DetectedFace:
     """Face number `index` of a largest-first list (0 = largest); NoFaceError naming `label` if absent."""
     if index < 0:

@@ -15,8 +15,8 @@ import torch
 
 sys.path.insert(0, str(Path.cwd()))
 
-from f2d_core.faces.face_detection import FaceDetector  # noqa: E402
-from tests.support import synthetic_insightface as si  # noqa: E402
+from f2d_core.faces.face_detection import FaceDetector
+from tests.support import synthetic_insightface as si
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 root = Path(tempfile.mkdtemp())

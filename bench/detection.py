@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from f2d_core.faces.face_detection import FaceDetector  # noqa: E402
-from tests.support.photos import GROUP, load_rgb  # noqa: E402
+from f2d_core.faces.face_detection import FaceDetector
+from tests.support.photos import GROUP, load_rgb
 
 
 def scrfd10g_standin() -> object:
@@ -48,7 +48,8 @@ def scrfd10g_standin() -> object:
         inits.append(numpy_helper.from_array((rng.standard_normal((cout, cin, k, k)) * scale).astype(np.float32), w))
         inits.append(numpy_helper.from_array(np.full(cout, bias, np.float32), b))
         pad = k // 2
-        nodes.append(helper.make_node("Conv", [x, w, b], [y], kernel_shape=[k, k], strides=[stride] * 2, pads=[pad] * 4))
+        attrs = {"kernel_shape": [k, k], "strides": [stride] * 2, "pads": [pad] * 4}
+        nodes.append(helper.make_node("Conv", [x, w, b], [y], **attrs))
         if not relu:
             return y
         nodes.append(helper.make_node("Relu", [y], [y + "_relu"]))

@@ -13,7 +13,6 @@ from tests.support import synthetic_insightface as si
 from tests.support.photos import ALIGNED_CROP, ASTRONAUT, load_rgb
 
 
-
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory) -> FaceDetector:
     root = tmp_path_factory.mktemp("insightface")

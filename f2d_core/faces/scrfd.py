@@ -123,7 +123,7 @@ class TorchScrfd:
         self.model_file = str(model_file)
         self.device = torch.device(device)
         self.net, model = onnx_module(model_file, self.device)
-        # On the CPU, oneDNN convolutions in channels-last layout take about 0.65x the time (measured with
+        # On the CPU, oneDNN convolutions in channels-last layout take about 0.7x the time (measured with
         # bench/detection.py); the outputs differ by float rounding only.
         self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)

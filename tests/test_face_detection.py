@@ -310,3 +310,13 @@ def test_broken_runtime_is_named_and_torch_detection_still_works(
     assert "Choose detector_device 'auto' or 'cpu'" in message and "pip install" in message
     faces = fd.FaceDetector(insightface_root, PACK).detect(si.square_image((640, 640), SQUARES))
     assert len(faces) == 3
+
+
+def test_detector_device_choices(insightface_root: Path) -> None:
+    auto = fd.load_detector(insightface_root, PACK, "auto", torch.device("cpu"), 640)
+    assert (auto.backend, auto.device, auto.det_size) == ("torch", torch.device("cpu"), 640)
+    assert fd.load_detector(insightface_root, PACK, "cpu", "meta", 320).device == torch.device("cpu")
+    runtime = fd.load_detector(insightface_root, PACK, "onnxruntime", "cpu", 640)
+    assert runtime.backend == "onnxruntime" and runtime.providers[-1] == "CPUExecutionProvider"
+    with pytest.raises(F2DError, match="detector device 'cuda' is not one of auto, cpu, onnxruntime"):
+        fd.load_detector(insightface_root, PACK, "cuda", "cpu", 640)

@@ -48,7 +48,8 @@ ONNXRUNTIME_FIX = (
 )
 INSIGHTFACE_FIX = (
     "Choose detector_device 'auto' or 'cpu' (face detection with torch; insightface is not needed), or repair "
-    "insightface in the Python that runs ComfyUI: pip install --force-reinstall --no-deps insightface"
+    "insightface in the Python that runs ComfyUI: pip install --force-reinstall --no-deps insightface "
+    "(--no-deps: its requirements would add the CPU onnxruntime beside onnxruntime-gpu)."
 )
 
 

@@ -320,3 +320,14 @@ def test_detector_device_choices(insightface_root: Path) -> None:
     assert runtime.backend == "onnxruntime" and runtime.providers[-1] == "CPUExecutionProvider"
     with pytest.raises(F2DError, match="detector device 'cuda' is not one of auto, cpu, onnxruntime"):
         fd.load_detector(insightface_root, PACK, "cuda", "cpu", 640)
+
+
+def test_packs_are_listed_by_file_name_when_onnx_does_not_import(
+    insightface_root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now raises ImportError
+    with caplog.at_level(logging.WARNING, logger="f2d_core.faces.face_detection"):
+        assert fd.list_model_packs(insightface_root) == [PACK]  # det_only's detector is not named det_*
+    assert "cannot import onnx" in caplog.text
+    with pytest.raises(MissingPackageError, match=r"needs the Python package 'onnx'.*pip install -r requirements"):
+        fd.FaceDetector(insightface_root, PACK)

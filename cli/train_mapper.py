@@ -139,14 +139,9 @@ def per_rank_batch(global_batch: int, world_size: int) -> int:
     return global_batch // world_size
 
 
-def rank_providers(providers: list[str], device: torch.device) -> list[str | tuple[str, dict[str, int]]]:
-    """onnxruntime providers on this rank's GPU: the CUDA provider gets `device_id` = the device's index.
-
-    Without it every rank's CUDA session would run on GPU 0. On the CPU: the CPU provider only.
-    """
-    if device.type == "cpu":
-        return ["CPUExecutionProvider"]
-    return [(p, {"device_id": device.index or 0}) if p == "CUDAExecutionProvider" else p for p in providers]
+def rank_detector(detection, args: argparse.Namespace, device: torch.device):
+    """The pack's face detector on this rank's own device (`cuda:<local rank>` or the CPU), never GPU 0 for all."""
+    return detection.FaceDetector(args.insightface_root, args.pack, det_size=args.det_size, device=device)
 
 
 def _load_optional(path: Path | None, loader, device: torch.device):
@@ -162,9 +157,7 @@ def prepare_training_set(args: argparse.Namespace, vae, ranks: Ranks):
     msid = checkpoints.load_msid(args.msid)
     models = checkpoints.F2DModels(msid, pack_module("f2d_core.identity.mapper").F2DMapper(), {"msid": args.msid.name})
     encoder = pack_module("f2d_core.identity.face_encoder").FaceEncoder(models, ranks.device)
-    providers = detection.select_providers("cpu" if ranks.device.type == "cpu" else "auto")
-    providers = rank_providers(providers, ranks.device)
-    detector = detection.FaceDetector(args.insightface_root, args.pack, providers, det_size=args.det_size)
+    detector = rank_detector(detection, args, ranks.device)
     parser = _load_optional(args.face_parser, pack_module("f2d_core.faces.face_parsing").load_face_parser, ranks.device)
     regressor = _load_optional(
         args.expression_model, pack_module("f2d_core.faces.expression_model").load_expression_model, ranks.device

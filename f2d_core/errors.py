@@ -23,3 +23,7 @@ class PromptError(F2DError):
 
 class DatasetError(F2DError):
     """A training folder cannot be used."""
+
+
+class MissingPackageError(F2DError):
+    """A package a feature needs is not installed, or fails to import; the message names it and the fix."""

@@ -11,9 +11,8 @@ import torch
 from comfy_api.latest import io
 
 from ..f2d_core.checkpoints import load_f2d_models
-from ..f2d_core.faces.face_detection import FaceDetector, select_providers
+from ..f2d_core.faces.face_detection import DETECTOR_DEVICES, FaceDetector, load_detector
 from ..f2d_core.identity.face_encoder import FaceEncoder
-from ..f2d_core.onnxruntime_check import onnxruntime_conflict
 from .model_cache import file_identity, load_on_device, managed, weight_file_version
 from .model_paths import insightface_packs, insightface_root_of, weight_files, weight_path
 from .sockets import F2DModel, F2DModelSocket
@@ -41,9 +40,8 @@ def _encoder(msid_path: Path, mapper_path: Path, versions: tuple, precision: str
 @lru_cache(maxsize=2)
 def _detector(pack: str, provider: str, det_size: int) -> FaceDetector:
     """The face detector, cached apart from the encoder: changing detection_size loads no second MSID."""
-    if conflict := onnxruntime_conflict():
-        log.warning("%s", conflict)
-    return FaceDetector(insightface_root_of(pack), pack, select_providers(provider), det_size=det_size)
+    device = comfy.model_management.get_torch_device()
+    return load_detector(insightface_root_of(pack), pack, provider, device, det_size)
 
 
 def _paths(msid: str, mapper: str) -> tuple[Path, Path]:
@@ -91,10 +89,11 @@ class F2DLoadMSIDEncoder(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "detector_device",
-                    options=["auto", "cuda", "cpu"],
+                    options=list(DETECTOR_DEVICES),
                     default="auto",
-                    tooltip="Where onnxruntime runs face detection: auto = CUDA when onnxruntime-gpu can use it, "
-                    "else CPU.",
+                    tooltip="Where face detection runs: auto = ComfyUI's device (GPU when there is one), with torch; "
+                    "cpu = with torch on the CPU (keeps GPU memory free); onnxruntime = with insightface + "
+                    "onnxruntime, when they are installed (CUDA if onnxruntime-gpu can use it).",
                 ),
                 io.Combo.Input(
                     "precision",

@@ -1,4 +1,4 @@
-"""Face detection through insightface's real loading and SCRFD code, on synthetic packs built here."""
+"""Face detection on synthetic packs built here: the torch path, and the optional insightface + onnxruntime one."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import onnxruntime
 import pytest
 import torch
 
-from f2d_core.errors import F2DError, ModelPackError, NoFaceError
+from f2d_core.errors import F2DError, MissingPackageError, ModelPackError, NoFaceError
 from f2d_core.faces import face_detection as fd
 from tests.support import synthetic_insightface as si
 from tests.support.photos import ASTRONAUT, load_rgb
@@ -37,7 +37,13 @@ def insightface_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def detector(insightface_root: Path) -> fd.FaceDetector:
-    """The synthetic pack's detector on the CPU, at 640 with the 320 retry."""
+    """The synthetic pack's detector with torch on the CPU, at 640 with the 320 retry."""
+    return fd.FaceDetector(insightface_root, PACK, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def onnxruntime_detector(insightface_root: Path) -> fd.FaceDetector:
+    """The same pack through insightface's FaceAnalysis on onnxruntime's CPU provider."""
     return fd.FaceDetector(insightface_root, PACK, providers=CPU)
 
 
@@ -98,18 +104,24 @@ def test_list_model_packs_finds_detectors_by_structure(insightface_root: Path, t
     assert fd.list_model_packs(tmp_path / "nowhere") == []
 
 
-def test_a_whole_pack_loads_as_users_have_it(insightface_root: Path, detector: fd.FaceDetector) -> None:
+def test_a_whole_pack_loads_as_users_have_it(
+    insightface_root: Path, detector: fd.FaceDetector, onnxruntime_detector: fd.FaceDetector
+) -> None:
     names = sorted(p.name for p in (insightface_root / "models" / PACK).glob("*.onnx"))
     assert names == sorted(si.PACK_FILES)
-    assert list(detector._analysis.models) == ["detection"]  # the other members routed and dropped
+    assert detector.backend == "torch" and detector.model_file.name == "det_10g.onnx"
+    assert next(detector._scrfd.net.parameters()).device == torch.device("cpu")
+    assert "backend=torch" in repr(detector)
+    analysis = onnxruntime_detector._analysis
+    assert list(analysis.models) == ["detection"]  # the other members routed and dropped
     # insightface 2.x routes it to SCRFD, 0.7.3 to RetinaFace (the same decoding), as it does det_10g.onnx.
-    assert detector._det_model.taskname == "detection" and detector._det_model.use_kps
-    assert detector._det_model.session.get_providers() == CPU
+    assert onnxruntime_detector._det_model.taskname == "detection" and onnxruntime_detector._det_model.use_kps
+    assert onnxruntime_detector._det_model.session.get_providers() == CPU
 
 
 def test_missing_pack_names_the_path_and_the_packs_found(insightface_root: Path) -> None:
     with pytest.raises(ModelPackError) as info:
-        fd.FaceDetector(insightface_root, "antelopev2", providers=CPU)
+        fd.FaceDetector(insightface_root, "antelopev2")
     message = str(info.value)
     assert str(insightface_root / "models" / "antelopev2") in message
     assert f"{PACK}, det_only" in message
@@ -118,17 +130,17 @@ def test_missing_pack_names_the_path_and_the_packs_found(insightface_root: Path)
 
 def test_pack_without_detector_lists_its_files(insightface_root: Path) -> None:
     with pytest.raises(ModelPackError) as info:
-        fd.FaceDetector(insightface_root, "recognition_only", providers=CPU)
+        fd.FaceDetector(insightface_root, "recognition_only")
     message = str(info.value)
     assert "has no face detection model" in message and "w600k_r50.onnx" in message
     assert str(insightface_root / "models" / "recognition_only") in message and PACK in message
     with pytest.raises(ModelPackError, match=r"no \.onnx files"):
-        fd.FaceDetector(insightface_root, "empty", providers=CPU)
+        fd.FaceDetector(insightface_root, "empty")
 
 
 def test_pack_name_must_be_a_folder_name(insightface_root: Path) -> None:
     with pytest.raises(ModelPackError, match="must be a folder name"):
-        fd.FaceDetector(insightface_root, f"../models/{PACK}", providers=CPU)
+        fd.FaceDetector(insightface_root, f"../models/{PACK}")
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
@@ -139,22 +151,33 @@ def test_corrupt_detector_is_named(tmp_path: Path, damage: str) -> None:
     broken.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"<html>404 Not Found</html>")
     assert fd.list_model_packs(tmp_path) == [PACK]
     with pytest.raises(ModelPackError) as info:
-        fd.FaceDetector(tmp_path, "broken", providers=CPU)
+        fd.FaceDetector(tmp_path, "broken")
     message = str(info.value)
     assert f"cannot read {broken}" in message and "download the pack again" in message and PACK in message
 
 
-def test_corrupt_member_next_to_a_good_detector_is_named(tmp_path: Path) -> None:
+def test_corrupt_member_next_to_a_good_detector(tmp_path: Path) -> None:
     pack_dir = si.write_synthetic_pack(tmp_path, "broken")
     (pack_dir / "w600k_r50.onnx").write_bytes(b"\x00" * 100)
+    squares = si.square_image((640, 640), SQUARES)
+    assert len(fd.FaceDetector(tmp_path, "broken").detect(squares)) == 3  # torch reads the detector only
     with pytest.raises(ModelPackError) as info:
-        fd.FaceDetector(tmp_path, "broken", providers=CPU)
+        fd.FaceDetector(tmp_path, "broken", providers=CPU)  # insightface loads every member
     assert f"cannot load {pack_dir / 'w600k_r50.onnx'}" in str(info.value)
+
+
+def test_graph_that_torch_cannot_run_is_named(tmp_path: Path) -> None:
+    pack_dir = si.write_synthetic_pack(tmp_path, "odd", files=[])
+    model = si.build_scrfd_detector()
+    model.graph.node[0].op_type = "NoSuchOperator"  # still parses; onnx2torch has no converter for it
+    si.onnx.save(model, str(pack_dir / "det_10g.onnx"))
+    with pytest.raises(ModelPackError, match=r"det_10g\.onnx cannot be run with torch.*NoSuchOperator"):
+        fd.FaceDetector(tmp_path, "odd")
 
 
 def test_det_size_must_suit_scrfd(insightface_root: Path) -> None:
     with pytest.raises(F2DError, match="det_size 600 must be a multiple of 32"):
-        fd.FaceDetector(insightface_root, PACK, providers=CPU, det_size=600)
+        fd.FaceDetector(insightface_root, PACK, det_size=600)
 
 
 def test_insightface_prints_go_to_the_log(capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
@@ -179,7 +202,9 @@ def test_faces_come_largest_first_with_boxes_and_keypoints(detector: fd.FaceDete
     assert faces[1].score > faces[0].score
 
 
-def test_image_is_handed_to_insightface_as_bgr(detector: fd.FaceDetector) -> None:
+@pytest.mark.parametrize("backend", ["detector", "onnxruntime_detector"])
+def test_the_network_sees_rgb(backend: str, request: pytest.FixtureRequest) -> None:
+    detector = request.getfixturevalue(backend)
     red = si.square_image((640, 640), [(160, 160, 128, (255, 0, 0))])
     blue = si.square_image((640, 640), [(160, 160, 128, (0, 0, 255))])
     assert len(detector.detect(red)) == 1
@@ -229,11 +254,14 @@ def test_face_too_big_for_640_is_found_on_the_padded_photo(
     np.testing.assert_allclose(faces[0].kps, si.expected_kps(320, 320, 256), atol=1.0)
 
 
-def test_fixed_input_detector_runs_at_its_own_size(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("providers", [None, CPU], ids=["torch", "onnxruntime"])
+def test_fixed_input_detector_runs_at_its_own_size(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, providers: list[str] | None
+) -> None:
     pack_dir = si.write_synthetic_pack(tmp_path, "static", files=["w600k_r50.onnx"])
     si.onnx.save(si.build_scrfd_detector(input_size=(640, 640)), str(pack_dir / "det_10g.onnx"))
     with caplog.at_level(logging.INFO, logger="f2d_core.faces.face_detection"):
-        static = fd.FaceDetector(tmp_path, "static", providers=CPU, det_size=320)
+        static = fd.FaceDetector(tmp_path, "static", providers=providers, det_size=320)
     assert "fixed at 640x640" in caplog.text
     assert (static.det_size, static.retry_det_size) == (640, None)
     faces = static.detect(si.square_image((640, 640), SQUARES))
@@ -263,3 +291,47 @@ def test_real_photo_runs_through_the_pipeline(detector: fd.FaceDetector) -> None
     assert len(picked) == 1 and picked[0] is not None
     np.testing.assert_array_equal(picked[0].bbox, faces[0].bbox)
     np.testing.assert_array_equal(picked[0].kps, faces[0].kps)
+
+
+# --- a broken optional runtime -------------------------------------------------------------------
+
+BROKEN_PACKAGES = Path(__file__).parent / "support" / "broken_packages"
+
+
+@pytest.mark.parametrize(
+    ("package", "error"), [("onnxruntime", "DLL load failed"), ("insightface", "numpy.core.multiarray failed")]
+)
+def test_broken_runtime_is_named_and_torch_detection_still_works(
+    insightface_root: Path, monkeypatch: pytest.MonkeyPatch, package: str, error: str
+) -> None:
+    for name in [m for m in sys.modules if m == package or m.startswith(f"{package}.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(BROKEN_PACKAGES))
+    with pytest.raises(MissingPackageError) as info:
+        fd.FaceDetector(insightface_root, PACK, providers=CPU)
+    message = str(info.value)
+    assert f"`import {package}` failed: ImportError: {error}" in message
+    assert "Choose detector_device 'auto' or 'cpu'" in message and "pip install" in message
+    faces = fd.FaceDetector(insightface_root, PACK).detect(si.square_image((640, 640), SQUARES))
+    assert len(faces) == 3
+
+
+def test_detector_device_choices(insightface_root: Path) -> None:
+    auto = fd.load_detector(insightface_root, PACK, "auto", torch.device("cpu"), 640)
+    assert (auto.backend, auto.device, auto.det_size) == ("torch", torch.device("cpu"), 640)
+    assert fd.load_detector(insightface_root, PACK, "cpu", "meta", 320).device == torch.device("cpu")
+    runtime = fd.load_detector(insightface_root, PACK, "onnxruntime", "cpu", 640)
+    assert runtime.backend == "onnxruntime" and runtime.providers[-1] == "CPUExecutionProvider"
+    with pytest.raises(F2DError, match="detector device 'cuda' is not one of auto, cpu, onnxruntime"):
+        fd.load_detector(insightface_root, PACK, "cuda", "cpu", 640)
+
+
+def test_packs_are_listed_by_file_name_when_onnx_does_not_import(
+    insightface_root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now raises ImportError
+    with caplog.at_level(logging.WARNING, logger="f2d_core.faces.face_detection"):
+        assert fd.list_model_packs(insightface_root) == [PACK]  # det_only's detector is not named det_*
+    assert "cannot import onnx" in caplog.text
+    with pytest.raises(MissingPackageError, match=r"needs the Python package 'onnx'.*pip install -r requirements"):
+        fd.FaceDetector(insightface_root, PACK)

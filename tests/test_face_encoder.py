@@ -12,14 +12,12 @@ from f2d_core.identity.face_encoder import face_box_masks
 from tests.support import synthetic_insightface as si
 from tests.support.photos import ALIGNED_CROP, ASTRONAUT, load_rgb
 
-CPU = ["CPUExecutionProvider"]
-
 
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory) -> FaceDetector:
     root = tmp_path_factory.mktemp("insightface")
     si.write_synthetic_pack(root, "pack")
-    return FaceDetector(root, "pack", providers=CPU)
+    return FaceDetector(root, "pack")
 
 
 def _photo_in_square(photo: str, size: tuple[int, int] = (640, 640), centre=(320, 320), side=128) -> np.ndarray:

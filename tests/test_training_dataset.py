@@ -124,7 +124,7 @@ def small(tmp_path_factory) -> Path:
 def detector(tmp_path_factory) -> FaceDetector:
     root = tmp_path_factory.mktemp("insightface")
     si.write_synthetic_pack(root, "pack")
-    return FaceDetector(root, "pack", providers=["CPUExecutionProvider"], det_size=320, retry_det_size=None)
+    return FaceDetector(root, "pack", det_size=320, retry_det_size=None)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,10 @@
 """Face detection with an insightface model pack (SCRFD): box, 5 keypoints and score, largest face first.
 
 Packs live in `<insightface_root>/models/<name>/` (ComfyUI: `models/insightface/models/antelopev2`,
-`.../buffalo_l`). Only the pack's detector is kept (insightface's `allowed_modules=["detection"]`).
+`.../buffalo_l`). Only the pack's detector is used. It runs with torch on any torch device (`scrfd.py`),
+so neither insightface nor onnxruntime is needed; where they are installed, `providers=[...]` runs it
+with them instead (insightface's FaceAnalysis with `allowed_modules=["detection"]`). Both are imported
+only then, so a broken onnxruntime never stops the pack from loading.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import onnxruntime
+import torch
 
 from ..errors import F2DError, ModelPackError, NoFaceError
 from ..images import ImageLike, as_labeled_images, to_rgb_uint8
 from .detection_cascade import detect_with_cascade, plan_attempts
+from .onnx_to_torch import import_package
+from .scrfd import TorchScrfd
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +41,23 @@ _COMFYUI_PLACE = "ComfyUI/models/insightface/models/<name>/"
 OnMissing = Literal["error", "skip"]
 
 
-# --- execution providers -------------------------------------------------------------------------
+# --- the optional insightface + onnxruntime backend ----------------------------------------------
+
+ONNXRUNTIME_FIX = (
+    "Choose detector_device 'auto' or 'cpu' (face detection with torch; onnxruntime is not needed), or repair "
+    "onnxruntime in the Python that runs ComfyUI: pip uninstall -y onnxruntime onnxruntime-gpu && pip install "
+    "onnxruntime-gpu (on Windows a 'DLL load failed' also needs the Microsoft Visual C++ Redistributable)."
+)
+INSIGHTFACE_FIX = (
+    "Choose detector_device 'auto' or 'cpu' (face detection with torch; insightface is not needed), or repair "
+    "insightface in the Python that runs ComfyUI: pip install --force-reinstall --no-deps insightface "
+    "(--no-deps: its requirements would add the CPU onnxruntime beside onnxruntime-gpu)."
+)
+
+
+def _onnxruntime() -> Any:
+    """The onnxruntime module, or a MissingPackageError naming the import error and the fix."""
+    return import_package("onnxruntime", "face detection with onnxruntime", ONNXRUNTIME_FIX)
 
 
 def _identity_model_bytes() -> bytes:
@@ -62,7 +83,7 @@ def _cuda_probe() -> str | None:
 
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
-    session = onnxruntime.InferenceSession(_identity_model_bytes(), providers=[CUDA_PROVIDER, CPU_PROVIDER])
+    session = _onnxruntime().InferenceSession(_identity_model_bytes(), providers=[CUDA_PROVIDER, CPU_PROVIDER])
     if CUDA_PROVIDER not in session.get_providers():
         return (
             "onnxruntime-gpu could not start CUDA (its CUDA/cuDNN libraries are missing or do not match; "
@@ -73,7 +94,7 @@ def _cuda_probe() -> str | None:
 
 def cuda_unavailable_reason() -> str | None:
     """Why onnxruntime cannot run on CUDA on this machine, or None when it can."""
-    if CUDA_PROVIDER not in onnxruntime.get_available_providers():
+    if CUDA_PROVIDER not in _onnxruntime().get_available_providers():
         return "this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu instead of onnxruntime)"
     return _cuda_probe()
 
@@ -84,7 +105,7 @@ def select_providers(preference: str = "auto") -> list[str]:
     An explicit provider name (e.g. "TensorrtExecutionProvider") is an override: it only has to be
     listed by `onnxruntime.get_available_providers()`, and CPU is appended as the fallback.
     """
-    available = list(onnxruntime.get_available_providers())
+    available = list(_onnxruntime().get_available_providers())
     choice = preference.strip()
     if choice.lower() == "auto":
         reason = cuda_unavailable_reason()
@@ -149,6 +170,11 @@ def _scan_pack(pack_dir: Path) -> _PackScan:
     """Find the pack's detector the way insightface routes one: an ONNX model with 5 or more outputs."""
     files = tuple(sorted(p for p in pack_dir.glob("*.onnx") if p.is_file()))
     hinted = [p for p in files if p.name.startswith("det") or "scrfd" in p.name.lower()]
+    try:
+        import onnx  # noqa: F401
+    except Exception as exc:  # a broken install: go by file name; loading then names the import error
+        logger.warning("cannot import onnx (%s: %s): packs are listed by file name", type(exc).__name__, exc)
+        return _PackScan(files, hinted[0] if hinted else None, ())
     others = sorted((p for p in files if p not in hinted), key=lambda p: p.stat().st_size)
     unreadable = []
     for path in hinted + others:
@@ -247,8 +273,9 @@ def _load_face_analysis(root: Path, pack_dir: Path, scan: _PackScan, providers: 
     folder as is (2.x) or joins it under `root/models` (0.7.x, where an absolute path wins), so it
     never looks in the working directory or tries a download.
     """
-    from insightface.app import FaceAnalysis
-
+    _onnxruntime()
+    import_package("insightface", "face detection with onnxruntime", INSIGHTFACE_FIX)
+    FaceAnalysis = import_package("insightface.app", "face detection with onnxruntime", INSIGHTFACE_FIX).FaceAnalysis
     try:
         with _stdout_to_log():
             return FaceAnalysis(
@@ -284,6 +311,14 @@ class DetectedFace:
         return max(0.0, x2 - x1) * max(0.0, y2 - y1)
 
 
+def _no_landmarks_message(pack_name: str, model_file: Path) -> str:
+    """The error for a detector without the 5 keypoints alignment needs."""
+    return (
+        f"the detector of insightface pack {pack_name!r} ({model_file}) gives no 5-point landmarks, which face "
+        "alignment needs: use a pack such as buffalo_l or antelopev2."
+    )
+
+
 def _check_det_size(value: int, what: str) -> int:
     """A detection size: a positive multiple of 32 (SCRFD's largest stride)."""
     if int(value) != value or value < 32 or value % 32:
@@ -292,7 +327,13 @@ def _check_det_size(value: int, what: str) -> int:
 
 
 class FaceDetector:
-    """An insightface pack's SCRFD detector, loaded once; `detect` gives faces largest first."""
+    """An insightface pack's SCRFD detector, loaded once; `detect` gives faces largest first.
+
+    By default the detector graph runs with torch on `device` (any torch device; default CPU).
+    With `providers` (onnxruntime execution providers, see `select_providers`) it runs with
+    insightface + onnxruntime instead, which must then be installed; a failed import of either raises
+    a MissingPackageError naming it, the import error and the fix.
+    """
 
     def __init__(
         self,
@@ -302,6 +343,7 @@ class FaceDetector:
         det_size: int = DEFAULT_DET_SIZE,
         retry_det_size: int | None = DEFAULT_RETRY_DET_SIZE,
         det_thresh: float = 0.5,
+        device: torch.device | str | None = None,
     ) -> None:
         self.root = Path(insightface_root).expanduser()
         self.pack_name = pack_name
@@ -320,41 +362,61 @@ class FaceDetector:
         self.det_size = _check_det_size(det_size, "det_size")
         retry = None if retry_det_size is None else _check_det_size(retry_det_size, "retry_det_size")
         self.retry_det_size = None if retry == self.det_size else retry
-        self.providers = list(providers) if providers is not None else select_providers("auto")
+        self.providers = list(providers) if providers is not None else None
+        self.backend = "torch" if providers is None else "onnxruntime"
+        self._static_size: tuple[int, int] | None = None
+        if self.providers is None:
+            self.device = torch.device(device or "cpu")
+            self._scrfd = TorchScrfd(scan.detector, self.device, det_thresh)
+            self.model_file = scan.detector
+            if not self._scrfd.layout.use_kps:
+                raise ModelPackError(_no_landmarks_message(pack_name, scan.detector))
+            self._use_static_size(self._scrfd.layout.fixed_size)
+            where = str(self.device)
+        else:
+            self.device = torch.device("cpu")
+            self._load_with_onnxruntime(files_dir, scan, det_thresh)
+            where = f"onnxruntime {self._det_model.session.get_providers()}"
+        logger.info("face detector %s loaded from %s, running on %s", self.model_file.name, self.pack_dir, where)
+
+    def _load_with_onnxruntime(self, files_dir: Path, scan: _PackScan, det_thresh: float) -> None:
+        """insightface's FaceAnalysis (detection only) on this detector's onnxruntime providers."""
         self._analysis = _load_face_analysis(self.root, files_dir, scan, self.providers)
         self._det_model = self._analysis.det_model
+        self.model_file = Path(self._det_model.model_file)
         if not getattr(self._det_model, "use_kps", True):
-            raise ModelPackError(
-                f"the detector of insightface pack {pack_name!r} ({self._det_model.model_file}) gives no "
-                "5-point landmarks, which face alignment needs: use a pack such as buffalo_l or antelopev2."
-            )
-        self._static_size: tuple[int, int] | None = None
-        self._fix_static_input_size()
+            raise ModelPackError(_no_landmarks_message(self.pack_name, self.model_file))
+        shape = getattr(self._det_model, "input_shape", None) or []
+        height, width = [*list(shape[2:4]), None, None][:2]
+        fixed = (width, height) if isinstance(height, int) and isinstance(width, int) and height > 0 else None
+        self._use_static_size(fixed)
         with _stdout_to_log():
             size = self._static_size or (self.det_size, self.det_size)
             self._analysis.prepare(ctx_id=0, det_thresh=det_thresh, det_size=size)
         in_use = self._det_model.session.get_providers()
         if in_use[:1] != self.providers[:1]:
             logger.warning("face detector asked for %s but onnxruntime runs it on %s", self.providers, in_use)
-        logger.info(
-            "face detector %s loaded from %s on %s", Path(self._det_model.model_file).name, self.pack_dir, in_use
-        )
 
-    def _fix_static_input_size(self) -> None:
-        """Detectors exported with a fixed input size run only at that size: no other size, no retry."""
-        shape = getattr(self._det_model, "input_shape", None) or []
-        height, width = [*list(shape[2:4]), None, None][:2]
-        if isinstance(height, int) and isinstance(width, int) and height > 0:
-            logger.info("the detector's input is fixed at %dx%d: detecting at that size only", width, height)
-            self.det_size, self.retry_det_size = width, None
-            self._static_size = (width, height)
+    def _use_static_size(self, size: tuple[int, int] | None) -> None:
+        """Detectors exported with a fixed input size (width, height) run only at that size: no other, no retry."""
+        if size is not None:
+            logger.info("the detector's input is fixed at %dx%d: detecting at that size only", *size)
+            self.det_size, self.retry_det_size = size[0], None
+            self._static_size = size
 
     def __repr__(self) -> str:
-        return f"FaceDetector(pack={self.pack_name!r}, det_size={self.det_size}, retry={self.retry_det_size})"
+        return (
+            f"FaceDetector(pack={self.pack_name!r}, backend={self.backend}, det_size={self.det_size}, "
+            f"retry={self.retry_det_size})"
+        )
 
     def _detect_at(self, bgr: np.ndarray, size: int) -> list[DetectedFace]:
-        """All faces SCRFD finds with the image fitted into size x size."""
-        bboxes, kpss = self._det_model.detect(bgr, input_size=self._static_size or (size, size))
+        """All faces SCRFD finds in a BGR uint8 image fitted into size x size (or the fixed input size)."""
+        input_size = self._static_size or (size, size)
+        if self.providers is None:
+            bboxes, kpss = self._scrfd.detect(bgr[:, :, ::-1], input_size)
+        else:
+            bboxes, kpss = self._det_model.detect(bgr, input_size=input_size)
         return [
             DetectedFace(
                 bbox=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
@@ -383,6 +445,22 @@ class FaceDetector:
         log = logger.debug if result.attempts_made == 1 else logger.info
         log("%s: %d face(s), %s", label, len(faces), found_by)
         return faces
+
+
+# Where the detector runs: "auto" = the models' torch device, "cpu" = torch on the CPU, "onnxruntime" =
+# insightface + onnxruntime (when installed) on CUDA if onnxruntime-gpu can use it, else on the CPU.
+DETECTOR_DEVICES = ("auto", "cpu", "onnxruntime")
+
+
+def load_detector(
+    insightface_root: Path | str, pack_name: str, choice: str, device: torch.device | str, det_size: int
+) -> FaceDetector:
+    """The pack's detector where `choice` (one of DETECTOR_DEVICES) says; "auto" runs it on `device`."""
+    if choice == "onnxruntime":
+        return FaceDetector(insightface_root, pack_name, select_providers("auto"), det_size=det_size)
+    if choice not in DETECTOR_DEVICES:
+        raise F2DError(f"detector device {choice!r} is not one of {', '.join(DETECTOR_DEVICES)}")
+    return FaceDetector(insightface_root, pack_name, det_size=det_size, device="cpu" if choice == "cpu" else device)
 
 
 def pick_face(faces: Sequence[DetectedFace], label: str, index: int = 0) -> DetectedFace:

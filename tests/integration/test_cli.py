@@ -301,18 +301,18 @@ def test_train_mapper_on_two_cpu_ranks_outlives_a_short_timeout_writes_one_mappe
         assert len(f.get_tensor("losses")) == 3
 
 
-def test_each_rank_detects_faces_on_its_own_gpu_or_the_cpu():
+def test_each_rank_detects_faces_on_its_own_device(comfy_models_dir):
+    import argparse
+
     import torch
 
-    from cli.train_mapper import rank_providers
+    from cli.train_mapper import rank_detector
+    from f2d_core.faces import face_detection
 
-    cuda_first = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert rank_providers(cuda_first, torch.device("cuda", 3)) == [
-        ("CUDAExecutionProvider", {"device_id": 3}),
-        "CPUExecutionProvider",
-    ]
-    assert rank_providers(["CPUExecutionProvider"], torch.device("cuda", 1)) == ["CPUExecutionProvider"]
-    assert rank_providers(cuda_first, torch.device("cpu")) == ["CPUExecutionProvider"]
+    args = argparse.Namespace(insightface_root=comfy_models_dir / "insightface", pack=PACK, det_size=640)
+    detector = rank_detector(face_detection, args, torch.device("cpu"))
+    assert detector.backend == "torch" and detector.device == torch.device("cpu")
+    assert {p.device for p in detector._scrfd.net.parameters()} == {torch.device("cpu")}
 
 
 def test_a_rank_that_fails_to_prepare_stops_the_others(comfyui_path, comfy_models_dir, tmp_path):

@@ -101,6 +101,7 @@ class ComfyServer:
         extra_args: Sequence[str] = (),
         startup_timeout: float = 180.0,
         cpu: bool = True,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.comfyui_path = Path(comfyui_path).resolve()
         self.work_dir = Path(work_dir)
@@ -108,6 +109,7 @@ class ComfyServer:
         self.custom_nodes = dict(custom_nodes or {})
         self.extra_args = ["--cpu", *extra_args] if cpu else list(extra_args)
         self.startup_timeout = startup_timeout
+        self.env = dict(env or {})  # added to (and overriding) this process's environment
         self.port = 0
         self.url = ""
         self.log_path = self.work_dir / "comfyui.log"
@@ -161,7 +163,7 @@ class ComfyServer:
         yaml_path = self._prepare()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", **self.env}
         self._started_at = time.perf_counter()
         with self.log_path.open("wb") as log_file:
             self._process = subprocess.Popen(

@@ -10,7 +10,7 @@ is a bright (red or white) square on a dark background:
   hands insightface BGR), averaged per stride s into s x s cells;
 - at every grid point (an SCRFD anchor centre), d = mean u of the 4s x 4s window centred there
   minus 2 x mean u of the ring between that window and the 8s x 8s window around it;
-- anchor 0 scores sigmoid(12 (d - 0.5)); anchor 1 never fires;
+- anchor 0 scores sigmoid(12 (d - 0.5)); any other anchor never fires;
 - every anchor predicts the box of its 4s x 4s window and the fixed face layout `KPS_OFFSETS`.
 
 So a square of side 4s (32, 64 or 128 detector pixels) centred on a multiple of s is found with the
@@ -64,10 +64,23 @@ def _window_kernel() -> np.ndarray:
     return kernel
 
 
-def build_scrfd_detector(input_size: tuple[int, int] | None = None) -> onnx.ModelProto:
-    """The bright-square SCRFD stand-in (9 outputs, strides 8/16/32, 2 anchors, with keypoints).
+def build_scrfd_detector(
+    input_size: tuple[int, int] | None = None,
+    batched: bool = False,
+    strides: tuple[int, ...] = STRIDES,
+    num_anchors: int = NUM_ANCHORS,
+    regression_gain: float = 0.0,
+) -> onnx.ModelProto:
+    """The bright-square SCRFD stand-in, with keypoints, in the structure insightface's `SCRFD` reads.
 
-    `input_size` (width, height) fixes the input as some exported detectors do; None leaves it `?`.
+    The defaults give buffalo_l's `det_10g.onnx` structure: 9 outputs (scores, box distances, keypoint
+    offsets, each for strides 8/16/32), 2 anchors per location, outputs `[N, C]`, input `[1, 3, ?, ?]`.
+    `batched=True` gives outputs `[1, N, C]` (antelopev2's `scrfd_10g_bnkps.onnx`, exported with a
+    batch axis, which insightface reads as `batched`); `input_size` (width, height) fixes the input as
+    some exports do; `strides=(8, 16, 32, 64, 128), num_anchors=1` gives the 15-output layout.
+    Anchor 0 scores the square; every other anchor never fires. `regression_gain` > 0 adds a seeded
+    1x1 convolution of the brightness to the box distances and keypoint offsets, so that they follow
+    the image (the exact box of a square is then lost; comparisons of decoders use it).
     """
     nodes, inits = [], []
     # u = (x_red + 1) / 2, x being insightface's (pixel - 127.5) / 128 in RGB order.
@@ -75,20 +88,24 @@ def build_scrfd_detector(input_size: tuple[int, int] | None = None) -> onnx.Mode
     inits += [_const("gray_b", np.array([0.5], np.float32))]
     nodes.append(helper.make_node("Conv", ["input.1", "gray_w", "gray_b"], ["u"], name="Conv_gray"))
 
-    score_w = np.zeros((NUM_ANCHORS, 1, 8, 8), np.float32)
+    score_w = np.zeros((num_anchors, 1, 8, 8), np.float32)
     score_w[0, 0] = SCORE_GAIN * _window_kernel()
-    score_b = np.array([-SCORE_GAIN * SCORE_MIDPOINT, -30.0], np.float32)
+    score_b = np.full(num_anchors, -30.0, np.float32)
+    score_b[0] = -SCORE_GAIN * SCORE_MIDPOINT
+    lead = [1] if batched else []
     inits += [_const("score_w", score_w), _const("score_b", score_b)]
-    inits += [_const("flat1", np.array([-1, 1], np.int64)), _const("flat4", np.array([-1, 4], np.int64))]
-    inits += [_const("flat10", np.array([-1, 10], np.int64))]
-    inits += [_const("const_w4", np.zeros((4 * NUM_ANCHORS, 1, 1, 1), np.float32))]
-    inits += [_const("const_w10", np.zeros((10 * NUM_ANCHORS, 1, 1, 1), np.float32))]
+    for width in (1, 4, 10):
+        inits += [_const(f"flat{width}", np.array([*lead, -1, width], np.int64))]
+    rng = np.random.default_rng(7)
+    for width in (4, 10):
+        weights = regression_gain * rng.standard_normal((width * num_anchors, 1, 1, 1)).astype(np.float32)
+        inits += [_const(f"const_w{width}", weights)]
     # Box distances (left, top, right, bottom) and keypoint offsets, in stride units, per anchor.
-    inits += [_const("bbox_b", np.full(4 * NUM_ANCHORS, 2.0, np.float32))]
-    inits += [_const("kps_b", np.tile(KPS_OFFSETS.reshape(-1), NUM_ANCHORS))]
+    inits += [_const("bbox_b", np.full(4 * num_anchors, 2.0, np.float32))]
+    inits += [_const("kps_b", np.tile(KPS_OFFSETS.reshape(-1), num_anchors))]
 
     outputs: dict[str, list] = {"score": [], "bbox": [], "kps": []}
-    for s in STRIDES:
+    for s in strides:
         cells = f"cells_{s}"
         nodes.append(helper.make_node("AveragePool", ["u"], [cells], kernel_shape=[s, s], strides=[s, s]))
         heads = {
@@ -107,12 +124,23 @@ def build_scrfd_detector(input_size: tuple[int, int] | None = None) -> onnx.Mode
             out = f"{head}_{s}"
             nodes.append(helper.make_node("Reshape", [nhwc, flat], [out]))
             width = {"score": 1, "bbox": 4, "kps": 10}[head]
-            outputs[head].append(helper.make_tensor_value_info(out, TensorProto.FLOAT, [f"n{s}", width]))
+            outputs[head].append(helper.make_tensor_value_info(out, TensorProto.FLOAT, [*lead, f"n{s}", width]))
 
     height, width = ("?", "?") if input_size is None else (input_size[1], input_size[0])
     image = helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, height, width])
     graph_outputs = outputs["score"] + outputs["bbox"] + outputs["kps"]
     return _model(nodes, [image], graph_outputs, inits, "synthetic_scrfd")
+
+
+# The detector structures insightface's SCRFD tells apart (see `build_scrfd_detector`), by the pack
+# that ships each: buffalo_l's det_10g and antelopev2's scrfd_10g_bnkps, plus a fixed-input export
+# and the 5-stride, 1-anchor, 15-output layout.
+DETECTOR_VARIANTS: dict[str, Callable[..., onnx.ModelProto]] = {
+    "det_10g": build_scrfd_detector,
+    "scrfd_10g_bnkps": lambda **kw: build_scrfd_detector(batched=True, **kw),
+    "fixed_640": lambda **kw: build_scrfd_detector(input_size=(640, 640), batched=True, **kw),
+    "five_strides": lambda **kw: build_scrfd_detector(strides=(8, 16, 32, 64, 128), num_anchors=1, **kw),
+}
 
 
 def _pooled_head(size: int, grid: int, width: int, seed: int, name: str) -> onnx.ModelProto:

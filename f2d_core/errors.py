@@ -23,3 +23,7 @@ class PromptError(F2DError):
 
 class DatasetError(F2DError):
     """A training folder cannot be used."""
+
+
+class EvaluationError(F2DError):
+    """Images, references, prompts or scoring models cannot be evaluated as given."""

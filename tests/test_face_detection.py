@@ -11,8 +11,8 @@ import onnxruntime
 import pytest
 import torch
 
-from f2d_core.faces import face_detection as fd
 from f2d_core.errors import F2DError, ModelPackError, NoFaceError
+from f2d_core.faces import face_detection as fd
 from tests.support import synthetic_insightface as si
 from tests.support.photos import ASTRONAUT, load_rgb
 

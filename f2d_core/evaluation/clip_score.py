@@ -65,7 +65,6 @@ def directional_clip_scores(
         )
     texts = [scoring_prompt(p) for p in per_image_prompts(prompts, images.shape[0])]
     text_embeddings = scorer.encode_texts([*texts, reference_prompt])
-    image_embeddings = scorer.encode_images(torch.cat([images, reference_image.to(images)]))
     text_change = text_embeddings[:-1] - text_embeddings[-1:]
-    image_change = image_embeddings[:-1] - image_embeddings[-1:]
+    image_change = scorer.encode_images(images) - scorer.encode_images(reference_image)  # sizes may differ
     return functional.cosine_similarity(image_change, text_change, dim=-1, eps=1e-8)

@@ -19,6 +19,7 @@ class F2DBestOfN(io.ComfyNode):
             node_id="F2DBestOfN",
             display_name="Best of N",
             category="face2diffusion",
+            is_output_node=True,
             description="Keeps the k best images of a batch: by identity (Face Similarity), prompt fidelity (CLIP "
             "Score) or their harmonic mean, as the paper combines them. A sampler batch of 8 becomes the best 2.",
             inputs=[

@@ -18,6 +18,7 @@ class F2DCLIPScore(io.ComfyNode):
             node_id="F2DCLIPScore",
             display_name="CLIP Score",
             category="face2diffusion",
+            is_output_node=True,
             description="Scores how well each image follows its prompt: the cosine of CLIP's image and text "
             "embeddings ('f l' is read as 'a person'). With a reference image generated from 'a photo of f l' it also "
             "gives the paper's directional CLIP.",

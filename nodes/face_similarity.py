@@ -39,6 +39,7 @@ class F2DFaceSimilarity(io.ComfyNode):
             node_id="F2DFaceSimilarity",
             display_name="Face Similarity",
             category="face2diffusion",
+            is_output_node=True,
             description="Scores how much each generated image looks like the reference person: cosine similarity of "
             "ArcFace embeddings, clipped at 0, and 0 when no face is found (the paper's convention). With several "
             "reference people each face is matched to its closest reference.",

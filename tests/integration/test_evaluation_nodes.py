@@ -219,3 +219,15 @@ def test_bad_inputs_get_clear_errors(comfy_server, uploaded) -> None:
     }  # fmt: skip
     error = _failure(comfy_server, graph)
     assert error.node_type == "F2DBestOfN" and "needs prompt scores: connect CLIP Score" in error.exception_message
+
+
+def test_several_reference_people_each_find_their_own_face(comfy_server, uploaded) -> None:
+    """Reference photos a and b as two people: an image of a scores ~0.5 (a found, b not), like b's image."""
+    graph = scoring_graph(uploaded, batch=("a", "b"))
+    graph["r0"] = {"class_type": "LoadImage", "inputs": {"image": uploaded["a"]}}
+    graph["r1"] = {"class_type": "LoadImage", "inputs": {"image": uploaded["b"]}}
+    graph["rb"] = {"class_type": "ImageBatch", "inputs": {"image1": ["r0", 0], "image2": ["r1", 0]}}
+    del graph["9"]["inputs"]["f2d_face"]
+    graph["9"]["inputs"].update(reference_images=["rb", 0], reference_images_are="one person per image")
+    scores = table_column(comfy_server.run(graph, timeout=300)["outputs"]["9"]["text"][0], 0)
+    assert scores == pytest.approx([0.5, 0.5], abs=0.01)

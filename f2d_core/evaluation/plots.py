@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -12,6 +13,12 @@ from ..atomic_io import atomic_write
 WIDTH, HEIGHT = 560, 400
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 60, 150, 48, 44
 COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
+
+
+def _tick(value: float, span: float) -> str:
+    """A tick label with as many decimals as the axis span needs (0.5499 and 0.5501 stay apart)."""
+    decimals = max(0, 1 - math.floor(math.log10(span / 4))) if span > 0 else 2
+    return f"{value:.{min(decimals, 6)}f}"
 
 
 def _range(values: Sequence[float]) -> tuple[float, float]:
@@ -39,9 +46,9 @@ class _Chart:
             fy = self.y_range[0] + (self.y_range[1] - self.y_range[0]) * k / 4
             px, py = self.px(fx, fy)
             d.line((px, self.bottom, px, self.bottom + 4), fill="black")
-            d.text((px - 14, self.bottom + 6), f"{fx:.3g}", fill="black")
+            d.text((px - 14, self.bottom + 6), _tick(fx, self.x_range[1] - self.x_range[0]), fill="black")
             d.line((self.left - 4, py, self.left, py), fill="black")
-            d.text((4, py - 6), f"{fy:.3g}", fill="black")
+            d.text((4, py - 6), _tick(fy, self.y_range[1] - self.y_range[0]), fill="black")
         d.text(((self.left + self.right) // 2 - 30, HEIGHT - 16), x_label, fill="black")
         d.text((4, self.top - 14), y_label, fill="black")
         self.legend_row = 0
@@ -80,8 +87,6 @@ def identity_vs_text_plot(points: Mapping[str, tuple[float, float]], path: Path,
 
 def best_of_n_plot(curves: Mapping[str, Mapping[int, float]], path: Path, note: str = "") -> Path:
     """Best-of-N hMean against N (log2 axis) per setting -> PNG at `path`."""
-    import math
-
     xs = [math.log2(n) for curve in curves.values() for n in curve] or [0.0, 1.0]
     ys = [v for curve in curves.values() for v in curve.values()] or [0.0, 1.0]
     chart = _Chart("best of N (kept by hMean)", note, "log2(N)", "hMean", xs, ys)

@@ -27,3 +27,7 @@ class DatasetError(F2DError):
 
 class MissingPackageError(F2DError):
     """A package a feature needs is not installed, or fails to import; the message names it and the fix."""
+
+
+class EvaluationError(F2DError):
+    """Images, references, prompts or scoring models cannot be evaluated as given."""

@@ -5,11 +5,16 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .apply_tokens import F2DApplyTokens
+from .best_of_n import F2DBestOfN
+from .clip_score import F2DCLIPScore
 from .encode_face import F2DEncodeFace
+from .evaluation_paths import register_evaluation_folders
 from .expression_reference import F2DExpressionReference
 from .face_files import F2DLoadFace, F2DSaveFace
+from .face_similarity import F2DFaceSimilarity
 from .load_encoder import F2DLoadMSIDEncoder
 from .model_paths import register_model_folders
+from .scoring_loaders import F2DLoadCLIPScorer, F2DLoadFaceRecognizer
 from .training import TRAINING_NODES
 
 NODES: list[type[io.ComfyNode]] = [
@@ -20,6 +25,11 @@ NODES: list[type[io.ComfyNode]] = [
     F2DSaveFace,
     F2DLoadFace,
     *TRAINING_NODES,
+    F2DLoadFaceRecognizer,
+    F2DFaceSimilarity,
+    F2DLoadCLIPScorer,
+    F2DCLIPScore,
+    F2DBestOfN,
 ]
 
 
@@ -27,5 +37,6 @@ class Face2DiffusionExtension(ComfyExtension):
     """Registers the pack's model folders and nodes."""
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        register_evaluation_folders()
         register_model_folders()  # before ComfyUI reads the schemas, whose file lists need the folders
         return NODES

@@ -146,6 +146,29 @@ preprocessor).`),
       { title: GENERATE_TITLE, nodes: [8, 9, 10, 11] },
     ],
   },
+  f2d_best_of_4: {
+    notes: {
+      files: note(`**Best of 4**: the sampler makes 4 images; Face Similarity scores each against the face
+(ArcFace \`w600k_r50.onnx\` of buffalo_l, not the MSID encoder that made S*), and Best of N keeps the most
+alike. For prompt fidelity too, add Load CLIP Scorer + CLIP Score (a CLIP folder in
+\`models/clip_scoring/\`) and rank by *harmonic mean*, as the paper combines identity and text.`),
+    },
+    sizes: { 13: [360, 420], 14: [340, 260] },
+    columns: [
+      ["files", 1, 2, 3],
+      [{ id: 4, align: 2 }],
+      [{ id: 6, align: 1 }, 7],
+      [{ id: 8, align: 1 }, 9, 10],
+      [{ id: 12, align: 1 }, 13],
+      [{ id: 14, align: 1 }, 11],
+    ],
+    groups: [
+      { title: "Face → S*", nodes: [2, 3, 4] },
+      PROMPT_GROUP,
+      { title: "Generate 4 (paper sampler)", nodes: [8, 9, 10] },
+      { title: "Score and keep the best", nodes: [12, 13, 14, 11] },
+    ],
+  },
   f2d_train_mapper: {
     notes: { files: TRAINING_NOTE },
     noteSize: { files: [560, 480] },

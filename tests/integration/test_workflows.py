@@ -8,14 +8,17 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from PIL import Image
 from safetensors import safe_open
 
 from f2d_core.checkpoints import load_mapper
+from tests.support import synthetic_insightface as si
 from tests.support.comfy_fixtures import PACK_DIR_NAME
 from tests.support.comfy_server import ComfyServer
+from tests.support.photos import ALIGNED_CROP, ASTRONAUT, load_rgb
 from tests.support.workflow_files import (
     PLACEHOLDER_FILES,
     THUMBNAIL_MAX_BYTES,
@@ -37,6 +40,7 @@ from tests.support.workflow_files import (
 
 TRAINING = "f2d_train_mapper"
 GENERATION = ["f2d_controlnet_pose", "f2d_expression", "f2d_inpaint_template", "f2d_portrait", "f2d_prompt_batch"]
+BEST_OF_4 = "f2d_best_of_4"
 NAMES = workflow_names()
 PAPER_SAMPLING = {"sampler_name": "euler_ancestral", "steps": 30, "cfg": 7}
 # The training workflow's settings: the paper's where the node has them, a consumer GPU's for the rest.
@@ -77,8 +81,8 @@ def _nodes_of(graph: dict, class_type: str) -> dict[str, dict]:
     return {node_id: node for node_id, node in graph.items() if node["class_type"] == class_type}
 
 
-def test_the_six_workflows_are_bundled_in_both_formats_with_thumbnails():
-    assert NAMES == sorted([*GENERATION, TRAINING])
+def test_the_seven_workflows_are_bundled_in_both_formats_with_thumbnails():
+    assert NAMES == sorted([*GENERATION, TRAINING, BEST_OF_4])
     for name in NAMES:
         assert (WORKFLOWS_DIR / f"{name}.json").is_file(), f"{name}: UI workflow missing"
         assert thumbnail_path(name).is_file(), f"{name}: thumbnail missing"
@@ -95,6 +99,47 @@ def test_workflow_runs_to_images(comfy_server: ComfyServer, uploaded: dict[str, 
     assert all(image.size == (64, 64) for image in saved)
     previews = [comfy_server.output_images(history, node_id) for node_id in _nodes_of(graph, "PreviewImage")]
     assert [[image.size for image in images] for images in previews] == [[(112, 112)]]
+
+
+def test_best_of_4_workflow_keeps_the_most_alike_image(comfy_server: ComfyServer, uploaded: dict[str, str]):
+    """The paper's sampler at batch 4 (shrunk: 320 px, 2 steps), scored and cut to the best 1.
+
+    The tiny test UNet draws no faces, so the test pastes a 64 px "face" square (the synthetic detector's
+    faces) into each generated image with core ImageCompositeMasked, between VAE Decode and the scoring
+    nodes: the reference person, another person, nothing, and the reference person again.
+    """
+    api = load_api(BEST_OF_4)
+    assert {k: api["9"]["inputs"][k] for k in PAPER_SAMPLING} == PAPER_SAMPLING
+    assert api["8"]["inputs"]["batch_size"] == 4 and api["14"]["inputs"]["keep"] == 1
+    graph = prepare_for_test(api, uploaded, BEST_OF_4)
+    graph["8"]["inputs"].update(width=320, height=320)
+    texture = {"a": load_rgb(ASTRONAUT), "b": load_rgb(ALIGNED_CROP)}
+    squares = [si.face_photo(texture[k], (64, 64), (32, 32), 64) if k else np.zeros((64, 64, 3), np.uint8)
+               for k in ("a", "b", None, "a")]  # fmt: skip
+    names = [comfy_server.upload_image(Image.fromarray(sq), f"f2d_wf_square_{i}.png") for i, sq in enumerate(squares)]
+    source = None
+    for i, name in enumerate(names):
+        graph[f"sq{i}"] = {"class_type": "LoadImage", "inputs": {"image": name}}
+        if source is None:
+            source = [f"sq{i}", 0]
+        else:
+            graph[f"sqb{i}"] = {"class_type": "ImageBatch", "inputs": {"image1": source, "image2": [f"sq{i}", 0]}}
+            source = [f"sqb{i}", 0]
+    graph["paste"] = {
+        "class_type": "ImageCompositeMasked",
+        "inputs": {"destination": ["10", 0], "source": source, "x": 128, "y": 128, "resize_source": False},
+    }
+    for node_id in ("13", "14"):
+        graph[node_id]["inputs"]["images"] = ["paste", 0]
+    history = comfy_server.run(graph, timeout=600)
+    table = history["outputs"]["13"]["text"][0]
+    scores = [float(line.split()[1]) for line in table.splitlines()[1:5]]
+    assert scores[2] == 0.0 and min(scores[0], scores[3]) > scores[1] > 0.0
+    best = history["outputs"]["14"]["text"][0]
+    assert best.startswith("best 1 of 4 by identity")
+    assert int(best.splitlines()[2].split()[0]) in (1, 4)
+    saved = comfy_server.output_images(history, "11")
+    assert [image.size for image in saved] == [(320, 320)]
 
 
 def test_training_workflow_trains_and_saves_a_mapper(

@@ -14,16 +14,25 @@ a conftest (each import would register a second copy, and with it a second serve
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
-from tests.support import formula_weights, synthetic_bisenet, synthetic_deep3d, synthetic_insightface
+from tests.support import (
+    formula_weights,
+    synthetic_arcface,
+    synthetic_bisenet,
+    synthetic_deep3d,
+    synthetic_insightface,
+    tiny_clip,
+)
 from tests.support.comfy_server import ComfyServer
 from tests.support.tiny_models import TinyModels, build_tiny_models
 
@@ -99,12 +108,30 @@ def write_sdxl_text_encoder_parts(models_dir: Path) -> None:
     )
 
 
+def write_scoring_models(models_dir: Path) -> None:
+    """The scorers: an IResNet-structured `w600k_r50.onnx` in the pack (replacing its stand-in), tiny CLIPs in
+    `clip_scoring/` (transformers, open_clip when installed, and a vision-only one: the wrong kind), and a
+    detector in `face_recognition/` (not a recogniser)."""
+    synthetic_arcface.write_arcface_recognizer(
+        models_dir / "insightface" / "models" / INSIGHTFACE_PACK / "w600k_r50.onnx"
+    )
+    tiny_clip.write_transformers_clip(models_dir / "clip_scoring" / "tiny_clip")
+    tiny_clip.write_clip_vision_only(models_dir / "clip_scoring" / "clip_vision_only")
+    if importlib.util.find_spec("open_clip") is not None:
+        tiny_clip.write_open_clip(models_dir / "clip_scoring" / "tiny_open_clip")
+    (models_dir / "face_recognition").mkdir(parents=True, exist_ok=True)
+    onnx.save(
+        synthetic_insightface.build_scrfd_detector(), str(models_dir / "face_recognition" / "not_a_recognizer.onnx")
+    )
+
+
 MODEL_WRITERS: list[ModelWriter] = [
     write_f2d_checkpoints,
     write_insightface_pack,
     write_expression_model,
     write_face_parser,
     write_sdxl_text_encoder_parts,
+    write_scoring_models,
 ]
 # ---------------------------------------------------------------------------------------------------
 

@@ -32,7 +32,17 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 # Model folders the pack's tests use; each maps to `<models_dir>/<name>`.
-MODEL_FOLDERS = ("checkpoints", "controlnet", "vae", "loras", "text_encoders", "face2diffusion", "insightface")
+MODEL_FOLDERS = (
+    "checkpoints",
+    "controlnet",
+    "vae",
+    "loras",
+    "text_encoders",
+    "face2diffusion",
+    "insightface",
+    "face_recognition",
+    "clip_scoring",
+)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 

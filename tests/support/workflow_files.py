@@ -60,6 +60,7 @@ MODEL_SUBSTITUTES: dict[tuple[str, str], dict[str, str]] = {
     ("F2DExpressionReference", "expression_model"): {"epoch_20.pth": "epoch_20.pth"},
     ("F2DTrainingDataset", "face_parser"): {"79999_iter.pth": "79999_iter.pth"},
     ("F2DTrainingDataset", "expression_model"): {"epoch_20.pth": "epoch_20.pth"},
+    ("F2DLoadFaceRecognizer", "recognition_model"): {"buffalo_l/w600k_r50.onnx": "buffalo_l/w600k_r50.onnx"},
 }
 
 # What a LoadImage feeds decides which test input it gets: (consumer type, consumer input) -> role.

@@ -1,0 +1,1 @@
+"""Scoring generated images: identity (ArcFace-style recogniser), prompt fidelity (CLIP), best of N, benchmark."""

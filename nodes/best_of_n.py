@@ -1,0 +1,73 @@
+"""Best of N: keep the k best images of a batch by identity, prompt fidelity or their harmonic mean."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..f2d_core.errors import EvaluationError
+from ..f2d_core.evaluation.best_of_n import RANK_BY, harmonic_mean, keep_best, ranking_scores
+from .evaluation_sockets import F2DScoresSocket, ImageScores, score_table
+
+
+class F2DBestOfN(io.ComfyNode):
+    """Best of N."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="F2DBestOfN",
+            display_name="Best of N",
+            category="face2diffusion",
+            is_output_node=True,
+            description="Keeps the k best images of a batch: by identity (Face Similarity), prompt fidelity (CLIP "
+            "Score) or their harmonic mean, as the paper combines them. A sampler batch of 8 becomes the best 2.",
+            inputs=[
+                io.Image.Input("images", tooltip="The batch to choose from (the one the scores were computed on)."),
+                io.Int.Input("keep", default=1, min=1, max=4096, tooltip="How many images to keep (k)."),
+                io.Combo.Input(
+                    "rank_by",
+                    options=list(RANK_BY),
+                    default="identity",
+                    tooltip="identity: likeness only; prompt: CLIP score only; harmonic mean: both, as the paper's "
+                    "hMean (needs both scores connected).",
+                ),
+                F2DScoresSocket.Input("identity_scores", optional=True, tooltip="scores from Face Similarity."),
+                F2DScoresSocket.Input("prompt_scores", optional=True, tooltip="scores from CLIP Score."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="images", tooltip="The kept images, best first."),
+                io.String.Output(display_name="indices", tooltip="Their positions in the batch (1-based), best first."),
+                io.String.Output(display_name="scores", tooltip="Their ranking scores, best first."),
+                io.String.Output(display_name="table"),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        images: torch.Tensor,
+        keep: int,
+        rank_by: str,
+        identity_scores: ImageScores | None = None,
+        prompt_scores: ImageScores | None = None,
+    ) -> io.NodeOutput:
+        identity = identity_scores.values if identity_scores is not None else None
+        prompt = prompt_scores.values if prompt_scores is not None else None
+        ranking = ranking_scores(identity, prompt, rank_by)
+        if ranking.shape[0] != images.shape[0]:
+            raise EvaluationError(
+                f"{ranking.shape[0]} scores for {images.shape[0]} images: score the same batch you choose from"
+            )
+        kept = keep_best(ranking, keep)
+        columns = {"rank score": ranking[kept]}
+        if identity is not None:
+            columns["identity"] = identity[kept]
+        if prompt is not None:
+            columns["CLIP"] = prompt[kept]
+        if identity is not None and prompt is not None and rank_by != "harmonic mean":
+            columns["hMean"] = harmonic_mean(identity, prompt)[kept]
+        table = f"best {len(kept)} of {images.shape[0]} by {rank_by}\n" + score_table(columns, kept.tolist())
+        indices = ", ".join(str(i + 1) for i in kept.tolist())
+        scores = ", ".join(f"{float(s):.4f}" for s in ranking[kept])
+        return io.NodeOutput(images[kept], indices, scores, table, ui={"text": (table,)})

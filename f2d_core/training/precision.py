@@ -20,6 +20,7 @@ from ..errors import F2DError
 TRAINING_DTYPES: tuple[str, ...] = ("auto", "bf16", "fp32", "fp16 + loss scaling")
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16 + loss scaling": torch.float16}
 
+FP16_SMALLEST_NORMAL = torch.finfo(torch.float16).tiny  # 6.1e-5
 INITIAL_LOSS_SCALE = 2.0**16
 LOSS_SCALE_GROWTH_INTERVAL = 2000  # good steps before the scale doubles again
 

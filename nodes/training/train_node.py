@@ -27,9 +27,14 @@ START_FROM = ("f2d_model mapper", "scratch")
 PROGRESS_EVENT = "f2d.training.progress"
 
 
-def starting_mapper(f2d_model: F2DModel, start_from: str) -> F2DMapper:
-    """A trainable mapper: a copy of the loaded one (e.g. the official mapping.pt), or freshly initialised."""
-    mapper = F2DMapper()
+def starting_mapper(f2d_model: F2DModel, start_from: str, seed: int) -> F2DMapper:
+    """A trainable mapper: a copy of the loaded one (e.g. the official mapping.pt), or initialised from `seed`.
+
+    A scratch mapper is a function of the seed, so the same run identity (and its resume) is found again.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mapper = F2DMapper()
     if start_from == "f2d_model mapper":
         mapper.load_state_dict(
             {k: v.detach().clone().float().cpu() for k, v in f2d_model.encoder.mapper.state_dict().items()}
@@ -174,7 +179,7 @@ class F2DTrainMapper(io.ComfyNode):
                 model, clip, gradient_checkpointing=gradient_checkpointing, training_dtype=training_dtype
             )
             dtype = dtype_name(backend.training_dtype)
-            mapper = starting_mapper(f2d_model, start_from).to(backend.device)
+            mapper = starting_mapper(f2d_model, start_from, seed).to(backend.device)
             trainer = MapperTrainer(mapper, backend, dataset, settings, run_dir)
             result = trainer.run(
                 resume=resume,

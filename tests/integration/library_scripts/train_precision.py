@@ -76,7 +76,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return 0.0 if math.isnan(value) else value
 
 
-def main(checkpoint: str, work_dir: str, batch: int = 8, latent: int = 64) -> dict:
+def main(checkpoint: str, work_dir: str, batch: int = 8, latent: int = 64, plain_fp16: bool = False) -> dict:
     """Gradients of S* for each training dtype against fp32; the UNet copies' dtypes; a zero-gradient run."""
     model, clip, _vae, _ = comfy.sd.load_checkpoint_guess_config(
         checkpoint, output_vae=False, output_clip=True, model_options={"dtype": torch.float16}
@@ -88,7 +88,10 @@ def main(checkpoint: str, work_dir: str, batch: int = 8, latent: int = 64) -> di
     out: dict = {"unet_weights": weights, "runs": {}}
     with torch.inference_mode(False):
         reference = None
-        for choice, scaling in (("fp32", None), ("bf16", None), ("fp16 + loss scaling", None), ("plain fp16", False)):
+        choices = [("fp32", None), ("bf16", None), ("fp16 + loss scaling", None)]
+        if plain_fp16:
+            choices.append(("plain fp16", False))  # the backward training ran before it had a training dtype
+        for choice, scaling in choices:
             start = time.perf_counter()
             backend = ComfyDiffusionBackend(
                 model, clip, training_dtype="fp16 + loss scaling" if choice == "plain fp16" else choice

@@ -70,7 +70,8 @@ def checkpoint_for(args: argparse.Namespace, work: Path) -> Path:
     if args.checkpoint is not None:
         return args.checkpoint
     if args.tiny:
-        return build_tiny_models(work / "tiny_models", args.comfyui).checkpoint
+        cache = os.environ.get("F2D_TEST_MODEL_CACHE")  # the tests' tiny-model cache, when there is one
+        return build_tiny_models(Path(cache) if cache else work / "tiny_models", args.comfyui).checkpoint
     path = work / "sd15_full_random.safetensors"
     if not path.exists():
         argv = [sys.executable, "-m", "tests.support.tiny_models", "--comfyui-path", str(args.comfyui)]

@@ -275,11 +275,11 @@ def train(args: argparse.Namespace, ranks: Ranks) -> int:
         max_bad_steps=args.max_bad_steps,
         max_zero_gradient_steps=args.max_zero_gradient_steps,
     )
-    if ranks.rank == 0:  # before hours of training, not after
-        pack_module("f2d_core.training.mapper_output").check_mapper_destination(args.out, overwrite=True)
     if ranks.device.type == "cpu" and not args.cpu:
         reason = f"PyTorch {torch.__version__} sees no CUDA GPU (pass --cpu to train on the CPU on purpose)"
         log.warning("%s", pack_module("f2d_core.training.placement").cpu_training_warning(ranks.device, True, reason))
+    if ranks.rank == 0:  # before hours of training, not after
+        pack_module("f2d_core.training.mapper_output").check_mapper_destination(args.out, overwrite=True)
     model, clip, vae = load_checkpoint(args.checkpoint)
     data = prepare_training_set(args, vae, ranks)
     backend = backend_module.ComfyDiffusionBackend(

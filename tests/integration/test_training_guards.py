@@ -12,6 +12,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,7 @@ from tests.support.tiny_models import INPAINT_CHECKPOINT
 
 FOLDER = "f2d_guard_photos"
 TIMEOUT = 600
+TRAIN_MAPPER = Path(__file__).resolve().parents[2] / "cli" / "train_mapper.py"
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +61,7 @@ def test_an_inpainting_unet_and_a_v_prediction_model_are_refused(comfy_server, p
     inpaint["1"]["inputs"]["ckpt_name"] = Path(INPAINT_CHECKPOINT).name
     failure = _failure(comfy_server, inpaint)
     assert failure.node_type == "F2DTrainMapper"
-    assert "4 latent input channels; this MODEL's UNet takes 9" in failure.exception_message
+    assert "(4 latent input channels); this MODEL's UNet takes 9" in failure.exception_message
     assert "Train with its base checkpoint" in failure.exception_message
 
     v_prediction = training_graph(photo_folder, "v_prediction", steps=1)
@@ -134,3 +138,19 @@ def test_save_replaces_a_mapper_only_with_overwrite_and_never_another_file(
     assert failure.node_type == "F2DSaveMapper"
     assert "is a safetensors file of another model: it is left alone" in failure.exception_message
     assert other.read_bytes() == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens on a machine without a CUDA GPU")
+def test_the_cli_warns_when_it_trains_on_the_cpu_unasked_and_never_replaces_another_file(comfyui_path, tmp_path):
+    out = tmp_path / "notes.safetensors"
+    out.write_text("someone's notes")
+    argv = [sys.executable, TRAIN_MAPPER, "--comfyui", comfyui_path, "--checkpoint", tmp_path / "missing.safetensors"]
+    argv += ["--msid", "msid.pt", "--mapper", "mapping.pt", "--insightface-root", tmp_path, "--folder", tmp_path]
+    argv += ["--run-dir", tmp_path / "run", "--out", out]  # no --cpu: a GPU is expected
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([str(a) for a in argv], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 1, done.stderr
+    assert "Training runs on the CPU: PyTorch" in done.stderr and "sees no CUDA GPU" in done.stderr
+    assert f"{out} already exists and is not a safetensors file this pack can read" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert out.read_text() == "someone's notes"

@@ -91,7 +91,7 @@ def main(checkpoint: str, batch: int, resolution: int, steps: int, gradient_chec
     median = {k: statistics.median(v) for k, v in times.items()}
     return {
         "device": str(backend.device),
-        "unet_dtype": str(backend.unet_dtype),
+        "training_dtype": str(backend.training_dtype),
         "seconds_per_step": median,
         "samples_per_second": {k: batch / v for k, v in median.items()},
         "speedup": median["straightforward"] / median["ours"],

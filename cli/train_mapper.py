@@ -14,7 +14,10 @@ of the photos (cached in `--cache-dir`) with its own GPU, the ranks wait for eac
 torchrun's store without a timeout (see rank_sync.py), rank 0 packs the set into one file that all
 ranks memory-map, and only then is the process group (and its `--dist-timeout`) started. Only rank 0
 writes the resumable state in `--run-dir` and the final `--out`; running the same command again
-continues from the saved state. Ctrl-C (SIGINT) or SIGTERM saves the state and exits with 130.
+continues from the saved state (the same dataset, starting mapper, loss, batch, seed and number of
+processes; a changed --lr or --weight-decay is used). Ctrl-C (SIGINT) or SIGTERM saves the state and
+exits with 130. The UNet computes the gradient in --training-dtype (auto: bf16 where the GPU has it,
+else fp32; fp16 only under a loss scale), never in a plain fp16 backward, where it underflows.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ else:  # run as a script: cli/ is sys.path[0] (comfy_library takes it off before
 log = logging.getLogger("f2d.train_mapper")
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+TRAINING_DTYPE_FLAGS = {"auto": "auto", "bf16": "bf16", "fp32": "fp32", "fp16": "fp16 + loss scaling"}
 
 
 @dataclass(frozen=True)
@@ -80,12 +84,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=100_000, help="Total steps (paper: 100,000).")
     p.add_argument("--batch-size", type=int, default=32, help="Global batch, split across ranks (paper: 32).")
     p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (paper: 1e-5).")
+    p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay.")
     p.add_argument("--loss", default="cgdr", help="cgdr | reconstruction | masked_reconstruction.")
     p.add_argument("--expression-dropout", type=float, default=0.2, help="P(null_exp instead of the expression).")
     p.add_argument("--shuffle-identities", action="store_true", help="Encode another photo of the same person.")
     p.add_argument("--seed", type=int, default=0, help="Seeds batches, noise, timesteps and a scratch mapper.")
     p.add_argument("--checkpoint-every", type=int, default=1000, help="Save the resumable state every N steps.")
     p.add_argument("--max-bad-steps", type=int, default=10, help="Stop after this many non-finite losses in a row.")
+    p.add_argument(
+        "--max-zero-gradient-steps", type=int, default=10, help="Stop after this many exactly-zero gradients in a row."
+    )
+    p.add_argument(
+        "--training-dtype",
+        choices=list(TRAINING_DTYPE_FLAGS),
+        default="auto",
+        help="What the UNet computes the gradient in: auto = bf16 where the GPU has it, else fp32; fp16 = under a "
+        "dynamic loss scale.",
+    )
     p.add_argument("--run-dir", type=Path, required=True, help="Resumable state; an existing one is continued.")
     p.add_argument("--out", type=Path, required=True, help="The trained mapper (.safetensors).")
     p.add_argument("--gradient-checkpointing", action="store_true", help="Recompute UNet activations (less memory).")
@@ -250,6 +265,8 @@ def save_output(args: argparse.Namespace, result, settings, ranks: Ranks, data) 
         "checkpoint": args.checkpoint.name,
         "run_dir": str(args.run_dir),
         "trainer": "cli/train_mapper.py",
+        "training_dtype": args.training_dtype,
+        "run_identity": asdict(result.identity) if result.identity else None,
         **data.settings,
     }
     metadata = {
@@ -272,16 +289,28 @@ def train(args: argparse.Namespace, ranks: Ranks) -> int:
         steps=args.steps,
         batch_size=per_rank_batch(args.batch_size, ranks.world_size),
         learning_rate=args.lr,
+        weight_decay=args.weight_decay,
         loss=args.loss,
         expression_dropout=args.expression_dropout,
         shuffle_identities=args.shuffle_identities,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         max_bad_steps=args.max_bad_steps,
+        max_zero_gradient_steps=args.max_zero_gradient_steps,
     )
+    if ranks.device.type == "cpu" and not args.cpu:
+        reason = f"PyTorch {torch.__version__} sees no CUDA GPU (pass --cpu to train on the CPU on purpose)"
+        log.warning("%s", pack_module("f2d_core.training.placement").cpu_training_warning(ranks.device, True, reason))
+    if ranks.rank == 0:  # before hours of training, not after
+        pack_module("f2d_core.training.mapper_output").check_mapper_destination(args.out, overwrite=True)
     model, clip, vae = load_checkpoint(args.checkpoint)
     data = prepare_training_set(args, vae, ranks)
-    backend = backend_module.ComfyDiffusionBackend(model, clip, gradient_checkpointing=args.gradient_checkpointing)
+    backend = backend_module.ComfyDiffusionBackend(
+        model,
+        clip,
+        gradient_checkpointing=args.gradient_checkpointing,
+        training_dtype=TRAINING_DTYPE_FLAGS[args.training_dtype],
+    )
     mapper = starting_mapper(args).to(backend.device)
     trainable = mapper
     start_process_group(ranks, args.dist_timeout)
@@ -304,12 +333,13 @@ def train(args: argparse.Namespace, ranks: Ranks) -> int:
         )
     result = trainer.run(resume=True, should_stop=StopRequest(ranks))  # rank 0's trainer logs step, loss, steps/s
     log.info("mapper sha256 %s at step %d (%s)", fingerprint(mapper), result.step, result.status)
-    if result.status == "diverged":
+    if result.status in ("diverged", "zero_gradient"):
+        hint = "lower --lr, or check the photos" if result.status == "diverged" else "try --training-dtype fp32"
         log.error(
-            "Stopped at step %d: the loss was not finite %d times in a row (lower --lr, or check the photos). "
-            "The last good state is kept in %s.",
+            "Stopped at step %d: %s (%s). The last good state is kept in %s.",
             result.step,
-            settings.max_bad_steps,
+            result.message,
+            hint,
             args.run_dir,
         )
         return EXIT_FAILED

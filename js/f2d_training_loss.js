@@ -2,8 +2,9 @@
  * Face2Diffusion: a live loss sparkline on the mapper-training node.
  *
  * The server reports each step with
- *   PromptServer.instance.send_sync("f2d.training.progress", {node, step, total, loss})
- * and this draws the recent losses under the widgets of the node whose id is `node`.
+ *   PromptServer.instance.send_sync("f2d.training.progress", {node, step, total, loss, grad_norm})
+ * and this draws the recent losses under the widgets of the node whose id is `node`, with the last
+ * loss and the mapper's gradient norm.
  */
 import { api } from "../../scripts/api.js";
 import { app } from "../../scripts/app.js";
@@ -66,12 +67,13 @@ function addSparkline(node) {
   });
   widget.serialize = false;
 
-  node.f2dShowProgress = ({ step, total, loss }) => {
+  node.f2dShowProgress = ({ step, total, loss, grad_norm }) => {
     if (step <= history.lastStep) history.losses = []; // a new run starts over
     history.lastStep = step;
     history.losses = [...history.losses, Number(loss)].slice(-KEEP);
     line.setAttribute("points", sparklinePoints(history.losses));
-    label.textContent = `step ${step}/${total} · loss ${Number(loss).toPrecision(4)}`;
+    const norm = grad_norm === undefined ? "" : ` · grad norm ${Number(grad_norm).toPrecision(3)}`;
+    label.textContent = `step ${step}/${total} · loss ${Number(loss).toPrecision(4)}${norm}`;
     node.setDirtyCanvas?.(true, false);
   };
   node.f2dLossHistory = history;

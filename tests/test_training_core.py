@@ -12,6 +12,8 @@ from f2d_core.identity.mapper import F2DMapper
 from f2d_core.training.data.dataset import TrainingSet
 from f2d_core.training.data.report import DatasetReport
 from f2d_core.training.losses import denoising_loss, needs_class_prediction
+from f2d_core.training.mapper_output import check_mapper_destination
+from f2d_core.training.run_identity import RunIdentity, RunMismatch, dataset_digest
 from f2d_core.training.state_file import check_free_disk, load_state, save_state, state_bytes
 from f2d_core.training.trainer import TrainSettings, sample_batch
 
@@ -52,21 +54,87 @@ def _trained_pair():
     return mapper, optimizer
 
 
-def test_state_round_trip_restores_mapper_optimizer_step_and_losses(tmp_path):
+IDENTITY = RunIdentity(dataset="d" * 64, start_mapper="m" * 64, loss="cgdr", global_batch_size=8, seed=0, world_size=1)
+
+
+def test_state_round_trip_restores_mapper_moments_step_losses_and_identity_but_not_the_learning_rate(tmp_path):
     mapper, optimizer = _trained_pair()
-    path = save_state(tmp_path / "state.safetensors", mapper, optimizer, 7, [1.0, 0.5], {"loss": "cgdr"})
+    path = save_state(tmp_path / "state.safetensors", mapper, optimizer, 7, [1.0, 0.5], {"loss": "cgdr"}, IDENTITY)
     fresh = F2DMapper()
-    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=1.0)
-    point = load_state(path, fresh, fresh_optimizer)
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=1e-5)
+    point = load_state(path, fresh, fresh_optimizer, IDENTITY)
     assert (point.step, point.losses, point.settings) == (7, [1.0, 0.5], {"loss": "cgdr"})
+    assert point.identity == IDENTITY
     for (name, a), b in zip(mapper.state_dict().items(), fresh.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
-    assert fresh_optimizer.param_groups[0]["lr"] == 1e-3
-    assert isinstance(fresh_optimizer.param_groups[0]["betas"], tuple)
+    assert fresh_optimizer.param_groups[0]["lr"] == 1e-5  # the caller's learning rate wins
+    assert point.optimizer_hyper[0]["lr"] == 1e-3  # the saved one is reported
     old = optimizer.state[mapper.null_exp]
     new = fresh_optimizer.state[fresh.null_exp]
     assert torch.equal(old["exp_avg"], new["exp_avg"]) and torch.equal(old["exp_avg_sq"], new["exp_avg_sq"])
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_state_of_another_run_is_refused_before_anything_is_restored(tmp_path):
+    mapper, optimizer = _trained_pair()
+    run_dir = tmp_path / "f2d_mapper"
+    path = save_state(run_dir / "state.safetensors", mapper, optimizer, 7, [1.0], {}, IDENTITY)
+    (tmp_path / "f2d_mapper_2").mkdir()  # taken: the suggestion skips it
+    fresh = F2DMapper()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    other = RunIdentity(**{**IDENTITY.__dict__, "loss": "reconstruction", "global_batch_size": 16})
+    with pytest.raises(RunMismatch) as refused:
+        load_state(path, fresh, torch.optim.AdamW(fresh.parameters()), other)
+    message = str(refused.value)
+    assert "loss (saved run: cgdr, now: reconstruction)" in message
+    assert "batch size (saved run: 8, now: 16)" in message
+    assert "'f2d_mapper_3'" in message and "turn resume off" in message
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+
+
+def test_identity_names_every_difference_and_shortens_digests():
+    other = RunIdentity(dataset="e" * 64, start_mapper="n" * 64, loss="cgdr", global_batch_size=8, seed=3, world_size=2)
+    assert IDENTITY.differences(IDENTITY) == []
+    assert other.differences(IDENTITY) == [
+        f"dataset (saved run: {'d' * 12}, now: {'e' * 12})",
+        f"starting mapper (saved run: {'m' * 12}, now: {'n' * 12})",
+        "seed (saved run: 0, now: 3)",
+        "number of processes (world size) (saved run: 1, now: 2)",
+    ]
+    assert RunIdentity.from_json(IDENTITY.to_json()) == IDENTITY
+
+
+def test_dataset_digest_changes_with_the_folder_and_its_files():
+    data = _data()
+    digest = dataset_digest(data)
+    assert digest == dataset_digest(_data())
+    data.files = [*data.files[:-1], "other.png"]
+    assert dataset_digest(data) != digest
+    moved = _data()
+    moved.report = DatasetReport(folder="y")
+    assert dataset_digest(moved) != digest
+    data.fingerprint = "abc"  # a training set that carries its own fingerprint is identified by it
+    assert dataset_digest(data) == "abc"
+
+
+def test_a_trained_mapper_never_replaces_another_file_and_replaces_a_mapper_only_when_asked(tmp_path):
+    from f2d_core.checkpoints import save_f2d_safetensors
+    from f2d_core.errors import F2DError
+
+    check_mapper_destination(tmp_path / "new.safetensors", overwrite=False)
+    mapper_file = save_f2d_safetensors(tmp_path / "mine.safetensors", mapper=F2DMapper())
+    with pytest.raises(F2DError, match=r"already holds a Face2Diffusion mapper\. Turn on overwrite"):
+        check_mapper_destination(mapper_file, overwrite=False)
+    check_mapper_destination(mapper_file, overwrite=True)
+    from f2d_core.identity.msid_encoder import MSIDEncoder
+
+    combined = tmp_path / "combined.safetensors"
+    save_f2d_safetensors(combined, msid=MSIDEncoder(), mapper=F2DMapper())
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"not safetensors at all")
+    for path, what in ((combined, "holds more than a mapper"), (other, "not a safetensors file")):
+        with pytest.raises(F2DError, match=what):
+            check_mapper_destination(path, overwrite=True)
 
 
 def test_training_state_refuses_other_files(tmp_path, official_checkpoints):

@@ -11,6 +11,7 @@ class DiffusionBackend(Protocol):
     """A frozen text encoder + UNet that the mapper's gradients flow through."""
 
     device: torch.device
+    training_dtype: torch.dtype  # what the UNet's forward and backward compute in; fp16 means loss scaling
 
     def text_context(self, prompt: str, s_star: torch.Tensor | None = None) -> torch.Tensor:
         """Cross-attention context [B, 77, 768]; with s_star [B, 2, 768] the identifier carries S* (differentiably)."""

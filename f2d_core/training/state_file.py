@@ -1,4 +1,5 @@
-"""The resumable training state: mapper, optimizer moments, step, loss history; one safetensors file, atomic."""
+"""The resumable training state: mapper, optimizer moments, step, loss history, the run's identity; one
+safetensors file, written atomically."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from ..atomic_io import atomic_write
 from ..errors import F2DError, WeightFileError
 from ..identity.mapper import F2DMapper
 from ..weight_files import read_weights
+from .run_identity import RunIdentity, RunMismatch
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "face2diffusion-training-state"
 STATE_FILE = "training_state.safetensors"
-_RESUMED_HYPER = ("lr", "weight_decay", "betas", "eps")
+_OPTIMIZER_HYPER = ("lr", "weight_decay", "betas", "eps")
 
 
 @dataclass
@@ -30,6 +32,8 @@ class ResumePoint:
     step: int
     losses: list[float]
     settings: dict[str, object]
+    identity: RunIdentity | None  # None in states written before identities were recorded
+    optimizer_hyper: list[dict[str, object]]  # the saved param groups' lr, weight_decay, betas, eps
 
 
 def state_bytes(mapper: F2DMapper) -> int:
@@ -49,7 +53,13 @@ def check_free_disk(directory: Path, needed: int) -> None:
 
 
 def save_state(
-    path: Path, mapper: F2DMapper, optimizer: torch.optim.Optimizer, step: int, losses: list[float], settings: dict
+    path: Path,
+    mapper: F2DMapper,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    losses: list[float],
+    settings: dict,
+    identity: RunIdentity | None = None,
 ) -> Path:
     """Write the state atomically: a crash mid-write leaves the previous state intact."""
     tensors = {f"mapper.{k}": v.detach().float().cpu().contiguous() for k, v in mapper.state_dict().items()}
@@ -69,22 +79,46 @@ def save_state(
         "settings": json.dumps(settings, default=str),
         "optimizer": json.dumps(hyper, default=str),
     }
+    if identity is not None:
+        metadata["identity"] = identity.to_json()
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata))
 
 
-def load_state(path: Path, mapper: F2DMapper, optimizer: torch.optim.Optimizer) -> ResumePoint:
-    """Restore mapper and optimizer from `save_state`'s file; return where the run stood."""
-    tensors, metadata = read_weights(path)
+def _check_format(path: Path, metadata: dict) -> None:
     if metadata.get("format") != STATE_FORMAT:
         raise WeightFileError(f"{path} is not a Face2Diffusion training state; delete it or pick another run name.")
+
+
+def load_state(
+    path: Path, mapper: F2DMapper, optimizer: torch.optim.Optimizer, identity: RunIdentity | None = None
+) -> ResumePoint:
+    """Restore the mapper and AdamW's moments from `save_state`'s file; return where the run stood.
+
+    With `identity`, a state recording another run identity raises `RunMismatch` (naming what
+    differs) before anything is restored; a state recording none (older files) is resumed with a
+    warning. The optimizer's hyper-parameters (learning rate, weight decay, ...) are not restored:
+    the caller's current ones win; the saved ones come back in `ResumePoint.optimizer_hyper`.
+    """
+    tensors, metadata = read_weights(path)
+    _check_format(path, metadata)
+    saved_identity = RunIdentity.from_json(metadata["identity"]) if "identity" in metadata else None
+    if identity is not None and saved_identity is None:
+        log.warning("%s records no run identity (written by an older version): resuming it unchecked", path)
+    elif identity is not None and identity.differences(saved_identity):
+        raise RunMismatch(path.parent, identity.differences(saved_identity))
     mapper.load_state_dict({k.removeprefix("mapper."): v for k, v in tensors.items() if k.startswith("mapper.")})
     params = dict(mapper.named_parameters())
     for key, value in tensors.items():
         if key.startswith("optim."):
             name, state_key = key.removeprefix("optim.").rsplit(".", 1)
             optimizer.state[params[name]][state_key] = value.to(params[name].device)
-    for group, saved in zip(optimizer.param_groups, json.loads(metadata["optimizer"]), strict=True):
-        group.update({k: tuple(v) if k == "betas" else v for k, v in saved.items() if k in _RESUMED_HYPER})
+    hyper = [{k: v for k, v in g.items() if k in _OPTIMIZER_HYPER} for g in json.loads(metadata["optimizer"])]
     step = int(metadata["step"])
     log.info("Resuming from %s at step %d", path, step)
-    return ResumePoint(step=step, losses=tensors["losses"].tolist(), settings=json.loads(metadata["settings"]))
+    return ResumePoint(
+        step=step,
+        losses=tensors["losses"].tolist(),
+        settings=json.loads(metadata["settings"]),
+        identity=saved_identity,
+        optimizer_hyper=hyper,
+    )

@@ -16,7 +16,10 @@ from ..conditioning.injection import DEFAULT_IDENTIFIER
 from ..errors import F2DError
 from ..identity.mapper import F2DMapper
 from .backend import DiffusionBackend
+from .data.cache import module_fingerprint
 from .losses import LOSSES, denoising_loss, needs_class_prediction
+from .precision import LossScale, dtype_name
+from .run_identity import RunIdentity, dataset_digest
 from .state_file import STATE_FILE, check_free_disk, load_state, save_state, state_bytes
 
 log = logging.getLogger(__name__)
@@ -42,12 +45,13 @@ class TrainSettings:
     prompt: str = f"A photo of {DEFAULT_IDENTIFIER}"
     class_prompt: str = "A photo of a person"
     max_bad_steps: int = 10
+    max_zero_gradient_steps: int = 10  # stop when the mapper's gradient is exactly zero this many steps in a row
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise F2DError(f"loss must be one of {LOSSES}, not {self.loss!r}")
-        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
-            raise F2DError("steps, batch_size and checkpoint_every must be at least 1")
+        if min(self.steps, self.batch_size, self.checkpoint_every, self.max_zero_gradient_steps) < 1:
+            raise F2DError("steps, batch_size, checkpoint_every and max_zero_gradient_steps must be at least 1")
         if not 0 <= self.expression_dropout <= 1:
             raise F2DError(f"expression_dropout must be in [0, 1], not {self.expression_dropout}")
 
@@ -59,10 +63,13 @@ class TrainResult:
     mapper: F2DMapper
     step: int
     losses: list[float] = field(default_factory=list)
-    status: str = "completed"  # completed | interrupted | diverged
+    status: str = "completed"  # completed | interrupted | diverged | zero_gradient | nothing_to_train
     state_path: Path | None = None
     eval_loss_start: float = math.nan  # loss on one fixed batch (samples, noise, timesteps) when this run began
     eval_loss_end: float = math.nan  # ... and when it ended: comparable, unlike the noisy per-step losses
+    grad_norms: list[float] = field(default_factory=list)  # the mapper's gradient norm of each step of this session
+    identity: RunIdentity | None = None
+    message: str = ""  # for the user, when the status is not "completed"
 
 
 @dataclass
@@ -117,6 +124,9 @@ class MapperTrainer:
         self.optimizer = torch.optim.AdamW(
             mapper.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
         )
+        self.training_dtype: torch.dtype = getattr(backend, "training_dtype", torch.float32)
+        self.loss_scale = LossScale(enabled=self.training_dtype == torch.float16)
+        self.identity: RunIdentity | None = None  # set when `run` starts, from the mapper it was given
 
     @property
     def state_path(self) -> Path:
@@ -124,7 +134,7 @@ class MapperTrainer:
 
     def _save(self, step: int, losses: list[float]) -> None:
         if self.rank == 0:
-            save_state(self.state_path, self.mapper, self.optimizer, step, losses, asdict(self.settings))
+            save_state(self.state_path, self.mapper, self.optimizer, step, losses, asdict(self.settings), self.identity)
 
     def step_loss(self, batch: Batch, class_context: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         """Loss of one batch; gradients reach the mapper through the text encoder and the UNet."""
@@ -146,13 +156,13 @@ class MapperTrainer:
         eps_hat = self.backend.predict_noise(noisy, timesteps, context)
         return denoising_loss(self.settings.loss, eps_hat, noise, batch.masks.to(device), eps_class)
 
-    def _log_progress(self, step: int, loss: float) -> None:
+    def _log_progress(self, step: int, loss: float, grad_norm: float) -> None:
         """Log the first step, then at most every LOG_EVERY_SECONDS, and the last (rank 0 only)."""
         now = time.monotonic()
         first = self._last_log is None
         if self.rank == 0 and (first or now - self._last_log >= LOG_EVERY_SECONDS or step == self.settings.steps):
             rate = "" if first else f", {(step - self._last_step) / (now - self._last_log):.2f} steps/s"
-            log.info("step %d/%d: loss %.5f%s", step, self.settings.steps, loss, rate)
+            log.info("step %d/%d: loss %.5f, grad norm %.3g%s", step, self.settings.steps, loss, grad_norm, rate)
             self._last_log, self._last_step = now, step
 
     def evaluate(self, class_context: torch.Tensor | None) -> float:
@@ -172,21 +182,55 @@ class MapperTrainer:
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         return bool(finite.item())
 
-    def _train_step(self, step: int, class_context: torch.Tensor | None) -> float | None:
-        """One optimizer step; None (and no update) when the loss or the gradient is not finite."""
+    def gradients(self, step: int, class_context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Loss of `step`'s batch and the mapper's gradient norm (None when the loss is not finite on some rank).
+
+        The backward runs in the backend's training dtype; in fp16 under `self.loss_scale`, and the
+        gradients left in the mapper's (fp32) parameters are unscaled.
+        """
         batch = sample_batch(self.data, self.settings, step, self.rank, self.world_size)
         generator = torch.Generator().manual_seed(self.settings.seed * 7_919 + step * 101 + self.rank)
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.step_loss(batch, class_context, generator)
         if not self._finite_everywhere(loss):
+            return loss, None
+        self.loss_scale.scaled(loss).backward()
+        self.loss_scale.unscale_(self.mapper.parameters())
+        return loss, torch.nn.utils.clip_grad_norm_(self.mapper.parameters(), float("inf"))
+
+    def _train_step(self, step: int, class_context: torch.Tensor | None) -> tuple[float, float] | None:
+        """One optimizer step: (loss, gradient norm); None (and no update) when the loss or gradient is not finite."""
+        loss, grad_norm = self.gradients(step, class_context)
+        if grad_norm is None:
             log.warning("step %d: the loss is not finite (here: %s); step skipped", step + 1, loss.item())
             return None
-        loss.backward()
-        if not torch.isfinite(torch.nn.utils.clip_grad_norm_(self.mapper.parameters(), float("inf"))):
+        finite = bool(torch.isfinite(grad_norm))
+        self.loss_scale.update(finite)
+        if not finite:
+            if self.loss_scale.enabled and self.loss_scale.scale >= 1:
+                log.info("step %d: fp16 gradient overflow; skipped, loss scale now %g", step + 1, self.loss_scale.scale)
+                return loss.item(), math.nan  # not a bad step: the scale adapts
             log.warning("step %d: the gradient is not finite; step skipped", step + 1)
             return None
         self.optimizer.step()
-        return loss.item()
+        return loss.item(), grad_norm.item()
+
+    def _note_changed_hyper_parameters(self, saved: dict[str, object]) -> None:
+        """Log each hyper-parameter that differs from the saved run's: the current value is the one used."""
+        current = asdict(self.settings)
+        for key in sorted(set(current) - {"steps", "loss", "batch_size", "seed"}):
+            if key in saved and saved[key] != current[key]:
+                log.info("%s: %s (the saved run used %s); the new value is used", key, current[key], saved[key])
+
+    def _run_identity(self) -> RunIdentity:
+        return RunIdentity(
+            dataset=dataset_digest(self.data),
+            start_mapper=module_fingerprint(self.mapper),
+            loss=self.settings.loss,
+            global_batch_size=self.settings.batch_size * self.world_size,
+            seed=self.settings.seed,
+            world_size=self.world_size,
+        )
 
     def run(
         self,
@@ -197,47 +241,80 @@ class MapperTrainer:
         """Train until `settings.steps`, saving every `checkpoint_every` steps, when stopped, and on any error."""
         settings = self.settings
         check_free_disk(self.run_dir, 2 * state_bytes(self.mapper) + (64 << 20))
+        self.identity = self._run_identity()
         step, losses = 0, []
         if resume and self.state_path.exists():
-            point = load_state(self.state_path, self.mapper, self.optimizer)
+            point = load_state(self.state_path, self.mapper, self.optimizer, self.identity)
             step, losses = point.step, point.losses
+            self._note_changed_hyper_parameters(point.settings)
+        if step >= settings.steps:
+            message = (
+                f"Nothing to train: the run in {self.run_dir} is already at step {step} of {settings.steps}. "
+                "Raise steps to train on, or choose a new run name."
+            )
+            log.warning("%s", message)
+            self.mapper.eval()
+            return TrainResult(
+                self.mapper, step, losses, "nothing_to_train", self.state_path, identity=self.identity, message=message
+            )
+        if self.rank == 0:
+            scale = f" under a loss scale of {self.loss_scale.scale:g}" if self.loss_scale.enabled else ""
+            log.info("training in %s%s on %s", dtype_name(self.training_dtype), scale, self.backend.device)
         self.mapper.train()
         class_context = None
         if needs_class_prediction(settings.loss):
             with torch.no_grad():
                 class_context = self.backend.text_context(settings.class_prompt).detach()
         eval_start = self.evaluate(class_context)
-        bad_steps, status = 0, "completed"
+        bad_steps, zero_steps, status, grad_norms = 0, 0, "completed", []
         try:
             while step < settings.steps:
                 if should_stop is not None and should_stop():
                     status = "interrupted"
                     break
-                loss = self._train_step(step, class_context)
+                outcome = self._train_step(step, class_context)
                 step += 1
-                if loss is None:
+                if outcome is None:
                     bad_steps += 1
                     if bad_steps >= settings.max_bad_steps:
                         status = "diverged"
                         break
                     continue
+                loss, grad_norm = outcome
+                if math.isnan(grad_norm):  # an fp16 overflow: skipped, the loss scale halved
+                    continue
                 bad_steps = 0
+                zero_steps = zero_steps + 1 if grad_norm == 0 else 0
+                if zero_steps >= settings.max_zero_gradient_steps:
+                    status = "zero_gradient"
+                    break
                 losses.append(loss)
-                self._log_progress(step, loss)
+                grad_norms.append(grad_norm)
+                self._log_progress(step, loss, grad_norm)
                 if step % settings.checkpoint_every == 0:
                     self._save(step, losses)
                 if progress is not None:
-                    progress(step, settings.steps, loss)  # may raise (ComfyUI's interrupt): saved just below
+                    progress(step, settings.steps, loss, grad_norm)  # may raise (ComfyUI's interrupt): saved below
         except BaseException:
             log.info("Training stopped by an exception at step %d; saving the state first.", step)
             self._save(step, losses)
             raise
         self.mapper.eval()
+        message = ""
         if status == "diverged":
-            log.error("Stopped: %d non-finite losses in a row; the last saved state is kept.", bad_steps)
+            message = f"the loss or its gradient was not finite {bad_steps} times in a row"
+            log.error("Stopped: %s; the last saved state is kept.", message)
+        elif status == "zero_gradient":
+            message = (
+                f"the mapper's gradient was exactly zero {zero_steps} steps in a row "
+                f"(training in {dtype_name(self.training_dtype)}): it cannot learn"
+            )
+            log.error("Stopped: %s; the last saved state is kept.", message)
         else:
             self._save(step, losses)
         eval_end = self.evaluate(class_context)
         log.info("fixed-batch loss: %.5f at the start of this run, %.5f at step %d", eval_start, eval_end, step)
         state = self.state_path if self.state_path.exists() else None
-        return TrainResult(self.mapper, step, losses, status, state, eval_start, eval_end)
+        return TrainResult(
+            self.mapper, step, losses, status, state, eval_start, eval_end, grad_norms, self.identity, message
+        )

@@ -2,8 +2,9 @@
 
 ComfyUI loads weights under `torch.inference_mode()`, and such tensors cannot be saved for backward;
 its CLIP layers also add in place. So the backend trains through private, non-inference copies of the
-UNet and the CLIP-L text model, and runs the text model with out-of-place residual adds. The user's
-MODEL and CLIP are never modified.
+UNet and the CLIP-L text model, and runs the text model with out-of-place residual adds. The UNet copy
+is in the training dtype (`f2d_core.training.precision`): bf16 or fp32, or ComfyUI's fp16 with a loss
+scale, never a plain fp16 backward. The user's MODEL and CLIP are never modified.
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ import logging
 from functools import partial
 
 import comfy.model_management
+import comfy.model_sampling
 import torch
+from comfy.cli_args import args as comfy_args
 from comfy.ldm.modules.attention import optimized_attention_for_device
-from comfy.model_base import ModelType
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...f2d_core.conditioning.injection import DEFAULT_IDENTIFIER, find_identifier
 from ...f2d_core.errors import F2DError
 from ...f2d_core.training.data.cache import module_fingerprint
+from ...f2d_core.training.placement import cpu_training_warning
+from ...f2d_core.training.precision import dtype_name, resolve_training_dtype
 from ..clip_tokens import check_sd1_clip, identifier_ids, special_tokens
 
 log = logging.getLogger(__name__)
@@ -29,13 +33,62 @@ log = logging.getLogger(__name__)
 _CHECKPOINTED_BLOCKS = ("ResBlock", "SpatialTransformer")
 
 
-def trainable_copy(module: nn.Module) -> nn.Module:
-    """`module` itself when its tensors can be saved for backward, else a frozen non-inference copy."""
+def trainable_copy(module: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """`module` itself when its tensors can be saved for backward (and are `dtype`), else a frozen copy that can."""
     tensors = [*module.parameters(), *module.buffers()]
-    if any(t.is_inference() for t in tensors):
+    other_dtype = dtype is not None and any(t.is_floating_point() and t.dtype != dtype for t in tensors)
+    if other_dtype or any(t.is_inference() for t in tensors):
         with torch.inference_mode(False):
             module = copy.deepcopy(module)
+            if dtype is not None:
+                module.to(dtype)
     return module.requires_grad_(False).eval()
+
+
+def prediction_type(model_sampling) -> str:
+    """'eps' for a noise-predicting model; otherwise what it predicts ('v', 'x0', 'flow', ...)."""
+    kind = type(model_sampling)
+    if (
+        isinstance(model_sampling, comfy.model_sampling.EPS)
+        and kind.calculate_denoised is comfy.model_sampling.EPS.calculate_denoised
+        and kind.calculate_input is comfy.model_sampling.EPS.calculate_input
+    ):
+        return "eps"
+    if isinstance(model_sampling, comfy.model_sampling.V_PREDICTION):
+        return "v"
+    if isinstance(model_sampling, comfy.model_sampling.X0):
+        return "x0"
+    if isinstance(model_sampling, comfy.model_sampling.CONST):
+        return "flow"
+    return kind.__name__
+
+
+def check_trainable_model(model) -> None:
+    """Refuse what CGDR mapper training cannot use: a UNet that is not text-to-image or not eps-predicting."""
+    base = model.model
+    channels = base.model_config.unet_config.get("in_channels", 4)
+    if channels != 4:
+        raise F2DError(
+            f"Mapper training needs a text-to-image SD1.x UNet (4 latent input channels); this MODEL's UNet takes "
+            f"{channels} (an inpainting or instruct-pix2pix checkpoint). Train with its base checkpoint (e.g. "
+            "SD1.5): the mapper it gives also works with the inpainting checkpoint."
+        )
+    predicts = prediction_type(model.get_model_object("model_sampling"))
+    if predicts != "eps":
+        raise F2DError(
+            f"Mapper training needs an eps-prediction SD1.x model (the CGDR loss compares predicted noise); this "
+            f"MODEL predicts {predicts} (a v-prediction checkpoint, or a ModelSamplingDiscrete node set to it). "
+            "Train with an eps-prediction checkpoint such as SD1.4 or SD1.5."
+        )
+
+
+def _cpu_reason() -> str:
+    """Why ComfyUI keeps the UNet's weights on the CPU."""
+    if comfy_args.cpu:
+        return "ComfyUI was started with --cpu"
+    if comfy.model_management.vram_state == comfy.model_management.VRAMState.NO_VRAM:
+        return "ComfyUI was started with --novram, which keeps the model's weights in system memory"
+    return "ComfyUI left this model's weights in system memory (--lowvram, or not enough free VRAM)"
 
 
 def enable_gradient_checkpointing(unet: nn.Module) -> int:
@@ -51,16 +104,22 @@ def enable_gradient_checkpointing(unet: nn.Module) -> int:
 class ComfyDiffusionBackend:
     """`f2d_core.training.DiffusionBackend` for an SD1.x (eps-prediction) ComfyUI MODEL and CLIP."""
 
-    def __init__(self, model, clip, gradient_checkpointing: bool = False, identifier: str = DEFAULT_IDENTIFIER) -> None:
+    def __init__(
+        self,
+        model,
+        clip,
+        gradient_checkpointing: bool = False,
+        identifier: str = DEFAULT_IDENTIFIER,
+        training_dtype: str = "auto",
+    ) -> None:
         check_sd1_clip(clip, clip.tokenize(identifier))
+        check_trainable_model(model)
         base = model.model
-        if base.model_type != ModelType.EPS:
-            raise F2DError(
-                f"Mapper training needs an SD1.x eps-prediction model; this MODEL predicts {base.model_type.name}."
-            )
         comfy.model_management.load_models_gpu([model, clip.patcher], force_full_load=True)
         self._frozen = (base.diffusion_model, clip.cond_stage_model.clip_l.transformer.text_model)
-        self.unet = trainable_copy(base.diffusion_model)
+        device = next(base.diffusion_model.parameters()).device
+        self.training_dtype = resolve_training_dtype(training_dtype, device)
+        self.unet = trainable_copy(base.diffusion_model, self.training_dtype)
         self.text_model = trainable_copy(self._frozen[1])
         if self.unet is not base.diffusion_model:
             # Training runs on the private copies: let ComfyUI move the originals off the GPU.
@@ -69,8 +128,13 @@ class ComfyDiffusionBackend:
         if gradient_checkpointing:
             log.info("gradient checkpointing on %d UNet blocks", enable_gradient_checkpointing(self.unet))
         self.device = next(self.unet.parameters()).device
-        self.unet_dtype = base.manual_cast_dtype or base.get_dtype()
-        self.model_sampling = base.model_sampling
+        gpu_expected = torch.cuda.is_available() or comfy.model_management.get_torch_device().type != "cpu"
+        warning = cpu_training_warning(self.device, gpu_expected, _cpu_reason())
+        if warning is not None:
+            log.warning("%s", warning)
+        weights = dtype_name(next(base.diffusion_model.parameters()).dtype)
+        log.info("UNet weights in %s; training computes in %s", weights, dtype_name(self.training_dtype))
+        self.model_sampling = model.get_model_object("model_sampling")  # honours ModelSamplingDiscrete patches
         self.latent_format = base.latent_format
         self.clip, self.identifier = clip, identifier
         self.layer_idx = clip.layer_idx  # CLIPSetLastLayer (clip skip) is honoured, as in CLIPTextEncode
@@ -124,6 +188,6 @@ class ComfyDiffusionBackend:
     def predict_noise(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """The UNet's eps for z_t (what `apply_model` computes before turning it into x0)."""
         sigma = self.model_sampling.sigma(timesteps)
-        x_in = self.model_sampling.calculate_input(sigma, noisy).to(self.unet_dtype)
+        x_in = self.model_sampling.calculate_input(sigma, noisy).to(self.training_dtype)
         t = self.model_sampling.timestep(sigma).float()
-        return self.unet(x_in, t, context=context.to(self.unet_dtype)).float()
+        return self.unet(x_in, t, context=context.to(self.training_dtype)).float()

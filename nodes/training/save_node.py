@@ -11,6 +11,7 @@ from comfy_api.latest import io
 
 from ...f2d_core.atomic_io import atomic_write
 from ...f2d_core.checkpoints import save_f2d_safetensors
+from ...f2d_core.training.mapper_output import check_mapper_destination
 from ..model_paths import F2D_FOLDER
 from ..sockets import F2DTrainedMapperSocket, TrainedMapper
 
@@ -30,6 +31,13 @@ class F2DSaveMapper(io.ComfyNode):
             inputs=[
                 F2DTrainedMapperSocket.Input("trained_mapper", tooltip="From Train F2D Mapper."),
                 io.String.Input("name", default="f2d_mapper_trained", tooltip="File name (no extension)."),
+                io.Boolean.Input(
+                    "overwrite",
+                    default=False,
+                    optional=True,
+                    tooltip="Replace an existing mapper of this name. A file that is not a mapper of this pack is "
+                    "never replaced.",
+                ),
             ],
             outputs=[io.String.Output(display_name="path", tooltip="Where the mapper was written.")],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
@@ -37,9 +45,10 @@ class F2DSaveMapper(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, trained_mapper: TrainedMapper, name: str) -> io.NodeOutput:
+    def execute(cls, trained_mapper: TrainedMapper, name: str, overwrite: bool = False) -> io.NodeOutput:
         stem = re.sub(r"[^\w\-.]", "_", name).strip("._") or "f2d_mapper_trained"
         folder = Path(folder_paths.get_folder_paths(F2D_FOLDER)[0])
+        check_mapper_destination(folder / f"{stem}.safetensors", overwrite)
         metadata = {
             "contents": "mapper",
             "trained_steps": str(trained_mapper.step),

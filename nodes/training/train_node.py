@@ -15,6 +15,7 @@ from server import PromptServer
 from ...f2d_core.errors import F2DError
 from ...f2d_core.identity.mapper import F2DMapper
 from ...f2d_core.training.losses import LOSSES
+from ...f2d_core.training.precision import TRAINING_DTYPES, dtype_name
 from ...f2d_core.training.trainer import MapperTrainer, TrainSettings
 from ..model_paths import training_run_dir
 from ..sockets import F2DDatasetSocket, F2DModel, F2DModelSocket, F2DTrainedMapperSocket, TrainedMapper
@@ -26,9 +27,14 @@ START_FROM = ("f2d_model mapper", "scratch")
 PROGRESS_EVENT = "f2d.training.progress"
 
 
-def starting_mapper(f2d_model: F2DModel, start_from: str) -> F2DMapper:
-    """A trainable mapper: a copy of the loaded one (e.g. the official mapping.pt), or freshly initialised."""
-    mapper = F2DMapper()
+def starting_mapper(f2d_model: F2DModel, start_from: str, seed: int) -> F2DMapper:
+    """A trainable mapper: a copy of the loaded one (e.g. the official mapping.pt), or initialised from `seed`.
+
+    A scratch mapper is a function of the seed, so the same run identity (and its resume) is found again.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mapper = F2DMapper()
     if start_from == "f2d_model mapper":
         mapper.load_state_dict(
             {k: v.detach().clone().float().cpu() for k, v in f2d_model.encoder.mapper.state_dict().items()}
@@ -42,13 +48,14 @@ class _Reporter:
     def __init__(self, node_id: str | None, total: int) -> None:
         self.node_id, self.bar, self.last = node_id, comfy.utils.ProgressBar(total), 0.0
 
-    def __call__(self, step: int, total: int, loss: float) -> None:
+    def __call__(self, step: int, total: int, loss: float, grad_norm: float) -> None:
         self.bar.update_absolute(step, total)
         now = time.monotonic()
         if self.node_id is not None and (now - self.last > 0.25 or step == total):
             self.last = now
             PromptServer.instance.send_sync(
-                PROGRESS_EVENT, {"node": self.node_id, "step": step, "total": total, "loss": loss}
+                PROGRESS_EVENT,
+                {"node": self.node_id, "step": step, "total": total, "loss": loss, "grad_norm": grad_norm},
             )
 
 
@@ -120,6 +127,15 @@ class F2DTrainMapper(io.ComfyNode):
                     default=True,
                     tooltip="Recompute UNet activations in backward: far less memory (batch 8 on 12 GB), ~30% slower.",
                 ),
+                io.Combo.Input(
+                    "training_dtype",
+                    options=list(TRAINING_DTYPES),
+                    default="auto",
+                    optional=True,
+                    tooltip="What the UNet computes the gradient in. auto: bf16 where the GPU has it, else fp32. "
+                    "ComfyUI's fp16 UNet is never used as is: its gradient underflows to zero; 'fp16 + loss "
+                    "scaling' keeps fp16 and scales the loss instead.",
+                ),
             ],
             outputs=[F2DTrainedMapperSocket.Output(display_name="trained_mapper")],
             hidden=[io.Hidden.unique_id],
@@ -145,6 +161,7 @@ class F2DTrainMapper(io.ComfyNode):
         run_name: str,
         resume: bool,
         gradient_checkpointing: bool,
+        training_dtype: str = "auto",
     ) -> io.NodeOutput:
         settings = TrainSettings(
             steps=steps,
@@ -158,8 +175,11 @@ class F2DTrainMapper(io.ComfyNode):
         )
         run_dir = training_run_dir(run_name)
         with torch.inference_mode(False):
-            backend = ComfyDiffusionBackend(model, clip, gradient_checkpointing=gradient_checkpointing)
-            mapper = starting_mapper(f2d_model, start_from).to(backend.device)
+            backend = ComfyDiffusionBackend(
+                model, clip, gradient_checkpointing=gradient_checkpointing, training_dtype=training_dtype
+            )
+            dtype = dtype_name(backend.training_dtype)
+            mapper = starting_mapper(f2d_model, start_from, seed).to(backend.device)
             trainer = MapperTrainer(mapper, backend, dataset, settings, run_dir)
             result = trainer.run(
                 resume=resume,
@@ -173,8 +193,14 @@ class F2DTrainMapper(io.ComfyNode):
             comfy.model_management.throw_exception_if_processing_interrupted()
         if result.status == "diverged":
             raise F2DError(
-                f"Training stopped at step {result.step}: the loss was not finite {settings.max_bad_steps} times in "
-                f"a row (lower learning_rate, or check the dataset). The last good state is in {run_dir}."
+                f"Training stopped at step {result.step}: {result.message} (lower learning_rate, or check the "
+                f"dataset). The last good state is in {run_dir}; a lower learning_rate is used when you resume."
+            )
+        if result.status == "zero_gradient":
+            raise F2DError(
+                f"Training stopped at step {result.step}: {result.message}. Choose training_dtype fp32 (or bf16 on "
+                f"a GPU that has it), and check that the dataset's face masks are not empty. The last good state "
+                f"is in {run_dir}."
             )
         trained = TrainedMapper(
             mapper=result.mapper.cpu().eval(),
@@ -186,8 +212,20 @@ class F2DTrainMapper(io.ComfyNode):
                 "run_dir": str(run_dir),
                 "eval_loss_start": result.eval_loss_start,
                 "eval_loss_end": result.eval_loss_end,
+                "training_dtype": dtype,
+                "run_identity": asdict(result.identity) if result.identity else None,
                 **dataset.settings,
             },
             dataset_report=dataset.report.summary(),
         )
-        return io.NodeOutput(trained)
+        return io.NodeOutput(trained, ui={"text": [_summary(result, dtype)]})
+
+
+def _summary(result, dtype: str) -> str:
+    """One line for the node: where the run stands, its last loss and gradient norm."""
+    if result.status == "nothing_to_train":
+        return result.message
+    if not result.losses:
+        return f"step {result.step}: no step trained ({dtype})"
+    norm = f", grad norm {result.grad_norms[-1]:.3g}" if result.grad_norms else ""
+    return f"step {result.step}: loss {result.losses[-1]:.5f}{norm} ({dtype})"

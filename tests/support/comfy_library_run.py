@@ -37,8 +37,13 @@ class LibraryScriptFailed(RuntimeError):
     """The script raised, or its subprocess died; the message carries the end of its output."""
 
 
-def run_library_script(script: Path, comfyui_path: Path, timeout: float = DEFAULT_TIMEOUT_S, **kwargs: Any) -> Any:
-    """Run `main(**kwargs)` of `script` in a subprocess with ComfyUI as a library; return what it returned."""
+def run_library_script(
+    script: Path, comfyui_path: Path, timeout: float = DEFAULT_TIMEOUT_S, library_cpu: bool = True, **kwargs: Any
+) -> Any:
+    """Run `main(**kwargs)` of `script` in a subprocess with ComfyUI as a library; return what it returned.
+
+    ComfyUI runs on the CPU unless `library_cpu` is False (then on the GPU, when torch sees one).
+    """
     script = Path(script).resolve()
     fd, name = tempfile.mkstemp(prefix=f"f2d_{script.stem}_", suffix=".json")
     os.close(fd)
@@ -46,6 +51,7 @@ def run_library_script(script: Path, comfyui_path: Path, timeout: float = DEFAUL
     result_path.unlink()  # the child writes it only when main returned
     argv = [sys.executable, __file__, "--comfyui", str(comfyui_path), "--script", str(script)]
     argv += ["--kwargs", json.dumps(kwargs), "--result", str(result_path)]
+    argv += [] if library_cpu else ["--gpu"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     start = time.perf_counter()
     try:
@@ -79,12 +85,13 @@ def _child(argv: list[str] | None = None) -> None:
     parser.add_argument("--script", type=Path, required=True)
     parser.add_argument("--kwargs", default="{}")
     parser.add_argument("--result", type=Path, required=True)
+    parser.add_argument("--gpu", action="store_true", help="Let ComfyUI use the GPU (default: CPU).")
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != here]  # nothing of ours shadows ComfyUI
     library = _import_file("f2d_comfy_library", LIBRARY)
-    library.bootstrap(a.comfyui, cpu=True)
+    library.bootstrap(a.comfyui, cpu=not a.gpu)
     script = _import_file(f"f2d_library_script_{a.script.stem}", a.script)
     result = script.main(**json.loads(a.kwargs))
     a.result.write_text(json.dumps(result, indent=1))

@@ -478,17 +478,36 @@ def build_tiny_models(
     return TinyModels(models_dir, *files, result["sizes"], seconds, result["verification"], False)
 
 
+def write_full_sd15_checkpoint(path: Path, seed: int = 0) -> int:
+    """A full-size SD1.5 checkpoint on seeded random weights (fp16, as released files are); needs `import_comfy`.
+
+    For GPU benchmarks of training: the real UNet's shapes and cost, not its behaviour.
+    """
+    te = text_encoder_state_dict(torch.float16)
+    sd = sd15_checkpoint_state_dict(full_sd15_unet_config(), seed, torch.float16, text_encoder=te)
+    return save_safetensors(sd, Path(path), f"sd15 full-size random seed={seed}")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """The builder subprocess: write the tiny models under --models-dir and a JSON report to --report."""
+    """The builder subprocess: write the tiny models under --models-dir and a JSON report to --report.
+
+    With --full-sd15 PATH it writes only the full-size random SD1.5 checkpoint there.
+    """
     parser = argparse.ArgumentParser(description="Build and verify the tiny SD1.5 test models.")
-    parser.add_argument("--models-dir", type=Path, required=True)
+    parser.add_argument("--models-dir", type=Path)
     parser.add_argument("--comfyui-path", type=Path, required=True)
-    parser.add_argument("--report", type=Path, required=True)
+    parser.add_argument("--report", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--text-encoder-dtype", default="float32", choices=["float16", "float32"])
+    parser.add_argument("--full-sd15", type=Path, help="Write only a full-size random SD1.5 checkpoint here.")
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import_comfy(a.comfyui_path)
+    if a.full_sd15 is not None:
+        write_full_sd15_checkpoint(a.full_sd15, a.seed)
+        return
+    if a.models_dir is None or a.report is None:
+        parser.error("--models-dir and --report are required to build the tiny models")
     result = build_and_verify(a.models_dir, a.seed, getattr(torch, a.text_encoder_dtype))
     a.report.write_text(json.dumps(result, indent=1))
 

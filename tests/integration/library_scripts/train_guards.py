@@ -73,6 +73,7 @@ def _sha256(path: Path) -> str:
 
 
 def _train(backend, data: TrainingSet, settings: TrainSettings, run_dir: Path) -> dict:
+    torch.manual_seed(0)  # the same starting mapper each time: a resume checks the run's identity
     mapper = F2DMapper().to(backend.device)
     start = module_fingerprint(mapper)
     result = MapperTrainer(mapper, backend, data, settings, run_dir).run(resume=True)

@@ -1,0 +1,96 @@
+"""What makes a resumable state belong to a run: a resume with another identity would mix two runs.
+
+The identity is what the saved mapper and optimizer moments were computed from: the dataset, the
+starting mapper, the loss, the global batch, the seed and the number of processes. Everything else
+(learning rate, weight decay, steps, dropout, ...) is a hyper-parameter the user may change between
+sessions; the current value wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from ..errors import F2DError
+
+IDENTITY_LABELS = {
+    "dataset": "dataset",
+    "start_mapper": "starting mapper",
+    "loss": "loss",
+    "global_batch_size": "batch size",
+    "seed": "seed",
+    "world_size": "number of processes (world size)",
+}
+_DIGESTS = ("dataset", "start_mapper")  # shown shortened
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """The run a state belongs to (hex digests for the dataset and the starting mapper)."""
+
+    dataset: str
+    start_mapper: str
+    loss: str
+    global_batch_size: int
+    seed: int
+    world_size: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunIdentity:
+        values = json.loads(text)
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+    def differences(self, saved: RunIdentity) -> list[str]:
+        """'loss (saved run: cgdr, now: reconstruction)' for every field that differs."""
+        out = []
+        for name, label in IDENTITY_LABELS.items():
+            old, new = getattr(saved, name), getattr(self, name)
+            if old != new:
+                if name in _DIGESTS:
+                    old, new = str(old)[:12], str(new)[:12]
+                out.append(f"{label} (saved run: {old}, now: {new})")
+        return out
+
+
+def dataset_digest(data) -> str:
+    """The training set's digest: its own `fingerprint` when it has one, else its cache key, folder and files.
+
+    The fallback hashes the prepared-photo cache's settings digest, the folder name and the sorted
+    relative file names: another folder, other photos or other preparation settings change it.
+    """
+    fingerprint = getattr(data, "fingerprint", None)
+    if fingerprint:
+        return str(fingerprint)
+    settings = getattr(data, "settings", {}) or {}
+    report = getattr(data, "report", None)
+    parts = {
+        "cache": settings.get("cache"),
+        "folder": getattr(report, "folder", None),
+        "files": sorted(getattr(data, "files", [])),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def free_run_name(run_dir: Path) -> str:
+    """The first `<name>_<k>` (k = 2, 3, ...) beside `run_dir` that does not exist yet."""
+    k = 2
+    while (run_dir.parent / f"{run_dir.name}_{k}").exists():
+        k += 1
+    return f"{run_dir.name}_{k}"
+
+
+class RunMismatch(F2DError):
+    """A resume whose run identity differs from the saved state's."""
+
+    def __init__(self, run_dir: Path, differences: list[str]) -> None:
+        self.differences = differences
+        super().__init__(
+            f"The saved run in {run_dir} was trained with another " + "; another ".join(differences) + ". "
+            "Resuming it would mix two runs and return a mapper of the old one. Choose a new run name "
+            f"(e.g. '{free_run_name(run_dir)}'), or turn resume off to start this run over in the same folder."
+        )

@@ -1,0 +1,156 @@
+"""Train / Save F2D Mapper through a real ComfyUI server: what they refuse, and what a resume keeps.
+
+- a 9-channel inpainting UNet and a v-prediction model are refused before training starts;
+- a resume whose run identity (dataset, starting mapper, loss, batch, seed, world size) differs is
+  refused with what differs and a free run name; a new learning rate wins over the saved one and the
+  log says so; a state already at `steps` says "nothing to train";
+- the node reports the gradient norm beside the loss;
+- Save F2D Mapper never replaces a file that is not one of this pack's mappers, and replaces one only
+  with `overwrite` on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from tests.support import synthetic_insightface as si
+from tests.support.comfy_server import ComfyServer, ExecutionFailed
+from tests.support.f2d_graphs import training_graph
+from tests.support.photos import ALIGNED_CROP, ASTRONAUT, load_rgb
+from tests.support.tiny_models import INPAINT_CHECKPOINT
+
+FOLDER = "f2d_guard_photos"
+TIMEOUT = 600
+TRAIN_MAPPER = Path(__file__).resolve().parents[2] / "cli" / "train_mapper.py"
+
+
+@pytest.fixture(scope="module")
+def photo_folder(comfy_server: ComfyServer) -> str:
+    """Two photos the synthetic detector finds."""
+    folder = Path(comfy_server.input_dir) / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, source in enumerate((ASTRONAUT, ALIGNED_CROP)):
+        Image.fromarray(si.face_photo(load_rgb(source))).save(folder / f"person_{i}.png")
+    return FOLDER
+
+
+def _failure(server: ComfyServer, graph: dict) -> ExecutionFailed:
+    with pytest.raises(ExecutionFailed) as failure:
+        server.run(graph, timeout=TIMEOUT)
+    return failure.value
+
+
+def _state_metadata(server: ComfyServer, run_name: str) -> dict[str, str]:
+    path = Path(server.output_dir) / "face2diffusion_training" / run_name / "training_state.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()
+
+
+def test_an_inpainting_unet_and_a_v_prediction_model_are_refused(comfy_server, photo_folder):
+    inpaint = training_graph(photo_folder, "inpaint", steps=1)
+    inpaint["1"]["inputs"]["ckpt_name"] = Path(INPAINT_CHECKPOINT).name
+    failure = _failure(comfy_server, inpaint)
+    assert failure.node_type == "F2DTrainMapper"
+    assert "(4 latent input channels); this MODEL's UNet takes 9" in failure.exception_message
+    assert "Train with its base checkpoint" in failure.exception_message
+
+    v_prediction = training_graph(photo_folder, "v_prediction", steps=1)
+    v_prediction["7"] = {
+        "class_type": "ModelSamplingDiscrete",
+        "inputs": {"model": ["1", 0], "sampling": "v_prediction", "zsnr": False},
+    }
+    v_prediction["4"]["inputs"]["model"] = ["7", 0]
+    failure = _failure(comfy_server, v_prediction)
+    assert failure.node_type == "F2DTrainMapper"
+    assert "needs an eps-prediction SD1.x model" in failure.exception_message
+    assert "this MODEL predicts v" in failure.exception_message
+    for run in ("inpaint", "v_prediction"):  # refused before anything was written
+        assert not (Path(comfy_server.output_dir) / "face2diffusion_training" / run).exists()
+
+
+def test_resume_refuses_another_run_uses_a_new_learning_rate_and_says_when_nothing_is_left(comfy_server, photo_folder):
+    history = comfy_server.run(training_graph(photo_folder, "identity", steps=2, learning_rate=1e-5), timeout=TIMEOUT)
+    summary = history["outputs"]["4"]["text"][0]
+    assert summary.startswith("step 2: loss ") and ", grad norm " in summary and "(fp32)" in summary
+    assert "grad norm" in comfy_server.log_text()
+    identity = json.loads(_state_metadata(comfy_server, "identity")["identity"])
+    assert (identity["loss"], identity["global_batch_size"], identity["world_size"]) == ("cgdr", 2, 1)
+
+    for change, words in (
+        ({"loss": "reconstruction"}, "loss (saved run: cgdr, now: reconstruction)"),
+        ({"batch_size": 1}, "batch size (saved run: 2, now: 1)"),
+        ({"seed": 5}, "seed (saved run: 0, now: 5)"),
+        ({"start_from": "scratch"}, "starting mapper (saved run: "),
+    ):
+        graph = training_graph(photo_folder, "identity", steps=3)
+        graph["4"]["inputs"].update(change)
+        failure = _failure(comfy_server, graph)
+        assert failure.node_type == "F2DTrainMapper"
+        assert words in failure.exception_message, failure.exception_message
+        assert "Choose a new run name (e.g. 'identity_2')" in failure.exception_message
+    assert _state_metadata(comfy_server, "identity")["step"] == "2"  # the refused resumes left it alone
+
+    comfy_server.run(training_graph(photo_folder, "identity", steps=3, learning_rate=2e-5), timeout=TIMEOUT)
+    assert "learning_rate: 2e-05 (the saved run used 1e-05); the new value is used" in comfy_server.log_text()
+    metadata = _state_metadata(comfy_server, "identity")
+    assert metadata["step"] == "3" and json.loads(metadata["optimizer"])[0]["lr"] == 2e-5
+
+    history = comfy_server.run(training_graph(photo_folder, "identity", steps=3, learning_rate=3e-5), timeout=TIMEOUT)
+    assert history["outputs"]["4"]["text"][0].startswith("Nothing to train: the run in ")
+    assert "is already at step 3 of 3" in history["outputs"]["4"]["text"][0]
+    assert _state_metadata(comfy_server, "identity")["step"] == "3"
+
+
+def test_save_replaces_a_mapper_only_with_overwrite_and_never_another_file(
+    comfy_server, comfy_models_dir, photo_folder
+):
+    folder = comfy_models_dir / "face2diffusion"
+    graph = training_graph(photo_folder, "save_guard", steps=1, save_as="guarded_mapper")
+    comfy_server.run(graph, timeout=TIMEOUT)
+    saved = folder / "guarded_mapper.safetensors"
+    first = saved.read_bytes()
+
+    graph["4"]["inputs"]["run_name"] = "save_guard_2"  # another trained mapper for the same name
+    failure = _failure(comfy_server, graph)
+    assert failure.node_type == "F2DSaveMapper"
+    assert "already holds a Face2Diffusion mapper. Turn on overwrite" in failure.exception_message
+    assert saved.read_bytes() == first
+
+    graph["5"]["inputs"]["overwrite"] = True
+    comfy_server.run(graph, timeout=TIMEOUT)
+    assert saved.read_bytes() != first
+
+    other = folder / "someone_elses.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(other), {"format": "pt"})
+    before = other.read_bytes()
+    graph["5"]["inputs"]["name"] = "someone_elses"
+    failure = _failure(comfy_server, graph)
+    assert failure.node_type == "F2DSaveMapper"
+    assert "is a safetensors file of another model: it is left alone" in failure.exception_message
+    assert other.read_bytes() == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens on a machine without a CUDA GPU")
+def test_the_cli_warns_when_it_trains_on_the_cpu_unasked_and_never_replaces_another_file(comfyui_path, tmp_path):
+    out = tmp_path / "notes.safetensors"
+    out.write_text("someone's notes")
+    argv = [sys.executable, TRAIN_MAPPER, "--comfyui", comfyui_path, "--checkpoint", tmp_path / "missing.safetensors"]
+    argv += ["--msid", "msid.pt", "--mapper", "mapping.pt", "--insightface-root", tmp_path, "--folder", tmp_path]
+    argv += ["--run-dir", tmp_path / "run", "--out", out]  # no --cpu: a GPU is expected
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([str(a) for a in argv], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 1, done.stderr
+    assert "Training runs on the CPU: PyTorch" in done.stderr and "sees no CUDA GPU" in done.stderr
+    assert f"{out} already exists and is not a safetensors file this pack can read" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert out.read_text() == "someone's notes"

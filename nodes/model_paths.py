@@ -7,7 +7,7 @@ from pathlib import Path
 
 import folder_paths
 
-from ..f2d_core.errors import DatasetError, WeightFileError
+from ..f2d_core.errors import WeightFileError
 from ..f2d_core.faces.face_detection import list_model_packs
 
 F2D_FOLDER = "face2diffusion"  # models/face2diffusion: msid.pt, mapping.pt, epoch_20.pth, 79999_iter.pth
@@ -61,18 +61,6 @@ def training_run_dir(run_name: str) -> Path:
     """Where a training run keeps its resumable state: output/face2diffusion_training/<run_name>."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_name).strip("._") or "run"
     return Path(folder_paths.get_output_directory()) / "face2diffusion_training" / safe
-
-
-def input_folder(folder: str, allow_outside: bool) -> Path:
-    """A training folder inside ComfyUI's input folder (relative or absolute); outside only when allowed."""
-    base = Path(folder_paths.get_input_directory()).resolve()
-    path = (base / Path(folder).expanduser()).resolve()
-    if not path.is_relative_to(base) and not allow_outside:
-        raise DatasetError(
-            f"The training folder {path} is outside ComfyUI's input folder {base}. Move the photos into the "
-            "input folder, or turn on allow_outside_input to read them where they are."
-        )
-    return path
 
 
 def insightface_roots() -> list[Path]:

@@ -17,8 +17,9 @@ from ...f2d_core.training.data.cache import module_fingerprint
 from ...f2d_core.training.data.dataset import PreparationStopped, prepare_dataset
 from ...f2d_core.training.data.files import listing_fingerprint, tree_fingerprint
 from ..model_cache import load_weight_file
-from ..model_paths import input_folder, training_cache_dir, weight_files, weight_path
+from ..model_paths import training_cache_dir, weight_files, weight_path
 from ..sockets import F2DDatasetSocket, F2DModel, F2DModelSocket
+from .outside_input import training_folder
 
 NO_PARSER = "(none: landmark ellipse)"
 NO_EXPRESSION = "(none: null_exp only)"
@@ -38,7 +39,7 @@ def _file_record(name: str, how_to_get: str) -> list[object]:
 
 
 def dataset_fingerprint(
-    folder: str, allow_outside_input: bool, face_parser: str, expression_model: str, mask_folder: str = ""
+    folder: str, face_parser: str, expression_model: str, mask_folder: str = ""
 ) -> str:
     """Hex SHA-256 of what the node reads besides its sockets: the photo and mask listings and the model files."""
     parts: list[object] = []
@@ -46,7 +47,7 @@ def dataset_fingerprint(
         if is_mask and not name:
             continue
         try:
-            path = input_folder(name, allow_outside_input)
+            path = training_folder(name)
         except F2DError as exc:  # refused: execute says why, every time
             parts.append(str(exc))
             continue
@@ -78,11 +79,6 @@ class F2DTrainingDataset(io.ComfyNode):
                     default="faces",
                     tooltip="Folder of photos inside ComfyUI's input folder: photos directly in it, or one "
                     "subfolder per person (enables the identity shuffle).",
-                ),
-                io.Boolean.Input(
-                    "allow_outside_input",
-                    default=False,
-                    tooltip="Allow a folder outside ComfyUI's input folder (an absolute path).",
                 ),
                 io.Combo.Input(
                     "face_parser",
@@ -119,14 +115,14 @@ class F2DTrainingDataset(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(
-        cls, folder: str, allow_outside_input: bool, face_parser: str, expression_model: str, mask_folder: str = "", **_
+        cls, folder: str, face_parser: str, expression_model: str, mask_folder: str = "", **_
     ) -> str:
         """Changes when a photo, a mask or a model file is added, removed, replaced or edited: then the node runs.
 
         ComfyUI would otherwise reuse the last output for unchanged inputs and never see new photos.
         Nothing is read but the folder listings (path, size, mtime of each file).
         """
-        return dataset_fingerprint(folder, allow_outside_input, face_parser, expression_model, mask_folder)
+        return dataset_fingerprint(folder, face_parser, expression_model, mask_folder)
 
     @classmethod
     def execute(
@@ -134,7 +130,6 @@ class F2DTrainingDataset(io.ComfyNode):
         f2d_model: F2DModel,
         vae,
         folder: str,
-        allow_outside_input: bool,
         face_parser: str,
         expression_model: str,
         crop_size: int,
@@ -143,7 +138,7 @@ class F2DTrainingDataset(io.ComfyNode):
         mask_folder: str = "",
         masks: torch.Tensor | None = None,
     ) -> io.NodeOutput:
-        path = input_folder(folder, allow_outside_input)
+        path = training_folder(folder)
         parser = None
         if face_parser != NO_PARSER and not mask_folder and masks is None:
             parser = load_weight_file(load_face_parser, face_parser, PARSER_HOW_TO_GET)
@@ -160,7 +155,7 @@ class F2DTrainingDataset(io.ComfyNode):
                 f"vae:{module_fingerprint(vae.first_stage_model)}",
                 cache_dir=training_cache_dir(),
                 face_parser=parser,
-                mask_folder=input_folder(mask_folder, allow_outside_input) if mask_folder else None,
+                mask_folder=training_folder(mask_folder) if mask_folder else None,
                 masks=None if masks is None else list(masks),
                 expression_model=regressor,
                 crop_size=crop_size,

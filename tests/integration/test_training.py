@@ -165,11 +165,17 @@ def test_a_folder_outside_the_input_folder_is_refused_unless_allowed(comfy_serve
         comfy_server.run(graph, timeout=TIMEOUT)
     assert failure.value.node_type == "F2DTrainingDataset"
     assert "outside ComfyUI's input folder" in failure.value.exception_message
-    assert "allow_outside_input" in failure.value.exception_message
-    graph["3"]["inputs"]["allow_outside_input"] = True
+    assert "allow the folder" in failure.value.exception_message
+    allowed = Path(comfy_server.user_dir) / "face2diffusion" / "allowed_training_folders.txt"
+    allowed.parent.mkdir(parents=True, exist_ok=True)
+    allowed.write_text(f"# the server's owner allows\n{outside.resolve()}\n")
     with pytest.raises(ExecutionFailed) as failure:  # now read: an empty folder is its own, specific error
         comfy_server.run(graph, timeout=TIMEOUT)
     assert "is empty" in failure.value.exception_message
+    allowed.unlink()  # the queue after this one is refused again: nothing is remembered
+    with pytest.raises(ExecutionFailed) as failure:
+        comfy_server.run(graph, timeout=TIMEOUT)
+    assert "outside ComfyUI's input folder" in failure.value.exception_message
 
 
 def _cached_nodes(history: dict) -> list[str]:

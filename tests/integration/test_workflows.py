@@ -48,7 +48,6 @@ PAPER_TRAINING = {"learning_rate": 1e-5, "loss": "cgdr", "expression_dropout": 0
 CONSUMER_TRAINING = {"steps": 2000, "batch_size": 8, "gradient_checkpointing": True, "start_from": "f2d_model mapper"}
 TRAINING_DATASET = {
     "folder": "faces",
-    "allow_outside_input": False,
     "face_parser": "79999_iter.pth",
     "expression_model": "epoch_20.pth",
     "crop_size": 512,

@@ -71,7 +71,6 @@ def training_graph(
                 "f2d_model": ["2", 0],
                 "vae": ["1", 2],
                 "folder": folder,
-                "allow_outside_input": False,
                 "face_parser": "79999_iter.pth",
                 "expression_model": "epoch_20.pth",
                 "crop_size": crop_size,

@@ -38,9 +38,7 @@ def _file_record(name: str, how_to_get: str) -> list[object]:
     return [name, stat.st_size, stat.st_mtime_ns]
 
 
-def dataset_fingerprint(
-    folder: str, face_parser: str, expression_model: str, mask_folder: str = ""
-) -> str:
+def dataset_fingerprint(folder: str, face_parser: str, expression_model: str, mask_folder: str = "") -> str:
     """Hex SHA-256 of what the node reads besides its sockets: the photo and mask listings and the model files."""
     parts: list[object] = []
     for name, is_mask in ((folder, False), (mask_folder, True)):

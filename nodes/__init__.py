@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .add_person import F2DAddPerson
 from .apply_tokens import F2DApplyTokens
 from .encode_face import F2DEncodeFace
 from .expression_reference import F2DExpressionReference
 from .face_files import F2DLoadFace, F2DSaveFace
+from .face_masks import F2DFaceMasks
 from .load_encoder import F2DLoadMSIDEncoder
 from .model_paths import register_model_folders
+from .region_layout import F2DRegionLayout
 from .training import TRAINING_NODES
 
 NODES: list[type[io.ComfyNode]] = [
@@ -19,6 +22,9 @@ NODES: list[type[io.ComfyNode]] = [
     F2DApplyTokens,
     F2DSaveFace,
     F2DLoadFace,
+    F2DRegionLayout,
+    F2DFaceMasks,
+    F2DAddPerson,
     *TRAINING_NODES,
 ]
 

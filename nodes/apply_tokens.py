@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..f2d_core.conditioning.identity_start import DEFAULT_CLASS_NOUN
 from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER
 from ..f2d_core.errors import F2DError
-from .clip_tokens import tokens_with_face
+from .face_conditioning import face_conditioning, identity_start_inputs
 from .sockets import F2DExpression, F2DExpressionSocket, F2DFace, F2DFaceSocket
 
 
@@ -67,6 +68,7 @@ class F2DApplyTokens(io.ComfyNode):
                     tooltip="The two-token word that stands for the person ('f l' is what the official "
                     "weights were trained with).",
                 ),
+                *identity_start_inputs(),
             ],
             outputs=[io.Conditioning.Output()],
         )
@@ -86,7 +88,9 @@ class F2DApplyTokens(io.ComfyNode):
         expression: F2DExpression | None = None,
         expression_strength: float = 1.0,
         identifier: str = DEFAULT_IDENTIFIER,
+        identity_start: float = 0.0,
+        class_noun: str = DEFAULT_CLASS_NOUN,
     ) -> io.NodeOutput:
         s_star = s_star_for_prompt(f2d_face, expression, expression_strength)
-        tokens = tokens_with_face(clip, text, s_star, identifier.strip())
-        return io.NodeOutput(clip.encode_from_tokens_scheduled(tokens))
+        conditioning = face_conditioning(clip, text, s_star, identifier.strip(), identity_start, class_noun)
+        return io.NodeOutput(conditioning)

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import torch
 from PIL import Image
 
 from f2d_core.conditioning.regions import layout_masks
 from tests.support import synthetic_insightface as si
+from tests.support.comfy_fixtures import PACK_DIR_NAME
 from tests.support.comfy_server import ComfyServer, ExecutionFailed
 from tests.support.conditioning_files import SavedEntry, read_conditioning
 from tests.support.f2d_graphs import CHECKPOINT, loader, save_conditioning
@@ -291,3 +293,12 @@ def test_sdxl_clip_is_a_node_error_for_a_person(comfy_server, photos):
     error = _failure(comfy_server, graph, ["12", 0])
     assert error.node_type == "F2DAddPerson"
     assert "needs an SD1.x checkpoint's CLIP" in error.exception_message and "SDXL" in error.exception_message
+
+
+@pytest.mark.parametrize("node_id", ["F2DAddPerson", "F2DRegionLayout", "F2DFaceMasks"])
+def test_new_nodes_have_a_help_page_the_server_serves(comfy_server, node_id):
+    """The frontend's node library shows js/docs/<node id>.md, served under the pack's web folder."""
+    url = f"{comfy_server.url}/extensions/{PACK_DIR_NAME}/docs/{node_id}.md"
+    page = requests.get(url, timeout=30)
+    assert page.status_code == 200 and page.text.startswith("# ")
+    assert comfy_server.object_info(node_id)[node_id]["display_name"] in page.text

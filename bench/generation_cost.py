@@ -16,7 +16,10 @@ execution time (execution_start -> execution_success timestamps), in three regim
 landscape latent (width 1.5 x size): two people (scene CLIPTextEncode + two Add F2D Person on a
 left/right layout), one person (Apply F2D Tokens), and the straightforward regional prompt (scene
 CLIPTextEncode + two CLIPTextEncode through ConditioningSetMask + ConditioningCombine, same masks), in
-the new-seed and new-prompt regimes.
+the regimes of `--people-regimes` (new seed, new prompt), by wall time and by the server's CPU time.
+
+    COMFYUI_PATH=... python bench/generation_cost.py --regimes people --people-regimes "new seed" \
+        --size 64 --steps 8 --rounds 3
 
 Uses the tiny SD1.5 test checkpoint (built at start) on CPU by default; --checkpoint-dir/--checkpoint
 point at another models folder and checkpoint (e.g. a full-size SD1.5 on a GPU machine).
@@ -193,28 +196,46 @@ def measure(server: ComfyServer, photos: list[str], regime: str, rounds: int, **
     return {"f2d_s": f2d, "plain_s": plain, "ratio": f2d / plain, "runs": times}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (all its threads), from /proc/<pid>/stat (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14, 15
+
+
 def measure_people(server: ComfyServer, photos: list[str], regime: str, rounds: int, **kw) -> dict:
-    """Median seconds of the two-people, one-person and plain regional graphs, interleaved (see measure)."""
+    """Median seconds of the two-people, one-person and plain regional graphs, interleaved (see measure).
+
+    Besides the server's wall-clock execution time, each timed run's CPU time of the server process is
+    recorded: on a machine shared with other jobs it depends far less on their load than wall time does.
+    """
     builders = {
         "two_people": lambda prompt, **k: people_graph(photos[:2], prompt, **k),
         "one_person": lambda prompt, **k: f2d_graph(photos[0], prompt, width=landscape_width(k["size"]), **k),
         "plain_regional": plain_regional_graph,
     }
     times: dict[str, list[float]] = {name: [] for name in builders}
+    cpu: dict[str, list[float]] = {name: [] for name in builders}
     for r in range(rounds):
         order = list(builders)[r % 3 :] + list(builders)[: r % 3]
         for name in order:
             prompt = f"at a cafe, variation {r}" if regime == "new prompt" else "at a cafe"
             prime_prompt = "at a beach" if regime == "new prompt" else prompt
             server.run(builders[name](prime_prompt, seed=r, **kw), timeout=3600)
+            before = cpu_seconds(server.pid)
             history = server.run(builders[name](prompt, seed=10_000 + r, **kw), timeout=3600)
+            cpu[name].append(cpu_seconds(server.pid) - before)
             times[name].append(execution_seconds(history))
-    medians = {name: statistics.median(values) for name, values in times.items()}
+    wall = {name: statistics.median(values) for name, values in times.items()}
+    cpu_median = {name: statistics.median(values) for name, values in cpu.items()}
     return {
-        **{f"{name}_s": value for name, value in medians.items()},
-        "two_people_vs_plain_regional": medians["two_people"] / medians["plain_regional"],
-        "two_people_vs_one_person": medians["two_people"] / medians["one_person"],
+        **{f"{name}_s": value for name, value in wall.items()},
+        **{f"{name}_cpu_s": value for name, value in cpu_median.items()},
+        "two_people_vs_plain_regional": wall["two_people"] / wall["plain_regional"],
+        "two_people_vs_one_person": wall["two_people"] / wall["one_person"],
+        "cpu_two_people_vs_plain_regional": cpu_median["two_people"] / cpu_median["plain_regional"],
+        "cpu_two_people_vs_one_person": cpu_median["two_people"] / cpu_median["one_person"],
         "runs": times,
+        "cpu_runs": cpu,
     }
 
 
@@ -233,6 +254,9 @@ def main() -> None:
         choices=["all", "single", "people"],
         default="all",
         help="single: F2D vs CLIPTextEncode in three regimes; people: two people vs one vs plain regional",
+    )
+    parser.add_argument(
+        "--people-regimes", nargs="+", choices=["new seed", "new prompt"], default=["new seed", "new prompt"]
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -255,18 +279,21 @@ def main() -> None:
             results[regime] = measure(server, photos, regime, args.rounds, **common)
             r = results[regime]
             log.info("%-10s  F2D %.3f s  plain %.3f s  ratio %.4f", regime, r["f2d_s"], r["plain_s"], r["ratio"])
-        for regime in ("new seed", "new prompt") if args.regimes in ("all", "people") else ():
+        for regime in args.people_regimes if args.regimes in ("all", "people") else ():
             results[f"people, {regime}"] = r = measure_people(server, photos, regime, args.rounds, **common)
-            log.info(
-                "people, %-10s  two people %.3f s  one person %.3f s  plain regional %.3f s  "
-                "two/plain regional %.4f  two/one %.4f",
-                regime,
-                r["two_people_s"],
-                r["one_person_s"],
-                r["plain_regional_s"],
-                r["two_people_vs_plain_regional"],
-                r["two_people_vs_one_person"],
-            )
+            for kind, suffix in (("wall", "_s"), ("cpu", "_cpu_s")):
+                prefix = "cpu_" if kind == "cpu" else ""
+                log.info(
+                    "people, %-10s %s: two people %.3f s  one person %.3f s  plain regional %.3f s  "
+                    "two/plain regional %.4f  two/one %.4f",
+                    regime,
+                    kind,
+                    r[f"two_people{suffix}"],
+                    r[f"one_person{suffix}"],
+                    r[f"plain_regional{suffix}"],
+                    r[f"{prefix}two_people_vs_plain_regional"],
+                    r[f"{prefix}two_people_vs_one_person"],
+                )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -302,3 +302,39 @@ def test_new_nodes_have_a_help_page_the_server_serves(comfy_server, node_id):
     page = requests.get(url, timeout=30)
     assert page.status_code == 200 and page.text.startswith("# ")
     assert comfy_server.object_info(node_id)[node_id]["display_name"] in page.text
+
+
+def test_two_people_give_the_sampler_the_same_work_as_plain_regional_prompts(comfy_server, photos, two_people):
+    """Same entries, shapes, masks and options as scene + two CLIPTextEncode through ConditioningSetMask and
+    ConditioningCombine: the sampler does the same work; only the values at the identifier differ."""
+    graph = _people_graph(photos)
+    graph["50"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": WIDTH, "height": HEIGHT}}
+    previous = ["10", 0]
+    for base, (x0, x1), text, strength in ((51, (0, 80), PROMPT_A, 1.0), (61, (48, 128), PROMPT_B, 1.5)):
+        graph[f"{base}"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": x1 - x0, "height": HEIGHT}}
+        graph[f"{base + 1}"] = {
+            "class_type": "MaskComposite",
+            "inputs": {"destination": ["50", 0], "source": [f"{base}", 0], "x": x0, "y": 0, "operation": "add"},
+        }
+        plain_text = text.replace("f l", "a person")
+        graph[f"{base + 2}"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": plain_text}}
+        graph[f"{base + 3}"] = {
+            "class_type": "ConditioningSetMask",
+            "inputs": {
+                "conditioning": [f"{base + 2}", 0],
+                "mask": [f"{base + 1}", 0],
+                "strength": strength,
+                "set_cond_area": "default",
+            },
+        }
+        graph[f"{base + 4}"] = {
+            "class_type": "ConditioningCombine",
+            "inputs": {"conditioning_1": previous, "conditioning_2": [f"{base + 3}", 0]},
+        }
+        previous = [f"{base + 4}", 0]
+    (plain,) = _saved(comfy_server, graph, {"plain_regional": previous}).values()
+    people = two_people["pp_people"]
+    assert len(plain) == len(people) == 3
+    for ours, core in zip(people, plain, strict=True):
+        assert ours.cond.shape == core.cond.shape and ours.options == core.options
+        assert (ours.mask is None and core.mask is None) or torch.equal(ours.mask, core.mask)

@@ -15,7 +15,8 @@ class F2DTestSaveConditioning:
     """Save each conditioning tensor of a CONDITIONING as `<output>/<name>.safetensors`.
 
     Entry i's tensor is `cond_i`, its mask (if any) `mask_i`; the metadata `entries` lists, per entry, the
-    JSON-able values of its options (mask_strength, start_percent, ...) and the names of its tensor options.
+    JSON-able values of its options (mask_strength, start_percent, ...), the names of its tensor options and the
+    dtype of its tensor.
     """
 
     @classmethod
@@ -35,6 +36,7 @@ class F2DTestSaveConditioning:
                 tensors[f"mask_{i}"] = options["mask"].detach().float().cpu().clone()
             entries.append({k: v for k, v in options.items() if isinstance(v, (bool, int, float, str))})
             entries[-1]["tensor_options"] = sorted(k for k, v in options.items() if hasattr(v, "shape"))
+            entries[-1]["cond_dtype"] = str(conditioning[i][0].dtype)
         path = os.path.join(folder_paths.get_output_directory(), f"{name}.safetensors")
         save_file(tensors, path, metadata={"entries": json.dumps(entries)})
         return {"ui": {"text": [os.path.basename(path)]}}

@@ -1,12 +1,12 @@
 /**
- * Face2Diffusion: on every Apply F2D Tokens node, a status line under the prompt says whether (and how
+ * Face2Diffusion: on every Apply F2D Tokens and Add F2D Person node, a status line under the prompt says whether (and how
  * often) the identifier occurs; queueing a graph where an active node's prompt lacks it shows a warning,
  * since that node would stop the run with "The prompt does not contain the identifier".
  */
 import { app } from "../../scripts/app.js";
 import { DEFAULT_IDENTIFIER, countIdentifier } from "./f2d_identifier.js";
 
-const NODE_TYPE = "F2DApplyTokens";
+const NODE_TYPES = new Set(["F2DApplyTokens", "F2DAddPerson"]); // nodes whose prompt needs the identifier
 const STATUS_WIDGET = "f2d_identifier_status";
 const LINE_HEIGHT = 18;
 const MARGIN = 3;
@@ -16,7 +16,7 @@ const COLORS = { ok: "var(--descrip-text, #999)", warn: "#f0a030", info: "var(--
 const widgetNamed = (node, name) => node.widgets?.find((w) => w.name === name);
 const isLinked = (node, name) => node.inputs?.some((input) => input.name === name && input.link != null);
 
-/** `{state: "ok" | "warn" | "info", count, text}` for one Apply F2D Tokens node. */
+/** `{state: "ok" | "warn" | "info", count, text}` for one Apply F2D Tokens / Add F2D Person node. */
 function identifierStatus(node) {
   const identifier = String(widgetNamed(node, "identifier")?.value ?? DEFAULT_IDENTIFIER).trim();
   if (!identifier) {
@@ -107,7 +107,7 @@ function addStatusLine(node) {
 app.registerExtension({
   name: "face2diffusion.IdentifierCheck",
   nodeCreated(node) {
-    if (node.comfyClass === NODE_TYPE) addStatusLine(node);
+    if (NODE_TYPES.has(node.comfyClass)) addStatusLine(node);
   },
   loadedGraphNode(node) {
     node.f2dUpdateIdentifierStatus?.(); // widget values arrive after nodeCreated

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .add_person import F2DAddPerson
 from .apply_tokens import F2DApplyTokens
 from .best_of_n import F2DBestOfN
 from .clip_score import F2DCLIPScore
@@ -11,9 +12,11 @@ from .encode_face import F2DEncodeFace
 from .evaluation_paths import register_evaluation_folders
 from .expression_reference import F2DExpressionReference
 from .face_files import F2DLoadFace, F2DSaveFace
+from .face_masks import F2DFaceMasks
 from .face_similarity import F2DFaceSimilarity
 from .load_encoder import F2DLoadMSIDEncoder
 from .model_paths import register_model_folders
+from .region_layout import F2DRegionLayout
 from .scoring_loaders import F2DLoadCLIPScorer, F2DLoadFaceRecognizer
 from .training import TRAINING_NODES
 
@@ -24,6 +27,9 @@ NODES: list[type[io.ComfyNode]] = [
     F2DApplyTokens,
     F2DSaveFace,
     F2DLoadFace,
+    F2DRegionLayout,
+    F2DFaceMasks,
+    F2DAddPerson,
     *TRAINING_NODES,
     F2DLoadFaceRecognizer,
     F2DFaceSimilarity,

@@ -6,9 +6,11 @@ import logging
 
 from comfy_api.latest import io
 
+from ..f2d_core.conditioning.identity_start import DEFAULT_CLASS_NOUN
 from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER
 from ..f2d_core.errors import F2DError
-from .clip_tokens import clip_skip_warning, tokens_with_face
+from .clip_tokens import clip_skip_warning
+from .face_conditioning import face_conditioning, identity_start_inputs
 from .sockets import F2DExpression, F2DExpressionSocket, F2DFace, F2DFaceSocket
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class F2DApplyTokens(io.ComfyNode):
                     tooltip="The two-token word that stands for the person ('f l' is what the official "
                     "weights were trained with).",
                 ),
+                *identity_start_inputs(),
             ],
             outputs=[io.Conditioning.Output()],
         )
@@ -90,13 +93,13 @@ class F2DApplyTokens(io.ComfyNode):
         expression: F2DExpression | None = None,
         expression_strength: float = 1.0,
         identifier: str = DEFAULT_IDENTIFIER,
+        identity_start: float = 0.0,
+        class_noun: str = DEFAULT_CLASS_NOUN,
     ) -> io.NodeOutput:
         s_star = s_star_for_prompt(f2d_face, expression, expression_strength)
-        tokens = tokens_with_face(clip, text, s_star, identifier.strip())
+        conditioning = face_conditioning(clip, text, s_star, identifier.strip(), identity_start, class_noun)
         warning = clip_skip_warning(clip)
         if warning:
             log.warning("Apply F2D Tokens: %s", warning)
         # The text is sent even when empty, so that the node's message clears once clip skip is gone.
-        return io.NodeOutput(
-            clip.encode_from_tokens_scheduled(tokens), ui={"text": [f"Warning: {warning}" if warning else ""]}
-        )
+        return io.NodeOutput(conditioning, ui={"text": [f"Warning: {warning}" if warning else ""]})

@@ -32,7 +32,7 @@ async function interceptQueue(page) {
 /** Runs in the page: every Apply F2D Tokens node's prompt, identifier and status line. */
 function applyNodesInPage() {
   return window.app.graph.nodes
-    .filter((node) => node.comfyClass === "F2DApplyTokens")
+    .filter((node) => ["F2DApplyTokens", "F2DAddPerson"].includes(node.comfyClass))
     .map((node) => {
       const value = (name) => node.widgets.find((w) => w.name === name)?.value;
       const status = node.widgets.find((w) => w.name === "f2d_identifier_status");

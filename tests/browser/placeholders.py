@@ -44,12 +44,14 @@ def _label(draw: ImageDraw.ImageDraw, text: str, box: Box, size: int = 40) -> No
     draw.text((cx, cy), text, fill=INK, font=_font(size), anchor="mm")
 
 
-def _head_and_shoulders(draw: ImageDraw.ImageDraw, expression: str) -> None:
+def _head_and_shoulders(
+    draw: ImageDraw.ImageDraw, expression: str, shirt: tuple[int, int, int] = SHIRT, hair: tuple[int, int, int] = HAIR
+) -> None:
     """A flat cartoon person: shoulders, neck, head, hair and a `neutral` or `surprised` face."""
-    draw.ellipse((86, 370, 426, 700), fill=SHIRT)
+    draw.ellipse((86, 370, 426, 700), fill=shirt)
     draw.rectangle((226, 300, 286, 390), fill=SKIN)
     draw.ellipse((166, 110, 346, 330), fill=SKIN, outline=INK, width=3)
-    draw.chord((158, 92, 354, 262), start=180, end=360, fill=HAIR)
+    draw.chord((158, 92, 354, 262), start=180, end=360, fill=hair)
     eye = 12 if expression == "surprised" else 8
     brow = 178 if expression == "surprised" else 190
     for x in (215, 297):
@@ -68,6 +70,27 @@ def face_placeholder() -> Image.Image:
     draw = ImageDraw.Draw(image)
     _head_and_shoulders(draw, "neutral")
     _label(draw, "your photo", (116, 420, 396, 484))
+    return image
+
+
+def second_face_placeholder() -> Image.Image:
+    """Another cartoon person (blond, red shirt) on a pale pink card, labelled "2nd person"."""
+    image = _gradient((244, 226, 230), (226, 196, 204))
+    draw = ImageDraw.Draw(image)
+    _head_and_shoulders(draw, "neutral", shirt=(160, 60, 60), hair=(210, 170, 90))
+    _label(draw, "2nd person", (116, 420, 396, 484))
+    return image
+
+
+def group_template_placeholder() -> Image.Image:
+    """A template card with two cartoon people side by side (the faces F2D Face Masks finds)."""
+    image = _gradient((214, 226, 214), (170, 190, 170))
+    for x, (shirt, hair) in ((0, (SHIRT, HAIR)), (SIZE // 2, ((160, 60, 60), (210, 170, 90)))):
+        person = Image.new("RGBA", (SIZE, SIZE), (0, 0, 0, 0))
+        _head_and_shoulders(ImageDraw.Draw(person), "neutral", shirt=shirt, hair=hair)
+        half = person.resize((SIZE // 2, SIZE // 2))
+        image.paste(half, (x, SIZE // 2 - 40), half)
+    _label(ImageDraw.Draw(image), "group template", (116, 40, 396, 104), size=36)
     return image
 
 
@@ -99,4 +122,6 @@ def placeholder_images() -> dict[str, Image.Image]:
         "expression": expression_placeholder(),
         "template": template_placeholder(),
         "pose": pose_image(SIZE),
+        "face_2": second_face_placeholder(),
+        "group_template": group_template_placeholder(),
     }

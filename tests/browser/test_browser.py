@@ -39,8 +39,10 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 CHROMIUM = Path(os.environ.get("F2D_CHROMIUM", "/usr/bin/chromium"))
 NAMES = workflow_names()
-# The workflows that prompt with the identifier (all but training): their Apply F2D Tokens nodes are checked.
-PROMPTING = [name for name in NAMES if any(n["class_type"] == "F2DApplyTokens" for n in load_api(name).values())]
+# The workflows that prompt with the identifier (all but training): their Apply F2D Tokens and Add F2D Person
+# nodes are checked.
+PROMPTING_NODES = ("F2DApplyTokens", "F2DAddPerson")
+PROMPTING = [name for name in NAMES if any(n["class_type"] in PROMPTING_NODES for n in load_api(name).values())]
 PROMPT_WITHOUT_IDENTIFIER = "a photo of a person as a knight"  # typed into an Apply F2D Tokens node
 
 # (prompt, identifier, occurrences): the extension's count, which the server must agree with on 0 vs more.

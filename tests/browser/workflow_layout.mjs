@@ -169,6 +169,78 @@ alike. For prompt fidelity too, add Load CLIP Scorer + CLIP Score (a CLIP folder
       { title: "Score and keep the best", nodes: [12, 13, 14, 11] },
     ],
   },
+  f2d_identity_start: {
+    notes: {
+      files: note(`**identity_start** (on Apply F2D Tokens): for that fraction of sampling the prompt says
+*person* (the class noun) where **f l** stands, and the face's S* from then on (FastComposer's delayed
+subject conditioning). 0 = S* from the first step, exactly the plain workflow.
+
+**When to raise it** (0.1-0.3): the face takes over the picture, so the pose, the scene, the clothes
+or the style of the prompt don't come through, or the person looks pasted in. Early steps set the
+layout; later steps the face. Higher values follow the text better and look less like the person; keep
+it under about 0.4. Write *woman*, *man* or *child* as the class noun when it fits better.`),
+    },
+    columns: [
+      ["files", 1, 2, 3],
+      [{ id: 4, align: 2 }, 5],
+      [{ id: 6, align: 1 }, 7],
+      [{ id: 8, align: 1 }, 9],
+      [{ id: 10, align: 1 }, 11],
+    ],
+    groups: [FACE_GROUP, PROMPT_GROUP, { title: GENERATE_TITLE, nodes: [8, 9, 10, 11] }],
+  },
+  f2d_two_people: {
+    notes: {
+      files: note(`**Two people, each in their own region.** The scene prompt (plain CLIPTextEncode) covers
+the whole image; each **Add F2D Person** adds one person's prompt, with their own S* at **f l**, masked to
+their region (core's ConditioningSetMask + Combine: no person's S* reaches another's conditioning).
+Person 1 is the left half, person 2 the right (**F2D Region Layout**: halves, thirds or a 2x2 grid for up
+to 4 people; *overlap* lets them stand close). Chain one more Add F2D Person per person, or give your own
+MASKs at the image's size. Raise a person's *strength* if the scene washes them out.
+
+**Cost**: every region is one more UNet evaluation per step (batched with the others), as with any
+regional prompt; F2D adds nothing to sampling.`),
+    },
+    noteSize: { files: [480, 420] },
+    columns: [
+      ["files", 1, 2],
+      [{ id: 3, align: 1 }, 6],
+      [{ id: 4, align: 1 }, 5, { id: 7, align: 6 }, 8],
+      [{ id: 11, align: 1 }, 9, 10, 12, 13, 14],
+      [{ id: 15, align: 1 }, 16],
+      [{ id: 17, align: 1 }],
+    ],
+    groups: [
+      { title: "Person 1 (left)", nodes: [3, 4, 5] },
+      { title: "Person 2 (right)", nodes: [6, 7, 8] },
+      { title: "Scene, regions and people", nodes: [11, 9, 10, 12, 13, 14] },
+      { title: GENERATE_TITLE.replace("512×512", "768×512"), nodes: [15, 16, 17] },
+    ],
+  },
+  f2d_inpaint_two_people: {
+    notes: {
+      files: note(`**Multi-person template** (FaceChain-FACT style, with S*): load an **SD1.5 inpainting**
+checkpoint (e.g. sd-v1-5-inpainting.ckpt). **F2D Face Masks** finds every face of the template and
+numbers them left to right: person 1 goes into the leftmost face, person 2 into the next (set *person*
+on each Add F2D Person). All faces are inpainted in one pass, each with its own person's S*; *grow*
+widens each face's mask (hair, ears). The rest of the template is kept.`),
+    },
+    noteSize: { files: [480, 360] },
+    columns: [
+      ["files", 1, 2, 9],
+      [{ id: 3, align: 1 }, 6],
+      [{ id: 4, align: 1 }, 5, { id: 7, align: 6 }, 8],
+      [{ id: 10, align: 1 }, 11, 12, 13, 14, 15],
+      [{ id: 16, align: 1 }, 17],
+      [{ id: 18, align: 1 }, 19, 20],
+    ],
+    groups: [
+      { title: "Person 1 (leftmost face)", nodes: [3, 4, 5] },
+      { title: "Person 2 (next face)", nodes: [6, 7, 8] },
+      { title: "One region per face of the template", nodes: [10, 11, 12, 13, 14, 15] },
+      { title: "Inpaint every face", nodes: [16, 17, 18, 19, 20] },
+    ],
+  },
   f2d_train_mapper: {
     notes: { files: TRAINING_NOTE },
     noteSize: { files: [560, 480] },

@@ -22,6 +22,9 @@ NODE_IDS = {
     "F2DApplyTokens": "Apply F2D Tokens",
     "F2DSaveFace": "Save F2D Face",
     "F2DLoadFace": "Load F2D Face",
+    "F2DRegionLayout": "F2D Region Layout",
+    "F2DFaceMasks": "F2D Face Masks",
+    "F2DAddPerson": "Add F2D Person",
 }
 
 

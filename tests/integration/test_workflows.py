@@ -20,6 +20,7 @@ from tests.support.comfy_fixtures import PACK_DIR_NAME
 from tests.support.comfy_server import ComfyServer
 from tests.support.photos import ALIGNED_CROP, ASTRONAUT, load_rgb
 from tests.support.workflow_files import (
+    GROUP_TEMPLATE_SIZE,
     PLACEHOLDER_FILES,
     THUMBNAIL_MAX_BYTES,
     THUMBNAIL_STAMP,
@@ -39,7 +40,20 @@ from tests.support.workflow_files import (
 )
 
 TRAINING = "f2d_train_mapper"
-GENERATION = ["f2d_controlnet_pose", "f2d_expression", "f2d_inpaint_template", "f2d_portrait", "f2d_prompt_batch"]
+GENERATION = [
+    "f2d_controlnet_pose",
+    "f2d_expression",
+    "f2d_identity_start",
+    "f2d_inpaint_template",
+    "f2d_inpaint_two_people",
+    "f2d_portrait",
+    "f2d_prompt_batch",
+    "f2d_two_people",
+]
+# Latent sizes other than the paper's 512x512: two people side by side need the width.
+LATENT_SIZES = {"f2d_two_people": (768, 512)}
+# Nodes whose `text` is a prompt with the identifier.
+PROMPTING_NODES = ("F2DApplyTokens", "F2DAddPerson")
 BEST_OF_4 = "f2d_best_of_4"
 NAMES = workflow_names()
 PAPER_SAMPLING = {"sampler_name": "euler_ancestral", "steps": 30, "cfg": 7}
@@ -80,7 +94,7 @@ def _nodes_of(graph: dict, class_type: str) -> dict[str, dict]:
     return {node_id: node for node_id, node in graph.items() if node["class_type"] == class_type}
 
 
-def test_the_seven_workflows_are_bundled_in_both_formats_with_thumbnails():
+def test_the_ten_workflows_are_bundled_in_both_formats_with_thumbnails():
     assert NAMES == sorted([*GENERATION, TRAINING, BEST_OF_4])
     for name in NAMES:
         assert (WORKFLOWS_DIR / f"{name}.json").is_file(), f"{name}: UI workflow missing"
@@ -89,15 +103,18 @@ def test_the_seven_workflows_are_bundled_in_both_formats_with_thumbnails():
 
 @pytest.mark.parametrize("name", GENERATION)
 def test_workflow_runs_to_images(comfy_server: ComfyServer, uploaded: dict[str, str], name: str):
-    """One image per sampler, saved together by the workflow's one SaveImage, plus the aligned face preview."""
+    """One image per sampler, saved together by the workflow's one SaveImage, plus an aligned face preview per
+    person (a group template's image keeps the template's size)."""
     graph = prepare_for_test(load_api(name), uploaded, name)
     history = comfy_server.run(graph, timeout=300)
     (save_id,) = _nodes_of(graph, "SaveImage")
     saved = comfy_server.output_images(history, save_id)
     assert len(saved) == len(_nodes_of(graph, "KSampler"))
-    assert all(image.size == (64, 64) for image in saved)
+    size = GROUP_TEMPLATE_SIZE if "group_template" in image_roles(load_api(name), name).values() else (64, 64)
+    assert all(image.size == size for image in saved)
     previews = [comfy_server.output_images(history, node_id) for node_id in _nodes_of(graph, "PreviewImage")]
-    assert [[image.size for image in images] for images in previews] == [[(112, 112)]]
+    people = len(_nodes_of(graph, "F2DEncodeFace"))
+    assert [[image.size for image in images] for images in previews] == [[(112, 112)]] * people
 
 
 def test_best_of_4_workflow_keeps_the_most_alike_image(comfy_server: ComfyServer, uploaded: dict[str, str]):
@@ -200,9 +217,38 @@ def test_workflow_samples_with_the_papers_settings_and_prompts_with_f_l(name: st
     for node in _nodes_of(graph, "KSampler").values():
         assert {key: node["inputs"][key] for key in PAPER_SAMPLING} == PAPER_SAMPLING
     for node in _nodes_of(graph, "EmptyLatentImage").values():
-        assert (node["inputs"]["width"], node["inputs"]["height"]) == (512, 512)
-    prompts = [node["inputs"]["text"] for node in _nodes_of(graph, "F2DApplyTokens").values()]
+        assert (node["inputs"]["width"], node["inputs"]["height"]) == LATENT_SIZES.get(name, (512, 512))
+    prompts = [node["inputs"]["text"] for t in PROMPTING_NODES for node in _nodes_of(graph, t).values()]
     assert prompts and all(re.search(r"\bf l\b", text) for text in prompts)
+
+
+@pytest.mark.parametrize("name", ["f2d_two_people", "f2d_inpaint_two_people"])
+def test_people_workflows_chain_one_person_per_region_onto_a_plain_scene_prompt(name: str):
+    """KSampler's positive: scene CLIPTextEncode -> Add F2D Person 1 -> Add F2D Person 2, each with its own face."""
+    graph = load_api(name)
+    people = _nodes_of(graph, "F2DAddPerson")
+    source = next(iter(_nodes_of(graph, "KSampler").values()))["inputs"]["positive"][0]
+    if graph[source]["class_type"] == "InpaintModelConditioning":
+        source = graph[source]["inputs"]["positive"][0]
+    chain = []
+    while graph[source]["class_type"] == "F2DAddPerson":
+        chain.append(source)
+        source = graph[source]["inputs"]["conditioning"][0]
+    assert graph[source]["class_type"] == "CLIPTextEncode" and "f l" not in graph[source]["inputs"]["text"]
+    assert sorted(chain) == sorted(people) and [graph[p]["inputs"]["person"] for p in reversed(chain)] == [1, 2]
+    faces = {graph[p]["inputs"]["f2d_face"][0] for p in chain}
+    assert len(faces) == 2 and all(graph[f]["class_type"] == "F2DEncodeFace" for f in faces)
+    assert all(graph[p]["inputs"]["identity_start"] == 0 for p in chain)
+
+
+def test_identity_start_workflow_is_the_portrait_with_the_dial_raised_and_a_note_on_when():
+    graph, portrait = load_api("f2d_identity_start"), load_api("f2d_portrait")
+    (apply_id,) = _nodes_of(graph, "F2DApplyTokens")
+    assert 0 < graph[apply_id]["inputs"]["identity_start"] < 0.5 and graph[apply_id]["inputs"]["class_noun"] == "person"
+    assert {k: n["class_type"] for k, n in graph.items()} == {k: n["class_type"] for k, n in portrait.items()}
+    assert portrait[apply_id]["inputs"]["identity_start"] == 0
+    (note,) = [node for node in load_ui("f2d_identity_start")["nodes"] if node["type"] == "MarkdownNote"]
+    assert "When to raise it" in note["widgets_values"][0]
 
 
 def test_training_workflow_trains_with_the_papers_settings(object_info: dict):

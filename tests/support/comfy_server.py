@@ -247,6 +247,11 @@ class ComfyServer:
         """Whether the server process is alive."""
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The server process's id (None before start)."""
+        return self._process.pid if self._process is not None else None
+
     # -- log ------------------------------------------------------------------------------------
 
     def log_text(self) -> str:

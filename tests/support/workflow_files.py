@@ -35,7 +35,14 @@ PLACEHOLDER_FILES: dict[str, str] = {
     "expression": "f2d_expression_reference.png",
     "template": "f2d_template.png",
     "pose": "f2d_pose.png",
+    "face_2": "f2d_face_2.png",
+    "group_template": "f2d_group_template.png",
 }
+# Roles that share their consumers with another role; a Load Image naming the variant's file gets the variant:
+# a second person's photo, a template with several faces (F2D Face Masks finds them).
+ROLE_VARIANTS: dict[str, str] = {"face_2": "face", "group_template": "template"}
+# The group template test input: two faces side by side (a 4x scale to the synthetic detector's 640).
+GROUP_TEMPLATE_SIZE = (160, 80)
 
 Graph = dict[str, dict[str, Any]]
 
@@ -72,6 +79,8 @@ IMAGE_ROLES: dict[tuple[str, str], str] = {
     ("ImageCompositeMasked", "destination"): "template",
     ("ControlNetApplyAdvanced", "image"): "pose",
     ("ControlNetApply", "image"): "pose",
+    ("F2DFaceMasks", "image"): "template",
+    ("VAEEncode", "pixels"): "template",
 }
 
 # Folders of input photos a node reads: (node type, input) -> role; the test supplies a folder per role.
@@ -153,13 +162,23 @@ def template_image(size: int = TEST_SIZE) -> Image.Image:
     return Image.fromarray(rgba, "RGBA")
 
 
+def group_template_image() -> Image.Image:
+    """A template with two faces the synthetic detector finds, side by side (GROUP_TEMPLATE_SIZE)."""
+    width, height = GROUP_TEMPLATE_SIZE
+    image = si.square_image((height, width), [(40, 40, 16, 255), (120, 40, 16, 230)])
+    image[..., 1:] = 90  # grey-green card; the detector keys on red only
+    return Image.fromarray(image)
+
+
 def input_images() -> dict[str, Image.Image]:
-    """One test input per LoadImage role: faces the synthetic detector finds, a masked template, a pose."""
+    """One test input per LoadImage role: faces the synthetic detector finds, templates, a pose."""
     return {
         "face": Image.fromarray(si.face_photo(load_rgb(ASTRONAUT))),
         "expression": Image.fromarray(si.face_photo(load_rgb(ALIGNED_CROP))),
         "template": template_image(),
         "pose": pose_image(),
+        "face_2": Image.fromarray(si.face_photo(load_rgb(ALIGNED_CROP), shade=-40)),
+        "group_template": group_template_image(),
     }
 
 
@@ -189,7 +208,9 @@ def image_roles(graph: Graph, workflow: str = "workflow") -> dict[str, str]:
                 f"{workflow}: LoadImage node {node_id} feeds {consumers or 'nothing'}, so no single test input "
                 f"fits it ({sorted(found) or 'no known role'}); add its consumer to IMAGE_ROLES in {__name__}."
             )
-        roles[node_id] = found.pop()
+        role = found.pop()
+        named = next((r for r, file in PLACEHOLDER_FILES.items() if file == node["inputs"].get("image")), None)
+        roles[node_id] = named if ROLE_VARIANTS.get(named) == role else role
     return roles
 
 

@@ -5,6 +5,7 @@ Loaded next to the real pack in integration tests (ComfyUI's own execution tests
 same way); it is never shipped to users.
 """
 
+import json
 import os
 
 import comfy.model_management
@@ -28,7 +29,12 @@ async def loaded_models(request):
 
 
 class F2DTestSaveConditioning:
-    """Save each conditioning tensor of a CONDITIONING as `<output>/<name>.safetensors`."""
+    """Save each conditioning tensor of a CONDITIONING as `<output>/<name>.safetensors`.
+
+    Entry i's tensor is `cond_i`, its mask (if any) `mask_i`; the metadata `entries` lists, per entry, the
+    JSON-able values of its options (mask_strength, start_percent, ...), the names of its tensor options and the
+    dtype of its tensor.
+    """
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -41,8 +47,15 @@ class F2DTestSaveConditioning:
 
     def save(self, conditioning, name):
         tensors = {f"cond_{i}": c[0].detach().float().cpu().contiguous() for i, c in enumerate(conditioning)}
+        entries = []
+        for i, (_, options) in enumerate(conditioning):
+            if options.get("mask") is not None:
+                tensors[f"mask_{i}"] = options["mask"].detach().float().cpu().clone()
+            entries.append({k: v for k, v in options.items() if isinstance(v, (bool, int, float, str))})
+            entries[-1]["tensor_options"] = sorted(k for k, v in options.items() if hasattr(v, "shape"))
+            entries[-1]["cond_dtype"] = str(conditioning[i][0].dtype)
         path = os.path.join(folder_paths.get_output_directory(), f"{name}.safetensors")
-        save_file(tensors, path)
+        save_file(tensors, path, metadata={"entries": json.dumps(entries)})
         return {"ui": {"text": [os.path.basename(path)]}}
 
 

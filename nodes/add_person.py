@@ -1,0 +1,117 @@
+"""Add F2D Person: one person's S* conditioning in that person's region, added to the scene's conditioning."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..f2d_core.conditioning.identity_start import DEFAULT_CLASS_NOUN
+from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER
+from ..f2d_core.conditioning.regions import MAX_PEOPLE, person_mask
+from .apply_tokens import s_star_for_prompt
+from .face_conditioning import face_conditioning, identity_start_inputs
+from .sockets import F2DExpression, F2DExpressionSocket, F2DFace, F2DFaceSocket
+
+
+class F2DAddPerson(io.ComfyNode):
+    """Add F2D Person."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="F2DAddPerson",
+            display_name="Add F2D Person",
+            category="face2diffusion",
+            description="Adds one person to a scene: their prompt, with their S* at 'f l', conditions only their "
+            "region (ConditioningSetMask + ConditioningCombine). Chain one per person after the scene's "
+            "CLIPTextEncode; each person's S* stays in their own conditioning.",
+            inputs=[
+                io.Conditioning.Input(
+                    "conditioning",
+                    tooltip="The scene prompt's CLIPTextEncode, or the previous Add F2D Person: passed on unchanged, "
+                    "with this person's conditioning added.",
+                ),
+                io.Clip.Input("clip", tooltip="The CLIP of an SD1.x checkpoint."),
+                io.Latent.Input("latent", tooltip="The latent that is sampled: masks are checked against its size."),
+                F2DFaceSocket.Input("f2d_face", tooltip="This person, from Encode Face → S* or Load F2D Face."),
+                io.String.Input(
+                    "text",
+                    multiline=True,
+                    dynamic_prompts=True,
+                    default=f"a photo of {DEFAULT_IDENTIFIER}",
+                    tooltip=f"This person's prompt, with the identifier ('{DEFAULT_IDENTIFIER}') where they go.",
+                ),
+                io.Mask.Input(
+                    "masks",
+                    tooltip="The regions: F2D Region Layout, F2D Face Masks, or any MASK (a batch holds one mask per "
+                    "person) at the image's size.",
+                ),
+                io.Int.Input(
+                    "person",
+                    default=1,
+                    min=1,
+                    max=MAX_PEOPLE,
+                    tooltip="Which mask of `masks` is this person's region (1 = the first: left, or top-left).",
+                ),
+                io.Float.Input(
+                    "strength",
+                    default=1.0,
+                    min=0.0,
+                    max=10.0,
+                    step=0.01,
+                    tooltip="Weight of this person's prompt inside the region against the scene prompt "
+                    "(ConditioningSetMask's strength); raise it if the scene washes the person out.",
+                ),
+                F2DExpressionSocket.Input(
+                    "expression", optional=True, tooltip="From Expression Reference: this person's expression."
+                ),
+                io.Float.Input(
+                    "expression_strength",
+                    default=1.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    optional=True,
+                    tooltip="How much of the reference expression to use; 0 = the prompt decides.",
+                ),
+                io.String.Input(
+                    "identifier",
+                    default=DEFAULT_IDENTIFIER,
+                    optional=True,
+                    tooltip="The two-token word that stands for the person ('f l', as the official weights).",
+                ),
+                *identity_start_inputs(),
+            ],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def validate_inputs(cls, identifier: str = DEFAULT_IDENTIFIER, **_: object) -> bool | str:
+        if not identifier.strip():
+            return "identifier is empty: use 'f l' (the official identifier)."
+        return True
+
+    @classmethod
+    def execute(
+        cls,
+        conditioning: list,
+        clip,
+        latent: dict,
+        f2d_face: F2DFace,
+        text: str,
+        masks: torch.Tensor,
+        person: int,
+        strength: float,
+        expression: F2DExpression | None = None,
+        expression_strength: float = 1.0,
+        identifier: str = DEFAULT_IDENTIFIER,
+        identity_start: float = 0.0,
+        class_noun: str = DEFAULT_CLASS_NOUN,
+    ) -> io.NodeOutput:
+        mask = person_mask(masks, person, tuple(latent["samples"].shape[-2:]))
+        region = {"mask": mask, "set_area_to_bounds": False, "mask_strength": strength}
+        s_star = s_star_for_prompt(f2d_face, expression, expression_strength)
+        person_conditioning = face_conditioning(
+            clip, text, s_star, identifier.strip(), identity_start, class_noun, region
+        )
+        return io.NodeOutput(conditioning + person_conditioning)

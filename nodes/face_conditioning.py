@@ -1,0 +1,72 @@
+"""CONDITIONING carrying a face's S*, optionally after a class-noun phase (identity start) and in a region."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..f2d_core.conditioning.identity_start import DEFAULT_CLASS_NOUN, class_prompt, timestep_ranges
+from ..f2d_core.conditioning.injection import find_identifier
+from ..f2d_core.errors import PromptError
+from .clip_tokens import identifier_ids, special_tokens, tokens_with_face
+
+
+def class_noun_tokens(clip, text: str, identifier: str, class_noun: str) -> dict:
+    """`clip.tokenize` of the prompt with the class noun in place of every identifier occurrence."""
+    tokens = clip.tokenize(class_prompt(text, identifier, class_noun))
+    if find_identifier(tokens["l"], identifier_ids(clip, identifier), special_tokens(clip)):
+        raise PromptError(
+            f'The identifier "{identifier}" is written in a way that could not be replaced by the class noun '
+            f'"{class_noun}" (e.g. split by a line break inside a weight): write it as "{identifier}".'
+        )
+    return tokens
+
+
+def face_conditioning(
+    clip,
+    text: str,
+    s_star: torch.Tensor,
+    identifier: str,
+    identity_start: float = 0.0,
+    class_noun: str = DEFAULT_CLASS_NOUN,
+    region: dict | None = None,
+) -> list:
+    """CONDITIONING of `text` with S* at the identifier, as CLIPTextEncode returns it.
+
+    identity_start > 0 adds the class-noun prompt for sampling fractions [0, identity_start) and moves
+    S* to [identity_start, 1]; at 0 the result is exactly the S* encoding. `region` ({"mask", "mask_strength",
+    "set_area_to_bounds"}) is set on every entry, as ConditioningSetMask does.
+    """
+    class_range, face_range = timestep_ranges(identity_start)
+    region = region or {}
+    tokens = tokens_with_face(clip, text, s_star, identifier)
+    face = clip.encode_from_tokens_scheduled(tokens, add_dict={**region, **face_range})
+    if class_range is None:
+        return face
+    class_tokens = class_noun_tokens(clip, text, identifier, class_noun)
+    return clip.encode_from_tokens_scheduled(class_tokens, add_dict={**region, **class_range}) + face
+
+
+def identity_start_inputs() -> list:
+    """The `identity_start` and `class_noun` inputs shared by Apply F2D Tokens and Add F2D Person."""
+    return [
+        io.Float.Input(
+            "identity_start",
+            default=0.0,
+            min=0.0,
+            max=0.99,
+            step=0.01,
+            optional=True,
+            tooltip="Fraction of sampling that uses the class noun instead of the person (FastComposer's delayed "
+            "subject conditioning). 0 = the person from the first step (exactly as without it). Raise it "
+            "(0.1-0.3) when the face takes over the picture: layout, pose and the rest of the prompt come "
+            "through better, at some cost in likeness.",
+        ),
+        io.String.Input(
+            "class_noun",
+            default=DEFAULT_CLASS_NOUN,
+            optional=True,
+            tooltip="The word that stands in for the identifier until identity_start, e.g. 'person', 'woman', "
+            "'man', 'child'.",
+        ),
+    ]

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Every GPU figure of the README's speed table in one call (a lent GPU's time is scarce; one machine start).
+#   COMFYUI_PATH=/path/to/ComfyUI bash bench/gpu_all.sh [OUT_DIR]
+# Encode (batch-1 latency, batched faces/s per precision, against the straightforward per-face path),
+# torch face detection on the GPU against insightface + onnxruntime, and training on a full-size SD1.5
+# UNet with random weights in ComfyUI's default dtype (50 CGDR steps per training dtype, then steps/s and
+# peak memory at 512² for batch 8 and 32 in bf16). Each part writes JSON and a log to OUT_DIR; a part that
+# fails does not stop the others; each is capped at 300 s, so the whole run fits one 15-minute GPU loan.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${1:-${OUT:-gpu_results}}
+mkdir -p "$OUT_DIR"
+export PYTHONUNBUFFERED=1
+status=0
+run() {
+  local name=$1; shift
+  printf '\n== %s: %s\n' "$name" "$*"
+  timeout 300 "$@" 2>&1 | tee "$OUT_DIR/$name.log" || status=1
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT_DIR/gpu.txt"
+run encode python bench/gpu_encode.py --device cuda --batch 256 --json "$OUT_DIR/encode.json"
+run detection python bench/detection.py --device cuda --repeats 15
+run training python bench/gpu_training.py --device cuda --json "$OUT_DIR/training.json"
+exit $status

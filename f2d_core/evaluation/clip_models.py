@@ -58,15 +58,20 @@ class CLIPScorer:
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """IMAGE [B, H, W, C] in [0, 1] -> normalised [B, 3, S, S]: resize the short side to S, centre crop."""
-        x = images[..., :3].permute(0, 3, 1, 2).to(self.device, torch.float32)
+        """IMAGE [B, H, W, C] in [0, 1] -> normalised [B, 3, S, S] on the scorer's device: resize the short
+        side to S, centre crop.
+
+        The resize runs on the CPU (where ComfyUI's IMAGE already is): Apple's MPS has no antialiased
+        bicubic kernel before torch 2.8 (pytorch/pytorch#149378), and only the small crop travels.
+        """
+        x = images[..., :3].permute(0, 3, 1, 2).to("cpu", torch.float32)
         height, width = x.shape[-2:]
         scale = self.image_size / min(height, width)
         size = (max(self.image_size, round(height * scale)), max(self.image_size, round(width * scale)))
         x = functional.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
         top, left = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
         x = x[..., top : top + self.image_size, left : left + self.image_size]
-        return (x - self._mean.to(x.device)) / self._std.to(x.device)
+        return ((x - self._mean) / self._std).to(self.device)
 
     @torch.inference_mode()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -115,7 +115,7 @@ def test_antialiased_resize_runs_on_the_cpu_whatever_the_scorers_device(monkeypa
         return interpolate(x, *args, **kwargs)
 
     monkeypatch.setattr(clip_models.functional, "interpolate", spy)
-    scorer = clip_models.CLIPScorer("t", None, None, 32, (0.5,) * 3, (0.25,) * 3, torch.device("meta"))
+    scorer = clip_models.CLIPScorer("t", None, None, 32, (0.5,) * 3, (0.25,) * 3, torch.nn.Linear(1, 1, device="meta"))
     pixels = scorer.preprocess(IMAGES)
     assert resized_on == ["cpu"]
     assert pixels.device.type == "meta" and pixels.shape == (3, 3, 32, 32) and pixels.dtype == torch.float32

@@ -29,9 +29,14 @@ def bf16_supported(device: torch.device) -> bool:
     """Whether `device` computes bf16 natively (CUDA: Ampere or newer, or ROCm); CPUs emulate it slowly, so no.
 
     `torch.cuda.is_bf16_supported()` also says yes where bf16 only works emulated (Turing, Volta,
-    Pascal: a T4, a V100), so it is asked without emulation.
+    Pascal: a T4, a V100; cuDNN has no bf16 convolutions there), so it is asked without emulation.
     """
-    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cuda":
+        return False
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch before 2.3 has no such argument and counts native bf16 only
+        return torch.cuda.is_bf16_supported()
 
 
 def resolve_training_dtype(choice: str, device: torch.device) -> torch.dtype:

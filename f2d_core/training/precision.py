@@ -35,7 +35,7 @@ def bf16_supported(device: torch.device) -> bool:
         return False
     try:
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # torch before 2.3 has no such argument and counts native bf16 only
+    except TypeError:  # an older torch: no such argument, and it counts native bf16 only
         return torch.cuda.is_bf16_supported()
 
 

@@ -205,6 +205,7 @@ def test_settings_that_cannot_work_are_refused(kwargs, words):
         TrainSettings(**kwargs)
 
 
+@pytest.mark.filterwarnings("ignore:.*to a meta parameter:UserWarning")  # meta weights hold no values
 def test_resumed_adamw_state_is_placed_as_torchs_own_load_state_dict_places_it(tmp_path):
     """On a GPU the moments go to the parameters' device and the step counter stays on the CPU, as
     `Optimizer.load_state_dict` does for a non-capturable AdamW (a device step costs a sync per

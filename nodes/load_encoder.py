@@ -39,9 +39,16 @@ def _encoder(msid_path: Path, mapper_path: Path, versions: tuple, precision: str
 
 @lru_cache(maxsize=2)
 def _detector(pack: str, provider: str, det_size: int) -> FaceDetector:
-    """The face detector, cached apart from the encoder: changing detection_size loads no second MSID."""
-    device = comfy.model_management.get_torch_device()
-    return load_detector(insightface_root_of(pack), pack, provider, device, det_size)
+    """The face detector, cached apart from the encoder: changing detection_size loads no second MSID.
+
+    With torch on "auto" it is read onto the offload device and handed to ComfyUI's model management,
+    which loads it onto ComfyUI's device before each detection (and may offload it afterwards).
+    """
+    device = comfy.model_management.unet_offload_device()
+    detector = load_detector(insightface_root_of(pack), pack, provider, device, det_size)
+    if provider == "auto" and detector.network is not None:
+        detector.prepare = partial(load_on_device, managed(detector.network))
+    return detector
 
 
 def _paths(msid: str, mapper: str) -> tuple[Path, Path]:

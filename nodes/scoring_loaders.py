@@ -1,14 +1,45 @@
-"""Load Face Recognizer and Load CLIP Scorer: the scoring models, converted/loaded once on ComfyUI's device."""
+"""Load Face Recognizer and Load CLIP Scorer: the scoring models, converted/loaded once, under ComfyUI's
+model management (read onto the offload device, loaded onto ComfyUI's device before each use, offloaded
+by "Free model and node cache" and other models' memory needs, like the pack's other models)."""
 
 from __future__ import annotations
+
+from functools import lru_cache, partial
+from pathlib import Path
 
 import comfy.model_management
 from comfy_api.latest import io
 
-from ..f2d_core.evaluation.clip_models import load_clip_scorer
-from ..f2d_core.evaluation.recognition import load_face_recognizer
+from ..f2d_core.evaluation.clip_models import CLIPScorer, load_clip_scorer
+from ..f2d_core.evaluation.recognition import FaceRecognizer, load_face_recognizer
 from .evaluation_paths import clip_model_path, clip_models, recognition_model_path, recognition_models
 from .evaluation_sockets import F2DClipScorerSocket, F2DRecognizerSocket
+from .model_cache import load_on_device, managed
+
+
+@lru_cache(maxsize=2)
+def _managed_recognizer(path: Path, mtime_ns: int) -> FaceRecognizer:
+    """The recogniser of one file version on the offload device, loaded by ComfyUI before each embedding."""
+    del mtime_ns  # part of the cache key only
+    recognizer = load_face_recognizer(path, comfy.model_management.unet_offload_device())
+    recognizer.prepare = partial(load_on_device, managed(recognizer.network))
+    return recognizer
+
+
+@lru_cache(maxsize=2)
+def _managed_clip_scorer(folder: Path, stamp: int) -> CLIPScorer:
+    """The CLIP scorer of one folder version on the offload device, loaded by ComfyUI before each use."""
+    del stamp  # part of the cache key only
+    scorer = load_clip_scorer(folder, comfy.model_management.unet_offload_device())
+    scorer.prepare = partial(load_on_device, managed(scorer.networks))
+    return scorer
+
+
+def _folder_stamp(folder: Path) -> int:
+    """The newest modification time of a folder's files (0 for a missing folder: loading reports it)."""
+    if not folder.is_dir():
+        return 0
+    return max((f.stat().st_mtime_ns for f in folder.iterdir() if f.is_file()), default=0)
 
 
 class F2DLoadFaceRecognizer(io.ComfyNode):
@@ -43,8 +74,9 @@ class F2DLoadFaceRecognizer(io.ComfyNode):
 
     @classmethod
     def execute(cls, recognition_model: str) -> io.NodeOutput:
-        device = comfy.model_management.get_torch_device()
-        return io.NodeOutput(load_face_recognizer(recognition_model_path(recognition_model), device))
+        path = recognition_model_path(recognition_model)
+        mtime_ns = path.stat().st_mtime_ns if path.is_file() else 0  # a missing file: loading reports it
+        return io.NodeOutput(_managed_recognizer(path, mtime_ns))
 
 
 class F2DLoadCLIPScorer(io.ComfyNode):
@@ -73,5 +105,5 @@ class F2DLoadCLIPScorer(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip_model: str) -> io.NodeOutput:
-        device = comfy.model_management.get_torch_device()
-        return io.NodeOutput(load_clip_scorer(clip_model_path(clip_model), device))
+        folder = clip_model_path(clip_model)
+        return io.NodeOutput(_managed_clip_scorer(folder, _folder_stamp(folder)))

@@ -100,3 +100,22 @@ def test_prompt_lists_must_fit_the_batch(transformers_folder: Path) -> None:
     with pytest.raises(EvaluationError, match="2 prompts for 3 images"):
         clip_scores(scorer, IMAGES, ["a", "b"])
     assert clip_scores(scorer, IMAGES, ["one prompt for all"]).shape == (3,)
+
+
+def test_antialiased_resize_runs_on_the_cpu_whatever_the_scorers_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apple's MPS has no antialiased bicubic kernel before torch 2.8 (pytorch/pytorch#149378): the resize
+    must stay on the CPU and only the crop go to the scorer's device (here "meta", a real non-CPU device)."""
+    from f2d_core.evaluation import clip_models
+
+    resized_on = []
+    interpolate = functional.interpolate
+
+    def spy(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        resized_on.append(x.device.type)
+        return interpolate(x, *args, **kwargs)
+
+    monkeypatch.setattr(clip_models.functional, "interpolate", spy)
+    scorer = clip_models.CLIPScorer("t", None, None, 32, (0.5,) * 3, (0.25,) * 3, torch.nn.Linear(1, 1, device="meta"))
+    pixels = scorer.preprocess(IMAGES)
+    assert resized_on == ["cpu"]
+    assert pixels.device.type == "meta" and pixels.shape == (3, 3, 32, 32) and pixels.dtype == torch.float32

@@ -344,3 +344,24 @@ def test_bad_images_are_explained(parser, images, words):
 def test_bad_class_sets_are_explained(parser, classes, words):
     with pytest.raises(FaceParsingInputError, match=words):
         parser.face_mask(torch.rand(1, 3, 8, 8), classes=classes)
+
+
+def test_antialiased_resize_runs_on_the_cpu_whatever_the_parsers_device(monkeypatch):
+    """Apple's MPS has no antialiased bilinear kernel before torch 2.7 (pytorch/pytorch#145526): the input
+    resize must run on the CPU, the network on its own device (here "meta", a real non-CPU device)."""
+    import f2d_core.faces.face_parsing as face_parsing
+
+    antialiased_on = []
+    interpolate = face_parsing.F.interpolate
+
+    def spy(x, *args, **kwargs):
+        if kwargs.get("antialias"):
+            antialiased_on.append(x.device.type)
+        return interpolate(x, *args, **kwargs)
+
+    monkeypatch.setattr(face_parsing.F, "interpolate", spy)
+    with torch.device("meta"):
+        parser = FaceParser(BiSeNet(), input_size=32)
+    logits = parser._features(torch.rand(1, 3, 48, 40))
+    assert antialiased_on == ["cpu"]
+    assert logits.device.type == "meta" and logits.dtype == torch.float32

@@ -203,3 +203,21 @@ def test_expression_dropout_rate_and_no_expression_without_codes():
 def test_settings_that_cannot_work_are_refused(kwargs, words):
     with pytest.raises(F2DError, match=words):
         TrainSettings(**kwargs)
+
+
+@pytest.mark.filterwarnings("ignore:.*to a meta parameter:UserWarning")  # meta weights hold no values
+def test_resumed_adamw_state_is_placed_as_torchs_own_load_state_dict_places_it(tmp_path):
+    """On a GPU the moments go to the parameters' device and the step counter stays on the CPU, as
+    `Optimizer.load_state_dict` does for a non-capturable AdamW (a device step costs a sync per
+    parameter each step). The "meta" device stands in for the GPU."""
+    mapper, optimizer = _trained_pair()
+    path = save_state(tmp_path / "state.safetensors", mapper, optimizer, 7, [1.0], {}, IDENTITY)
+    resumed, reference = F2DMapper().to("meta"), F2DMapper().to("meta")
+    resumed_optimizer = torch.optim.AdamW(resumed.parameters())
+    reference_optimizer = torch.optim.AdamW(reference.parameters())
+    load_state(path, resumed, resumed_optimizer, IDENTITY)
+    reference_optimizer.load_state_dict(optimizer.state_dict())
+    for (name, p), q in zip(resumed.named_parameters(), reference.parameters(), strict=True):
+        got, want = resumed_optimizer.state[p], reference_optimizer.state[q]
+        assert {k: v.device.type for k, v in got.items()} == {k: v.device.type for k, v in want.items()}, name
+        assert got["step"].device.type == "cpu" and got["exp_avg"].device.type == "meta"

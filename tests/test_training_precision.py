@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -99,6 +101,28 @@ def test_training_dtype_choices():
     with pytest.raises(F2DError, match="training_dtype must be one of"):
         resolve_training_dtype("fp16", CPU)  # never fp16 without its loss scale
     assert [dtype_name(d) for d in (torch.bfloat16, torch.float16, torch.float32)] == ["bf16", "fp16", "fp32"]
+
+
+def _pretend_cuda_gpu(monkeypatch: pytest.MonkeyPatch, major: int) -> None:
+    """torch.cuda as it reports a GPU of compute capability `major`.x on which bf16 tensors can be made."""
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: SimpleNamespace(major=major))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"a compute capability {major} GPU")
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)  # emulation works
+
+
+def test_auto_is_bf16_only_on_gpus_that_compute_it_natively(monkeypatch):
+    """A T4 or V100 (compute capability 7) only emulates bf16; torch.cuda.is_bf16_supported() counts that."""
+    cuda = torch.device("cuda", 0)
+    _pretend_cuda_gpu(monkeypatch, major=7)
+    assert resolve_training_dtype("auto", cuda) == torch.float32
+    with pytest.raises(F2DError, match="has no bf16"):
+        resolve_training_dtype("bf16", cuda)
+    _pretend_cuda_gpu(monkeypatch, major=8)  # Ampere and newer
+    assert resolve_training_dtype("auto", cuda) == torch.bfloat16
+    assert resolve_training_dtype("bf16", cuda) == torch.bfloat16
 
 
 def test_cpu_training_warns_only_when_a_gpu_was_expected():

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.nn import functional
 
 from ..errors import EvaluationError, WeightFileError
@@ -35,11 +36,27 @@ _WHAT_TO_GIVE = (
 )
 
 
+class CLIPNetworks(nn.Module):
+    """The CLIP model as one plain module, so that a memory manager can load and offload it (a transformers
+    model's read-only `device` property cannot be set by one)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.clip = model
+
+
+def weights_device(module: nn.Module) -> torch.device:
+    """Where a module's first parameter (or buffer) is now: where it computes."""
+    return next(iter([*module.parameters(), *module.buffers()])).device
+
+
 class CLIPScorer:
-    """Unit-length CLIP embeddings of images and texts on one device.
+    """Unit-length CLIP embeddings of images and texts, computed wherever `networks` is.
 
     `encode_images`: IMAGE [B, H, W, 3] float in [0, 1] -> [B, D] float32.
     `encode_texts`: list of P prompts -> [P, D] float32.
+    `prepare()` runs before every forward pass (the node layer makes it load the weights onto
+    ComfyUI's device); the inputs then go where the weights are.
     """
 
     def __init__(
@@ -50,32 +67,45 @@ class CLIPScorer:
         image_size: int,
         mean: Sequence[float],
         std: Sequence[float],
-        device: torch.device,
+        networks: nn.Module,
     ) -> None:
-        self.name, self.image_size, self.device = name, image_size, device
+        self.name, self.image_size, self.networks = name, image_size, networks
         self._image_tower, self._text_tower = image_tower, text_tower
+        self.prepare: Callable[[], object] = lambda: None
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the CLIP weights are now."""
+        return weights_device(self.networks)
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """IMAGE [B, H, W, C] in [0, 1] -> normalised [B, 3, S, S]: resize the short side to S, centre crop."""
-        x = images[..., :3].permute(0, 3, 1, 2).to(self.device, torch.float32)
+        """IMAGE [B, H, W, C] in [0, 1] -> normalised [B, 3, S, S] on the scorer's device: resize the short
+        side to S, centre crop.
+
+        The resize runs on the CPU (where ComfyUI's IMAGE already is): Apple's MPS has no antialiased
+        bicubic kernel before torch 2.8 (pytorch/pytorch#149378), and only the small crop travels.
+        """
+        x = images[..., :3].permute(0, 3, 1, 2).to("cpu", torch.float32)
         height, width = x.shape[-2:]
         scale = self.image_size / min(height, width)
         size = (max(self.image_size, round(height * scale)), max(self.image_size, round(width * scale)))
         x = functional.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
         top, left = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
         x = x[..., top : top + self.image_size, left : left + self.image_size]
-        return (x - self._mean.to(x.device)) / self._std.to(x.device)
+        return ((x - self._mean) / self._std).to(self.device)
 
     @torch.inference_mode()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Unit image embeddings [B, D] float32 (CPU) of an IMAGE batch [B, H, W, C] in [0, 1]."""
+        self.prepare()
         return functional.normalize(self._image_tower(self.preprocess(images)).float(), dim=-1).cpu()
 
     @torch.inference_mode()
     def encode_texts(self, prompts: Sequence[str]) -> torch.Tensor:
         """Unit text embeddings [P, D] float32 (CPU); prompts longer than the context are truncated."""
+        self.prepare()
         return functional.normalize(self._text_tower(list(prompts)).float(), dim=-1).cpu()
 
 
@@ -126,12 +156,11 @@ def _transformers_scorer(folder: Path, device: torch.device) -> CLIPScorer:
 
     def texts(prompts: list[str]) -> torch.Tensor:
         tokens = tokenizer(prompts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        return _features(model.get_text_features(**tokens.to(device)))
+        return _features(model.get_text_features(**tokens.to(weights_device(model))))
 
     size, mean, std = _preprocessing(folder, model.config.vision_config.image_size)
-    return CLIPScorer(
-        folder.name, lambda x: _features(model.get_image_features(pixel_values=x)), texts, size, mean, std, device
-    )
+    image_tower = lambda x: _features(model.get_image_features(pixel_values=x))  # noqa: E731
+    return CLIPScorer(folder.name, image_tower, texts, size, mean, std, CLIPNetworks(model))
 
 
 def _open_clip_scorer(folder: Path, device: torch.device) -> CLIPScorer:
@@ -157,11 +186,11 @@ def _open_clip_scorer(folder: Path, device: torch.device) -> CLIPScorer:
     return CLIPScorer(
         folder.name,
         model.encode_image,
-        lambda prompts: model.encode_text(tokenizer(prompts).to(device)),
+        lambda prompts: model.encode_text(tokenizer(prompts).to(weights_device(model))),
         size,
         mean,
         std,
-        device,
+        CLIPNetworks(model),
     )
 
 

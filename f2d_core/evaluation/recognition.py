@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 from ..errors import ModelPackError, WeightFileError
 from ..faces.alignment import align_faces
 from ..faces.onnx_to_torch import OnnxModule, load_onnx
+from .clip_models import weights_device
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +68,18 @@ def _check_structure(path: Path, graph) -> int:
 
 
 class FaceRecognizer:
-    """ArcFace-style embeddings of aligned faces, on one torch device.
+    """ArcFace-style embeddings of aligned faces, computed wherever `network` is.
 
     `embed(crops)`: crops [N, 3, S, S] RGB float in [0, 1], aligned to the ArcFace template at the
     model's input size S (112) -> L2-normalised embeddings [N, D] float32 (D = 512 for ArcFace).
+    `prepare()` runs before every forward pass (the node layer makes it load the weights onto
+    ComfyUI's device).
     """
 
     def __init__(self, path: Path | str, device: torch.device | str = "cpu") -> None:
         self.path = Path(path)
-        self.device = torch.device(device)
+        self.prepare: Callable[[], object] = lambda: None
+        device = torch.device(device)
         if not self.path.is_file():
             raise WeightFileError(f"face recognition model {self.path} does not exist. {_HOW_TO_FIX}")
         try:
@@ -87,7 +92,7 @@ class FaceRecognizer:
         self.input_size = _check_structure(self.path, model.graph)
         self.input_mean, self.input_std = (0.0, 1.0) if _normalises_inside(model.graph) else (127.5, 127.5)
         try:
-            self.network: nn.Module = OnnxModule(model, str(self.path)).eval().to(self.device)
+            self.network: nn.Module = OnnxModule(model, str(self.path)).eval().to(device)
         except ModelPackError as exc:  # an operator onnx2torch cannot convert, or a bad graph
             raise WeightFileError(
                 f"{self.path}: cannot convert the ONNX graph to torch ({exc.__cause__!r}). {_HOW_TO_FIX}"
@@ -99,8 +104,13 @@ class FaceRecognizer:
             self.input_size,
             self.input_size,
             self.embedding_dim,
-            self.device,
+            device,
         )
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are now."""
+        return weights_device(self.network)
 
     def _probe(self) -> int:
         """Run one black face to learn the embedding width; a WeightFileError when it is not an embedding."""
@@ -124,6 +134,7 @@ class FaceRecognizer:
         """L2-normalised embeddings [N, D] float32 of aligned RGB crops [N, 3, S, S] in [0, 1]."""
         if crops.shape[0] == 0:
             return torch.zeros(0, self.embedding_dim)
+        self.prepare()
         pixels = crops.to(self.device, torch.float32) * 255.0
         return nn.functional.normalize(self._forward(pixels).float(), dim=-1).cpu()
 

@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import io
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -329,7 +329,9 @@ def _check_det_size(value: int, what: str) -> int:
 class FaceDetector:
     """An insightface pack's SCRFD detector, loaded once; `detect` gives faces largest first.
 
-    By default the detector graph runs with torch on `device` (any torch device; default CPU).
+    By default the detector graph runs with torch on `device` (any torch device; default CPU), or
+    wherever its weights (`network`) are when `prepare()`, which runs before each detection, has put
+    them (the node layer makes it load them onto ComfyUI's device).
     With `providers` (onnxruntime execution providers, see `select_providers`) it runs with
     insightface + onnxruntime instead, which must then be installed; a failed import of either raises
     a MissingPackageError naming it, the import error and the fix.
@@ -363,6 +365,7 @@ class FaceDetector:
         retry = None if retry_det_size is None else _check_det_size(retry_det_size, "retry_det_size")
         self.retry_det_size = None if retry == self.det_size else retry
         self.providers = list(providers) if providers is not None else None
+        self.prepare: Callable[[], object] = lambda: None
         self.backend = "torch" if providers is None else "onnxruntime"
         self._static_size: tuple[int, int] | None = None
         if self.providers is None:
@@ -404,6 +407,11 @@ class FaceDetector:
             self.det_size, self.retry_det_size = size[0], None
             self._static_size = size
 
+    @property
+    def network(self) -> torch.nn.Module | None:
+        """The torch detector graph (for a memory manager to load and offload); None with onnxruntime."""
+        return None if self.providers is not None else self._scrfd.net
+
     def __repr__(self) -> str:
         return (
             f"FaceDetector(pack={self.pack_name!r}, backend={self.backend}, det_size={self.det_size}, "
@@ -414,6 +422,7 @@ class FaceDetector:
         """All faces SCRFD finds in a BGR uint8 image fitted into size x size (or the fixed input size)."""
         input_size = self._static_size or (size, size)
         if self.providers is None:
+            self.prepare()
             bboxes, kpss = self._scrfd.detect(bgr[:, :, ::-1], input_size)
         else:
             bboxes, kpss = self._det_model.detect(bgr, input_size=input_size)

@@ -233,10 +233,12 @@ class FaceParser(nn.Module):
         """Logits at 1/8 of input_size, float32, on the parser's device."""
         self._check(images)
         weight = self.bisenet.cp.resnet.conv1.weight
-        x = images.to(device=weight.device, dtype=torch.float32)
+        x = images.to(dtype=torch.float32)
         s = self.input_size
         if x.shape[-2:] != (s, s):  # like test.py's PIL bilinear resize (antialiased when shrinking)
-            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+            # On the CPU: Apple's MPS has no antialiased bilinear kernel before torch 2.7 (pytorch/pytorch#145526).
+            x = F.interpolate(x.cpu(), size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        x = x.to(weight.device)
         # Resize and normalise in float32 whatever the parser's dtype, then cast for the network.
         mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)

@@ -117,24 +117,37 @@ def nms(dets: torch.Tensor, threshold: float = NMS_THRESHOLD) -> torch.Tensor:
 
 
 class TorchScrfd:
-    """An SCRFD .onnx detector run with torch on `device`; `detect` gives insightface's boxes and keypoints."""
+    """An SCRFD .onnx detector run with torch; `detect` gives insightface's boxes and keypoints.
+
+    It computes wherever `net`'s weights are when `detect` runs (loaded on `device`; a memory manager
+    may move them between calls).
+    """
 
     def __init__(self, model_file: Path | str, device: torch.device | str = "cpu", det_thresh: float = 0.5) -> None:
         self.model_file = str(model_file)
-        self.device = torch.device(device)
-        self.net, model = onnx_module(model_file, self.device)
-        # On the CPU, oneDNN convolutions in channels-last layout take about 0.7x the time (measured with
-        # bench/detection.py); the outputs differ by float rounding only.
-        self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
-        self.net.to(memory_format=self.memory_format)
+        self.net, model = onnx_module(model_file, torch.device(device))
+        if self.device.type == "cpu":
+            # On the CPU, oneDNN convolutions in channels-last layout take about 0.7x the time (measured with
+            # bench/detection.py); the outputs differ by float rounding only.
+            self.net.to(memory_format=torch.channels_last)
         self.layout = scrfd_layout(model, self.model_file)
         self.det_thresh = det_thresh
-        self._centres: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._centres: dict[tuple[int, int, int, torch.device], torch.Tensor] = {}
 
-    def _centres_for(self, height: int, width: int, stride: int) -> torch.Tensor:
-        key = (height, width, stride)
+    @property
+    def device(self) -> torch.device:
+        """Where the detector's weights are now."""
+        return next(self.net.parameters()).device
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The input layout: channels-last on the CPU (see __init__), contiguous elsewhere."""
+        return torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+
+    def _centres_for(self, height: int, width: int, stride: int, device: torch.device) -> torch.Tensor:
+        key = (height, width, stride, device)
         if key not in self._centres:
-            self._centres[key] = anchor_centres(height, width, stride, self.layout.num_anchors, self.device)
+            self._centres[key] = anchor_centres(height, width, stride, self.layout.num_anchors, device)
         return self._centres[key]
 
     @torch.inference_mode()
@@ -145,7 +158,8 @@ class TorchScrfd:
         float32, highest score first, after the score threshold and NMS (insightface `SCRFD.detect`
         with max_num=0).
         """
-        image = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
+        device = self.device
+        image = torch.from_numpy(np.ascontiguousarray(rgb)).to(device)
         blob, det_scale = letterbox(image, input_size)
         outs = self.net(blob.contiguous(memory_format=self.memory_format))
         if self.layout.batched:
@@ -154,7 +168,7 @@ class TorchScrfd:
         in_h, in_w = blob.shape[2:]
         scores, boxes, points = [], [], []
         for idx, stride in enumerate(self.layout.strides):
-            centres = self._centres_for(in_h // stride, in_w // stride, stride)
+            centres = self._centres_for(in_h // stride, in_w // stride, stride, device)
             score = outs[idx].reshape(-1)
             positive = score >= self.det_thresh
             dist = outs[idx + fmc][positive] * stride

@@ -26,8 +26,17 @@ LOSS_SCALE_GROWTH_INTERVAL = 2000  # good steps before the scale doubles again
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """Whether `device` computes bf16 natively (CUDA: Ampere or newer); CPUs emulate it slowly, so no."""
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    """Whether `device` computes bf16 natively (CUDA: Ampere or newer, or ROCm); CPUs emulate it slowly, so no.
+
+    `torch.cuda.is_bf16_supported()` also says yes where bf16 only works emulated (Turing, Volta,
+    Pascal: a T4, a V100; cuDNN has no bf16 convolutions there), so it is asked without emulation.
+    """
+    if device.type != "cuda":
+        return False
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # an older torch: no such argument, and it counts native bf16 only
+        return torch.cuda.is_bf16_supported()
 
 
 def resolve_training_dtype(choice: str, device: torch.device) -> torch.dtype:
@@ -40,7 +49,7 @@ def resolve_training_dtype(choice: str, device: torch.device) -> torch.dtype:
         return torch.bfloat16 if bf16_supported(device) else torch.float32
     if choice not in _DTYPES:
         raise F2DError(f"training_dtype must be one of {TRAINING_DTYPES}, not {choice!r}")
-    if choice == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if choice == "bf16" and device.type == "cuda" and not bf16_supported(device):
         raise F2DError(
             f"{torch.cuda.get_device_name(device)} has no bf16: choose training_dtype fp32, or fp16 + loss scaling "
             "(less memory, same gradient)."

@@ -111,7 +111,10 @@ def load_state(
     for key, value in tensors.items():
         if key.startswith("optim."):
             name, state_key = key.removeprefix("optim.").rsplit(".", 1)
-            optimizer.state[params[name]][state_key] = value.to(params[name].device)
+            # As Optimizer.load_state_dict places them: moments on the parameter's device, AdamW's step
+            # counter on the CPU (non-capturable AdamW reads it as a number each step).
+            device = "cpu" if state_key == "step" else params[name].device
+            optimizer.state[params[name]][state_key] = value.to(device)
     hyper = [{k: v for k, v in g.items() if k in _OPTIMIZER_HYPER} for g in json.loads(metadata["optimizer"])]
     step = int(metadata["step"])
     log.info("Resuming from %s at step %d", path, step)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -231,3 +233,44 @@ def test_several_reference_people_each_find_their_own_face(comfy_server, uploade
     graph["9"]["inputs"].update(reference_images=["rb", 0], reference_images_are="one person per image")
     scores = table_column(comfy_server.run(graph, timeout=300)["outputs"]["9"]["text"][0], 0)
     assert scores == pytest.approx([0.5, 0.5], abs=0.01)
+
+
+# The face detector's and the recogniser's converted graphs, the CLIP scorer's model.
+SCORING_MODELS = Counter({"OnnxModule": 2, "CLIPNetworks": 1})
+
+
+def _scoring_models(server: ComfyServer) -> Counter:
+    loaded = Counter(m["class"] for m in server._get("/f2d_test/loaded_models").json())
+    return Counter({name: loaded[name] for name in SCORING_MODELS if loaded[name]})
+
+
+def _free_all(server: ComfyServer) -> None:
+    """POST /free, then wait until the scoring models are unloaded."""
+    server.free(unload_models=True, free_memory=True)
+    deadline = time.monotonic() + 30
+    while _scoring_models(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _scoring_models(server) == Counter(), "the scoring models are still loaded after POST /free"
+
+
+def test_scoring_models_are_under_comfyui_model_management(comfy_server, uploaded) -> None:
+    """Loaded by ComfyUI for each use and unloaded by "Free model and node cache", not held on its GPU for good."""
+    _free_all(comfy_server)  # what earlier tests loaded (another CLIP scorer)
+    graph = scoring_graph(uploaded, ("a",))
+    graph["20"] = {"class_type": "F2DLoadCLIPScorer", "inputs": {"clip_model": "tiny_clip"}}
+    graph["21"] = {
+        "class_type": "F2DCLIPScore",
+        "inputs": {
+            "clip_scorer": ["20", 0],
+            "images": ["l0", 0],
+            "prompt": PROMPT,
+            "reference_prompt": "A photo of a person",
+        },
+    }
+    first = comfy_server.run(graph, timeout=300)["outputs"]["21"]["text"][0]
+    assert _scoring_models(comfy_server) == SCORING_MODELS
+
+    _free_all(comfy_server)
+    again = comfy_server.run(graph, timeout=300)["outputs"]["21"]["text"][0]
+    assert _scoring_models(comfy_server) == SCORING_MODELS
+    assert table_column(again, 0) == table_column(first, 0)

@@ -22,7 +22,8 @@ from tests.support.comfy_server import ComfyServer
 from tests.support.f2d_graphs import CHECKPOINT, encode_face_graph, save_conditioning
 from tests.support.photos import ASTRONAUT, load_rgb
 
-PACK_MODELS = {"EncoderNetworks", "ExpressionRegressor"}  # MSID + mapper, Deep3DFaceRecon's regressor
+# MSID + mapper, Deep3DFaceRecon's regressor, the face detector (SCRFD converted to torch)
+PACK_MODELS = {"EncoderNetworks", "ExpressionRegressor", "OnnxModule"}
 
 
 def _loaded(server: ComfyServer) -> list[dict]:

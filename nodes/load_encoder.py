@@ -38,17 +38,27 @@ def _encoder(msid_path: Path, mapper_path: Path, versions: tuple, precision: str
 
 
 @lru_cache(maxsize=2)
-def _detector(pack: str, provider: str, det_size: int) -> FaceDetector:
+def _detector(pack: str, provider: str, det_size: int, versions: tuple) -> FaceDetector:
     """The face detector, cached apart from the encoder: changing detection_size loads no second MSID.
+
+    `versions` (the pack's .onnx file identities) is part of the cache key only: a replaced file loads anew.
 
     With torch on "auto" it is read onto the offload device and handed to ComfyUI's model management,
     which loads it onto ComfyUI's device before each detection (and may offload it afterwards).
     """
+    del versions
     device = comfy.model_management.unet_offload_device()
     detector = load_detector(insightface_root_of(pack), pack, provider, device, det_size)
     if provider == "auto" and detector.network is not None:
         detector.prepare = partial(load_on_device, managed(detector.network))
     return detector
+
+
+def pack_versions(pack: str) -> tuple:
+    """File identities of an insightface pack's .onnx files (also one folder down, as an unzip leaves them)."""
+    pack_dir = insightface_root_of(pack) / "models" / pack
+    files = sorted([*pack_dir.glob("*.onnx"), *pack_dir.glob("*/*.onnx")]) if pack_dir.is_dir() else []
+    return tuple((f.name, *file_identity(f)) for f in files)
 
 
 def _paths(msid: str, mapper: str) -> tuple[Path, Path]:
@@ -124,8 +134,8 @@ class F2DLoadMSIDEncoder(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, msid_file: str, mapper_file: str, **_: object) -> tuple:
-        return file_versions(msid_file, mapper_file)
+    def fingerprint_inputs(cls, msid_file: str, mapper_file: str, insightface_pack: str, **_: object) -> tuple:
+        return file_versions(msid_file, mapper_file), pack_versions(insightface_pack)
 
     @classmethod
     def execute(
@@ -140,7 +150,7 @@ class F2DLoadMSIDEncoder(io.ComfyNode):
         msid_path, mapper_path = _paths(msid_file, mapper_file)
         versions = (file_identity(msid_path), file_identity(mapper_path))
         encoder = _encoder(msid_path, mapper_path, versions, precision)
-        detector = _detector(insightface_pack, detector_device, detection_size)
+        detector = _detector(insightface_pack, detector_device, detection_size, pack_versions(insightface_pack))
         device = comfy.model_management.get_torch_device()
         info = {**encoder.sources, "pack": insightface_pack, "device": str(device), "precision": precision}
         log.info("Face2Diffusion model ready: %s", info)

@@ -142,3 +142,22 @@ def test_weight_file_replaced_with_its_timestamp_preserved_is_reloaded(comfy_ser
 
     after = _conditioning(comfy_server, graph, ["5", 0], "mm_mapper_after")
     assert (after - before).abs().amax() > 1e-3, "the replaced mapper file was not loaded again"
+
+
+def test_detector_file_replaced_with_its_timestamp_preserved_is_reloaded(comfy_server, comfy_models_dir, photo):
+    pack_dir = si.write_synthetic_pack(comfy_models_dir / "insightface", "buffalo_swapped", files=["det_10g.onnx"])
+    graph = encode_face_graph(photo)
+    graph["2"]["inputs"]["insightface_pack"] = "buffalo_swapped"
+    before = _conditioning(comfy_server, graph, ["5", 0], "mm_detector_before")
+
+    # A detector whose keypoints follow the image (other landmarks, so another aligned crop and S*), moved
+    # into place with the old file's modification time, as an unzip or `rsync -t` would.
+    detector = pack_dir / "det_10g.onnx"
+    stat = detector.stat()
+    replacement = pack_dir / "det_10g.onnx.tmp"
+    si.onnx.save(si.build_scrfd_detector(regression_gain=0.5), str(replacement))
+    os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(replacement, detector)
+
+    after = _conditioning(comfy_server, graph, ["5", 0], "mm_detector_after")
+    assert (after - before).abs().amax() > 1e-4, "the replaced detector file was not loaded again"

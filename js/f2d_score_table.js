@@ -46,7 +46,7 @@ function addTable(node) {
 }
 
 app.registerExtension({
-  name: "Face2Diffusion.ScoreTable",
+  name: "face2diffusion.ScoreTable",
   nodeCreated(node) {
     if (NODE_TYPES.has(node.comfyClass)) addTable(node);
   },

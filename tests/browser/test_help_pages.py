@@ -40,14 +40,21 @@ def test_every_node_has_a_help_page_naming_its_inputs_and_outputs(comfy_server: 
     nodes = {k: v for k, v in f2d_nodes(comfy_server).items() if not k.startswith("F2DTest")}
     assert len(nodes) >= 10
     assert sorted(p.stem for p in DOCS.glob("*.md")) == sorted(nodes)
+    problems = []
     for node_id, info in nodes.items():
         page = (DOCS / f"{node_id}.md").read_text()
         title = info["display_name"].replace("*", "\\*")
-        assert page.startswith(f"# {title}\n"), node_id
-        assert "## Inputs" in page and "## Outputs" in page, node_id
+        if not page.startswith(f"# {title}\n"):
+            problems.append(f"{node_id}.md does not start with '# {title}'")
+        if "## Inputs" not in page or "## Outputs" not in page:
+            problems.append(f"{node_id}.md has no '## Inputs' and '## Outputs' sections")
         inputs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
         missing = [name for name in [*inputs, *info["output_name"]] if f"`{name}`" not in page]
-        assert not missing, f"{node_id}.md does not describe {missing}"
+        if missing:
+            problems.append(f"{node_id}.md does not describe {missing}")
+    assert not problems, "\n".join(problems)
+    for node_id in nodes:
+        page = (DOCS / f"{node_id}.md").read_text()
         for picture in PICTURE.findall(page):
             assert (DOCS / picture).is_file(), f"{node_id}.md shows {picture}, which is not in js/docs"
 

@@ -73,18 +73,18 @@ def test_benchmark_runs_resumes_after_an_interrupt_and_reports(comfy_server, com
     log_2 = second.stdout + second.stderr
     assert second.returncode == 0, log_2
     assert "resuming:" in log_2 and "batches already generated" in log_2
-    assert "skipping setting 'identity_start'" in log_2  # this pack version's Apply F2D Tokens has no such input
+    assert "skipping setting" not in log_2  # Apply F2D Tokens has identity_start: every setting runs
     assert "batch/s" in log_2 or "s/batch" in log_2  # tqdm's progress bar with its time estimate
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items()), "finished batches were regenerated"
 
     with open(inputs["out"] / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 * 2 * 2 * 2  # settings (official, pooling) x faces x prompts x seeds
-    assert {r["setting"] for r in rows} == {"official", "pooling"}
+    assert len(rows) == 3 * 2 * 2 * 2  # settings x faces x prompts x seeds
+    assert {r["setting"] for r in rows} == set(SETTINGS)
     assert len({r["image"] for r in rows}) == len(rows) and all(Path(r["image"]).is_file() for r in rows)
     report = (inputs["out"] / "results.md").read_text()
     assert "| setting | identity | CLIP | dCLIP | hMean | gMean | faces found | images |" in report
-    for setting in ("official", "pooling"):
+    for setting in SETTINGS:
         assert f"| {setting} | " in report
     assert "| setting | N=1 | N=2 | N=4 | N=8 | N=16 |" in report and "| — | — | — |" in report
     assert "| Face2Diffusion | 0.3143 |" in report

@@ -33,7 +33,7 @@ class F2DAddPerson(io.ComfyNode):
                 ),
                 io.Clip.Input("clip", tooltip="The CLIP of an SD1.x checkpoint."),
                 io.Latent.Input("latent", tooltip="The latent that is sampled: masks are checked against its size."),
-                F2DFaceSocket.Input("f2d_face", tooltip="This person, from Encode Face → S* or Load F2D Face."),
+                F2DFaceSocket.Input("f2d_face", tooltip="This person, from Encode Face \u2192 S* or Load F2D Face."),
                 io.String.Input(
                     "text",
                     multiline=True,

@@ -7,6 +7,8 @@ tried before the cascade), then found by the cascade.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from tests.support.hard_photos import HARD_PHOTOS, hard_photo
 from tests.support.photos import ASTRONAUT, load_rgb
 
 CPU = ["CPUExecutionProvider"]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +141,26 @@ def test_pack_files_two_folders_down_are_pointed_at(tmp_path: Path) -> None:
         fd.FaceDetector(tmp_path, "antelopev2", providers=CPU)
     assert f"holds no .onnx files itself; they are in {deep}" in str(error.value)
     assert f"Move the .onnx files up into {tmp_path / 'models' / 'antelopev2'}/" in str(error.value)
+
+
+def test_every_attempt_runs_without_opencv(tmp_path: Path) -> None:
+    """The pack installs no OpenCV: with `import cv2` failing, the padded and resized attempts still run."""
+    script = f"""
+import sys
+import numpy as np
+from f2d_core.faces import face_detection as fd
+from tests.support import synthetic_insightface as si
+from tests.support.hard_photos import hard_photo
+
+si.write_synthetic_pack({str(tmp_path)!r}, "pack", files=["det_10g.onnx"])
+headshot, grey = hard_photo("face_fills_the_photo"), np.full((2000, 3000, 3), 128, np.uint8)
+sys.modules["cv2"] = None  # from here on `import cv2` raises ImportError, as in a venv without OpenCV
+detector = fd.FaceDetector({str(tmp_path)!r}, "pack")
+(face,) = detector.detect(headshot, "headshot")
+assert "padded" in face.found_by, face.found_by
+assert detector.detect(grey, "grey") == []
+print("found by:", face.found_by)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "found by: found on the photo padded" in done.stdout

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import numpy as np
+import torch
+
+from .scrfd import resize_like_cv2
 
 logger = logging.getLogger(__name__)
 
@@ -127,13 +130,12 @@ def _padded_photo(bgr: np.ndarray, padding: int, det_size: int) -> tuple[np.ndar
     same picture without building a padded copy at full size (a 6000 x 4000 photo padded would be
     12000 x 10000). Returns the image, its x and y scale from the photo, and the padding in its pixels.
     """
-    import cv2
-
     height, width = bgr.shape[:2]
     scale = min(1.0, det_size / (max(height, width) + 2 * padding))
     if scale < 1.0:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_LINEAR)  # as insightface's SCRFD resizes
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        pixels = torch.from_numpy(np.ascontiguousarray(bgr)).permute(2, 0, 1)[None].float()
+        bgr = resize_like_cv2(pixels, *size)[0].permute(1, 2, 0).to(torch.uint8).numpy()
     pad = round(padding * scale)
     image = np.pad(bgr, ((pad, pad), (pad, pad), (0, 0)))
     return image, bgr.shape[1] / width, bgr.shape[0] / height, pad

@@ -62,6 +62,18 @@ def scrfd_layout(model, source: str) -> ScrfdLayout:
     return ScrfdLayout(strides, anchors, use_kps, batched, fixed)
 
 
+def resize_like_cv2(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[B, C, H, W] float pixels (0..255) resized to height x width as `cv2.resize(INTER_LINEAR)` does.
+
+    Bilinear with half-pixel centres and no antialiasing, rounded to whole levels: within one uint8
+    level of cv2 (insightface's SCRFD resize); the same size is returned unchanged.
+    """
+    if tuple(image.shape[-2:]) == (height, width):
+        return image
+    image = F.interpolate(image, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
+    return image.round_().clamp_(0, 255)
+
+
 def letterbox(rgb: torch.Tensor, input_size: tuple[int, int]) -> tuple[torch.Tensor, float]:
     """An RGB uint8 image [H, W, 3] fitted into input_size (width, height) at the top left of a black canvas.
 
@@ -79,10 +91,7 @@ def letterbox(rgb: torch.Tensor, input_size: tuple[int, int]) -> tuple[torch.Ten
         new_h = int(new_w * im_ratio)
     new_w, new_h = max(new_w, 1), max(new_h, 1)
     det_scale = float(new_h) / height
-    image = rgb.permute(2, 0, 1)[None].float()
-    if (new_h, new_w) != (height, width):
-        image = F.interpolate(image, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=False)
-        image = image.round_().clamp_(0, 255)
+    image = resize_like_cv2(rgb.permute(2, 0, 1)[None].float(), new_h, new_w)
     canvas = image.new_zeros(1, 3, in_h, in_w)
     canvas[:, :, :new_h, :new_w] = image
     return (canvas - INPUT_MEAN) * (1.0 / INPUT_STD), det_scale

@@ -48,4 +48,9 @@ def training_folder(folder: str) -> Path:
     import folder_paths
 
     base = Path(folder_paths.get_input_directory())
+    if not folder.strip() or (base / folder.strip()).resolve() == base.resolve():
+        raise DatasetError(
+            f"Name the folder of training photos inside ComfyUI's input folder {base} (e.g. 'faces'), not the "
+            "input folder itself: it holds every image uploaded to this server."
+        )
     return check_outside_input(base / Path(folder).expanduser(), base, Path(folder_paths.get_user_directory()))

@@ -11,6 +11,8 @@ SCRIPTS = Path(__file__).resolve().parent / "library_scripts"
 
 def test_only_the_servers_owner_allows_a_folder_outside_input(comfyui_path, tmp_path):
     result = run_library_script(SCRIPTS / "outside_input_permission.py", comfyui_path, work_dir=str(tmp_path))
+    for case in ("empty", "input_itself"):  # never the whole input folder by accident
+        assert result[case].startswith("refused: Name the folder of training photos"), result[case]
     assert result["inside"] == f"allowed: {tmp_path / 'input' / 'faces'}"
     for case in ("relative_escape", "outside"):
         assert result[case].startswith("refused: The training folder "), result[case]

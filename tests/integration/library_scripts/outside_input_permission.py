@@ -29,7 +29,8 @@ def main(work_dir: str) -> dict:
     folder_paths.set_input_directory(str(work / "input"))
     folder_paths.set_user_directory(str(work / "user"))
     outside, other = work / "elsewhere" / "photos", work / "elsewhere_too" / "photos"
-    out = {"inside": _ask("faces"), "relative_escape": _ask("../elsewhere/photos"), "outside": _ask(str(outside))}
+    out = {"empty": _ask("  "), "input_itself": _ask(".")}
+    out |= {"inside": _ask("faces"), "relative_escape": _ask("../elsewhere/photos"), "outside": _ask(str(outside))}
     os.environ[ALLOW_ENV] = str(work / "elsewhere")
     out["outside_env"], out["other_env"] = _ask(str(outside)), _ask(str(other))
     del os.environ[ALLOW_ENV]

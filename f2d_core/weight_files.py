@@ -75,6 +75,14 @@ def load_torch_file(path: Path, hint: str = "") -> object:
 
 
 def _unreadable(path: Path, detail: str, hint: str = "") -> WeightFileError:
+    with open(path, "rb") as f:
+        start = f.read(512).lstrip().lower()
+    if start.startswith((b"<!doctype html", b"<html")):
+        return WeightFileError(
+            f"{path} is a web page, not a weight file ({path.stat().st_size} bytes of HTML): the browser saved the "
+            "download page (Google Drive shows one for large files: 'can't scan this file for viruses') instead of "
+            f"the file. Open the link again, confirm 'Download anyway', and replace this file. {hint}".rstrip()
+        )
     return WeightFileError(
         f"{path} could not be read as a PyTorch weight file: it is truncated (an incomplete download?) or "
         f"not a weight file at all ({path.stat().st_size} bytes). {hint or 'Download it again.'} Detail: {detail}"

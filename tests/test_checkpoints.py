@@ -83,6 +83,13 @@ def test_truncated_download_of_pt(tmp_path, official_checkpoints):
         load_mapper(cut)
 
 
+def test_download_page_saved_as_the_weight_file(tmp_path):
+    page = tmp_path / "msid.pt"  # what a browser saves when Google Drive shows its virus-scan page
+    page.write_text("<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head></html>")
+    with pytest.raises(WeightFileError, match=r"msid\.pt is a web page, not a weight file.*Download anyway"):
+        load_msid(page)
+
+
 def test_truncated_safetensors(tmp_path, state_dicts):
     full = tmp_path / "full.safetensors"
     save_file(state_dicts[1], str(full))

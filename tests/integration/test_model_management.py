@@ -7,6 +7,7 @@ probe pack's `GET /f2d_test/loaded_models` (tests/support/probe_nodes, never shi
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 
@@ -146,6 +147,13 @@ def test_weight_file_replaced_with_its_timestamp_preserved_is_reloaded(comfy_ser
 
 def test_detector_file_replaced_with_its_timestamp_preserved_is_reloaded(comfy_server, comfy_models_dir, photo):
     pack_dir = si.write_synthetic_pack(comfy_models_dir / "insightface", "buffalo_swapped", files=["det_10g.onnx"])
+    try:
+        _check_detector_replacement_is_loaded(comfy_server, pack_dir, photo)
+    finally:  # the server's models folder is shared by the session's tests: leave only the usual pack
+        shutil.rmtree(pack_dir)
+
+
+def _check_detector_replacement_is_loaded(comfy_server: ComfyServer, pack_dir, photo: str) -> None:
     graph = encode_face_graph(photo)
     graph["2"]["inputs"]["insightface_pack"] = "buffalo_swapped"
     before = _conditioning(comfy_server, graph, ["5", 0], "mm_detector_before")

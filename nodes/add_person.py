@@ -9,7 +9,7 @@ from ..f2d_core.conditioning.identity_start import DEFAULT_CLASS_NOUN
 from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER
 from ..f2d_core.conditioning.regions import MAX_PEOPLE, person_mask
 from .apply_tokens import s_star_for_prompt
-from .face_conditioning import face_conditioning, identity_start_inputs
+from .face_conditioning import face_conditioning, identifier_check, identity_start_inputs
 from .sockets import F2DExpression, F2DExpressionSocket, F2DFace, F2DFaceSocket
 
 
@@ -87,9 +87,7 @@ class F2DAddPerson(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, identifier: str = DEFAULT_IDENTIFIER, **_: object) -> bool | str:
-        if not identifier.strip():
-            return "identifier is empty: use 'f l' (the official identifier)."
-        return True
+        return identifier_check(identifier)
 
     @classmethod
     def execute(

@@ -47,6 +47,13 @@ def face_conditioning(
     return clip.encode_from_tokens_scheduled(class_tokens, add_dict={**region, **class_range}) + face
 
 
+def identifier_check(identifier: str) -> bool | str:
+    """`validate_inputs` of the nodes that take an identifier: True, or why it cannot be used."""
+    if not identifier.strip():
+        return "identifier is empty: use 'f l' (the official identifier)."
+    return True
+
+
 def identity_start_inputs() -> list:
     """The `identity_start` and `class_noun` inputs shared by Apply F2D Tokens and Add F2D Person."""
     return [

@@ -9,7 +9,7 @@ from ..f2d_core.conditioning.identity_start import DEFAULT_CLASS_NOUN
 from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER
 from ..f2d_core.conditioning.regions import MAX_PEOPLE, person_mask
 from .apply_tokens import s_star_for_prompt
-from .face_conditioning import face_conditioning, identifier_check, identity_start_inputs
+from .face_conditioning import face_conditioning, identifier_check, identifier_inputs
 from .sockets import F2DExpression, F2DExpressionSocket, F2DFace, F2DFaceSocket
 
 
@@ -74,13 +74,7 @@ class F2DAddPerson(io.ComfyNode):
                     optional=True,
                     tooltip="How much of the reference expression to use; 0 = the prompt decides.",
                 ),
-                io.String.Input(
-                    "identifier",
-                    default=DEFAULT_IDENTIFIER,
-                    optional=True,
-                    tooltip="The two-token word that stands for the person ('f l', as the official weights).",
-                ),
-                *identity_start_inputs(),
+                *identifier_inputs(),
             ],
             outputs=[io.Conditioning.Output()],
         )

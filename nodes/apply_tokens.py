@@ -10,7 +10,7 @@ from ..f2d_core.conditioning.identity_start import DEFAULT_CLASS_NOUN
 from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER
 from ..f2d_core.errors import F2DError
 from .clip_tokens import clip_skip_warning
-from .face_conditioning import face_conditioning, identifier_check, identity_start_inputs
+from .face_conditioning import face_conditioning, identifier_check, identifier_inputs
 from .sockets import F2DExpression, F2DExpressionSocket, F2DFace, F2DFaceSocket
 
 log = logging.getLogger(__name__)
@@ -66,14 +66,7 @@ class F2DApplyTokens(io.ComfyNode):
                     tooltip="How much of the reference expression to use (multiplies the strength set on "
                     "Expression Reference); 0 = the prompt decides.",
                 ),
-                io.String.Input(
-                    "identifier",
-                    default=DEFAULT_IDENTIFIER,
-                    optional=True,
-                    tooltip="The two-token word that stands for the person ('f l' is what the official "
-                    "weights were trained with).",
-                ),
-                *identity_start_inputs(),
+                *identifier_inputs(),
             ],
             outputs=[io.Conditioning.Output()],
         )

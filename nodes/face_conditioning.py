@@ -6,7 +6,7 @@ import torch
 from comfy_api.latest import io
 
 from ..f2d_core.conditioning.identity_start import DEFAULT_CLASS_NOUN, class_prompt, timestep_ranges
-from ..f2d_core.conditioning.injection import find_identifier
+from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER, find_identifier
 from ..f2d_core.errors import PromptError
 from .clip_tokens import identifier_ids, special_tokens, tokens_with_face
 
@@ -54,9 +54,16 @@ def identifier_check(identifier: str) -> bool | str:
     return True
 
 
-def identity_start_inputs() -> list:
-    """The `identity_start` and `class_noun` inputs shared by Apply F2D Tokens and Add F2D Person."""
+def identifier_inputs() -> list:
+    """The `identifier`, `identity_start` and `class_noun` inputs shared by Apply F2D Tokens and Add F2D Person."""
     return [
+        io.String.Input(
+            "identifier",
+            default=DEFAULT_IDENTIFIER,
+            optional=True,
+            tooltip="The two-token word that stands for the person ('f l' is what the official weights were "
+            "trained with).",
+        ),
         io.Float.Input(
             "identity_start",
             default=0.0,

@@ -1,0 +1,1 @@
+"""Face verification: pairs (insightface .bin files, held-out identity folders) and their metrics."""

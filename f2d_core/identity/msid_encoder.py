@@ -46,38 +46,51 @@ class MSIDEncoder(VisionTransformer):
 
     Input: aligned faces [B, 3, 112, 112] in [-1, 1]. Output: identity vectors [B, 1536], the four
     CLS tokens after blocks 2, 5, 8, 11, each through its `norms.layer_i`, concatenated.
+
+    The defaults are the official architecture (the only one the loaders build); `width`, `depth`,
+    `heads` and `tap_blocks` give the same structure smaller, for tests and benchmarks of training.
+    The output is then [B, width * len(tap_blocks)].
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        width: int = MSID_WIDTH,
+        depth: int = 12,
+        heads: int = 12,
+        tap_blocks: tuple[int, ...] = MSID_TAP_BLOCKS,
+    ) -> None:
+        if not tap_blocks or max(tap_blocks) >= depth or list(tap_blocks) != sorted(set(tap_blocks)):
+            raise ValueError(f"tap_blocks {tap_blocks} must be increasing block indices below depth {depth}")
         super().__init__(
             img_size=MSID_IMAGE_SIZE,
             patch_size=8,
-            embed_dim=MSID_WIDTH,
-            depth=12,
-            num_heads=12,
+            embed_dim=width,
+            depth=depth,
+            num_heads=heads,
             mlp_ratio=4.0,
             qkv_bias=True,
             norm_layer=partial(nn.LayerNorm, eps=1e-6),
             num_classes=0,
         )
-        self.norms = nn.ModuleDict({f"layer_{i}": _scale_norm(MSID_WIDTH) for i in MSID_TAP_BLOCKS})
+        self.tap_blocks = tuple(tap_blocks)
+        self.norms = nn.ModuleDict({f"layer_{i}": _scale_norm(width) for i in self.tap_blocks})
 
     def scale_tokens(self, faces: torch.Tensor) -> list[torch.Tensor]:
-        """The CLS token after each tapped block, through BatchNorm only: four [B, 384]."""
+        """The CLS token after each tapped block, through BatchNorm only: four [B, 384] (one [B, width] per tap)."""
         x = self._pos_embed(self.patch_embed(faces))
         x = self.norm_pre(x)
         tokens = []
-        last = MSID_TAP_BLOCKS[-1]
+        last = self.tap_blocks[-1]
         for i, block in enumerate(self.blocks[: last + 1]):
             use_cls_path = i == last and not self.training and getattr(block.attn, "gate", None) is None
             x = cls_token_block(block, x) if use_cls_path else block(x)
-            if i in MSID_TAP_BLOCKS:
+            if i in self.tap_blocks:
                 tokens.append(self.norms[f"layer_{i}"][0](x[:, 0]))
         return tokens
 
     def layer_norms(self) -> list[nn.LayerNorm]:
         """The LayerNorm of each scale, in tap order."""
-        return [self.norms[f"layer_{i}"][1] for i in MSID_TAP_BLOCKS]
+        return [self.norms[f"layer_{i}"][1] for i in self.tap_blocks]
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
         """Identity vectors [B, 1536] of aligned faces [B, 3, 112, 112] in [-1, 1]."""

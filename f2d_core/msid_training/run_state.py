@@ -1,0 +1,202 @@
+"""MSID training's resumable state, written atomically, and the run identity checked on resume.
+
+A run folder holds `msid_training_state.safetensors` (rank 0: the encoder, its AdamW moments, the
+step, the loss of every step, the settings and the run's identity) and one
+`classifier_rank<r>_step<S>.safetensors` per rank (that rank's shard of the class centres and their
+moments). The shards are written first, then the main state, which names the step: a crash at any
+point leaves a main state whose shards are all on disk. Older shards are deleted afterwards.
+
+The identity is what the saved weights were computed from (dataset, starting weights, loss with its
+margin, scale and Partial FC rate, global batch, seed, number of processes, architecture); resuming
+with another raises `MSIDRunMismatch`. Learning rate, weight decay, epochs and the like may change
+between sessions (the current values win, as in mapper training).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..atomic_io import atomic_write
+from ..errors import F2DError, WeightFileError
+from ..training.run_identity import free_run_name
+from ..weight_files import read_weights
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "face2diffusion-msid-training-state"
+STATE_FILE = "msid_training_state.safetensors"
+IDENTITY_LABELS = {
+    "dataset": "dataset",
+    "init": "starting weights",
+    "loss": "loss",
+    "global_batch_size": "batch size",
+    "seed": "seed",
+    "world_size": "number of processes (world size)",
+    "architecture": "encoder architecture",
+}
+
+
+@dataclass(frozen=True)
+class MSIDRunIdentity:
+    """The run a state belongs to."""
+
+    dataset: str
+    init: str
+    loss: str
+    global_batch_size: int
+    seed: int
+    world_size: int
+    architecture: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> MSIDRunIdentity:
+        values = json.loads(text)
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+    def differences(self, saved: MSIDRunIdentity) -> list[str]:
+        """'loss (saved run: msid ..., now: plain_arcface ...)' for every field that differs."""
+        out = []
+        for name, label in IDENTITY_LABELS.items():
+            old, new = getattr(saved, name), getattr(self, name)
+            if old != new:
+                out.append(f"{label} (saved run: {str(old)[:40]}, now: {str(new)[:40]})")
+        return out
+
+
+class MSIDRunMismatch(F2DError):
+    """A resume whose run identity differs from the saved state's."""
+
+    def __init__(self, run_dir: Path, differences: list[str]) -> None:
+        self.differences = differences
+        super().__init__(
+            f"The saved MSID run in {run_dir} was trained with another " + "; another ".join(differences) + ". "
+            "Resuming it would mix two runs. Choose a new --run-dir "
+            f"(e.g. '{run_dir.parent / free_run_name(run_dir)}'), or delete the old state to start over."
+        )
+
+
+@dataclass
+class SavedRun:
+    """Where a saved run stood: the next step to train and the loss of every step so far."""
+
+    step: int
+    losses: list[float]
+    settings: dict
+
+
+def _shard_path(run_dir: Path, rank: int, step: int) -> Path:
+    return run_dir / f"classifier_rank{rank}_step{step}.safetensors"
+
+
+def _part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict[str, torch.Tensor]:
+    out = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) in names:
+                for key, value in optimizer.state.get(p, {}).items():
+                    if isinstance(value, torch.Tensor):
+                        out[f"optim.{names[id(p)]}.{key}"] = value.detach().float().cpu().contiguous()
+    return out
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, params: dict[str, torch.nn.Parameter], tensors) -> None:
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            name, state_key = key.removeprefix("optim.").rsplit(".", 1)
+            if name in params:  # AdamW's step counter lives on the CPU (non-capturable AdamW)
+                device = "cpu" if state_key == "step" else params[name].device
+                optimizer.state[params[name]][state_key] = value.to(device)
+
+
+def save_run_state(
+    run_dir: Path,
+    step: int,
+    encoder: torch.nn.Module,
+    classifier: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    losses: list[float],
+    settings: dict,
+    identity: MSIDRunIdentity,
+    rank: int = 0,
+    barrier: Callable[[], None] = lambda: None,
+) -> Path:
+    """Every rank writes its classifier shard, then rank 0 the main state; returns the main state's path.
+
+    `barrier` waits for every rank (a no-op in one process). Call it on every rank at the same step.
+    """
+    run_dir = Path(run_dir)
+    shard_params = {id(p): f"classifier.{n}" for n, p in classifier.named_parameters()}
+    shard = {f"classifier.{k}": v.detach().float().cpu().contiguous() for k, v in classifier.state_dict().items()}
+    shard.update(_optimizer_tensors(optimizer, shard_params))
+    atomic_write(_shard_path(run_dir, rank, step), lambda tmp: save_file(shard, str(tmp), {"step": str(step)}))
+    barrier()
+    main = run_dir / STATE_FILE
+    if rank == 0:
+        tensors = {f"encoder.{k}": v.detach().float().cpu().contiguous() for k, v in encoder.state_dict().items()}
+        tensors.update(_optimizer_tensors(optimizer, {id(p): f"encoder.{n}" for n, p in encoder.named_parameters()}))
+        tensors["losses"] = torch.tensor(losses, dtype=torch.float64)
+        metadata = {
+            "format": STATE_FORMAT,
+            "step": str(step),
+            "settings": json.dumps(settings, default=str),
+            "identity": identity.to_json(),
+        }
+        atomic_write(main, lambda tmp: save_file(tensors, str(tmp), metadata))
+    barrier()
+    for old in run_dir.glob(f"classifier_rank{rank}_step*.safetensors"):
+        if old != _shard_path(run_dir, rank, step):
+            old.unlink(missing_ok=True)
+    return main
+
+
+def load_run_state(
+    run_dir: Path,
+    encoder: torch.nn.Module,
+    classifier: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    identity: MSIDRunIdentity,
+    rank: int = 0,
+) -> SavedRun | None:
+    """Restore encoder, this rank's classifier shard and the AdamW moments; None when the folder has no state.
+
+    Raises:
+        MSIDRunMismatch: the state belongs to another run (nothing is restored).
+        WeightFileError: the file is not an MSID training state, or this rank's shard is missing.
+    """
+    run_dir = Path(run_dir)
+    main = run_dir / STATE_FILE
+    if not main.exists():
+        return None
+    tensors, metadata = read_weights(main)
+    if metadata.get("format") != STATE_FORMAT:
+        raise WeightFileError(f"{main} is not an MSID training state; delete it or choose another --run-dir.")
+    differences = identity.differences(MSIDRunIdentity.from_json(metadata["identity"]))
+    if differences:
+        raise MSIDRunMismatch(run_dir, differences)
+    step = int(metadata["step"])
+    shard_file = _shard_path(run_dir, rank, step)
+    if not shard_file.exists():
+        raise WeightFileError(f"{main} is at step {step}, but {shard_file.name} (rank {rank}'s classifier) is missing.")
+    shard, _ = read_weights(shard_file)
+    encoder.load_state_dict(_part(tensors, "encoder."))
+    classifier.load_state_dict(_part(shard, "classifier."))
+    params = {f"encoder.{n}": p for n, p in encoder.named_parameters()}
+    params.update({f"classifier.{n}": p for n, p in classifier.named_parameters()})
+    _restore_optimizer(optimizer, params, tensors)
+    _restore_optimizer(optimizer, params, shard)
+    log.info("resuming %s at step %d", run_dir, step)
+    return SavedRun(step, tensors["losses"].tolist(), json.loads(metadata["settings"]))

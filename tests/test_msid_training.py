@@ -1,0 +1,151 @@
+"""MSID training at tiny width on the CPU: the loss falls, verification improves, resume is exact.
+
+Faces have no labelled identity set offline: the identities are tests/support/identity_sets.py's (the
+real faces packages ship, re-aligned with augmentation, plus synthetic ones). Held-out pairs are other
+photos of those identities (another seed's augmentation), scored by the cosine of the embedding the
+loss trains (MSID: all taps concatenated; plain ArcFace: the last tap).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from f2d_core.identity.msid_encoder import MSIDEncoder
+from f2d_core.msid_training.encoder_init import EncoderInit, initial_encoder, timm_to_msid
+from f2d_core.msid_training.encoder_output import save_trained_encoder
+from f2d_core.msid_training.run_state import MSIDRunMismatch
+from f2d_core.msid_training.schedule import learning_rate
+from f2d_core.msid_training.trainer import MSIDTrainer, MSIDTrainSettings, to_encoder_input
+from f2d_core.msid_training.verification.metrics import verification_metrics
+from f2d_core.weight_files import read_weights
+from tests.support.identity_sets import identity_set, verification_pairs
+
+TINY = {"width": 32, "depth": 4, "heads": 2, "tap_blocks": (0, 1, 2, 3)}
+BATCH = 32
+TRAIN_STEPS = 60  # 15 epochs of the 128 photos
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Matrices this small run faster on one thread than on several competing for shared cores (3x in CI)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def faces():
+    """(training photos: 16 identities x 8, held-out photos of the same identities: 16 x 4)."""
+    return identity_set(8, 8, seed=0), identity_set(4, 8, seed=1)
+
+
+def shuffled_batches(data, batch_size: int, seed: int = 0):
+    """A deterministic loader: epoch e is a seeded permutation, cut into full batches from `first` on."""
+
+    def batches(epoch: int, first: int):
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        for k in range(first, len(data) // batch_size):
+            index = order[k * batch_size : (k + 1) * batch_size]
+            yield data.images[index], data.labels[index]
+
+    return batches
+
+
+def held_out_auc(encoder: MSIDEncoder, held, loss: str) -> float:
+    encoder.eval()
+    with torch.no_grad():
+        embeddings = encoder(to_encoder_input(held.images, None))
+    encoder.train()
+    if loss == "plain_arcface":
+        embeddings = embeddings[:, -encoder.embed_dim :]
+    first, second, same = verification_pairs(held, 200, seed=2)
+    return verification_metrics(F.cosine_similarity(embeddings[first], embeddings[second]), same).auc
+
+
+def _trainer(data, run_dir, seed_encoder: int = 0, **settings) -> MSIDTrainer:
+    torch.manual_seed(seed_encoder)
+    encoder = MSIDEncoder(**TINY)
+    defaults = {"epochs": 100, "batch_size": BATCH, "warmup_fraction": 0.02, "checkpoint_every": 1000}
+    return MSIDTrainer(
+        encoder,
+        data,
+        shuffled_batches(data, BATCH),
+        MSIDTrainSettings(**{**defaults, **settings}),
+        run_dir,
+        init_digest=f"random:seed={seed_encoder}",
+    )
+
+
+@pytest.mark.parametrize("loss", ["msid", "plain_arcface"])
+def test_training_lowers_the_loss_and_raises_held_out_auc(faces, tmp_path, loss):
+    train, held = faces
+    trainer = _trainer(train, tmp_path, loss=loss, max_steps=TRAIN_STEPS)
+    untrained_auc = held_out_auc(trainer.encoder, held, loss)
+    result = trainer.run()
+    assert result.step == TRAIN_STEPS and len(result.losses) == TRAIN_STEPS and result.status == "stopped"
+    first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
+    assert last < 0.6 * first, (first, last)
+    trained_auc = held_out_auc(trainer.encoder, held, loss)
+    assert trained_auc > untrained_auc + 0.02, (untrained_auc, trained_auc)
+    # The plain baseline trains the last tap only: the shallow norms keep their initial affine.
+    shallow = trainer.encoder.norms["layer_0"][1].weight
+    assert torch.equal(shallow, torch.ones_like(shallow)) == (loss == "plain_arcface")
+
+    out_path = tmp_path / "msid_tiny.safetensors"
+    out = save_trained_encoder(out_path, trainer.encoder, result, trainer.settings, train, "x")
+    tensors, metadata = read_weights(out)
+    assert set(tensors) == {f"msid.{k}" for k in trainer.encoder.state_dict()}
+    assert metadata["contents"] == "msid" and metadata["trained_steps"] == str(TRAIN_STEPS)
+    assert metadata["loss"].startswith(loss)
+
+
+def test_resumed_run_repeats_the_uninterrupted_losses(faces, tmp_path):
+    """Stopped at step 7 (mid-epoch, past a checkpoint at 5) and resumed: the same 12 losses, bit for bit."""
+    train, _ = faces
+    settings = {"epochs": 3, "checkpoint_every": 5, "partial_fc": 0.5}
+    whole = _trainer(train, tmp_path / "whole", **settings).run()
+    assert whole.status == "completed" and len(whole.losses) == 12
+    part = _trainer(train, tmp_path / "parts", max_steps=7, **settings).run()
+    assert part.step == 7 and part.status == "stopped"
+    rest = _trainer(train, tmp_path / "parts", **settings).run()
+    assert rest.step == 12 and rest.status == "completed"
+    assert rest.losses == whole.losses
+    again = _trainer(train, tmp_path / "parts", **settings).run()
+    assert again.status == "nothing_to_train"
+
+
+def test_resume_with_another_run_identity_is_refused(faces, tmp_path):
+    train, _ = faces
+    _trainer(train, tmp_path, epochs=1).run()
+    with pytest.raises(MSIDRunMismatch, match="loss"):
+        _trainer(train, tmp_path, epochs=1, loss="plain_arcface").run()
+    with pytest.raises(MSIDRunMismatch, match="starting weights"):
+        _trainer(train, tmp_path, seed_encoder=1, epochs=1).run()
+
+
+def test_schedule_warms_up_then_decays_linearly_to_zero():
+    rates = [learning_rate(s, 100, 10, 1e-3) for s in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert rates[10] == pytest.approx(1e-3) and rates[55] == pytest.approx(0.5e-3) and rates[-1] > 0
+    assert learning_rate(100, 100, 10, 1e-3) == 0
+
+
+def test_timm_vit_checkpoint_starts_the_encoder(tmp_path):
+    """A timm ViT-S/16 state dict (patch 16, 14x14 grid, a head): blocks copied, kernel and grid resampled."""
+    import timm
+    from safetensors.torch import save_file
+
+    vit = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=10, img_size=160)
+    path = tmp_path / "vit_s16.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
+    encoder = initial_encoder(EncoderInit.parse(f"timm:{path}"))
+    torch.testing.assert_close(encoder.blocks[7].mlp.fc1.weight, vit.blocks[7].mlp.fc1.weight)
+    assert encoder.patch_embed.proj.weight.shape == (384, 3, 8, 8)
+    assert encoder.pos_embed.shape == (1, 197, 384)
+    torch.testing.assert_close(encoder.pos_embed[:, :1], vit.pos_embed[:, :1])  # the class token's own
+    wrong = {k: v for k, v in vit.state_dict().items() if k != "pos_embed"}
+    with pytest.raises(Exception, match="not a timm VisionTransformer"):
+        timm_to_msid(wrong, MSIDEncoder(), path)

@@ -32,7 +32,9 @@ def verification_metrics(scores: torch.Tensor, same: torch.Tensor) -> Verificati
 
     AUC is the Mann-Whitney statistic P(score_same > score_different) with ties counted half
     (equal to the area under the ROC curve). Accuracy is the best over thresholds placed at every
-    score: a pair is called "same" when its score is >= the threshold.
+    score and above the highest (every pair called different, as insightface's threshold sweep
+    includes): a pair is called "same" when its score is >= the threshold. Ties in accuracy go to the
+    lowest threshold; `threshold` is +inf when calling every pair different is best.
 
     Raises:
         ValueError: shapes differ, or either class is empty (AUC is undefined).
@@ -59,11 +61,13 @@ def verification_metrics(scores: torch.Tensor, same: torch.Tensor) -> Verificati
     same_below = torch.cumsum(same_sorted, 0) - same_sorted  # same pairs strictly before each position
     diff_below = torch.arange(scores.numel(), dtype=torch.float64) - same_below
     correct = (n_same - same_below[first - 1]) + diff_below[first - 1]
+    correct = torch.cat([correct, torch.tensor([float(n_diff)], dtype=torch.float64)])  # threshold +inf
+    thresholds = torch.cat([unique, torch.tensor([float("inf")], dtype=torch.float64)])
     best = int(torch.argmax(correct))
     return VerificationResult(
         auc=float(auc),
         accuracy=float(correct[best].item() / scores.numel()),
-        threshold=float(unique[best].item()),
+        threshold=float(thresholds[best].item()),
         same_pairs=n_same,
         different_pairs=n_diff,
     )

@@ -8,6 +8,8 @@ loss trains (MSID: all taps concatenated; plain ArcFace: the last tap).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -149,3 +151,51 @@ def test_timm_vit_checkpoint_starts_the_encoder(tmp_path):
     wrong = {k: v for k, v in vit.state_dict().items() if k != "pos_embed"}
     with pytest.raises(Exception, match="not a timm VisionTransformer"):
         timm_to_msid(wrong, MSIDEncoder(), path)
+
+
+def ddp_rank(rank: int, world_size: int, run_dir: str) -> dict:
+    """One rank of a 2-process run (run_on_ranks): DDP encoder, sharded centres, this rank's half of each
+    batch; stopped at step 3, then resumed by a new trainer to the end (step 6)."""
+    torch.set_num_threads(1)
+    train = identity_set(4, 8, seed=0)  # 64 photos: 2 steps of 32 per epoch
+    whole = shuffled_batches(train, BATCH)
+    half = BATCH // world_size
+
+    def batches(epoch: int, first: int):
+        for images, labels in whole(epoch, first):
+            yield images[rank * half : (rank + 1) * half], labels[rank * half : (rank + 1) * half]
+
+    def session(max_steps: int | None) -> MSIDTrainer:
+        torch.manual_seed(0)
+        settings = MSIDTrainSettings(
+            epochs=3, batch_size=BATCH, checkpoint_every=2, max_steps=max_steps, partial_fc=0.5
+        )
+        return MSIDTrainer(
+            MSIDEncoder(**TINY), train, batches, settings, run_dir, init_digest="r", rank=rank, world_size=world_size
+        )
+
+    first = session(3).run()
+    shards = sorted(p.name for p in Path(run_dir).glob("classifier_rank*"))
+    trainer = session(None)
+    rest = trainer.run()
+    return {
+        "steps": torch.tensor([first.step, rest.step]),
+        "first_losses": torch.tensor(first.losses),
+        "losses": torch.tensor(rest.losses),
+        "shards_at_3": shards,
+        "qkv": trainer.encoder.blocks[0].attn.qkv.weight.detach(),
+        "centres": trainer.classifier.weight.detach(),
+    }
+
+
+def test_two_gloo_ranks_train_one_encoder_and_resume(tmp_path):
+    """2 processes: the same global loss on both, identical encoders, their own centre shards, a resumable state."""
+    from tests.support.sharded_ranks import run_on_ranks
+
+    ranks = run_on_ranks(ddp_rank, 2, tmp_path / "ranks", str(tmp_path / "run"))
+    assert all(r["steps"].tolist() == [3, 6] for r in ranks)
+    assert ranks[0]["shards_at_3"] == ["classifier_rank0_step3.safetensors", "classifier_rank1_step3.safetensors"]
+    torch.testing.assert_close(ranks[0]["losses"], ranks[1]["losses"])
+    torch.testing.assert_close(ranks[0]["losses"][:3], ranks[0]["first_losses"])
+    assert torch.equal(ranks[0]["qkv"], ranks[1]["qkv"])
+    assert ranks[0]["centres"].shape == (8, 32 * 4) and ranks[1]["centres"].shape == (8, 32 * 4)

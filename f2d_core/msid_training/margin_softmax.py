@@ -158,8 +158,11 @@ class ShardedMarginSoftmax(nn.Module):
         return _ShardedCrossEntropy.apply(logits, local_labels, self.group, self.world_size > 1)
 
 
-def sum_gradients_hook(process_group: dist.ProcessGroup | None, bucket: dist.GradBucket) -> torch.futures.Future:
+def sum_gradients_hook(process_group, bucket):  # unannotated: DDP rejects string annotations here
     """A DDP communication hook that sums the encoder's gradients across ranks instead of averaging.
+
+    (process_group: dist.ProcessGroup or None, bucket: dist.GradBucket) -> torch.futures.Future of the
+    bucket's summed gradient.
 
     With the sharded classifier every rank's loss is the global batch's loss and each rank's backward
     gives the encoder's gradient through its own samples only, so the true gradient is their sum

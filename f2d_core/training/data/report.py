@@ -13,6 +13,11 @@ NO_FACE = "no_face"
 MASK_MISSING = "mask_missing"
 MASK_UNUSABLE = "mask_unusable"
 NESTED_FOLDER = "nested_folder"
+# Face-recognition data (MSID training): identity folders and insightface record files.
+FACE_TOO_SMALL = "face_too_small"
+NO_IDENTITY = "no_identity"
+EMPTY_IDENTITY = "empty_identity"
+BAD_RECORD = "bad_record"
 REASON_WORDS: dict[str, str] = {
     NOT_IMAGE: "not an image",
     UNREADABLE: "unreadable or truncated image",
@@ -20,6 +25,10 @@ REASON_WORDS: dict[str, str] = {
     MASK_MISSING: "no mask in the mask folder",
     MASK_UNUSABLE: "mask unreadable or of another size",
     NESTED_FOLDER: "folder inside a person folder (not searched)",
+    FACE_TOO_SMALL: "face too small to align",
+    NO_IDENTITY: "file outside any identity folder",
+    EMPTY_IDENTITY: "identity folder without a usable image",
+    BAD_RECORD: "damaged record",
 }
 _LISTED = 3  # file names a summary line shows per reason
 

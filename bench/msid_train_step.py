@@ -1,0 +1,226 @@
+"""Benchmark one MSID training step: images/s and MFU, this pack's step against the straightforward one.
+
+    python bench/msid_train_step.py                                  # GPU: ViT-S, batch 256 and 1024, bf16
+    python bench/msid_train_step.py --device cpu                     # CPU: tiny width (64, depth 4), batch 32
+    python bench/msid_train_step.py --classes 360232 --partial-fc 0.3 --batch 1024   # Glint360K's classifier
+
+Ours: `MSIDTrainer.train_step` as training runs it: uint8 faces normalised and flipped on the device,
+bf16 autocast where the GPU computes it natively, the margin softmax of `ShardedMarginSoftmax` (one
+rank here), AdamW (foreach) with clipping. Straightforward: a plain fp32 eager loop: the faces
+normalised on the host and copied as float32, fp32 forward and backward, `nn.Linear`-style full
+classifier through `arcface_loss`, the same AdamW. Both on the same random faces, labels and weights,
+alternating, after warm-up steps; the median step time is reported.
+
+FLOPs are counted analytically (multiply-add = 2 FLOPs; backward = 2x forward, so training = 3x):
+per image, the patch embedding 2*P*(3*p*p)*d, and per block with N tokens of width d,
+qkv 6*N*d^2 + attention scores and values 4*N^2*d + projection 2*N*d^2 + MLP 16*N*d^2, i.e.
+24*N*d^2 + 4*N^2*d; the classifier 2*D*C. MFU = achieved FLOP/s / the GPU's dense bf16 peak (H100 and
+H200 SXM: 989 TFLOP/s; A100: 312); on the CPU only the achieved GFLOP/s is given unless --peak-tflops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from f2d_core.identity.msid_encoder import MSIDEncoder
+from f2d_core.msid_training.arcface_loss import arcface_loss
+from f2d_core.msid_training.trainer import MSIDTrainer, MSIDTrainSettings, embedding_width
+from f2d_core.training.precision import dtype_name, resolve_training_dtype
+
+log = logging.getLogger("bench.msid_train_step")
+
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.0}
+MS1MV3_IMAGES, MS1MV3_CLASSES = 5_179_510, 93_431
+
+
+def vit_forward_flops(width: int, depth: int, image: int = 112, patch: int = 8) -> float:
+    """FLOPs of one image's ViT forward (every block; see the module docstring)."""
+    patches = (image // patch) ** 2
+    tokens = patches + 1
+    embed = 2 * patches * 3 * patch * patch * width
+    return embed + depth * (24 * tokens * width**2 + 4 * tokens**2 * width)
+
+
+def train_flops_per_image(width: int, depth: int, embedding: int, classes: int, sample_rate: float = 1.0) -> float:
+    """Forward + backward FLOPs per image: 3x (ViT forward + classifier forward)."""
+    return 3 * (vit_forward_flops(width, depth) + 2 * embedding * classes * sample_rate)
+
+
+class _Data:
+    """The trainer needs a set's size and class count only: the batches are given directly."""
+
+    def __init__(self, size: int, classes: int) -> None:
+        self.size, self.num_classes = size, classes
+        self.labels = torch.arange(size) % classes
+        self.source = "random"
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(step, device: torch.device, steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_batch(args: argparse.Namespace, device: torch.device, batch: int) -> dict:
+    """Median step seconds of ours and of the straightforward loop at one batch size."""
+    arch = {"width": args.width, "depth": args.depth, "heads": args.heads, "tap_blocks": tuple(args.taps)}
+    dtype = resolve_training_dtype("auto", device) if args.dtype == "auto" else torch.float32
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, 112, 112), dtype=torch.uint8)
+    labels = torch.randint(0, args.classes, (batch,))
+    if device.type == "cuda":
+        images, labels = images.pin_memory(), labels.pin_memory()
+    settings = MSIDTrainSettings(epochs=1000, batch_size=batch, partial_fc=args.partial_fc)
+    trainer = MSIDTrainer(
+        MSIDEncoder(**arch),
+        _Data(batch * 10, args.classes),
+        lambda e, f: [],
+        settings,
+        Path(tempfile.mkdtemp()),
+        init_digest="random",
+        device=device,
+        compute_dtype=dtype,
+    )
+    counter = iter(range(1 << 30))
+    ours = lambda: trainer.train_step(next(counter), images, labels)  # noqa: E731
+
+    encoder = MSIDEncoder(**arch).to(device).train()
+    encoder.norm.requires_grad_(False)
+    centres = torch.nn.Parameter(torch.randn(args.classes, embedding_width(encoder, "msid"), device=device) * 0.01)
+    params = [p for p in encoder.parameters() if p.requires_grad] + [centres]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)
+
+    def plain() -> None:
+        faces = (images.float() / 255 - 0.5) / 0.5  # on the host, as a plain Dataset's transform would
+        loss = arcface_loss(encoder(faces.to(device)), centres, labels.to(device))
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(encoder.parameters(), 5.0)
+        optimizer.step()
+
+    for fn in (ours, plain):
+        _timed(fn, device, args.warmup)
+    ours_times, plain_times = [], []
+    for _ in range(args.steps):  # alternate, so both see the same machine load
+        ours_times += _timed(ours, device, 1)
+        plain_times += _timed(plain, device, 1)
+    flops = train_flops_per_image(args.width, args.depth, embedding_width(encoder, "msid"), args.classes)
+    ours_flops = train_flops_per_image(
+        args.width, args.depth, embedding_width(encoder, "msid"), args.classes, args.partial_fc
+    )
+    row = {"batch": batch, "dtype": dtype_name(dtype), "classes": args.classes, "partial_fc": args.partial_fc}
+    for name, times, per_image in (("ours", ours_times, ours_flops), ("plain_fp32", plain_times, flops)):
+        seconds = statistics.median(times)
+        achieved = per_image * batch / seconds
+        row[name] = {
+            "step_s": seconds,
+            "images_per_s": batch / seconds,
+            "tflops": achieved / 1e12,
+            "mfu": achieved / (args.peak_tflops * 1e12) if args.peak_tflops else None,
+        }
+    row["speedup"] = row["plain_fp32"]["step_s"] / row["ours"]["step_s"]
+    if device.type == "cuda":
+        row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return row
+
+
+def ms1mv3_estimate(images_per_s: float) -> dict:
+    """Hours for 30 epochs of MS1MV3 at a measured rate, and what the FLOP count alone says for one H100."""
+    flops = train_flops_per_image(384, 12, 1536, MS1MV3_CLASSES) * MS1MV3_IMAGES * 30
+    return {
+        "flops_total": flops,
+        "hours_at_measured_rate": MS1MV3_IMAGES * 30 / images_per_s / 3600 if images_per_s else None,
+        "hours_h100_at_40pct_mfu": flops / (0.4 * 989e12) / 3600,
+        "images_per_s_needed_for_4h": MS1MV3_IMAGES * 30 / (4 * 3600),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu.")
+    parser.add_argument("--batch", type=int, nargs="+", help="Batch sizes (GPU: 256 1024; CPU: 32).")
+    parser.add_argument("--width", type=int, help="Encoder width (GPU: 384, the official; CPU: 64).")
+    parser.add_argument("--depth", type=int, help="Encoder depth (GPU: 12; CPU: 4).")
+    parser.add_argument("--heads", type=int, help="Attention heads (GPU: 12; CPU: 4).")
+    parser.add_argument("--classes", type=int, help=f"Identities (GPU: {MS1MV3_CLASSES}, MS1MV3; CPU: 1000).")
+    parser.add_argument("--partial-fc", type=float, default=1.0, help="Partial FC rate of our step.")
+    parser.add_argument("--dtype", choices=("auto", "fp32"), default="auto", help="Our step's autocast rule.")
+    parser.add_argument("--steps", type=int, default=10, help="Timed steps of each.")
+    parser.add_argument("--warmup", type=int, default=3, help="Untimed steps of each first.")
+    parser.add_argument("--peak-tflops", type=float, help="Peak bf16 TFLOP/s for MFU (default: from the GPU name).")
+    parser.add_argument("--json", type=Path, help="Also write the results here.")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    defaults = {"batch": [256, 1024] if gpu else [32], "width": 384 if gpu else 64, "depth": 12 if gpu else 4}
+    defaults.update(heads=12 if gpu else 4, classes=MS1MV3_CLASSES if gpu else 1000)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.taps = [2, 5, 8, 11] if args.depth == 12 else list(range(args.depth))
+    name = torch.cuda.get_device_name(device) if gpu else "CPU"
+    if args.peak_tflops is None and gpu:
+        args.peak_tflops = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    log.info(
+        "%s: width %d, depth %d, %d classes, torch %s", name, args.width, args.depth, args.classes, torch.__version__
+    )
+    rows = []
+    for batch in args.batch:
+        row = bench_batch(args, device, batch)
+        rows.append(row)
+        for kind in ("ours", "plain_fp32"):
+            r = row[kind]
+            mfu = f", MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
+            log.info(
+                "batch %4d %-10s %8.1f images/s  %7.3f s/step  %9.1f GFLOP/s%s",
+                batch,
+                kind if kind == "plain_fp32" else f"ours {row['dtype']}",
+                r["images_per_s"],
+                r["step_s"],
+                r["tflops"] * 1000,
+                mfu,
+            )
+        log.info("batch %4d ours / plain: %.2fx", batch, row["speedup"])
+    result = {"device": name, "width": args.width, "depth": args.depth, "rows": rows}
+    if gpu and args.width == 384 and args.depth == 12:
+        result["ms1mv3_30_epochs"] = ms1mv3_estimate(rows[-1]["ours"]["images_per_s"])
+    else:
+        result["ms1mv3_30_epochs"] = ms1mv3_estimate(0.0)
+    estimate = result["ms1mv3_30_epochs"]
+    log.info(
+        "MS1MV3 x 30 epochs: %.2e FLOPs; an estimate for one H100 at 40%% bf16 MFU: %.1f h (4 h needs %.0f images/s)",
+        estimate["flops_total"],
+        estimate["hours_h100_at_40pct_mfu"],
+        estimate["images_per_s_needed_for_4h"],
+    )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

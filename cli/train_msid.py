@@ -1,0 +1,266 @@
+"""Train the MSID identity encoder (paper Sec. 3.2): one process, or one per GPU through torchrun.
+
+    python cli/train_msid.py --data ~/faces_ms1mv3 --out msid_ms1mv3.safetensors --run-dir runs/msid
+    torchrun --nproc_per_node 8 cli/train_msid.py --data ~/glint360k --partial-fc 0.3 ...same...
+    python cli/train_msid.py --data ~/vggface2_train --insightface-root ~/ComfyUI/models/insightface \\
+        --init msid:msid.pt --epochs 2 --lr 1e-4 --out msid_finetuned.safetensors --run-dir runs/ft
+
+`--data` is a folder of insightface record files (train.rec, train.idx, property: MS1MV2/MS1MV3,
+Glint360K) or a folder with one subfolder per identity (aligned 112x112 crops, or photos: these are
+detected and aligned once with the pack's detector, which needs --insightface-root, and cached).
+`--batch-size` is the global batch: each of the N ranks takes batch/N images per step. The encoder is
+replicated (DDP, gradients summed across ranks); the ArcFace class centres are sharded, each rank
+holding C/N of them (model-parallel margin softmax), so Glint360K's 360 K x 1536 centres fit on 8
+GPUs. Rank 0 prepares the data first while the others wait in torchrun's store (no collective
+timeout), then they open the prepared set; each rank trains on its own GPU (cuda:LOCAL_RANK).
+
+The run folder holds the resumable state; running the same command again continues where it stopped,
+with exactly the losses an uninterrupted run would have had (the same data, starting weights, loss,
+margin, scale, Partial FC rate, batch, seed and number of processes; a changed --lr, --epochs or
+--weight-decay is used). Ctrl-C (SIGINT) or SIGTERM saves the state and exits with 130. The output is a
+`.safetensors` in msid.pt's key layout: Load MSID Encoder and `train_mapper.py --msid` read it. A new
+encoder needs its own mapper: train one with cli/train_mapper.py --msid OUT --from-scratch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+if __package__:
+    from .rank_sync import RankFailed, RankSync
+    from .train_mapper import Ranks, StopRequest, per_rank_batch, setup_logging, start_process_group, start_ranks
+else:  # run as a script: cli/ is sys.path[0]; f2d_core never imports ComfyUI, so the repository root may go there
+    from rank_sync import RankFailed, RankSync
+    from train_mapper import Ranks, StopRequest, per_rank_batch, setup_logging, start_process_group, start_ranks
+
+    sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
+from f2d_core.errors import F2DError
+from f2d_core.msid_training.arcface_loss import DEFAULT_MARGIN, DEFAULT_SCALE
+from f2d_core.msid_training.trainer import LOSSES, WEIGHT_DECAY, MSIDTrainSettings
+
+log = logging.getLogger("f2d.train_msid")
+
+EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+DTYPES = ("auto", "bf16", "fp32")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    p = argparse.ArgumentParser(description="Train the Face2Diffusion MSID identity encoder with ArcFace.")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="Training faces: a folder with train.rec/train.idx/property (insightface record files), or one "
+        "subfolder per identity of aligned 112x112 crops or photos.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="The trained encoder (.safetensors, msid.pt's key layout).")
+    p.add_argument(
+        "--run-dir", type=Path, required=True, help="Resumable state; an existing one is continued (see --resume)."
+    )
+    p.add_argument(
+        "--resume",
+        choices=("auto", "never"),
+        default="auto",
+        help="auto: continue the state in --run-dir if there is one (default); never: refuse to start over an "
+        "existing state.",
+    )
+    p.add_argument(
+        "--loss",
+        choices=LOSSES,
+        default="msid",
+        help="msid: ArcFace on the four taps' concatenated 1536-d v_id (the paper); plain_arcface: on the last "
+        "tap only (the paper's baseline).",
+    )
+    p.add_argument(
+        "--init",
+        default="random",
+        help="Starting weights: random, timm:FILE (a timm ViT-S state dict; patch and position embeddings are "
+        "resampled), or msid:FILE (msid.pt or a trained .safetensors: fine-tuning).",
+    )
+    p.add_argument("--epochs", type=int, default=30, help="Passes over the data (paper: 30).")
+    p.add_argument("--batch-size", type=int, default=1024, help="Global batch, split across ranks (paper: 1024).")
+    p.add_argument("--lr", type=float, default=1e-3, help="Peak AdamW learning rate (paper: 1e-3).")
+    p.add_argument(
+        "--weight-decay", type=float, default=WEIGHT_DECAY, help="AdamW weight decay (arcface_torch's ViTs: 0.1)."
+    )
+    p.add_argument(
+        "--warmup-fraction",
+        type=float,
+        default=0.1,
+        help="Share of the steps spent warming up linearly; then linear decay to 0 (arcface_torch: a tenth).",
+    )
+    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="ArcFace angular margin m in radians.")
+    p.add_argument("--scale", type=float, default=DEFAULT_SCALE, help="ArcFace logit scale s.")
+    p.add_argument(
+        "--partial-fc",
+        type=float,
+        default=1.0,
+        help="Partial FC: the share of each rank's class centres used per step (positives always); 1 = all. "
+        "0.1-0.3 for millions of identities.",
+    )
+    p.add_argument("--no-flip", action="store_true", help="Do not mirror half of the faces at random.")
+    p.add_argument("--seed", type=int, default=0, help="Seeds the data order, flips, Partial FC and a random start.")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="What the encoder computes in: auto = bf16 autocast where the GPU computes bf16 natively, else fp32.",
+    )
+    p.add_argument("--workers", type=int, default=8, help="Decoding processes per rank (data loader workers).")
+    p.add_argument("--checkpoint-every", type=int, default=2000, help="Save the resumable state every N steps.")
+    p.add_argument("--max-steps", type=int, help="Stop (and save) after this many steps in all: a short session.")
+    p.add_argument("--cache-dir", type=Path, help="Aligned-crop cache for photo folders (default: RUN_DIR/cache).")
+    p.add_argument("--insightface-root", type=Path, help="Folder holding models/<pack>/ (to align loose photos).")
+    p.add_argument("--pack", default="buffalo_l", help="insightface pack whose detector aligns loose photos.")
+    p.add_argument("--det-size", type=int, default=640, help="Face detector input size.")
+    p.add_argument("--cpu", action="store_true", help="Train on the CPU (automatic without CUDA).")
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        help="Seconds a collective may wait during training (default: torch's); preparing the data happens "
+        "before the process group starts and has no timeout.",
+    )
+    return p.parse_args(argv)
+
+
+def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype: the mapper trainer's rule (`resolve_training_dtype`), fp16 not offered."""
+    from f2d_core.training.precision import resolve_training_dtype
+
+    return resolve_training_dtype(choice, device)
+
+
+def open_data(args: argparse.Namespace, ranks: Ranks):
+    """The training set; rank 0 prepares (detects, aligns, caches) first while the others wait without a timeout."""
+    from f2d_core.msid_training.data.face_dataset import open_training_data
+
+    detector = None
+    if args.insightface_root is not None:
+        from f2d_core.faces.face_detection import FaceDetector
+
+        detector = FaceDetector(args.insightface_root, args.pack, det_size=args.det_size, device=ranks.device)
+    options = {"cache_dir": args.cache_dir or args.run_dir / "cache", "detector": detector}
+    if not ranks.distributed:
+        return open_training_data(args.data, **options)
+    sync = RankSync(ranks.store, ranks.rank, ranks.world_size)
+    try:
+        if ranks.rank == 0:
+            start = time.monotonic()
+            data = open_training_data(args.data, **options)
+            log.info("prepared the training set in %.1f s", time.monotonic() - start)
+            sync.publish("msid-data", "ready")
+            return data
+        _, waited = sync.read("msid-data")
+        log.info("waited %.1f s for rank 0 to prepare the training set", waited)
+        return open_training_data(args.data, **options)
+    except RankFailed as e:
+        raise SystemExit(f"[rank {ranks.rank}] stopping: {e}") from None
+    except BaseException as e:  # the others must hear of it instead of waiting forever
+        sync.fail(f"rank {ranks.rank} could not open the training data: {type(e).__name__}: {e}")
+        raise
+
+
+def batch_source(data, args: argparse.Namespace, ranks: Ranks):
+    """(epoch, first batch) -> this rank's batches, from worker processes into pinned memory."""
+    from f2d_core.msid_training.data.loader import make_training_loader
+
+    per_rank = per_rank_batch(args.batch_size, ranks.world_size)
+
+    def batches(epoch: int, first: int):
+        return make_training_loader(
+            data,
+            per_rank,
+            rank=ranks.rank,
+            world_size=ranks.world_size,
+            seed=args.seed,
+            epoch=epoch,
+            start_batch=first,
+            workers=args.workers,
+            pin_memory=ranks.device.type == "cuda",
+            drop_last=True,
+        )
+
+    return batches
+
+
+def train(args: argparse.Namespace, ranks: Ranks) -> int:
+    """Open the data, build the encoder, train, write --out; the exit code."""
+    from f2d_core.msid_training.encoder_init import EncoderInit, initial_encoder
+    from f2d_core.msid_training.encoder_output import save_trained_encoder
+    from f2d_core.msid_training.run_state import STATE_FILE
+    from f2d_core.msid_training.trainer import MSIDTrainer
+
+    init = EncoderInit.parse(args.init)
+    if args.resume == "never" and (args.run_dir / STATE_FILE).exists():
+        raise F2DError(f"{args.run_dir} already holds a run and --resume never was given: choose another --run-dir.")
+    settings = MSIDTrainSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_fraction=args.warmup_fraction,
+        loss=args.loss,
+        margin=args.margin,
+        scale=args.scale,
+        partial_fc=args.partial_fc,
+        flip=not args.no_flip,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        max_steps=args.max_steps,
+    )
+    per_rank_batch(args.batch_size, ranks.world_size)
+    dtype = compute_dtype(args.dtype, ranks.device)
+    data = open_data(args, ranks)
+    if ranks.rank == 0:
+        log.info("%d images of %d identities from %s", len(data), data.num_classes, args.data)
+    encoder = initial_encoder(init, seed=args.seed)
+    start_process_group(ranks, args.dist_timeout)
+    trainer = MSIDTrainer(
+        encoder,
+        data,
+        batch_source(data, args, ranks),
+        settings,
+        args.run_dir,
+        init_digest=init.digest(args.seed),
+        device=ranks.device,
+        compute_dtype=dtype,
+        rank=ranks.rank,
+        world_size=ranks.world_size,
+    )
+    result = trainer.run(should_stop=StopRequest(ranks))
+    if result.status == "stopped" and result.step < (args.max_steps or result.total_steps):
+        log.info("Stopped at step %d; the state is in %s: run the same command to continue.", result.step, args.run_dir)
+        return EXIT_INTERRUPTED
+    if ranks.rank == 0:
+        out = save_trained_encoder(args.out, trainer.encoder.cpu(), result, settings, data, args.init)
+        log.info("trained encoder (step %d of %d): %s", result.step, result.total_steps, out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: start the ranks, train, report a known problem without a traceback."""
+    args = parse_args(argv)
+    cpu = args.cpu or not torch.cuda.is_available()
+    ranks = start_ranks(cpu)
+    setup_logging(ranks.rank, ranks.world_size)
+    log.setLevel(logging.INFO)
+    try:
+        return train(args, ranks)
+    except F2DError as e:
+        log.error("%s", e)
+        return EXIT_FAILED
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

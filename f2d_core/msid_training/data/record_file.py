@@ -1,0 +1,240 @@
+"""insightface's record files (MS1MV2/MS1MV3, Glint360K): `train.rec`, `train.idx`, `property`, read without MXNet.
+
+The layout is MXNet's RecordIO (dmlc-core `src/recordio.cc`, MXNet `python/mxnet/recordio.py`):
+
+- `train.rec`: records one after another. A record is a uint32 magic 0xced7230a, a uint32 `lrec`
+  whose low 29 bits are the length and whose high 3 bits are a continuation flag, the payload, and
+  zero padding to a multiple of 4 bytes. The writer splits a payload wherever the magic number
+  occurs at a 4-aligned position in it: the parts carry flags 1 (first), 2 (middle), 3 (last), the
+  magic itself is left out and put back between parts on reading; a whole record has flag 0.
+- The payload (MXNet's IRHeader): uint32 flag, float32 label, uint64 id, uint64 id2 (24 bytes,
+  little-endian); when flag > 0, `flag` float32 labels follow and the label field is unused. Then the
+  encoded image (JPEG in insightface's sets).
+- `train.idx`: text lines "key<TAB>byte offset of the record in train.rec".
+- `property`: one line "num_classes,height,width".
+- In insightface's sets, record 0 is a meta header (flag > 0) whose first label is one past the last
+  image record: images are keys 1 .. label[0] - 1 (insightface's `recognition/arcface_torch/dataset.py`,
+  `MXFaceDataset`); without it every key is an image. An image's identity is its first label.
+
+The file is memory-mapped: every decode worker (and every DDP rank) reads the same page cache.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import DatasetError
+
+MAGIC = 0xCED7230A
+LENGTH_BITS = 29
+LENGTH_MASK = (1 << LENGTH_BITS) - 1
+WHOLE, FIRST, MIDDLE, LAST = 0, 1, 2, 3  # continuation flags
+IR_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2: 24 bytes
+_RECORD_HEAD = struct.Struct("<II")  # magic, lrec
+REC_FILE, IDX_FILE, PROPERTY_FILE = "train.rec", "train.idx", "property"
+
+
+class RecordFileError(DatasetError):
+    """A record directory that cannot be used (a missing or malformed file)."""
+
+
+class BadRecord(ValueError):
+    """One damaged record (bad magic, truncated, an unreadable header); the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class RecordHeader:
+    """MXNet's IRHeader: flag, labels (one, or `flag` of them), id, id2."""
+
+    flag: int
+    labels: tuple[float, ...]
+    id: int
+    id2: int
+
+
+def padded(length: int) -> int:
+    """A length rounded up to a multiple of 4 (RecordIO pads every part so)."""
+    return (length + 3) & ~3
+
+
+def read_record(buffer: bytes | mmap.mmap | memoryview, offset: int) -> bytes:
+    """The payload of the record at `offset`, its parts joined with the magic between them.
+
+    Raises BadRecord for a wrong magic number, a part running past the end of the buffer, or a record
+    that starts with a middle or last part.
+    """
+    size, parts, position, first = len(buffer), [], offset, True
+    while True:
+        if position + 8 > size:
+            raise BadRecord(f"truncated: the record header at byte {position} runs past the end ({size} bytes)")
+        magic, lrec = _RECORD_HEAD.unpack_from(buffer, position)
+        if magic != MAGIC:
+            raise BadRecord(f"bad magic 0x{magic:08x} at byte {position} (expected 0x{MAGIC:08x})")
+        flag, length = lrec >> LENGTH_BITS, lrec & LENGTH_MASK
+        if flag > LAST or (first and flag in (MIDDLE, LAST)) or (not first and flag in (WHOLE, FIRST)):
+            raise BadRecord(f"continuation flag {flag} out of order at byte {position}")
+        start = position + 8
+        if start + length > size:
+            raise BadRecord(f"truncated: {length} bytes announced at byte {position}, the file ends at {size}")
+        parts.append(bytes(buffer[start : start + length]))
+        if flag in (WHOLE, LAST):
+            break
+        parts.append(struct.pack("<I", MAGIC))
+        position, first = start + padded(length), False
+    return b"".join(parts)
+
+
+def unpack_record(payload: bytes) -> tuple[RecordHeader, bytes]:
+    """(header, image bytes) of a payload; BadRecord when it is shorter than its header says."""
+    if len(payload) < IR_HEADER.size:
+        raise BadRecord(f"a payload of {len(payload)} bytes has no 24-byte header")
+    flag, label, id_, id2 = IR_HEADER.unpack_from(payload)
+    end = IR_HEADER.size + 4 * flag
+    if flag > 0:
+        if len(payload) < end:
+            raise BadRecord(f"the header announces {flag} labels but the payload has {len(payload)} bytes")
+        labels = tuple(float(x) for x in np.frombuffer(payload, "<f4", flag, IR_HEADER.size))
+        return RecordHeader(flag, labels, id_, id2), payload[end:]
+    return RecordHeader(flag, (float(label),), id_, id2), payload[IR_HEADER.size :]
+
+
+def map_file(path: Path) -> mmap.mmap:
+    """`path` memory-mapped read-only, read-ahead off (decode workers read records in random order)."""
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        mapped.madvise(mmap.MADV_RANDOM)
+    return mapped
+
+
+def _missing(folder: Path, name: str) -> str:
+    fixes = {
+        IDX_FILE: "the index of train.rec (lines 'key<TAB>byte offset'); it comes with train.rec in the "
+        "dataset's download: copy it beside train.rec",
+        PROPERTY_FILE: "one line 'num_classes,112,112'; it comes with train.rec in the dataset's download: copy it "
+        "beside train.rec, or write it with the dataset's number of identities",
+    }
+    needs = f"a record directory needs {REC_FILE}, {IDX_FILE} and {PROPERTY_FILE}"
+    return f"{folder / name} is missing: {needs}. {name} is {fixes[name]}."
+
+
+def read_property(folder: Path) -> tuple[int, int, int]:
+    """(num_classes, height, width) from `property`; RecordFileError when missing or malformed."""
+    path = folder / PROPERTY_FILE
+    if not path.is_file():
+        raise RecordFileError(_missing(folder, PROPERTY_FILE))
+    text = path.read_text(errors="replace").strip()
+    try:
+        num_classes, height, width = (int(v) for v in text.split(","))
+    except ValueError:
+        raise RecordFileError(
+            f"{path} holds {text[:80]!r}; it must be one line 'num_classes,height,width', e.g. '93431,112,112'."
+        ) from None
+    if num_classes < 1:
+        raise RecordFileError(f"{path} gives {num_classes} classes; it must be at least 1.")
+    return num_classes, height, width
+
+
+def read_index(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, byte offsets), int64 [N] each in file order, from `train.idx`; RecordFileError when unusable."""
+    path = folder / IDX_FILE
+    if not path.is_file():
+        raise RecordFileError(_missing(folder, IDX_FILE))
+    try:
+        numbers = np.array(path.read_bytes().split(), dtype=np.int64)
+    except ValueError as exc:
+        raise RecordFileError(f"{path} is not lines of 'key<TAB>byte offset' integers ({exc}).") from None
+    if numbers.size % 2:
+        raise RecordFileError(f"{path} has an odd number of fields: its lines must be 'key<TAB>byte offset'.")
+    pairs = numbers.reshape(-1, 2)
+    return pairs[:, 0].copy(), pairs[:, 1].copy()
+
+
+@dataclass(frozen=True)
+class RecordScan:
+    """What `scan_records` found: the usable image records and the damaged ones."""
+
+    keys: np.ndarray  # int64 [N]: record keys of usable images
+    offsets: np.ndarray  # int64 [N]: their byte offsets in train.rec
+    labels: np.ndarray  # int64 [N]: their identities
+    bad: list[tuple[int, str]]  # (key, what is wrong)
+
+
+def _label_of(payload: bytes) -> float:
+    header, _ = unpack_record(payload)
+    return header.labels[0]
+
+
+def scan_records(buffer: mmap.mmap | bytes, keys: np.ndarray, offsets: np.ndarray, num_classes: int) -> RecordScan:
+    """Check every image record's framing and read its label, without decoding an image.
+
+    Whole records (the usual case) are checked at once with numpy: magic, length inside the file,
+    header present; a record split in parts is read in full. A record with a wrong magic, one running
+    past the end of the file, an unreadable header or a label outside 0..num_classes-1 goes to `bad`.
+    """
+    size = len(buffer)
+    words = np.frombuffer(buffer, "<u4", size // 4)
+    floats = words.view("<f4")
+    offsets = offsets.astype(np.int64)
+    index = offsets // 4
+    aligned = (offsets % 4 == 0) & (offsets >= 0) & (offsets + 8 <= size)
+    safe = np.where(aligned, index, 0)
+    magic_ok = aligned & (words[safe] == MAGIC)
+    lrec = words[np.minimum(safe + 1, len(words) - 1)].astype(np.int64)
+    flag, length = lrec >> LENGTH_BITS, lrec & LENGTH_MASK
+    fits = magic_ok & (offsets + 8 + length <= size)
+    header_flag = words[np.minimum(safe + 2, len(words) - 1)].astype(np.int64)
+    simple = fits & (flag == WHOLE) & (length >= IR_HEADER.size + 4 * np.minimum(header_flag, 1))
+    label_word = np.where(header_flag > 0, safe + 2 + IR_HEADER.size // 4, safe + 3)
+    labels = np.full(len(keys), np.nan)
+    labels[simple] = floats[np.minimum(label_word, len(words) - 1)][simple]
+    bad: list[tuple[int, str]] = []
+    for i in np.flatnonzero(~simple):
+        try:
+            labels[i] = _label_of(read_record(buffer, int(offsets[i])))
+        except BadRecord as exc:
+            bad.append((int(keys[i]), str(exc)))
+    rounded = np.rint(labels)
+    ok = np.isfinite(labels) & (rounded == labels) & (rounded >= 0) & (rounded < num_classes)
+    known_bad = {k for k, _ in bad}
+    for i in np.flatnonzero(~ok):
+        if int(keys[i]) not in known_bad:
+            bad.append(
+                (int(keys[i]), f"label {labels[i]} is not an identity 0..{num_classes - 1} of the property file")
+            )
+    bad.sort()
+    return RecordScan(keys[ok], offsets[ok], rounded[ok].astype(np.int64), bad)
+
+
+def image_keys(buffer: mmap.mmap | bytes, keys: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, offsets) of the image records: 1 .. label[0]-1 after insightface's meta record 0, else all.
+
+    RecordFileError when record 0 cannot be read, or the meta record names images the index lacks.
+    """
+    where = np.flatnonzero(keys == 0)
+    if not len(where):
+        return keys, offsets
+    try:
+        header, _ = unpack_record(read_record(buffer, int(offsets[where[0]])))
+    except BadRecord as exc:
+        raise RecordFileError(f"record 0 (insightface's meta header) is damaged: {exc}") from None
+    if header.flag == 0:
+        return keys, offsets
+    end = int(header.labels[0])
+    chosen = (keys >= 1) & (keys < end)
+    if int(chosen.sum()) != end - 1:
+        raise RecordFileError(
+            f"record 0 says images are keys 1..{end - 1}, but {IDX_FILE} lists {int(chosen.sum())} of them: "
+            f"the index does not belong to this {REC_FILE} (copy both from the same download)."
+        )
+    return keys[chosen], offsets[chosen]
+
+
+def is_record_folder(path: Path) -> bool:
+    """Whether `path` is a folder holding `train.rec` (a record directory, even if its other files are missing)."""
+    return path.is_dir() and (path / REC_FILE).is_file()

@@ -1,4 +1,5 @@
-"""Small PNG charts drawn with Pillow (no plotting library): identity against text fidelity, best-of-N."""
+"""Small PNG charts drawn with Pillow (no plotting library): identity against text fidelity, best-of-N,
+same- vs different-identity similarity histograms."""
 
 from __future__ import annotations
 
@@ -98,4 +99,45 @@ def best_of_n_plot(curves: Mapping[str, Mapping[int, float]], path: Path, note: 
         for cx, cy in pts:
             chart.draw.ellipse((cx - 3, cy - 3, cx + 3, cy + 3), fill=colour)
         chart.legend(setting, colour)
+    return chart.save(path)
+
+
+def similarity_histogram_plot(
+    same: Sequence[float],
+    different: Sequence[float],
+    path: Path,
+    title: str,
+    note: str = "",
+    threshold: float | None = None,
+    bins: int = 40,
+) -> Path:
+    """Histograms of same-identity and different-identity pair cosines (as the paper's Fig. 4) -> PNG.
+
+    Each kind is normalised to fractions of its own pairs, so the two shapes compare at any pair counts;
+    `threshold` (a cosine) is drawn as a grey vertical line.
+    """
+    values = [*same, *different]
+    low, high = _range(values)
+    width = (high - low) / bins
+
+    def fractions(scores: Sequence[float]) -> list[float]:
+        counts = [0] * bins
+        for s in scores:
+            counts[min(bins - 1, max(0, int((s - low) / width)))] += 1
+        return [c / max(1, len(scores)) for c in counts]
+
+    curves = {"same identity": fractions(same), "different identities": fractions(different)}
+    peak = max(max(f) for f in curves.values())
+    chart = _Chart(title, note, "cosine similarity of the pair", "share of pairs", [low, high], [0.0, peak])
+    for k, (label, fraction) in enumerate(curves.items()):
+        colour = COLOURS[k]
+        points = []
+        for b, f in enumerate(fraction):  # a step outline: across each bin at its height
+            points += [chart.px(low + b * width, f), chart.px(low + (b + 1) * width, f)]
+        chart.draw.line([chart.px(low, 0.0), *points, chart.px(high, 0.0)], fill=colour, width=2)
+        chart.legend(label, colour)
+    if threshold is not None and low < threshold < high:
+        x, _ = chart.px(threshold, 0.0)
+        chart.draw.line((x, chart.top, x, chart.bottom), fill=(150, 150, 150), width=1)
+        chart.legend("best threshold", (150, 150, 150))
     return chart.save(path)

@@ -21,13 +21,13 @@ from torch.nn import functional as F
 
 from cli import msid_layers
 from f2d_core.checkpoints import save_f2d_safetensors
-from f2d_core.errors import WeightFileError
+from f2d_core.errors import DatasetError, WeightFileError
 from f2d_core.identity.msid_encoder import MSIDEncoder
 from f2d_core.msid_training.encoder_file import load_msid_any_size
 from f2d_core.msid_training.encoder_output import save_trained_encoder
 from f2d_core.msid_training.trainer import MSIDTrainer, MSIDTrainSettings, architecture_of, to_encoder_input
 from f2d_core.msid_training.verification.layer_analysis import analyse_layers, layer_names, layer_table
-from f2d_core.msid_training.verification.pairs import pairs_from_dataset
+from f2d_core.msid_training.verification.pairs import VerificationSet, pairs_from_dataset
 from tests.support.identity_sets import identity_set
 from tests.support.verification_bins import write_verification_bin
 
@@ -168,6 +168,14 @@ def test_errors_are_one_line(tmp_path, encoders, caplog):
         )
     assert "posix.system" in caplog.text and "no.pt: the file does not exist" in caplog.text
     assert not (tmp_path / "layers.md").exists()
+
+
+def test_a_set_of_one_kind_of_pair_is_refused_before_encoding(encoders):
+    _, _, pairs, encoder, _ = encoders
+    only_same = VerificationSet(pairs.faces, pairs.first[:5], pairs.second[:5], pairs.same[:5], "same.bin")
+    assert bool(only_same.same.all())
+    with pytest.raises(DatasetError, match=r"same\.bin has 5 same-identity and 0 different-identity pairs"):
+        analyse_layers(encoder, only_same)
 
 
 def test_encoder_files_of_both_sizes_load(tmp_path):

@@ -70,3 +70,5 @@ def test_balanced_subset():
     assert int((~same[keep]).sum()) == 3 and len(keep) == 10
     assert torch.equal(balanced_pair_subset(same, 6, seed=5), balanced_pair_subset(same, 6, seed=5))
     assert balanced_pair_subset(same, 50).tolist() == list(range(13))
+    with pytest.raises(DatasetError, match="at least 2 pairs"):
+        balanced_pair_subset(same, 1)

@@ -20,6 +20,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from ...atomic_io import atomic_write
+from ...errors import DatasetError
 from ...evaluation.plots import similarity_histogram_plot
 from ...identity.msid_encoder import MSIDEncoder
 from ..trainer import to_encoder_input
@@ -87,9 +88,17 @@ def analyse_layers(
     """Verification per tapped layer and for the concatenated v_id, in `layer_names` order.
 
     Each face of `pairs` is encoded once (`layer_features`); a pair's score is the cosine similarity of
-    its two faces' features. Raises ValueError (from `verification_metrics`) when the set lacks same or
-    different pairs.
+    its two faces' features.
+
+    Raises:
+        DatasetError: the set lacks same-identity or different-identity pairs (AUC is undefined).
     """
+    n_same = int(pairs.same.sum())
+    if n_same in (0, len(pairs)):
+        raise DatasetError(
+            f"{pairs.source} has {n_same} same-identity and {len(pairs) - n_same} different-identity pairs: "
+            "verification needs both."
+        )
     features = layer_features(encoder, pairs.faces, batch_size, device, dtype)
     width = encoder.embed_dim
     columns = [slice(k * width, (k + 1) * width) for k in range(len(encoder.tap_blocks))]

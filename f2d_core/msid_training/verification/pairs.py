@@ -37,7 +37,10 @@ def balanced_pair_subset(same: torch.Tensor, max_pairs: int, seed: int = 0) -> t
 
     Seeded and independent of anything but `same` [N] bool, `max_pairs` and `seed`. Used to score a
     part of a large set (LFW's 6000 pairs) on a CPU; when `max_pairs` >= N every pair is kept.
+    Raises DatasetError when `max_pairs` < 2 (one pair of each kind is the least that can be scored).
     """
+    if max_pairs < 2:
+        raise DatasetError(f"at least 2 pairs (one of each kind) are needed to score verification, not {max_pairs}")
     if max_pairs >= len(same):
         return torch.arange(len(same))
     generator = torch.Generator().manual_seed(seed)

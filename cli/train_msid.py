@@ -11,8 +11,9 @@ detected and aligned once with the pack's detector, which needs --insightface-ro
 `--batch-size` is the global batch: each of the N ranks takes batch/N images per step. The encoder is
 replicated (DDP, gradients summed across ranks); the ArcFace class centres are sharded, each rank
 holding C/N of them (model-parallel margin softmax), so Glint360K's 360 K x 1536 centres fit on 8
-GPUs. Rank 0 prepares the data first while the others wait in torchrun's store (no collective
-timeout), then they open the prepared set; each rank trains on its own GPU (cuda:LOCAL_RANK).
+GPUs. Loose photos are detected and aligned in shares, each rank with its own detector on its own GPU
+(cuda:LOCAL_RANK), the ranks meeting in torchrun's store (no collective, so no timeout however long it
+takes); rank 0 packs the crops, which the others map. Only then does the process group start.
 
 The run folder holds the resumable state; running the same command again continues where it stopped,
 with exactly the losses an uninterrupted run would have had (the same data, starting weights, loss,
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -51,7 +51,7 @@ EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 DTYPES = ("auto", "bf16", "fp32")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(description="Train the Face2Diffusion MSID identity encoder with ArcFace.")
     p.add_argument(
@@ -128,7 +128,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Seconds a collective may wait during training (default: torch's); preparing the data happens "
         "before the process group starts and has no timeout.",
     )
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line."""
+    return build_parser().parse_args(argv)
 
 
 def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
@@ -139,54 +144,47 @@ def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
 
 
 def open_data(args: argparse.Namespace, ranks: Ranks):
-    """The training set; rank 0 prepares (detects, aligns, caches) first while the others wait without a timeout."""
-    from f2d_core.msid_training.data.face_dataset import open_training_data
+    """The training set, each rank detecting its share of loose photos on its own device, meeting in torchrun's
+    store (no collective, no timeout); rank 0 packs the crops, the others map them."""
+    from f2d_core.msid_training.data.face_dataset import open_training_data_on_ranks
 
     detector = None
     if args.insightface_root is not None:
         from f2d_core.faces.face_detection import FaceDetector
 
         detector = FaceDetector(args.insightface_root, args.pack, det_size=args.det_size, device=ranks.device)
-    options = {"cache_dir": args.cache_dir or args.run_dir / "cache", "detector": detector}
-    if not ranks.distributed:
-        return open_training_data(args.data, **options)
-    sync = RankSync(ranks.store, ranks.rank, ranks.world_size)
+    sync = RankSync(ranks.store, ranks.rank, ranks.world_size) if ranks.distributed else None
     try:
-        if ranks.rank == 0:
-            start = time.monotonic()
-            data = open_training_data(args.data, **options)
-            log.info("prepared the training set in %.1f s", time.monotonic() - start)
-            sync.publish("msid-data", "ready")
-            return data
-        _, waited = sync.read("msid-data")
-        log.info("waited %.1f s for rank 0 to prepare the training set", waited)
-        return open_training_data(args.data, **options)
+        return open_training_data_on_ranks(
+            args.data,
+            rank=ranks.rank,
+            world_size=ranks.world_size,
+            sync=sync,
+            cache_dir=args.cache_dir or args.run_dir / "cache",
+            detector=detector,
+        )
     except RankFailed as e:
         raise SystemExit(f"[rank {ranks.rank}] stopping: {e}") from None
-    except BaseException as e:  # the others must hear of it instead of waiting forever
-        sync.fail(f"rank {ranks.rank} could not open the training data: {type(e).__name__}: {e}")
-        raise
 
 
 def batch_source(data, args: argparse.Namespace, ranks: Ranks):
-    """(epoch, first batch) -> this rank's batches, from worker processes into pinned memory."""
+    """(epoch, first batch) -> this rank's batches, decoded by persistent worker processes into pinned memory."""
     from f2d_core.msid_training.data.loader import make_training_loader
 
-    per_rank = per_rank_batch(args.batch_size, ranks.world_size)
+    loader = make_training_loader(
+        data,
+        per_rank_batch(args.batch_size, ranks.world_size),
+        rank=ranks.rank,
+        world_size=ranks.world_size,
+        seed=args.seed,
+        workers=args.workers,
+        pin_memory=ranks.device.type == "cuda",
+        drop_last=True,
+    )
 
     def batches(epoch: int, first: int):
-        return make_training_loader(
-            data,
-            per_rank,
-            rank=ranks.rank,
-            world_size=ranks.world_size,
-            seed=args.seed,
-            epoch=epoch,
-            start_batch=first,
-            workers=args.workers,
-            pin_memory=ranks.device.type == "cuda",
-            drop_last=True,
-        )
+        loader.sampler.set_epoch(epoch, first)
+        return loader
 
     return batches
 

@@ -199,3 +199,14 @@ def test_two_gloo_ranks_train_one_encoder_and_resume(tmp_path):
     torch.testing.assert_close(ranks[0]["losses"][:3], ranks[0]["first_losses"])
     assert torch.equal(ranks[0]["qkv"], ranks[1]["qkv"])
     assert ranks[0]["centres"].shape == (8, 32 * 4) and ranks[1]["centres"].shape == (8, 32 * 4)
+
+
+def test_every_cli_option_has_help_and_the_paper_defaults():
+    from cli.train_msid import build_parser
+
+    parser = build_parser()
+    undocumented = [a.option_strings for a in parser._actions if a.option_strings != ["-h", "--help"] and not a.help]
+    assert not undocumented
+    args = parser.parse_args(["--data", "d", "--out", "o.safetensors", "--run-dir", "r"])
+    paper = (30, 1024, 1e-3, "msid", 0.5, 64)
+    assert (args.epochs, args.batch_size, args.lr, args.loss, args.margin, args.scale) == paper

@@ -38,4 +38,7 @@ def save_trained_encoder(
         "training_settings": asdict(settings),
         "run_identity": result.identity.to_json() if result.identity else "",
     }
+    report = getattr(data, "report", None)
+    if hasattr(report, "summary"):
+        metadata["dataset_report"] = report.summary()
     return save_f2d_safetensors(path, msid=encoder.eval(), metadata=metadata)

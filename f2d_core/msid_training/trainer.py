@@ -320,7 +320,7 @@ class _Progress:
         width = 30
         bar = "#" * int(width * step / self.last) + "." * (width - int(width * step / self.last))
         log.info(
-            "[%s] step %d/%d  loss %.4f  lr %.2e  %.0f images/s  %s left",
+            "[%s] step %d/%d  loss %.4f  lr %.2e  %.1f images/s  %s left",
             bar,
             step,
             self.last,

@@ -60,8 +60,8 @@ def layer_features(
 ) -> torch.Tensor:
     """v_id float32 [M, taps * width] (CPU) of aligned faces uint8 [M, 3, 112, 112] RGB.
 
-    The encoder runs in eval mode (BatchNorm running statistics) on `device`, under autocast to `dtype`
-    when it is not float32, `batch_size` faces at a time; its train/eval mode is restored afterwards.
+    The encoder is moved to `device` and runs in eval mode (BatchNorm running statistics), under autocast
+    to `dtype` when it is not float32, `batch_size` faces at a time; its train/eval mode is restored.
     Tap k's features are columns k*width..(k+1)*width.
     """
     device = torch.device(device)

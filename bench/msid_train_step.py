@@ -7,7 +7,7 @@
 Ours: `MSIDTrainer.train_step` as training runs it: uint8 faces normalised and flipped on the device,
 bf16 autocast where the GPU computes it natively, the margin softmax of `ShardedMarginSoftmax` (one
 rank here), AdamW (foreach) with clipping. Straightforward: a plain fp32 eager loop: the faces
-normalised on the host and copied as float32, fp32 forward and backward, `nn.Linear`-style full
+normalised and flipped on the host and copied as float32, fp32 forward and backward, `nn.Linear`-style full
 classifier through `arcface_loss`, the same AdamW. Both on the same random faces, labels and weights,
 alternating, after warm-up steps; the median step time is reported.
 
@@ -116,6 +116,8 @@ def bench_batch(args: argparse.Namespace, device: torch.device, batch: int) -> d
 
     def plain() -> None:
         faces = (images.float() / 255 - 0.5) / 0.5  # on the host, as a plain Dataset's transform would
+        flip = torch.rand(len(faces)) < 0.5  # RandomHorizontalFlip, on the host too
+        faces = torch.where(flip[:, None, None, None], faces.flip(-1), faces)
         loss = arcface_loss(encoder(faces.to(device)), centres, labels.to(device))
         optimizer.zero_grad()
         loss.backward()

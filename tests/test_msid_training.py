@@ -210,3 +210,17 @@ def test_every_cli_option_has_help_and_the_paper_defaults():
     args = parser.parse_args(["--data", "d", "--out", "o.safetensors", "--run-dir", "r"])
     paper = (30, 1024, 1e-3, "msid", 0.5, 64)
     assert (args.epochs, args.batch_size, args.lr, args.loss, args.margin, args.scale) == paper
+
+
+def test_msid_checkpoint_starts_a_fine_tune_and_bad_inits_are_named(official_checkpoints, tmp_path):
+    msid_path, _ = official_checkpoints
+    init = EncoderInit.parse(f"msid:{msid_path}")
+    encoder = initial_encoder(init)
+    assert encoder.training and init.digest(0).startswith("msid:")
+    official = MSIDEncoder()
+    official.load_state_dict(read_weights(msid_path)[0])
+    torch.testing.assert_close(encoder.state_dict(), official.state_dict())
+    assert EncoderInit.parse("random").digest(3) == "random:seed=3"
+    for bad in ("imagenet", "timm:", f"msid:{tmp_path / 'missing.pt'}", "random:x"):
+        with pytest.raises(Exception, match="--init"):
+            EncoderInit.parse(bad)

@@ -30,7 +30,7 @@ from f2d_core.msid_training.data.face_dataset import (
     open_training_data,
     open_training_data_on_ranks,
 )
-from f2d_core.msid_training.data.identity_folder import MIN_EYE_DISTANCE
+from f2d_core.msid_training.data.identity_folder import MIN_EYE_DISTANCE, align_photo, encode_crop
 from f2d_core.msid_training.data.loader import make_training_loader
 from f2d_core.training.data.report import (
     BAD_RECORD,
@@ -154,6 +154,19 @@ def test_damaged_records_are_named_skipped_and_counted(tmp_path: Path) -> None:
         assert torch.equal(data[row][0], _pil(images[i][0]))
 
 
+def test_a_record_whose_image_does_not_decode_is_replaced_by_the_next_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    images = _record_images()[:4]
+    images[1] = (images[1][0][:200], images[1][1])  # a JPEG cut short: framing intact, the image undecodable
+    write_record_folder(tmp_path / "rec", images, num_classes=4)
+    data = open_training_data(tmp_path / "rec")
+    assert len(data) == 4  # only decoding can tell
+    image, label = data[1]
+    assert torch.equal(image, _pil(images[2][0])) and label == 0  # the next record's image and label
+    assert "record 2 does not decode" in caplog.text and "using the next" in caplog.text
+
+
 @pytest.mark.parametrize("missing", ["train.idx", "property"])
 def test_a_missing_index_or_property_names_the_file_and_the_fix(tmp_path: Path, missing: str) -> None:
     write_record_folder(tmp_path / "rec", _record_images()[:2], num_classes=4)
@@ -200,10 +213,13 @@ def test_an_identity_folder_of_aligned_crops_and_its_report(tmp_path: Path) -> N
     assert report.images == len(expected) and report.identities == 4 and report.detected == 0
 
     again = open_training_data(tmp_path / "faces", cache_dir=tmp_path / "cache")
+    in_memory = open_training_data(tmp_path / "faces")  # no cache: decoded crops kept in memory
     assert again.report.from_cache == report.total_files and again.report.counts() == report.counts()
-    assert torch.equal(again.labels, data.labels) and torch.equal(
-        again.batch(range(len(again)))[0], data.batch(range(len(data)))[0]
-    )
+    everything = range(len(data))
+    for other in (again, in_memory):
+        assert torch.equal(other.labels, data.labels) and torch.equal(
+            other.batch(everything)[0], data.batch(everything)[0]
+        )
 
 
 def test_photos_to_align_without_a_detector_are_a_clear_error(tmp_path: Path) -> None:
@@ -265,9 +281,11 @@ def test_photos_are_detected_aligned_once_and_cached(tmp_path: Path, detector: F
     for i, name in enumerate(["astronaut/1.png", "astronaut/2.png", "gruppe_Ørsted/1.png"]):
         rgb = photos[name]
         (face,) = detector.detect(rgb)
+        crop = align_photo(rgb, face.kps)
         whole = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
         reference = align_faces(whole, torch.from_numpy(face.kps)[None])[0].mul(255).round().to(torch.uint8)
-        assert (data[i][0].int() - reference.int()).abs().max() <= 1  # the window's float32 rounding at most
+        assert (crop.int() - reference.int()).abs().max() <= 1  # the window's float32 rounding at most
+        assert torch.equal(data[i][0], _pil(encode_crop(crop)))  # stored as a JPEG of quality CROP_QUALITY
     assert torch.equal(data[3][0], torch.from_numpy(photos["tom_hanks/aligned.png"]).permute(2, 0, 1))
 
     counting.calls.clear()

@@ -4,7 +4,7 @@
 - a record directory (insightface's `train.rec`, `train.idx`, `property`: MS1MV2/MS1MV3, Glint360K),
   read without MXNet (record_file.py), JPEGs decoded with PIL in the loader's workers;
 - a folder with one subfolder per identity (CASIA-WebFace, VGGFace2, WebFace4M), of aligned 112x112
-  crops or of photos detected and aligned once (identity_folder.py), packed into one mapped file.
+  crops or of photos detected and aligned once (identity_folder.py), packed into a record file too.
 
 Either way the dataset gives uint8 RGB [3, 112, 112] crops and int64 labels 0..num_classes-1, and
 a report of what was skipped and why. Normalisation to [-1, 1] and flips belong to the trainer, on
@@ -190,7 +190,7 @@ def open_training_data_on_ranks(
     else:
         packed, waited = sync.read("msid-data-pack")
         log.info("waited %.1f s for rank 0 to pack %s; mapping %s", waited, path, packed)
-        images, names, report = open_crop_pack(Path(packed))
+        images, names, report, _ = open_crop_pack(Path(packed))
     return FaceRecognitionDataset(images, images.labels, len(names), str(path), report, names)
 
 

@@ -1,49 +1,52 @@
-"""A folder with one subfolder per identity (CASIA-WebFace, VGGFace2, WebFace4M) -> one packed file of aligned crops.
+"""A folder with one subfolder per identity (CASIA-WebFace, VGGFace2, WebFace4M) -> one record file of aligned crops.
 
 Layout: `<folder>/<identity>/<image>`; identities are the subfolders in sorted order, labels 0..K-1
 over those with at least one usable image. An image of exactly 112x112 pixels is taken as aligned
 already (the ArcFace crop, as WebFace and MS1M ship); any other photo is detected with the pack's
 face detector (the largest face), aligned by its 5 landmarks onto the ArcFace template (f2d_core/faces)
-and cropped to 112x112 once. Each detection result (crop, or the reason it failed) is cached by the
-photo's content (`SampleCache`: one small .safetensors per photo, atomic writes), so an edited or
-added photo is the only one detected again. All crops are then packed into one `.safetensors`
-(uint8 `crops` [N, 3, 112, 112], int64 `labels` [N]; f2d_core/training/data/packed.py) named after
-the folder's listing (names, sizes, times): the next open of an unchanged folder maps that file and
-reads no photo. The pack costs 37,632 bytes per image: for millions of images the record files
-(record_file.py) are the compact form.
+and cropped to 112x112 once, stored as a JPEG of quality CROP_QUALITY (MS1M's own form). Each
+detection result (the crop, or the reason it failed) is cached by the photo's content
+(`SampleCache`: one small .safetensors per photo, atomic writes), so an edited or added photo is the
+only one detected again. All crops are then packed into one record directory in insightface's layout
+(record_file.py; aligned files are copied byte for byte) named after the folder's listing (names,
+sizes, times): the next open of an unchanged folder maps that file and reads no photo, and the
+training loader decodes from it in its workers as it does from MS1M.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
+from ...atomic_io import atomic_write
 from ...errors import DatasetError, F2DError, NoFaceError
 from ...faces.alignment import ARCFACE_TEMPLATE_112, align_faces, similarity_transform
 from ...faces.face_detection import FaceDetector, pick_face
 from ...training.data.builder import _corners_in_photo, face_window
 from ...training.data.cache import OK, SKIPPED, CachedSample, SampleCache, settings_digest, sha256_hex
 from ...training.data.files import UnreadableImage, decode_photo, list_folder, listing_fingerprint
-from ...training.data.packed import PackedSetError, open_packed_set, write_packed_set
 from ...training.data.report import EMPTY_IDENTITY, FACE_TOO_SMALL, NO_FACE, NO_IDENTITY, UNREADABLE
 from ...training.data.settings import detector_identity
-from .images import CROP_SIZE, CropImages, UndecodableFace, decode_crop
+from . import record_file as rf
+from .images import CROP_SIZE, CropImages, RecordImages, UndecodableFace, decode_crop
 from .report import FaceDataReport
 
 log = logging.getLogger(__name__)
 
 ALIGNMENT = "5-point similarity (Umeyama) onto the ArcFace 112 template, bilinear, black border"
 MIN_EYE_DISTANCE = 8.0  # pixels in the photo; the template's eyes are 35 px apart: a smaller face is blown up > 4x
+CROP_QUALITY = 95  # JPEG quality of a crop made by detection
 PACK_FORMAT, PACK_VERSION = "f2d-msid-crops", "1"
-PACK_DTYPES = {"crops": torch.uint8, "labels": torch.int64}
-CROP_SHAPES = {"crop": (3, CROP_SIZE, CROP_SIZE)}
+PACK_FILE = "pack.json"  # beside train.rec: identities, report, detector
+CROP_SHAPES = {"jpeg": (None,)}  # a cached detection: the crop's JPEG bytes
 PACK_FOLDER = "msid_crops"
 LAYOUT = "identity folder"
 
@@ -93,20 +96,18 @@ def crop_settings(detector: FaceDetector | None) -> dict[str, object]:
 
 
 def pack_path(plan: FolderPlan) -> Path | None:
-    """Where the folder's packed crops live: named after its listing (None without a cache)."""
+    """Where the folder's packed crops live: a record directory named after its listing (None without a cache)."""
     if plan.cache_root is None:
         return None
     listing = listing_fingerprint(plan.folder, exclude=plan.cache_root)
-    key = settings_digest({"listing": listing, "version": PACK_VERSION, "size": CROP_SIZE, "eye": MIN_EYE_DISTANCE})
-    return plan.cache_root / PACK_FOLDER / f"{key[:24]}.safetensors"
+    key = settings_digest(
+        {"listing": listing, "version": PACK_VERSION, "quality": CROP_QUALITY, "eye": MIN_EYE_DISTANCE}
+    )
+    return plan.cache_root / PACK_FOLDER / key[:24]
 
 
 def _image_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from an image's header without decoding it; None when it is no image."""
-    import io
-
-    from PIL import Image
-
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.size
@@ -118,7 +119,7 @@ def align_photo(rgb: np.ndarray, kps: np.ndarray) -> torch.Tensor:
     """The aligned 112 crop, uint8 [3, 112, 112], of an RGB uint8 photo [H, W, 3] with 5 landmarks [5, 2] (x, y).
 
     Only the part of the photo the crop reads (plus a margin) is converted to float, so a camera
-    photo costs what a small one does; the crop equals `align_faces` on the whole photo.
+    photo costs what a small one does; the crop equals `align_faces` on the whole photo (to float32 rounding).
     """
     height, width = rgb.shape[:2]
     lm = torch.from_numpy(np.asarray(kps, np.float32))[None]
@@ -129,8 +130,15 @@ def align_photo(rgb: np.ndarray, kps: np.ndarray) -> torch.Tensor:
     return crop.mul(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
+def encode_crop(crop: torch.Tensor) -> bytes:
+    """JPEG bytes (quality CROP_QUALITY) of a uint8 crop [3, 112, 112]."""
+    buffer = io.BytesIO()
+    Image.fromarray(crop.permute(1, 2, 0).numpy()).save(buffer, "JPEG", quality=CROP_QUALITY)
+    return buffer.getvalue()
+
+
 def detect_and_align(data: bytes, name: str, detector: FaceDetector) -> CachedSample:
-    """A photo's bytes -> its aligned crop (OK, tensors {"crop"}) or why not (SKIPPED with a reason code)."""
+    """A photo's bytes -> its aligned crop as JPEG (OK, tensors {"jpeg": uint8 [L]}) or why not (SKIPPED, a reason)."""
     try:
         rgb = decode_photo(data)
     except UnreadableImage as exc:
@@ -146,15 +154,16 @@ def detect_and_align(data: bytes, name: str, detector: FaceDetector) -> CachedSa
     if eyes < MIN_EYE_DISTANCE:
         detail = f"eyes {eyes:.1f} px apart (at least {MIN_EYE_DISTANCE:g} needed to align a 112 px crop)"
         return CachedSample(SKIPPED, reason=FACE_TOO_SMALL, detail=detail)
-    return CachedSample(OK, {"crop": align_photo(rgb, kps)}, face={"kps": kps.round(3).tolist()})
+    jpeg = torch.frombuffer(bytearray(encode_crop(align_photo(rgb, kps))), dtype=torch.uint8)
+    return CachedSample(OK, {"jpeg": jpeg}, face={"kps": kps.round(3).tolist()})
 
 
 @dataclass
 class _Usable:
-    """A usable image: its entry, its crop when kept in memory, its cache key when it was detected."""
+    """A usable image: its entry, its encoded crop when kept in memory, its cache key when it was detected."""
 
     index: int
-    crop: torch.Tensor | None
+    data: bytes | None
     key: str | None
 
 
@@ -203,13 +212,13 @@ class FolderPass:
             return
         if size == (CROP_SIZE, CROP_SIZE):
             if share_only:
-                return  # nothing to detect: the pass that packs decodes it
+                return  # nothing to detect: the pass that packs checks it
             try:
-                crop = torch.from_numpy(decode_crop(data)).permute(2, 0, 1)
+                decode_crop(data)  # it must decode in full, not only its header
             except UndecodableFace as exc:
                 report.skip(entry.name, UNREADABLE, str(exc))
                 return
-            self.usable.append(_Usable(index, crop.contiguous() if keep else None, None))
+            self.usable.append(_Usable(index, data if keep else None, None))
             return
         self._detected(index, entry.name, data, keep)
 
@@ -232,21 +241,20 @@ class FolderPass:
             log.info("Skipped %s: %s", name, sample.detail or sample.reason)
             return
         self.report.detected += 1
-        self.usable.append(_Usable(index, sample.tensors["crop"] if keep else None, key))
+        self.usable.append(_Usable(index, sample.tensors["jpeg"].numpy().tobytes() if keep else None, key))
 
-    def crop(self, item: _Usable) -> torch.Tensor:
-        """A usable image's crop: kept, read from the cache, or decoded again (an aligned file)."""
-        if item.crop is not None:
-            return item.crop
+    def encoded(self, item: _Usable) -> bytes:
+        """A usable image's encoded crop: kept, read from the cache, or the aligned file's own bytes."""
+        if item.data is not None:
+            return item.data
         entry = self.plan.entries[item.index]
         if item.key is None:
-            return torch.from_numpy(decode_crop(entry.path.read_bytes())).permute(2, 0, 1)
+            return entry.path.read_bytes()
         sample, _ = self.cache.load(item.key, CROP_SHAPES)
         if sample is None or sample.status != OK:
-            raise DatasetError(
-                f"The cached crop of {entry.name} ({self.cache.path(item.key)}) vanished: open it again."
-            )
-        return sample.tensors["crop"]
+            where = self.cache.path(item.key)
+            raise DatasetError(f"The cached crop of {entry.name} ({where}) vanished: open the data again.")
+        return sample.tensors["jpeg"].numpy().tobytes()
 
     def labels(self) -> tuple[list[str], torch.Tensor]:
         """(identities with a usable image, in label order; int64 label per usable image); empty ones reported."""
@@ -276,25 +284,33 @@ def prepare_share(
     return report
 
 
+Images = CropImages | RecordImages
+
+
 def open_identity_folder(
     folder: Path,
     *,
     cache_dir: Path | None,
     detector: FaceDetector | None,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[CropImages, list[str], FaceDataReport, Path | None]:
-    """(crops, identity names, report, packed file) of an identity folder; see the module docstring.
+) -> tuple[Images, list[str], FaceDataReport, Path | None]:
+    """(images, identity names, report, packed record directory) of an identity folder; see the module docstring.
 
-    With a cache the crops are mapped from the packed file (reused when the folder's listing is
-    unchanged); without one they stay in memory. Raises DatasetError for a missing folder, one without
-    subfolders or without any usable image, or photos to align with no detector.
+    With a cache the crops are packed into a record directory there (reused while the folder's
+    listing is unchanged and, when a detector is given and photos were detected, it is the same
+    detector); without one they stay decoded in memory. Raises DatasetError for a missing folder,
+    one without subfolders or without any usable image, or photos to align with no detector.
     """
     plan = plan_folder(folder, cache_dir)
     path = pack_path(plan)
-    if path is not None and path.is_file():
+    if path is not None and (path / PACK_FILE).is_file():
         try:
-            return (*open_crop_pack(path), path)
-        except (PackedSetError, ValueError, KeyError, TypeError) as exc:
+            images, names, report, detector_used = open_crop_pack(path)
+            current = crop_settings(detector)["detector"]
+            if detector is None or report.detected == 0 or detector_used == current:
+                return images, names, report, path
+            log.info("%s was packed with another face detector; detecting its photos again.", plan.folder)
+        except (DatasetError, OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("The packed crops %s are unusable (%s); packing them again.", path, exc)
     report = FaceDataReport(folder=str(plan.folder), layout=LAYOUT, total_files=len(plan.entries))
     run = FolderPass(plan, detector, report)
@@ -308,38 +324,44 @@ def open_identity_folder(
         )
     log.info("Face-recognition data of %s:\n%s", plan.folder, report.summary())
     if path is None:
-        return CropImages(torch.stack([u.crop for u in run.usable]), labels), names, report, None
-    rows = ({"crops": run.crop(u), "labels": labels[i]} for i, u in enumerate(run.usable))
-    metadata = {"identities": json.dumps(names), "report": report.to_json(), "source": str(plan.folder)}
-    write_packed_set(
-        path, rows, len(run.usable), metadata, dtypes=PACK_DTYPES, set_format=PACK_FORMAT, version=PACK_VERSION
-    )
-    images, names, _ = open_crop_pack(path)
+        crops = [torch.from_numpy(decode_crop(u.data)).permute(2, 0, 1) for u in run.usable]
+        return CropImages(torch.stack(crops), labels), names, report, None
+    items = ((run.encoded(u), int(labels[i])) for i, u in enumerate(run.usable))
+    rf.write_record_folder(path, items, len(names))
+    pack = {
+        "format": PACK_FORMAT,
+        "version": PACK_VERSION,
+        "source": str(plan.folder),
+        "identities": names,
+        "detector": crop_settings(detector)["detector"],
+        "report": json.loads(report.to_json()),
+    }
+    text = json.dumps(pack, indent=1)
+    atomic_write(path / PACK_FILE, lambda tmp: tmp.write_text(text))  # last: a pack without it is incomplete
+    images, _, _, _ = open_crop_pack(path)
     return images, names, report, path
 
 
-def _map_crops(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    return open_packed_set(
-        path, dtypes=PACK_DTYPES, required=tuple(PACK_DTYPES), set_format=PACK_FORMAT, version=PACK_VERSION
-    )
+def open_crop_pack(path: Path) -> tuple[RecordImages, list[str], FaceDataReport, object]:
+    """(images, identity names, report, detector identity) of a packed identity folder (a record directory).
 
-
-def _crops_of(path: Path) -> torch.Tensor:
-    """The crops tensor of a packed file, mapped again (in a spawned worker)."""
-    return _map_crops(path)[0]["crops"]
-
-
-def open_crop_pack(path: Path) -> tuple[CropImages, list[str], FaceDataReport]:
-    """(crops, identity names, report) of a packed crops file; PackedSetError when it is not one."""
-    tensors, meta = _map_crops(path)
-    crops, labels = tensors["crops"], tensors["labels"]
-    if tuple(crops.shape[1:]) != CROP_SHAPES["crop"] or len(labels) != len(crops):
-        raise PackedSetError(f"crops {tuple(crops.shape)} and labels {tuple(labels.shape)} do not match")
-    names = json.loads(meta["identities"])
-    report = FaceDataReport.from_json(meta["report"])
+    Raises DatasetError (RecordFileError) or ValueError/KeyError when it is not a complete pack.
+    """
+    pack = json.loads((path / PACK_FILE).read_text())
+    if pack.get("format") != PACK_FORMAT or pack.get("version") != PACK_VERSION:
+        raise ValueError(f"not a version {PACK_VERSION} {PACK_FORMAT} pack")
+    names = list(pack["identities"])
+    num_classes, _, _ = rf.read_property(path)
+    keys, offsets = rf.read_index(path)
+    buffer = rf.map_file(path / rf.REC_FILE)
+    try:
+        scan = rf.scan_records(buffer, keys, offsets, num_classes)
+    finally:
+        buffer.close()
+    if scan.bad or num_classes != len(names):
+        raise rf.RecordFileError(f"{path}: {len(scan.bad)} damaged records, {num_classes} classes for {len(names)}")
+    report = FaceDataReport.from_json(json.dumps(pack["report"]))
     report.from_cache = report.total_files  # nothing was read this time
     report.computed = report.cache_repaired = 0
-    if len(labels) and (int(labels.max()) >= len(names) or int(labels.min()) < 0):
-        raise PackedSetError(f"labels outside 0..{len(names) - 1}")
-    images = CropImages(crops, labels.clone(), reopen=partial(_crops_of, path))
-    return images, names, report
+    labels = torch.from_numpy(scan.labels)
+    return RecordImages(path / rf.REC_FILE, scan.offsets, scan.keys, labels), names, report, pack["detector"]

@@ -1,8 +1,8 @@
-"""Where a face-recognition dataset's aligned 112x112 crops come from: a packed crop tensor or a record file.
+"""Where a face-recognition dataset's aligned 112x112 crops come from: a record file, or crops in memory.
 
 Each source gives one image, or a batch, as uint8 RGB [3, 112, 112] tensors with its identity label.
-Both are picklable without their memory maps (a decode worker maps the file again on first use), so
-DataLoader workers share the operating system's page cache instead of copying the data.
+A record file is pickled without its memory map (a decode worker maps the file again on first use),
+so DataLoader workers share the operating system's page cache instead of copying the data.
 """
 
 from __future__ import annotations
@@ -57,26 +57,10 @@ def decode_crop(data: bytes) -> np.ndarray:
 
 
 class CropImages:
-    """Crops already decoded: uint8 [N, 3, 112, 112] and labels [N], in memory or mapped from a packed file.
+    """Crops already decoded in memory: uint8 [N, 3, 112, 112] and labels [N] (a small folder without a cache)."""
 
-    With `reopen` (a function mapping the packed file again), a pickled copy (a spawned worker's)
-    carries no pixels and maps the file on first use.
-    """
-
-    def __init__(self, crops: torch.Tensor, labels: torch.Tensor, reopen=None) -> None:
-        self._crops, self.labels, self.reopen = crops, labels, reopen
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        if self.reopen is not None:
-            state["_crops"] = None
-        return state
-
-    @property
-    def crops(self) -> torch.Tensor:
-        if self._crops is None:
-            self._crops = self.reopen()
-        return self._crops
+    def __init__(self, crops: torch.Tensor, labels: torch.Tensor) -> None:
+        self.crops, self.labels = crops, labels
 
     def item(self, index: int) -> tuple[torch.Tensor, int]:
         return self.crops[index], int(self.labels[index])

@@ -22,7 +22,10 @@ The file is memory-mapped: every decode worker (and every DDP rank) reads the sa
 from __future__ import annotations
 
 import mmap
+import os
+import shutil
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,3 +241,49 @@ def image_keys(buffer: mmap.mmap | bytes, keys: np.ndarray, offsets: np.ndarray)
 def is_record_folder(path: Path) -> bool:
     """Whether `path` is a folder holding `train.rec` (a record directory, even if its other files are missing)."""
     return path.is_dir() and (path / REC_FILE).is_file()
+
+
+def frame(payload: bytes) -> bytes:
+    """A payload as RecordIO stores it: split where the magic occurs at a 4-aligned place (left out), parts flagged
+    FIRST, MIDDLE, LAST (WHOLE when there is no such place), each part's data zero-padded to 4 bytes."""
+    magic = struct.pack("<I", MAGIC)
+    cuts = [i for i in range(0, len(payload) - 3, 4) if payload[i : i + 4] == magic]
+    if not cuts:
+        return _part(WHOLE, payload, magic)
+    pieces, start = [], 0
+    for n, cut in enumerate(cuts):
+        pieces.append(_part(FIRST if n == 0 else MIDDLE, payload[start:cut], magic))
+        start = cut + 4
+    pieces.append(_part(LAST, payload[start:], magic))
+    return b"".join(pieces)
+
+
+def _part(flag: int, data: bytes, magic: bytes) -> bytes:
+    return magic + struct.pack("<I", (flag << LENGTH_BITS) | len(data)) + data + b"\0" * (padded(len(data)) - len(data))
+
+
+def write_record_folder(folder: Path, items: Iterable[tuple[bytes, int]], num_classes: int) -> int:
+    """Write `train.rec`, `train.idx` and `property` of (encoded image, label) items; the number written.
+
+    Every record is an image (keys 0..N-1, no meta record; IRHeader flag 0, the label as float32,
+    id = key). The folder is written beside under a temporary name and renamed into place, so it is
+    complete or absent; an existing folder of that name is replaced.
+    """
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    count = 0
+    try:
+        with open(tmp / REC_FILE, "wb") as rec, open(tmp / IDX_FILE, "w") as idx:
+            for count, (image, label) in enumerate(items, start=1):
+                idx.write(f"{count - 1}\t{rec.tell()}\n")
+                rec.write(frame(IR_HEADER.pack(0, float(label), count - 1, 0) + image))
+            rec.flush()
+            os.fsync(rec.fileno())
+        (tmp / PROPERTY_FILE).write_text(f"{num_classes},112,112\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return count

@@ -32,7 +32,6 @@ _SAFETENSORS_DTYPES = {
     torch.float32: ("F32", np.float32),
     torch.float16: ("F16", np.float16),
     torch.uint8: ("U8", np.uint8),
-    torch.int64: ("I64", np.int64),
 }
 _NUMPY_OF = {code: numpy for code, numpy in _SAFETENSORS_DTYPES.values()}
 _ALIGN = 8  # the header is padded so the data (and every float32 row) starts 8-byte aligned
@@ -53,14 +52,12 @@ def compact_row(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return row
 
 
-def _header(
-    shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str], dtypes: Mapping[str, torch.dtype]
-) -> tuple[bytes, dict[str, int]]:
+def _header(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str]) -> tuple[bytes, dict[str, int]]:
     """The safetensors header bytes (length prefix included) and each tensor's offset from the file start."""
     entries: dict[str, object] = {"__metadata__": dict(metadata)}
     offsets, start = {}, 0
     for name, shape in shapes.items():
-        code, numpy_dtype = _SAFETENSORS_DTYPES[dtypes[name]]
+        code, numpy_dtype = _SAFETENSORS_DTYPES[ROW_DTYPES[name]]
         size = int(np.prod(shape)) * np.dtype(numpy_dtype).itemsize
         entries[name] = {"dtype": code, "shape": list(shape), "data_offsets": [start, start + size]}
         offsets[name] = start
@@ -72,33 +69,24 @@ def _header(
 
 
 def write_packed_set(
-    path: Path,
-    rows: Iterable[dict[str, torch.Tensor]],
-    count: int,
-    metadata: Mapping[str, str],
-    *,
-    dtypes: Mapping[str, torch.dtype] = ROW_DTYPES,
-    set_format: str = SET_FORMAT,
-    version: str = SET_VERSION,
+    path: Path, rows: Iterable[dict[str, torch.Tensor]], count: int, metadata: Mapping[str, str]
 ) -> Path:
     """Write `count` rows (dicts of compact tensors [V, ...], see `compact_row`) atomically to `path`.
 
     The first row fixes every tensor's shape; a later row of another shape raises PackedSetError
-    (the partial file is removed). `metadata` values are strings. `dtypes` names the row tensors
-    and their dtypes (float32, float16, uint8, int64), `set_format` and `version` go into the
-    metadata for `open_packed_set` to check. Returns `path`.
+    (the partial file is removed). `metadata` values are strings. Returns `path`.
     """
     iterator = iter(rows)
 
     def write(tmp: Path) -> None:
         first = next(iterator)
-        shapes = {name: (count, *first[name].shape) for name in dtypes if name in first}
-        head, offsets = _header(shapes, {"format": set_format, "version": version, **metadata}, dtypes)
+        shapes = {name: (count, *first[name].shape) for name in ROW_DTYPES if name in first}
+        head, offsets = _header(shapes, {"format": SET_FORMAT, "version": SET_VERSION, **metadata})
         total = max(offsets[n] + int(np.prod(s)) * first[n].element_size() for n, s in shapes.items())
         with open(tmp, "wb") as f:
             f.write(head)
             f.truncate(total)
-        arrays = {n: np.memmap(tmp, _numpy(n, dtypes), "r+", offsets[n], shapes[n]) for n in shapes}
+        arrays = {n: np.memmap(tmp, _numpy(n), "r+", offsets[n], shapes[n]) for n in shapes}
         for i, row in enumerate(_chain(first, iterator)):
             if i >= count:
                 raise PackedSetError(f"more than the {count} announced rows")
@@ -114,8 +102,8 @@ def write_packed_set(
     return atomic_write(path, write)
 
 
-def _numpy(name: str, dtypes: Mapping[str, torch.dtype] = ROW_DTYPES) -> type:
-    return _SAFETENSORS_DTYPES[dtypes[name]][1]
+def _numpy(name: str) -> type:
+    return _SAFETENSORS_DTYPES[ROW_DTYPES[name]][1]
 
 
 def _chain(first: dict[str, torch.Tensor], rest: Iterable[dict[str, torch.Tensor]]):
@@ -138,19 +126,11 @@ def _map(path: Path) -> mmap.mmap:
     return mapped
 
 
-def open_packed_set(
-    path: Path,
-    *,
-    dtypes: Mapping[str, torch.dtype] = ROW_DTYPES,
-    required: Iterable[str] = ("idvec", "latents", "masks"),
-    set_format: str = SET_FORMAT,
-    version: str = SET_VERSION,
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def open_packed_set(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a packed set; the tensors are views of one copy-on-write memory map of the file.
 
     Reading a row touches only that row's pages, shared with every other process mapping the file.
-    Raises PackedSetError when the file is not a complete packed set of this `set_format` and
-    `version` holding the `required` tensors of `dtypes` (by default the training set of the mapper).
+    Raises PackedSetError when the file is not a complete packed set of this version.
     """
     try:
         size = path.stat().st_size
@@ -160,14 +140,14 @@ def open_packed_set(
                 raise PackedSetError(f"header of {length} bytes in a file of {size}")
             header = json.loads(f.read(length))
         metadata = header.pop("__metadata__", {}) or {}
-        if metadata.get("format") != set_format or metadata.get("version") != version:
-            raise PackedSetError(f"not a version {version} {set_format} file")
+        if metadata.get("format") != SET_FORMAT or metadata.get("version") != SET_VERSION:
+            raise PackedSetError(f"not a version {SET_VERSION} {SET_FORMAT} file")
         mapped = _map(path)
         tensors = {}
         for name, entry in header.items():
             start, end = entry["data_offsets"]
             dtype, shape = _NUMPY_OF.get(entry["dtype"]), tuple(entry["shape"])
-            if name not in dtypes or dtype is not _numpy(name, dtypes):
+            if name not in ROW_DTYPES or dtype is not _numpy(name):
                 raise PackedSetError(f"unexpected tensor {name} of {entry['dtype']}")
             count = int(np.prod(shape))
             if 8 + length + end > size or end - start != count * np.dtype(dtype).itemsize:
@@ -178,6 +158,6 @@ def open_packed_set(
         if isinstance(exc, PackedSetError):
             raise
         raise PackedSetError(f"{type(exc).__name__}: {exc}") from None
-    if set(required) - set(tensors):
-        raise PackedSetError(f"tensors {sorted(tensors)} lack one of {', '.join(required)}")
+    if {"idvec", "latents", "masks"} - set(tensors):
+        raise PackedSetError(f"tensors {sorted(tensors)} lack idvec, latents or masks")
     return tensors, metadata

@@ -224,3 +224,13 @@ def test_msid_checkpoint_starts_a_fine_tune_and_bad_inits_are_named(official_che
     for bad in ("imagenet", "timm:", f"msid:{tmp_path / 'missing.pt'}", "random:x"):
         with pytest.raises(Exception, match="--init"):
             EncoderInit.parse(bad)
+
+
+def test_a_stop_request_saves_the_state_and_the_run_continues_from_it(faces, tmp_path):
+    """What Ctrl-C / SIGTERM do in the CLI (StopRequest): stop after the current step, save, resume there."""
+    train, _ = faces
+    asked = iter([False, True])
+    stopped = _trainer(train, tmp_path, epochs=1).run(should_stop=lambda: next(asked))
+    assert stopped.status == "stopped" and stopped.step == 2 and len(stopped.losses) == 2
+    rest = _trainer(train, tmp_path, epochs=1).run()
+    assert rest.step == 4 and rest.losses[:2] == stopped.losses

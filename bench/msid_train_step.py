@@ -4,12 +4,13 @@
     python bench/msid_train_step.py --device cpu                     # CPU: tiny width (64, depth 4), batch 32
     python bench/msid_train_step.py --classes 360232 --partial-fc 0.3 --batch 1024   # Glint360K's classifier
 
-Ours: `MSIDTrainer.train_step` as training runs it: uint8 faces normalised and flipped on the device,
-bf16 autocast where the GPU computes it natively, the margin softmax of `ShardedMarginSoftmax` (one
-rank here), AdamW (foreach) with clipping. Straightforward: a plain fp32 eager loop: the faces
-normalised on the host and copied as float32, fp32 forward and backward, `nn.Linear`-style full
-classifier through `arcface_loss`, the same AdamW. Both on the same random faces, labels and weights,
-alternating, after warm-up steps; the median step time is reported.
+Ours: `MSIDTrainer.train_step` as training runs it: uint8 faces normalised and flipped on the
+device, bf16 autocast where the GPU computes it natively, TF32 for the float32 cosines, the margin
+softmax of `ShardedMarginSoftmax` (one rank here), AdamW (foreach) with clipping. Straightforward: a
+plain fp32 eager loop: the faces normalised and flipped on the host and copied as float32, fp32
+forward and backward, an `nn.Linear`-style full classifier through `arcface_loss`, the same AdamW.
+Both on the same random faces, labels and weights, alternating, after warm-up steps; the median
+step time is reported.
 
 FLOPs are counted analytically (multiply-add = 2 FLOPs; backward = 2x forward, so training = 3x):
 per image, the patch embedding 2*P*(3*p*p)*d, and per block with N tokens of width d,
@@ -106,7 +107,10 @@ def bench_batch(args: argparse.Namespace, device: torch.device, batch: int) -> d
         compute_dtype=dtype,
     )
     counter = iter(range(1 << 30))
-    ours = lambda: trainer.train_step(next(counter), images, labels)  # noqa: E731
+
+    def ours() -> None:
+        torch.backends.cuda.matmul.allow_tf32 = True  # as cli/train_msid.py sets it on CUDA
+        trainer.train_step(next(counter), images, labels)
 
     encoder = MSIDEncoder(**arch).to(device).train()
     encoder.norm.requires_grad_(False)
@@ -115,7 +119,10 @@ def bench_batch(args: argparse.Namespace, device: torch.device, batch: int) -> d
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)
 
     def plain() -> None:
+        torch.backends.cuda.matmul.allow_tf32 = False  # torch's default
         faces = (images.float() / 255 - 0.5) / 0.5  # on the host, as a plain Dataset's transform would
+        flip = torch.rand(len(faces)) < 0.5  # RandomHorizontalFlip, on the host too
+        faces = torch.where(flip[:, None, None, None], faces.flip(-1), faces)
         loss = arcface_loss(encoder(faces.to(device)), centres, labels.to(device))
         optimizer.zero_grad()
         loss.backward()

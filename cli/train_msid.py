@@ -216,6 +216,10 @@ def train(args: argparse.Namespace, ranks: Ranks) -> int:
     )
     per_rank_batch(args.batch_size, ranks.world_size)
     dtype = compute_dtype(args.dtype, ranks.device)
+    # The classifier's float32 cosines (margin_softmax.py) on TF32 tensor cores (10 significant bits, as
+    # arcface_torch's fp16 product) instead of plain float32 arithmetic: about 8x faster on an H100.
+    if ranks.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
     data = open_data(args, ranks)
     if ranks.rank == 0:
         log.info("%d images of %d identities from %s", len(data), data.num_classes, args.data)

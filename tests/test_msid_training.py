@@ -210,3 +210,27 @@ def test_every_cli_option_has_help_and_the_paper_defaults():
     args = parser.parse_args(["--data", "d", "--out", "o.safetensors", "--run-dir", "r"])
     paper = (30, 1024, 1e-3, "msid", 0.5, 64)
     assert (args.epochs, args.batch_size, args.lr, args.loss, args.margin, args.scale) == paper
+
+
+def test_msid_checkpoint_starts_a_fine_tune_and_bad_inits_are_named(official_checkpoints, tmp_path):
+    msid_path, _ = official_checkpoints
+    init = EncoderInit.parse(f"msid:{msid_path}")
+    encoder = initial_encoder(init)
+    assert encoder.training and init.digest(0).startswith("msid:")
+    official = MSIDEncoder()
+    official.load_state_dict(read_weights(msid_path)[0])
+    torch.testing.assert_close(encoder.state_dict(), official.state_dict())
+    assert EncoderInit.parse("random").digest(3) == "random:seed=3"
+    for bad in ("imagenet", "timm:", f"msid:{tmp_path / 'missing.pt'}", "random:x"):
+        with pytest.raises(Exception, match="--init"):
+            EncoderInit.parse(bad)
+
+
+def test_a_stop_request_saves_the_state_and_the_run_continues_from_it(faces, tmp_path):
+    """What Ctrl-C / SIGTERM do in the CLI (StopRequest): stop after the current step, save, resume there."""
+    train, _ = faces
+    asked = iter([False, True])
+    stopped = _trainer(train, tmp_path, epochs=1).run(should_stop=lambda: next(asked))
+    assert stopped.status == "stopped" and stopped.step == 2 and len(stopped.losses) == 2
+    rest = _trainer(train, tmp_path, epochs=1).run()
+    assert rest.step == 4 and rest.losses[:2] == stopped.losses

@@ -126,7 +126,7 @@ def architecture_of(encoder: MSIDEncoder) -> str:
 
 def to_encoder_input(images: torch.Tensor, flip: torch.Tensor | None) -> torch.Tensor:
     """uint8 [B, 3, H, W] RGB -> float32 in [-1, 1] ((x / 255 - 0.5) / 0.5), mirrored where flip [B] is True."""
-    faces = images.float().div_(127.5).sub_(1.0)
+    faces = images.float().div(127.5).sub_(1.0)  # out of place first: a float input is never changed
     if flip is not None:
         faces = torch.where(flip[:, None, None, None], faces.flip(-1), faces)
     return faces

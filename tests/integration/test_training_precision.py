@@ -107,5 +107,5 @@ def test_training_learns_under_a_forward_only_global_attention_and_its_copies_ar
     assert result["status"] == "completed"
     assert len(result["grad_norms"]) == 3 and min(result["grad_norms"]) > 0
     assert result["mapper_change"] > 0
-    assert result["copy_blocks_checkpointed"] > 0 and not result["user_unet_blocks_patched"]
     assert result["copies_alive_after_del"] == 0
+    assert result["copy_blocks_checkpointed"] > 0 and not result["user_unet_blocks_patched"]

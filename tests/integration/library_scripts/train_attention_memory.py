@@ -6,9 +6,9 @@ and the training copies freed the moment the backend is dropped.
    in ComfyUI's own `wrap_attn`, as sage and flash are, and computing under `torch.no_grad()`. A plain
    UNet call then gives no gradient at all (recorded in `global_attention_has_grad`); the trainer must
    still learn: non-zero gradient norms and a changed mapper.
-2. With gradient checkpointing on, the backend's UNet and text-encoder copies are dead (weakref) right
-   after `del`, with Python's cycle collector off: nothing but reference counting frees them. The
-   user's UNet keeps its own block classes.
+2. With gradient checkpointing on, every module and weight of the backend's UNet and text-encoder
+   copies is dead (weakref) right after `del`, with Python's cycle collector off: nothing but
+   reference counting frees them. The user's UNet keeps its own block classes.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def main(checkpoint: str, work_dir: str, steps: int = 3) -> dict:
         out["copy_blocks_checkpointed"] = sum(
             getattr(type(m), "_f2d_checkpointed", False) for m in backend.unet.modules()
         )
-        copies = [weakref.ref(backend.unet), weakref.ref(backend.text_model)]
+        copies = [weakref.ref(m) for copy in (backend.unet, backend.text_model) for m in copy.modules()]
+        copies += [weakref.ref(t) for copy in (backend.unet, backend.text_model) for t in copy.parameters()]
         gc.collect()
         gc.disable()  # from here only reference counting frees anything
         try:

@@ -13,6 +13,7 @@ from f2d_core.training.data.dataset import TrainingSet
 from f2d_core.training.data.report import DatasetReport
 from f2d_core.training.losses import denoising_loss, needs_class_prediction
 from f2d_core.training.mapper_output import check_mapper_destination
+from f2d_core.training.precision import LossScale
 from f2d_core.training.run_identity import RunIdentity, RunMismatch, dataset_digest
 from f2d_core.training.state_file import check_free_disk, load_state, save_state, state_bytes
 from f2d_core.training.trainer import TrainSettings, sample_batch
@@ -73,6 +74,24 @@ def test_state_round_trip_restores_mapper_moments_step_losses_and_identity_but_n
     new = fresh_optimizer.state[fresh.null_exp]
     assert torch.equal(old["exp_avg"], new["exp_avg"]) and torch.equal(old["exp_avg_sq"], new["exp_avg_sq"])
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_the_fp16_loss_scale_is_saved_and_restored_and_only_under_fp16(tmp_path):
+    mapper, optimizer = _trained_pair()
+    scale = LossScale(enabled=True)
+    scale.update(False)  # an overflow: 2^15
+    scale.update(True)
+    path = save_state(tmp_path / "state.safetensors", mapper, optimizer, 3, [1.0], {}, IDENTITY, scale)
+    point = load_state(path, F2DMapper(), torch.optim.AdamW(F2DMapper().parameters()), IDENTITY)
+    assert point.loss_scale == {"scale": 2.0**15, "finite_steps": 1}
+    resumed = LossScale(enabled=True)
+    resumed.load_state_dict(point.loss_scale)
+    assert resumed.state_dict() == scale.state_dict()
+    disabled = LossScale(enabled=False)  # a run resumed in bf16 / fp32 keeps no scale
+    disabled.load_state_dict(point.loss_scale)
+    assert disabled.scale == 1.0
+    plain = save_state(tmp_path / "fp32.safetensors", mapper, optimizer, 3, [1.0], {}, IDENTITY, LossScale(False))
+    assert load_state(plain, F2DMapper(), torch.optim.AdamW(F2DMapper().parameters())).loss_scale is None
 
 
 def test_a_state_of_another_run_is_refused_before_anything_is_restored(tmp_path):

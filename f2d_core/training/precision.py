@@ -107,6 +107,15 @@ class LossScale:
                 if p.grad is not None:
                     p.grad.div_(self.scale)
 
+    def state_dict(self) -> dict[str, float]:
+        """What a resumable state keeps: the scale and the finite steps since it last changed."""
+        return {"scale": self.scale, "finite_steps": self._finite_steps}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Continue from `state_dict()`'s values (a disabled scale stays 1)."""
+        if self.enabled:
+            self.scale, self._finite_steps = float(state["scale"]), int(state["finite_steps"])
+
     def update(self, finite: bool) -> None:
         """Halve the scale after an overflow; double it after `growth_interval` finite steps."""
         if not self.enabled:

@@ -1,5 +1,5 @@
-"""The resumable training state: mapper, optimizer moments, step, loss history, the run's identity; one
-safetensors file, written atomically."""
+"""The resumable training state: mapper, optimizer moments, step, loss history, the run's identity and the
+fp16 loss scale; one safetensors file, written atomically."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ..atomic_io import atomic_write
 from ..errors import F2DError, WeightFileError
 from ..identity.mapper import F2DMapper
 from ..weight_files import read_weights
+from .precision import LossScale
 from .run_identity import RunIdentity, RunMismatch
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class ResumePoint:
     settings: dict[str, object]
     identity: RunIdentity | None  # None in states written before identities were recorded
     optimizer_hyper: list[dict[str, object]]  # the saved param groups' lr, weight_decay, betas, eps
+    loss_scale: dict[str, float] | None = None  # LossScale.state_dict() of an fp16 run; None otherwise
 
 
 def state_bytes(mapper: F2DMapper) -> int:
@@ -60,8 +62,14 @@ def save_state(
     losses: list[float],
     settings: dict,
     identity: RunIdentity | None = None,
+    loss_scale: LossScale | None = None,
 ) -> Path:
-    """Write the state atomically: a crash mid-write leaves the previous state intact."""
+    """Write the state atomically: a crash mid-write leaves the previous state intact.
+
+    An enabled `loss_scale` (fp16 training) is kept too, so a resumed run does not restart at 2^16
+    and overflow its way down again. Raises OSError when the file cannot be written (the previous
+    state is then left as it was).
+    """
     tensors = {f"mapper.{k}": v.detach().float().cpu().contiguous() for k, v in mapper.state_dict().items()}
     names = {id(p): n for n, p in mapper.named_parameters()}
     for group in optimizer.param_groups:
@@ -81,6 +89,8 @@ def save_state(
     }
     if identity is not None:
         metadata["identity"] = identity.to_json()
+    if loss_scale is not None and loss_scale.enabled:
+        metadata["loss_scale"] = json.dumps(loss_scale.state_dict())
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata))
 
 
@@ -124,4 +134,5 @@ def load_state(
         settings=json.loads(metadata["settings"]),
         identity=saved_identity,
         optimizer_hyper=hyper,
+        loss_scale=json.loads(metadata["loss_scale"]) if "loss_scale" in metadata else None,
     )

@@ -134,7 +134,16 @@ class MapperTrainer:
 
     def _save(self, step: int, losses: list[float]) -> None:
         if self.rank == 0:
-            save_state(self.state_path, self.mapper, self.optimizer, step, losses, asdict(self.settings), self.identity)
+            save_state(
+                self.state_path,
+                self.mapper,
+                self.optimizer,
+                step,
+                losses,
+                asdict(self.settings),
+                self.identity,
+                self.loss_scale,
+            )
 
     def step_loss(self, batch: Batch, class_context: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         """Loss of one batch; gradients reach the mapper through the text encoder and the UNet."""
@@ -246,6 +255,8 @@ class MapperTrainer:
         if resume and self.state_path.exists():
             point = load_state(self.state_path, self.mapper, self.optimizer, self.identity)
             step, losses = point.step, point.losses
+            if point.loss_scale is not None:
+                self.loss_scale.load_state_dict(point.loss_scale)
             self._note_changed_hyper_parameters(point.settings)
         if step >= settings.steps:
             message = (
@@ -274,26 +285,25 @@ class MapperTrainer:
                     break
                 outcome = self._train_step(step, class_context)
                 step += 1
+                trained = outcome is not None and not math.isnan(outcome[1])  # nan: an fp16 overflow, scale halved
                 if outcome is None:
                     bad_steps += 1
                     if bad_steps >= settings.max_bad_steps:
                         status = "diverged"
                         break
-                    continue
-                loss, grad_norm = outcome
-                if math.isnan(grad_norm):  # an fp16 overflow: skipped, the loss scale halved
-                    continue
-                bad_steps = 0
-                zero_steps = zero_steps + 1 if grad_norm == 0 else 0
-                if zero_steps >= settings.max_zero_gradient_steps:
-                    status = "zero_gradient"
-                    break
-                losses.append(loss)
-                grad_norms.append(grad_norm)
-                self._log_progress(step, loss, grad_norm)
-                if step % settings.checkpoint_every == 0:
+                elif trained:
+                    loss, grad_norm = outcome
+                    bad_steps = 0
+                    zero_steps = zero_steps + 1 if grad_norm == 0 else 0
+                    if zero_steps >= settings.max_zero_gradient_steps:
+                        status = "zero_gradient"
+                        break
+                    losses.append(loss)
+                    grad_norms.append(grad_norm)
+                    self._log_progress(step, loss, grad_norm)
+                if step % settings.checkpoint_every == 0:  # a skipped step leaves the mapper as it was: saved too
                     self._save(step, losses)
-                if progress is not None:
+                if trained and progress is not None:
                     progress(step, settings.steps, loss, grad_norm)  # may raise (ComfyUI's interrupt): saved below
         except BaseException:
             log.info("Training stopped by an exception at step %d; saving the state first.", step)

@@ -14,7 +14,7 @@ from f2d_core.training.data.report import DatasetReport
 from f2d_core.training.losses import denoising_loss, needs_class_prediction
 from f2d_core.training.mapper_output import check_mapper_destination
 from f2d_core.training.precision import LossScale
-from f2d_core.training.run_identity import RunIdentity, RunMismatch, dataset_digest
+from f2d_core.training.run_identity import RunIdentity, RunMismatch, dataset_digest, names_only_dataset_digest
 from f2d_core.training.state_file import check_free_disk, load_state, save_state, state_bytes
 from f2d_core.training.trainer import TrainSettings, sample_batch
 
@@ -123,7 +123,7 @@ def test_identity_names_every_difference_and_shortens_digests():
     assert RunIdentity.from_json(IDENTITY.to_json()) == IDENTITY
 
 
-def test_dataset_digest_changes_with_the_folder_and_its_files():
+def test_dataset_digest_changes_with_the_folder_its_files_and_their_content():
     data = _data()
     digest = dataset_digest(data)
     assert digest == dataset_digest(_data())
@@ -132,8 +132,29 @@ def test_dataset_digest_changes_with_the_folder_and_its_files():
     moved = _data()
     moved.report = DatasetReport(folder="y")
     assert dataset_digest(moved) != digest
+    replaced = _data()
+    replaced.keys = [*replaced.keys[:-1], "f" * 64]  # the last photo replaced under the same name
+    assert dataset_digest(replaced) != digest and names_only_dataset_digest(replaced) == names_only_dataset_digest(
+        _data()
+    )
     data.fingerprint = "abc"  # a training set that carries its own fingerprint is identified by it
     assert dataset_digest(data) == "abc"
+
+
+def test_a_state_saved_before_photo_contents_were_hashed_resumes_with_a_warning(tmp_path, caplog):
+    mapper, optimizer = _trained_pair()
+    data = _data()
+    old = RunIdentity(**{**IDENTITY.__dict__, "dataset": names_only_dataset_digest(data)})
+    path = save_state(tmp_path / "state.safetensors", mapper, optimizer, 4, [1.0], {}, old)
+    now = RunIdentity(**{**IDENTITY.__dict__, "dataset": dataset_digest(data)})
+    with pytest.raises(RunMismatch, match="dataset"):
+        load_state(path, F2DMapper(), torch.optim.AdamW(F2DMapper().parameters()), now)
+    with caplog.at_level("WARNING"):
+        point = load_state(path, F2DMapper(), torch.optim.AdamW(F2DMapper().parameters()), now, old)
+    assert point.step == 4 and "identified the photos by file name only" in caplog.text
+    other_seed = RunIdentity(**{**old.__dict__, "seed": 9})  # only the dataset's digest may differ so
+    with pytest.raises(RunMismatch):
+        load_state(path, F2DMapper(), torch.optim.AdamW(F2DMapper().parameters()), now, other_seed)
 
 
 def test_a_trained_mapper_never_replaces_another_file_and_replaces_a_mapper_only_when_asked(tmp_path):
@@ -181,6 +202,7 @@ def _data(n: int = 6, views: int = 2) -> TrainingSet:
         person=["a", "a", "a", "b", "b", ""],
         files=[str(i) for i in range(n)],
         report=DatasetReport(folder="x"),
+        keys=[f"{i:064x}" for i in range(n)],
     )
 
 

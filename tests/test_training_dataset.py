@@ -34,6 +34,7 @@ from f2d_core.training.data.dataset import (
 )
 from f2d_core.training.data.ffhq_crop import ffhq_crop, mirror_landmarks, shrink_factor
 from f2d_core.training.data.files import decode_photo
+from f2d_core.training.run_identity import dataset_digest, names_only_dataset_digest
 from tests.support import synthetic_bisenet, synthetic_deep3d
 from tests.support import synthetic_insightface as si
 from tests.support.photos import ASTRONAUT, CAT, load_rgb
@@ -336,6 +337,29 @@ def test_an_edited_photo_recomputes_only_itself(small, encoder, detector, tmp_pa
     assert det.calls == 1 and vae.images == 2 and after.report.computed == 1 and after.report.from_cache == 4
     assert torch.equal(after.latents[[0, 2]], before.latents[[0, 2]])
     assert not torch.equal(after.latents[1], before.latents[1])
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_the_run_identity_follows_the_photos_content_not_how_the_folder_is_named(
+    small, encoder, detector, tmp_path, monkeypatch, cached
+):
+    """Issue 13, point 9: photos replaced under the same names are another dataset; a relative and an
+    absolute name of one folder are the same one (packed in the cache, or kept in memory)."""
+    photos = shutil.copytree(small, tmp_path / "photos")
+    cache = tmp_path / "cache" if cached else None
+    absolute = _prepare(photos, encoder, detector, cache)
+    assert len(absolute.keys) == len(absolute.files) == 3
+    monkeypatch.chdir(tmp_path)
+    relative = _prepare(Path("photos"), encoder, detector, cache)
+    assert relative.report.folder == str(photos.resolve())
+    assert dataset_digest(relative) == dataset_digest(absolute)
+    _save(photos / "alice" / "1.png", _face(ASTRONAUT, side=64, centre=(160, 144)))  # same name, other photo
+    replaced = _prepare(Path("photos"), encoder, detector, cache)
+    assert replaced.files == absolute.files
+    assert dataset_digest(replaced) != dataset_digest(absolute)
+    assert names_only_dataset_digest(replaced) == names_only_dataset_digest(absolute)  # what older versions saw
+    if cached:
+        assert open_training_set(replaced.path).keys == replaced.keys  # the packed file keeps them
 
 
 def test_one_latent_key_for_two_vaes_is_an_error(small, encoder, detector, tmp_path):

@@ -100,14 +100,20 @@ def _check_format(path: Path, metadata: dict) -> None:
 
 
 def load_state(
-    path: Path, mapper: F2DMapper, optimizer: torch.optim.Optimizer, identity: RunIdentity | None = None
+    path: Path,
+    mapper: F2DMapper,
+    optimizer: torch.optim.Optimizer,
+    identity: RunIdentity | None = None,
+    names_only_identity: RunIdentity | None = None,
 ) -> ResumePoint:
     """Restore the mapper and AdamW's moments from `save_state`'s file; return where the run stood.
 
     With `identity`, a state recording another run identity raises `RunMismatch` (naming what
     differs) before anything is restored; a state recording none (older files) is resumed with a
-    warning. The optimizer's hyper-parameters (learning rate, weight decay, ...) are not restored:
-    the caller's current ones win; the saved ones come back in `ResumePoint.optimizer_hyper`.
+    warning, and so is one that matches `names_only_identity` (the identity as versions before photo
+    contents were hashed recorded it: the dataset by file names only). The optimizer's hyper-parameters
+    (learning rate, weight decay, ...) are not restored: the caller's current ones win; the saved ones
+    come back in `ResumePoint.optimizer_hyper`.
     """
     tensors, metadata = read_weights(path)
     _check_format(path, metadata)
@@ -115,7 +121,13 @@ def load_state(
     if identity is not None and saved_identity is None:
         log.warning("%s records no run identity (written by an older version): resuming it unchecked", path)
     elif identity is not None and identity.differences(saved_identity):
-        raise RunMismatch(path.parent, identity.differences(saved_identity))
+        if names_only_identity is None or names_only_identity.differences(saved_identity):
+            raise RunMismatch(path.parent, identity.differences(saved_identity))
+        log.warning(
+            "%s was written by an older version that identified the photos by file name only: resuming it "
+            "without checking that the photos' contents are the same",
+            path,
+        )
     mapper.load_state_dict({k.removeprefix("mapper."): v for k, v in tensors.items() if k.startswith("mapper.")})
     params = dict(mapper.named_parameters())
     for key, value in tensors.items():

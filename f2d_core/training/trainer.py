@@ -19,7 +19,7 @@ from .backend import DiffusionBackend
 from .data.cache import module_fingerprint
 from .losses import LOSSES, denoising_loss, needs_class_prediction
 from .precision import LossScale, dtype_name
-from .run_identity import RunIdentity, dataset_digest
+from .run_identity import RunIdentity, dataset_digest, names_only_dataset_digest
 from .state_file import STATE_FILE, check_free_disk, load_state, save_state, state_bytes
 
 log = logging.getLogger(__name__)
@@ -231,9 +231,9 @@ class MapperTrainer:
             if key in saved and saved[key] != current[key]:
                 log.info("%s: %s (the saved run used %s); the new value is used", key, current[key], saved[key])
 
-    def _run_identity(self) -> RunIdentity:
+    def _run_identity(self, digest=dataset_digest) -> RunIdentity:
         return RunIdentity(
-            dataset=dataset_digest(self.data),
+            dataset=digest(self.data),
             start_mapper=module_fingerprint(self.mapper),
             loss=self.settings.loss,
             global_batch_size=self.settings.batch_size * self.world_size,
@@ -253,7 +253,8 @@ class MapperTrainer:
         self.identity = self._run_identity()
         step, losses = 0, []
         if resume and self.state_path.exists():
-            point = load_state(self.state_path, self.mapper, self.optimizer, self.identity)
+            names_only = self._run_identity(names_only_dataset_digest)
+            point = load_state(self.state_path, self.mapper, self.optimizer, self.identity, names_only)
             step, losses = point.step, point.losses
             if point.loss_scale is not None:
                 self.loss_scale.load_state_dict(point.loss_scale)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -262,3 +263,68 @@ def test_resumed_adamw_state_is_placed_as_torchs_own_load_state_dict_places_it(t
         got, want = resumed_optimizer.state[p], reference_optimizer.state[q]
         assert {k: v.device.type for k, v in got.items()} == {k: v.device.type for k, v in want.items()}, name
         assert got["step"].device.type == "cpu" and got["exp_avg"].device.type == "meta"
+
+
+_FULL_DISK = """
+import json, resource, signal, sys, torch
+from pathlib import Path
+from f2d_core.checkpoints import save_f2d_safetensors
+from f2d_core.errors import F2DError
+from f2d_core.identity.mapper import F2DMapper
+from f2d_core.training.state_file import save_state
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+folder, mapper = Path(sys.argv[1]), F2DMapper()
+optimizer = torch.optim.AdamW(mapper.parameters())
+messages = []
+for write in (
+    lambda: save_state(folder / "state.safetensors", mapper, optimizer, 9, [0.5], {}),
+    lambda: save_f2d_safetensors(folder / "mapper.safetensors", mapper=mapper),
+):
+    try:
+        write()
+        messages.append(None)
+    except F2DError as e:
+        messages.append(str(e))
+print(json.dumps(messages))
+"""
+
+
+def test_a_full_disk_keeps_the_previous_state_and_mapper_and_leaves_no_partial_file(tmp_path):
+    """Issue 13, writes that fail: the file-size limit makes every write past 1 MiB fail as a full disk does."""
+    import json
+    import subprocess
+    import sys
+
+    from f2d_core.checkpoints import save_f2d_safetensors
+
+    mapper, optimizer = _trained_pair()
+    state = save_state(tmp_path / "state.safetensors", mapper, optimizer, 3, [1.0], {})
+    saved_mapper = save_f2d_safetensors(tmp_path / "mapper.safetensors", mapper=mapper)
+    before = {p: p.read_bytes() for p in (state, saved_mapper)}
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(tmp_path)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    state_error, mapper_error = json.loads(done.stdout.strip().splitlines()[-1])
+    for message, what, path in ((state_error, "training state", state), (mapper_error, "mapper", saved_mapper)):
+        assert message is not None, what
+        assert f"Could not write the {what} {path}" in message and "the previous" in message, message
+        assert "Free some disk space or choose a writable folder" in message
+    assert {p: p.read_bytes() for p in before} == before  # intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mapper.safetensors", "state.safetensors"]  # no partial
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder anyway")
+def test_a_read_only_folder_keeps_the_previous_state_and_says_so(tmp_path):
+    mapper, optimizer = _trained_pair()
+    state = save_state(tmp_path / "run" / "state.safetensors", mapper, optimizer, 3, [1.0], {})
+    before = state.read_bytes()
+    os.chmod(state.parent, 0o555)
+    try:
+        with pytest.raises(F2DError, match="the folder is not writable; the previous training state there"):
+            save_state(state, mapper, optimizer, 4, [1.0, 0.9], {})
+    finally:
+        os.chmod(state.parent, 0o755)
+    assert state.read_bytes() == before and [p.name for p in state.parent.iterdir()] == ["state.safetensors"]

@@ -308,7 +308,10 @@ class MapperTrainer:
                     progress(step, settings.steps, loss, grad_norm)  # may raise (ComfyUI's interrupt): saved below
         except BaseException:
             log.info("Training stopped by an exception at step %d; saving the state first.", step)
-            self._save(step, losses)
+            try:
+                self._save(step, losses)
+            except F2DError as failed:  # e.g. the disk is full: the original exception is the one to raise
+                log.error("%s", failed)
             raise
         self.mapper.eval()
         message = ""

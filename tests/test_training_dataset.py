@@ -483,6 +483,35 @@ def test_progress_counts_every_file(full):
     assert [d for d, _ in PROGRESS] == list(range(11))
 
 
+def test_greyscale_16_bit_cmyk_and_palette_photos_are_read_as_their_pixels(encoder, detector, tmp_path):
+    """Issue 13, photo formats inside a training folder: each decodes to its own pixels (a 16-bit PNG is not
+    clipped to white), and each is prepared like any photo."""
+    face = _face(ASTRONAUT)
+    grey = np.asarray(Image.fromarray(face).convert("L"))
+    palette = Image.fromarray(face).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    folder = tmp_path / "formats"
+    _save(folder / "grey.png", grey)
+    Image.fromarray(grey.astype(np.uint16) * 257).save(folder / "grey16.png")  # 16-bit greyscale PNG
+    Image.fromarray(face).convert("CMYK").save(folder / "cmyk.jpg", quality=95)
+    palette.save(folder / "palette.png")
+    for name, expected, tolerance in (
+        ("grey.png", np.repeat(grey[..., None], 3, axis=2), 0),
+        ("grey16.png", np.repeat(grey[..., None], 3, axis=2), 0),
+        ("cmyk.jpg", face, 6),  # JPEG's loss, mean per pixel
+        ("palette.png", np.asarray(palette.convert("RGB")), 0),
+    ):
+        image = Image.open(folder / name)
+        decoded = decode_photo((folder / name).read_bytes())
+        assert decoded.shape == face.shape and decoded.dtype == np.uint8, name
+        error = np.abs(decoded.astype(int) - expected.astype(int)).mean()
+        assert error <= tolerance, (name, image.mode, error)
+    data = _prepare(folder, encoder, detector, None)
+    assert sorted(data.files) == ["cmyk.jpg", "grey.png", "grey16.png", "palette.png"]
+    assert data.report.counts() == {}
+    g, g16 = data.files.index("grey.png"), data.files.index("grey16.png")
+    assert torch.equal(data.latents[g], data.latents[g16])  # 16-bit grey is the 8-bit photo, not white
+
+
 def test_missing_empty_and_faceless_folders_are_errors(encoder, detector, tmp_path):
     with pytest.raises(DatasetError, match=r"nowhere does not exist"):
         _prepare(tmp_path / "nowhere", encoder, detector, None)

@@ -139,6 +139,21 @@ def test_photos_replaced_under_the_same_names_are_another_run_and_non_ascii_name
     assert _state_metadata(comfy_server, "Zoë_李_run")["step"] == "1"
 
 
+def test_a_folder_without_a_face_fails_the_prompt_and_writes_no_mapper_or_state(comfy_server):
+    """Issue 13, training that fails must not look like success: the error names the cause, nothing is saved."""
+    folder = Path(comfy_server.input_dir) / "f2d_no_faces"
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (256, 256), (40, 40, 40)).save(folder / "wall.png")
+    log_before = len(comfy_server.log_text())
+    failure = _failure(comfy_server, training_graph("f2d_no_faces", "no_faces", steps=1, save_as="f2d_no_faces"))
+    assert failure.node_type == "F2DTrainingDataset"
+    assert "No usable face photo among the 1 files" in failure.exception_message
+    assert "wall.png" in failure.exception_message
+    assert not (Path(comfy_server.output_dir) / "face2diffusion_training" / "no_faces").exists()
+    assert not list(Path(comfy_server.models_dir, "face2diffusion").glob("f2d_no_faces*"))
+    assert "Wrote " not in comfy_server.log_text()[log_before:]
+
+
 def test_save_replaces_a_mapper_only_with_overwrite_and_never_another_file(
     comfy_server, comfy_models_dir, photo_folder
 ):

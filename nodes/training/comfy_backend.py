@@ -24,6 +24,7 @@ import copy
 import itertools
 import logging
 
+import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
 import comfy.model_sampling
 import torch
@@ -141,6 +142,24 @@ def enable_gradient_checkpointing(unet: nn.Module) -> int:
     return count
 
 
+_FORWARD_ONLY_ATTENTION = {"attention_sage": "--use-sage-attention", "attention_flash": "--use-flash-attention"}
+
+
+def check_trainable_attention() -> None:
+    """F2DError when this ComfyUI cannot take the training override and its global attention has no backward.
+
+    ComfyUI honours `optimized_attention_override` since its `wrap_attn` (PR #9639, autumn 2025);
+    an older one always runs its global attention, and sage / flash attention cannot backpropagate.
+    """
+    name = getattr(comfy_attention.optimized_attention, "__name__", "")
+    if not hasattr(comfy_attention, "wrap_attn") and name in _FORWARD_ONLY_ATTENTION:
+        raise F2DError(
+            f"ComfyUI was started with {_FORWARD_ONLY_ATTENTION[name]}, whose attention has no backward, and this "
+            "ComfyUI is too old to let training use another one. Update ComfyUI, or start it without that flag "
+            "to train (sampling works either way)."
+        )
+
+
 def differentiable_attention(func, *args, **kwargs) -> torch.Tensor:
     """`optimized_attention_override` for training: PyTorch's SDPA (has a backward), whatever ComfyUI's global is.
 
@@ -163,6 +182,7 @@ class ComfyDiffusionBackend:
     ) -> None:
         check_sd1_clip(clip, clip.tokenize(identifier))
         check_trainable_model(model)
+        check_trainable_attention()
         base = model.model
         comfy.model_management.load_models_gpu([model, clip.patcher], force_full_load=True)  # applies patches
         self._frozen = (base.diffusion_model, clip.cond_stage_model.clip_l.transformer.text_model)

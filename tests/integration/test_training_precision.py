@@ -109,3 +109,5 @@ def test_training_learns_under_a_forward_only_global_attention_and_its_copies_ar
     assert result["mapper_change"] > 0
     assert result["copies_alive_after_del"] == 0
     assert result["copy_blocks_checkpointed"] > 0 and not result["user_unet_blocks_patched"]
+    assert "started with --use-sage-attention, whose attention has no backward" in result["old_comfyui_with_sage"]
+    assert "Update ComfyUI, or start it without that flag" in result["old_comfyui_with_sage"]

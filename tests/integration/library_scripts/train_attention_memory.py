@@ -20,6 +20,7 @@ from pathlib import Path
 import comfy.ldm.modules.attention as attention
 import comfy.sd
 import torch
+from comfyui_face2diffusion.f2d_core.errors import F2DError
 from comfyui_face2diffusion.f2d_core.identity.mapper import F2DMapper
 from comfyui_face2diffusion.f2d_core.training.data.dataset import TrainingSet
 from comfyui_face2diffusion.f2d_core.training.data.report import DatasetReport
@@ -88,4 +89,23 @@ def main(checkpoint: str, work_dir: str, steps: int = 3) -> dict:
             out["copies_alive_after_del"] = sum(ref() is not None for ref in copies)
         finally:
             gc.enable()
+        out["old_comfyui_with_sage"] = _old_comfyui_with_sage(model, clip)
     return out
+
+
+def _old_comfyui_with_sage(model, clip) -> str:
+    """A ComfyUI from before `wrap_attn` (no override honoured) started with sage attention: the message."""
+    wrap_attn = attention.wrap_attn
+    del attention.wrap_attn
+
+    def attention_sage(q, k, v, heads, **kwargs):  # the name ComfyUI's sage attention has
+        return forward_only_attention(q, k, v, heads, **kwargs)
+
+    attention.optimized_attention = attention_sage
+    try:
+        ComfyDiffusionBackend(model, clip, training_dtype="fp32")
+    except F2DError as refused:
+        return str(refused)
+    finally:
+        attention.wrap_attn = wrap_attn
+    return ""

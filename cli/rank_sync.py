@@ -10,13 +10,41 @@ instead of waiting forever; a rank that dies outright is seen by torchrun, which
 
 from __future__ import annotations
 
+import logging
+import os
 import time
+from collections.abc import Callable
 
 import torch.distributed as dist
+
+log = logging.getLogger("f2d.train_mapper")
 
 PREFIX = "f2d/prepare/"
 FAILED = PREFIX + "failed"
 POLL_SECONDS = 0.5
+
+
+NO_LIBUV = "without libuv"  # in "use_libuv was requested but PyTorch was build without libuv support"
+
+
+def rendezvous_store(rendezvous: Callable = dist.rendezvous) -> tuple[dist.Store, int, int]:
+    """(store, rank, world size) from torchrun's environment (`env://`).
+
+    A PyTorch built without libuv (some Windows builds of torch 2.4-2.5) refuses the store's default
+    libuv backend; then the plain TCP backend is used (`use_libuv=0`, and USE_LIBUV=0 for whatever
+    this process starts later) with a warning, instead of a traceback.
+    """
+    try:
+        return next(rendezvous("env://"))
+    except (RuntimeError, ValueError) as exc:
+        if NO_LIBUV not in str(exc):
+            raise
+    log.warning(
+        "This PyTorch was built without libuv (usual on Windows): the ranks' store uses its plain TCP backend "
+        "(USE_LIBUV=0). If torchrun itself stops with this error, set USE_LIBUV=0 before running it."
+    )
+    os.environ["USE_LIBUV"] = "0"
+    return next(rendezvous("env://?use_libuv=0"))
 
 
 class RankFailed(RuntimeError):

@@ -37,10 +37,10 @@ import torch.distributed as dist
 
 if __package__:
     from .comfy_library import PACK_NAME, ComfyLibraryError, bootstrap, pack_module
-    from .rank_sync import RankFailed, RankSync
+    from .rank_sync import RankFailed, RankSync, rendezvous_store
 else:  # run as a script: cli/ is sys.path[0] (comfy_library takes it off before importing ComfyUI)
     from comfy_library import PACK_NAME, ComfyLibraryError, bootstrap, pack_module
-    from rank_sync import RankFailed, RankSync
+    from rank_sync import RankFailed, RankSync, rendezvous_store
 
 log = logging.getLogger("f2d.train_mapper")
 
@@ -131,7 +131,7 @@ def start_ranks(cpu: bool) -> Ranks:
         device = torch.device("cuda", local_rank)
     store = None
     if world_size > 1:
-        store, rank, world_size = next(dist.rendezvous("env://"))
+        store, rank, world_size = rendezvous_store()
     return Ranks(rank, world_size, local_rank, device, store)
 
 

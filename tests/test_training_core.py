@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -13,7 +14,8 @@ from f2d_core.training.data.dataset import TrainingSet
 from f2d_core.training.data.report import DatasetReport
 from f2d_core.training.losses import denoising_loss, needs_class_prediction
 from f2d_core.training.mapper_output import check_mapper_destination
-from f2d_core.training.run_identity import RunIdentity, RunMismatch, dataset_digest
+from f2d_core.training.precision import LossScale
+from f2d_core.training.run_identity import RunIdentity, RunMismatch, dataset_digest, names_only_dataset_digest
 from f2d_core.training.state_file import check_free_disk, load_state, save_state, state_bytes
 from f2d_core.training.trainer import TrainSettings, sample_batch
 
@@ -75,6 +77,24 @@ def test_state_round_trip_restores_mapper_moments_step_losses_and_identity_but_n
     assert not list(tmp_path.glob("*.partial"))
 
 
+def test_the_fp16_loss_scale_is_saved_and_restored_and_only_under_fp16(tmp_path):
+    mapper, optimizer = _trained_pair()
+    scale = LossScale(enabled=True)
+    scale.update(False)  # an overflow: 2^15
+    scale.update(True)
+    path = save_state(tmp_path / "state.safetensors", mapper, optimizer, 3, [1.0], {}, IDENTITY, scale)
+    point = load_state(path, F2DMapper(), torch.optim.AdamW(F2DMapper().parameters()), IDENTITY)
+    assert point.loss_scale == {"scale": 2.0**15, "finite_steps": 1}
+    resumed = LossScale(enabled=True)
+    resumed.load_state_dict(point.loss_scale)
+    assert resumed.state_dict() == scale.state_dict()
+    disabled = LossScale(enabled=False)  # a run resumed in bf16 / fp32 keeps no scale
+    disabled.load_state_dict(point.loss_scale)
+    assert disabled.scale == 1.0
+    plain = save_state(tmp_path / "fp32.safetensors", mapper, optimizer, 3, [1.0], {}, IDENTITY, LossScale(False))
+    assert load_state(plain, F2DMapper(), torch.optim.AdamW(F2DMapper().parameters())).loss_scale is None
+
+
 def test_a_state_of_another_run_is_refused_before_anything_is_restored(tmp_path):
     mapper, optimizer = _trained_pair()
     run_dir = tmp_path / "f2d_mapper"
@@ -104,7 +124,7 @@ def test_identity_names_every_difference_and_shortens_digests():
     assert RunIdentity.from_json(IDENTITY.to_json()) == IDENTITY
 
 
-def test_dataset_digest_changes_with_the_folder_and_its_files():
+def test_dataset_digest_changes_with_the_folder_its_files_and_their_content():
     data = _data()
     digest = dataset_digest(data)
     assert digest == dataset_digest(_data())
@@ -113,8 +133,29 @@ def test_dataset_digest_changes_with_the_folder_and_its_files():
     moved = _data()
     moved.report = DatasetReport(folder="y")
     assert dataset_digest(moved) != digest
+    replaced = _data()
+    replaced.keys = [*replaced.keys[:-1], "f" * 64]  # the last photo replaced under the same name
+    assert dataset_digest(replaced) != digest and names_only_dataset_digest(replaced) == names_only_dataset_digest(
+        _data()
+    )
     data.fingerprint = "abc"  # a training set that carries its own fingerprint is identified by it
     assert dataset_digest(data) == "abc"
+
+
+def test_a_state_saved_before_photo_contents_were_hashed_resumes_with_a_warning(tmp_path, caplog):
+    mapper, optimizer = _trained_pair()
+    data = _data()
+    old = RunIdentity(**{**IDENTITY.__dict__, "dataset": names_only_dataset_digest(data)})
+    path = save_state(tmp_path / "state.safetensors", mapper, optimizer, 4, [1.0], {}, old)
+    now = RunIdentity(**{**IDENTITY.__dict__, "dataset": dataset_digest(data)})
+    with pytest.raises(RunMismatch, match="dataset"):
+        load_state(path, F2DMapper(), torch.optim.AdamW(F2DMapper().parameters()), now)
+    with caplog.at_level("WARNING"):
+        point = load_state(path, F2DMapper(), torch.optim.AdamW(F2DMapper().parameters()), now, old)
+    assert point.step == 4 and "identified the photos by file name only" in caplog.text
+    other_seed = RunIdentity(**{**old.__dict__, "seed": 9})  # only the dataset's digest may differ so
+    with pytest.raises(RunMismatch):
+        load_state(path, F2DMapper(), torch.optim.AdamW(F2DMapper().parameters()), now, other_seed)
 
 
 def test_a_trained_mapper_never_replaces_another_file_and_replaces_a_mapper_only_when_asked(tmp_path):
@@ -162,6 +203,7 @@ def _data(n: int = 6, views: int = 2) -> TrainingSet:
         person=["a", "a", "a", "b", "b", ""],
         files=[str(i) for i in range(n)],
         report=DatasetReport(folder="x"),
+        keys=[f"{i:064x}" for i in range(n)],
     )
 
 
@@ -221,3 +263,68 @@ def test_resumed_adamw_state_is_placed_as_torchs_own_load_state_dict_places_it(t
         got, want = resumed_optimizer.state[p], reference_optimizer.state[q]
         assert {k: v.device.type for k, v in got.items()} == {k: v.device.type for k, v in want.items()}, name
         assert got["step"].device.type == "cpu" and got["exp_avg"].device.type == "meta"
+
+
+_FULL_DISK = """
+import json, resource, signal, sys, torch
+from pathlib import Path
+from f2d_core.checkpoints import save_f2d_safetensors
+from f2d_core.errors import F2DError
+from f2d_core.identity.mapper import F2DMapper
+from f2d_core.training.state_file import save_state
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+folder, mapper = Path(sys.argv[1]), F2DMapper()
+optimizer = torch.optim.AdamW(mapper.parameters())
+messages = []
+for write in (
+    lambda: save_state(folder / "state.safetensors", mapper, optimizer, 9, [0.5], {}),
+    lambda: save_f2d_safetensors(folder / "mapper.safetensors", mapper=mapper),
+):
+    try:
+        write()
+        messages.append(None)
+    except F2DError as e:
+        messages.append(str(e))
+print(json.dumps(messages))
+"""
+
+
+def test_a_full_disk_keeps_the_previous_state_and_mapper_and_leaves_no_partial_file(tmp_path):
+    """Issue 13, writes that fail: the file-size limit makes every write past 1 MiB fail as a full disk does."""
+    import json
+    import subprocess
+    import sys
+
+    from f2d_core.checkpoints import save_f2d_safetensors
+
+    mapper, optimizer = _trained_pair()
+    state = save_state(tmp_path / "state.safetensors", mapper, optimizer, 3, [1.0], {})
+    saved_mapper = save_f2d_safetensors(tmp_path / "mapper.safetensors", mapper=mapper)
+    before = {p: p.read_bytes() for p in (state, saved_mapper)}
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(tmp_path)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    state_error, mapper_error = json.loads(done.stdout.strip().splitlines()[-1])
+    for message, what, path in ((state_error, "training state", state), (mapper_error, "mapper", saved_mapper)):
+        assert message is not None, what
+        assert f"Could not write the {what} {path}" in message and "the previous" in message, message
+        assert "Free some disk space or choose a writable folder" in message
+    assert {p: p.read_bytes() for p in before} == before  # intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mapper.safetensors", "state.safetensors"]  # no partial
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder anyway")
+def test_a_read_only_folder_keeps_the_previous_state_and_says_so(tmp_path):
+    mapper, optimizer = _trained_pair()
+    state = save_state(tmp_path / "run" / "state.safetensors", mapper, optimizer, 3, [1.0], {})
+    before = state.read_bytes()
+    os.chmod(state.parent, 0o555)
+    try:
+        with pytest.raises(F2DError, match="the folder is not writable; the previous training state there"):
+            save_state(state, mapper, optimizer, 4, [1.0, 0.9], {})
+    finally:
+        os.chmod(state.parent, 0o755)
+    assert state.read_bytes() == before and [p.name for p in state.parent.iterdir()] == ["state.safetensors"]

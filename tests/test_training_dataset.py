@@ -34,6 +34,7 @@ from f2d_core.training.data.dataset import (
 )
 from f2d_core.training.data.ffhq_crop import ffhq_crop, mirror_landmarks, shrink_factor
 from f2d_core.training.data.files import decode_photo
+from f2d_core.training.run_identity import dataset_digest, names_only_dataset_digest
 from tests.support import synthetic_bisenet, synthetic_deep3d
 from tests.support import synthetic_insightface as si
 from tests.support.photos import ASTRONAUT, CAT, load_rgb
@@ -338,6 +339,29 @@ def test_an_edited_photo_recomputes_only_itself(small, encoder, detector, tmp_pa
     assert not torch.equal(after.latents[1], before.latents[1])
 
 
+@pytest.mark.parametrize("cached", [True, False])
+def test_the_run_identity_follows_the_photos_content_not_how_the_folder_is_named(
+    small, encoder, detector, tmp_path, monkeypatch, cached
+):
+    """Issue 13, point 9: photos replaced under the same names are another dataset; a relative and an
+    absolute name of one folder are the same one (packed in the cache, or kept in memory)."""
+    photos = shutil.copytree(small, tmp_path / "photos")
+    cache = tmp_path / "cache" if cached else None
+    absolute = _prepare(photos, encoder, detector, cache)
+    assert len(absolute.keys) == len(absolute.files) == 3
+    monkeypatch.chdir(tmp_path)
+    relative = _prepare(Path("photos"), encoder, detector, cache)
+    assert relative.report.folder == str(photos.resolve())
+    assert dataset_digest(relative) == dataset_digest(absolute)
+    _save(photos / "alice" / "1.png", _face(ASTRONAUT, side=64, centre=(160, 144)))  # same name, other photo
+    replaced = _prepare(Path("photos"), encoder, detector, cache)
+    assert replaced.files == absolute.files
+    assert dataset_digest(replaced) != dataset_digest(absolute)
+    assert names_only_dataset_digest(replaced) == names_only_dataset_digest(absolute)  # what older versions saw
+    if cached:
+        assert open_training_set(replaced.path).keys == replaced.keys  # the packed file keeps them
+
+
 def test_one_latent_key_for_two_vaes_is_an_error(small, encoder, detector, tmp_path):
     photos = shutil.copytree(small, tmp_path / "photos")
     _prepare(photos, encoder, detector, tmp_path / "cache")
@@ -457,6 +481,35 @@ def test_should_stop_stops_and_a_new_run_resumes(small, encoder, detector, tmp_p
 def test_progress_counts_every_file(full):
     assert PROGRESS[0] == (0, 10) and PROGRESS[-1] == (10, 10)
     assert [d for d, _ in PROGRESS] == list(range(11))
+
+
+def test_greyscale_16_bit_cmyk_and_palette_photos_are_read_as_their_pixels(encoder, detector, tmp_path):
+    """Issue 13, photo formats inside a training folder: each decodes to its own pixels (a 16-bit PNG is not
+    clipped to white), and each is prepared like any photo."""
+    face = _face(ASTRONAUT)
+    grey = np.asarray(Image.fromarray(face).convert("L"))
+    palette = Image.fromarray(face).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    folder = tmp_path / "formats"
+    _save(folder / "grey.png", grey)
+    Image.fromarray(grey.astype(np.uint16) * 257).save(folder / "grey16.png")  # 16-bit greyscale PNG
+    Image.fromarray(face).convert("CMYK").save(folder / "cmyk.jpg", quality=95)
+    palette.save(folder / "palette.png")
+    for name, expected, tolerance in (
+        ("grey.png", np.repeat(grey[..., None], 3, axis=2), 0),
+        ("grey16.png", np.repeat(grey[..., None], 3, axis=2), 0),
+        ("cmyk.jpg", face, 6),  # JPEG's loss, mean per pixel
+        ("palette.png", np.asarray(palette.convert("RGB")), 0),
+    ):
+        image = Image.open(folder / name)
+        decoded = decode_photo((folder / name).read_bytes())
+        assert decoded.shape == face.shape and decoded.dtype == np.uint8, name
+        error = np.abs(decoded.astype(int) - expected.astype(int)).mean()
+        assert error <= tolerance, (name, image.mode, error)
+    data = _prepare(folder, encoder, detector, None)
+    assert sorted(data.files) == ["cmyk.jpg", "grey.png", "grey16.png", "palette.png"]
+    assert data.report.counts() == {}
+    g, g16 = data.files.index("grey.png"), data.files.index("grey16.png")
+    assert torch.equal(data.latents[g], data.latents[g16])  # 16-bit grey is the 8-bit photo, not white
 
 
 def test_missing_empty_and_faceless_folders_are_errors(encoder, detector, tmp_path):

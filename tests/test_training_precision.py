@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -14,6 +15,7 @@ from f2d_core.training.placement import cpu_training_warning
 from f2d_core.training.precision import (
     FP16_SMALLEST_NORMAL,
     LossScale,
+    bf16_supported,
     dtype_name,
     resolve_training_dtype,
 )
@@ -103,26 +105,62 @@ def test_training_dtype_choices():
     assert [dtype_name(d) for d in (torch.bfloat16, torch.float16, torch.float32)] == ["bf16", "fp16", "fp32"]
 
 
-def _pretend_cuda_gpu(monkeypatch: pytest.MonkeyPatch, major: int) -> None:
-    """torch.cuda as it reports a GPU of compute capability `major`.x on which bf16 tensors can be made."""
-    monkeypatch.setattr(torch.version, "hip", None)
+def _pretend_gpu(monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int] = (0, 0), rocm_arch: str = "") -> None:
+    """torch.cuda as it reports one GPU: NVIDIA of `capability`, or a ROCm GPU of `rocm_arch` (gcnArchName).
+
+    `torch.cuda.is_bf16_supported()` says yes as torch 2.3-2.4 did on a T4 or V100 and as it does for every
+    ROCm device: the decision must not rest on it.
+    """
+    monkeypatch.setattr(torch.version, "hip", "6.2.0" if rocm_arch else None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: SimpleNamespace(major=major))
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"a compute capability {major} GPU")
-    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)  # emulation works
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    properties = SimpleNamespace(major=capability[0], minor=capability[1], gcnArchName=rocm_arch)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_name", lambda device=None: rocm_arch or f"a sm_{capability[0]}{capability[1]} GPU"
+    )
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
 
 
-def test_auto_is_bf16_only_on_gpus_that_compute_it_natively(monkeypatch):
-    """A T4 or V100 (compute capability 7) only emulates bf16; torch.cuda.is_bf16_supported() counts that."""
+@pytest.mark.parametrize(
+    ("capability", "rocm_arch", "native"),
+    [
+        ((7, 5), "", False),  # T4, RTX 20xx (Turing)
+        ((7, 0), "", False),  # V100 (Volta)
+        ((6, 1), "", False),  # GTX 10xx (Pascal)
+        ((8, 0), "", True),  # A100
+        ((8, 6), "", True),  # RTX 30xx
+        ((9, 0), "", True),  # H100
+        ((0, 0), "gfx906:sramecc+:xnack-", False),  # MI50
+        ((0, 0), "gfx908:sramecc+:xnack-", False),  # MI100
+        ((0, 0), "gfx1030", False),  # RX 6800 (RDNA2)
+        ((0, 0), "gfx90a:sramecc+:xnack-", True),  # MI210 / MI250
+        ((0, 0), "gfx942:sramecc+:xnack-", True),  # MI300
+        ((0, 0), "gfx950", True),  # MI350
+        ((0, 0), "gfx1100", True),  # RX 7900 (RDNA3)
+        ((0, 0), "gfx1201", True),  # RX 9070 (RDNA4)
+    ],
+)
+def test_auto_is_bf16_only_on_gpus_that_compute_it_natively(monkeypatch, capability, rocm_arch, native):
+    """Issue 13, point 2: from the device's capability, never from torch.cuda.is_bf16_supported()."""
+    _pretend_gpu(monkeypatch, capability, rocm_arch)
+    assert bf16_supported(torch.device("cuda", 0)) is native
+    assert resolve_training_dtype("auto", torch.device("cuda", 0)) == (torch.bfloat16 if native else torch.float32)
+    assert resolve_training_dtype("auto", torch.device("cuda")) == (torch.bfloat16 if native else torch.float32)
+
+
+def test_an_explicit_bf16_on_a_gpu_without_it_warns_and_is_used(monkeypatch, caplog):
     cuda = torch.device("cuda", 0)
-    _pretend_cuda_gpu(monkeypatch, major=7)
-    assert resolve_training_dtype("auto", cuda) == torch.float32
-    with pytest.raises(F2DError, match="has no bf16"):
-        resolve_training_dtype("bf16", cuda)
-    _pretend_cuda_gpu(monkeypatch, major=8)  # Ampere and newer
-    assert resolve_training_dtype("auto", cuda) == torch.bfloat16
-    assert resolve_training_dtype("bf16", cuda) == torch.bfloat16
+    _pretend_gpu(monkeypatch, (7, 5))
+    with caplog.at_level(logging.WARNING, logger="f2d_core.training.precision"):
+        assert resolve_training_dtype("bf16", cuda) == torch.bfloat16
+    assert "sm_75 GPU has no native bf16" in caplog.text and "Choose fp32" in caplog.text
+    caplog.clear()
+    _pretend_gpu(monkeypatch, (8, 6))
+    with caplog.at_level(logging.WARNING, logger="f2d_core.training.precision"):
+        assert resolve_training_dtype("bf16", cuda) == torch.bfloat16
+    assert caplog.text == ""
 
 
 def test_cpu_training_warns_only_when_a_gpu_was_expected():

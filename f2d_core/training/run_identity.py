@@ -58,22 +58,36 @@ class RunIdentity:
 
 
 def dataset_digest(data) -> str:
-    """The training set's digest: its own `fingerprint` when it has one, else its cache key, folder and files.
+    """The training set's digest: its own `fingerprint` when it has one, else what it was made from.
 
-    The fallback hashes the prepared-photo cache's settings digest, the folder name and the sorted
-    relative file names: another folder, other photos or other preparation settings change it.
+    Hashes the prepared-photo cache's settings digest, the resolved folder, the sorted relative file
+    names and, per file, its content key (`data.keys`: sha256 of the photo's bytes and its mask), so
+    photos replaced under the same names give another digest. A relative and an absolute name of one
+    folder give the same digest. A set without content keys (packed by an older version) is hashed
+    as `names_only_dataset_digest`.
     """
     fingerprint = getattr(data, "fingerprint", None)
     if fingerprint:
         return str(fingerprint)
-    settings = getattr(data, "settings", {}) or {}
-    report = getattr(data, "report", None)
-    parts = {
-        "cache": settings.get("cache"),
-        "folder": getattr(report, "folder", None),
-        "files": sorted(getattr(data, "files", [])),
-    }
+    keys = list(getattr(data, "keys", None) or [])
+    if not keys:
+        return names_only_dataset_digest(data)
+    parts = {**_listing(data), "files": sorted(zip(data.files, keys, strict=True))}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def names_only_dataset_digest(data) -> str:
+    """The digest states written before content keys were hashed record: cache key, folder, file names."""
+    parts = {**_listing(data, resolve=False), "files": sorted(getattr(data, "files", []))}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _listing(data, resolve: bool = True) -> dict[str, object]:
+    settings = getattr(data, "settings", {}) or {}
+    folder = getattr(getattr(data, "report", None), "folder", None)
+    if folder is not None and resolve:
+        folder = str(Path(folder).resolve())
+    return {"cache": settings.get("cache"), "folder": folder}
 
 
 def free_run_name(run_dir: Path) -> str:

@@ -1,5 +1,5 @@
-"""The resumable training state: mapper, optimizer moments, step, loss history, the run's identity; one
-safetensors file, written atomically."""
+"""The resumable training state: mapper, optimizer moments, step, loss history, the run's identity and the
+fp16 loss scale; one safetensors file, written atomically."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..atomic_io import atomic_write
 from ..errors import F2DError, WeightFileError
+from ..file_writes import write_atomically
 from ..identity.mapper import F2DMapper
 from ..weight_files import read_weights
+from .precision import LossScale
 from .run_identity import RunIdentity, RunMismatch
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class ResumePoint:
     settings: dict[str, object]
     identity: RunIdentity | None  # None in states written before identities were recorded
     optimizer_hyper: list[dict[str, object]]  # the saved param groups' lr, weight_decay, betas, eps
+    loss_scale: dict[str, float] | None = None  # LossScale.state_dict() of an fp16 run; None otherwise
 
 
 def state_bytes(mapper: F2DMapper) -> int:
@@ -60,8 +62,14 @@ def save_state(
     losses: list[float],
     settings: dict,
     identity: RunIdentity | None = None,
+    loss_scale: LossScale | None = None,
 ) -> Path:
-    """Write the state atomically: a crash mid-write leaves the previous state intact."""
+    """Write the state atomically: a crash mid-write leaves the previous state intact.
+
+    An enabled `loss_scale` (fp16 training) is kept too, so a resumed run does not restart at 2^16
+    and overflow its way down again. Raises `file_writes.WriteFailed` (an F2DError) when the file
+    cannot be written (a full disk, a read-only folder); the previous state is then left as it was.
+    """
     tensors = {f"mapper.{k}": v.detach().float().cpu().contiguous() for k, v in mapper.state_dict().items()}
     names = {id(p): n for n, p in mapper.named_parameters()}
     for group in optimizer.param_groups:
@@ -81,7 +89,9 @@ def save_state(
     }
     if identity is not None:
         metadata["identity"] = identity.to_json()
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata))
+    if loss_scale is not None and loss_scale.enabled:
+        metadata["loss_scale"] = json.dumps(loss_scale.state_dict())
+    return write_atomically(path, "training state", lambda tmp: save_file(tensors, str(tmp), metadata))
 
 
 def _check_format(path: Path, metadata: dict) -> None:
@@ -90,14 +100,20 @@ def _check_format(path: Path, metadata: dict) -> None:
 
 
 def load_state(
-    path: Path, mapper: F2DMapper, optimizer: torch.optim.Optimizer, identity: RunIdentity | None = None
+    path: Path,
+    mapper: F2DMapper,
+    optimizer: torch.optim.Optimizer,
+    identity: RunIdentity | None = None,
+    names_only_identity: RunIdentity | None = None,
 ) -> ResumePoint:
     """Restore the mapper and AdamW's moments from `save_state`'s file; return where the run stood.
 
     With `identity`, a state recording another run identity raises `RunMismatch` (naming what
     differs) before anything is restored; a state recording none (older files) is resumed with a
-    warning. The optimizer's hyper-parameters (learning rate, weight decay, ...) are not restored:
-    the caller's current ones win; the saved ones come back in `ResumePoint.optimizer_hyper`.
+    warning, and so is one that matches `names_only_identity` (the identity as versions before photo
+    contents were hashed recorded it: the dataset by file names only). The optimizer's hyper-parameters
+    (learning rate, weight decay, ...) are not restored: the caller's current ones win; the saved ones
+    come back in `ResumePoint.optimizer_hyper`.
     """
     tensors, metadata = read_weights(path)
     _check_format(path, metadata)
@@ -105,7 +121,13 @@ def load_state(
     if identity is not None and saved_identity is None:
         log.warning("%s records no run identity (written by an older version): resuming it unchecked", path)
     elif identity is not None and identity.differences(saved_identity):
-        raise RunMismatch(path.parent, identity.differences(saved_identity))
+        if names_only_identity is None or names_only_identity.differences(saved_identity):
+            raise RunMismatch(path.parent, identity.differences(saved_identity))
+        log.warning(
+            "%s was written by an older version that identified the photos by file name only: resuming it "
+            "without checking that the photos' contents are the same",
+            path,
+        )
     mapper.load_state_dict({k.removeprefix("mapper."): v for k, v in tensors.items() if k.startswith("mapper.")})
     params = dict(mapper.named_parameters())
     for key, value in tensors.items():
@@ -124,4 +146,5 @@ def load_state(
         settings=json.loads(metadata["settings"]),
         identity=saved_identity,
         optimizer_hyper=hyper,
+        loss_scale=json.loads(metadata["loss_scale"]) if "loss_scale" in metadata else None,
     )

@@ -19,7 +19,7 @@ from .backend import DiffusionBackend
 from .data.cache import module_fingerprint
 from .losses import LOSSES, denoising_loss, needs_class_prediction
 from .precision import LossScale, dtype_name
-from .run_identity import RunIdentity, dataset_digest
+from .run_identity import RunIdentity, dataset_digest, names_only_dataset_digest
 from .state_file import STATE_FILE, check_free_disk, load_state, save_state, state_bytes
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,16 @@ class MapperTrainer:
 
     def _save(self, step: int, losses: list[float]) -> None:
         if self.rank == 0:
-            save_state(self.state_path, self.mapper, self.optimizer, step, losses, asdict(self.settings), self.identity)
+            save_state(
+                self.state_path,
+                self.mapper,
+                self.optimizer,
+                step,
+                losses,
+                asdict(self.settings),
+                self.identity,
+                self.loss_scale,
+            )
 
     def step_loss(self, batch: Batch, class_context: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         """Loss of one batch; gradients reach the mapper through the text encoder and the UNet."""
@@ -222,9 +231,9 @@ class MapperTrainer:
             if key in saved and saved[key] != current[key]:
                 log.info("%s: %s (the saved run used %s); the new value is used", key, current[key], saved[key])
 
-    def _run_identity(self) -> RunIdentity:
+    def _run_identity(self, digest=dataset_digest) -> RunIdentity:
         return RunIdentity(
-            dataset=dataset_digest(self.data),
+            dataset=digest(self.data),
             start_mapper=module_fingerprint(self.mapper),
             loss=self.settings.loss,
             global_batch_size=self.settings.batch_size * self.world_size,
@@ -244,8 +253,11 @@ class MapperTrainer:
         self.identity = self._run_identity()
         step, losses = 0, []
         if resume and self.state_path.exists():
-            point = load_state(self.state_path, self.mapper, self.optimizer, self.identity)
+            names_only = self._run_identity(names_only_dataset_digest)
+            point = load_state(self.state_path, self.mapper, self.optimizer, self.identity, names_only)
             step, losses = point.step, point.losses
+            if point.loss_scale is not None:
+                self.loss_scale.load_state_dict(point.loss_scale)
             self._note_changed_hyper_parameters(point.settings)
         if step >= settings.steps:
             message = (
@@ -274,30 +286,32 @@ class MapperTrainer:
                     break
                 outcome = self._train_step(step, class_context)
                 step += 1
+                trained = outcome is not None and not math.isnan(outcome[1])  # nan: an fp16 overflow, scale halved
                 if outcome is None:
                     bad_steps += 1
                     if bad_steps >= settings.max_bad_steps:
                         status = "diverged"
                         break
-                    continue
-                loss, grad_norm = outcome
-                if math.isnan(grad_norm):  # an fp16 overflow: skipped, the loss scale halved
-                    continue
-                bad_steps = 0
-                zero_steps = zero_steps + 1 if grad_norm == 0 else 0
-                if zero_steps >= settings.max_zero_gradient_steps:
-                    status = "zero_gradient"
-                    break
-                losses.append(loss)
-                grad_norms.append(grad_norm)
-                self._log_progress(step, loss, grad_norm)
-                if step % settings.checkpoint_every == 0:
+                elif trained:
+                    loss, grad_norm = outcome
+                    bad_steps = 0
+                    zero_steps = zero_steps + 1 if grad_norm == 0 else 0
+                    if zero_steps >= settings.max_zero_gradient_steps:
+                        status = "zero_gradient"
+                        break
+                    losses.append(loss)
+                    grad_norms.append(grad_norm)
+                    self._log_progress(step, loss, grad_norm)
+                if step % settings.checkpoint_every == 0:  # a skipped step leaves the mapper as it was: saved too
                     self._save(step, losses)
-                if progress is not None:
+                if trained and progress is not None:
                     progress(step, settings.steps, loss, grad_norm)  # may raise (ComfyUI's interrupt): saved below
         except BaseException:
             log.info("Training stopped by an exception at step %d; saving the state first.", step)
-            self._save(step, losses)
+            try:
+                self._save(step, losses)
+            except F2DError as failed:  # e.g. the disk is full: the original exception is the one to raise
+                log.error("%s", failed)
             raise
         self.mapper.eval()
         message = ""

@@ -5,19 +5,31 @@ its CLIP layers also add in place. So the backend trains through private, non-in
 UNet and the CLIP-L text model, and runs the text model with out-of-place residual adds. The UNet copy
 is in the training dtype (`f2d_core.training.precision`): bf16 or fp32, or ComfyUI's fp16 with a loss
 scale, never a plain fp16 backward. The user's MODEL and CLIP are never modified.
+
+Memory: the copies are first taken to the CPU in the weights' own dtype (with the MODEL's patches,
+e.g. LoRAs, applied, as ComfyUI loaded it), the user's models are unloaded, and only then do the
+copies go to the device, one tensor at a time, in the training dtype. The device's peak is one UNet
+in the training dtype (SD1.5: 3.4 GB fp32, 1.7 GB bf16) plus the text encoder, never two UNets.
+Gradient checkpointing swaps the blocks' class for a checkpointing subclass (no reference cycle), so
+the copies are freed the moment the backend is dropped.
+
+Attention: the UNet copy runs every attention through PyTorch's scaled_dot_product_attention
+(`optimized_attention_override`, which ComfyUI's `wrap_attn` honours), because the global backend
+ComfyUI was started with may have no backward (--use-sage-attention, --use-flash-attention).
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
-from functools import partial
 
+import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
 import comfy.model_sampling
 import torch
 from comfy.cli_args import args as comfy_args
-from comfy.ldm.modules.attention import optimized_attention_for_device
+from comfy.ldm.modules.attention import attention_pytorch, optimized_attention_for_device
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -33,16 +45,24 @@ log = logging.getLogger(__name__)
 _CHECKPOINTED_BLOCKS = ("ResBlock", "SpatialTransformer")
 
 
-def trainable_copy(module: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
-    """`module` itself when its tensors can be saved for backward (and are `dtype`), else a frozen copy that can."""
-    tensors = [*module.parameters(), *module.buffers()]
-    other_dtype = dtype is not None and any(t.is_floating_point() and t.dtype != dtype for t in tensors)
-    if other_dtype or any(t.is_inference() for t in tensors):
-        with torch.inference_mode(False):
-            module = copy.deepcopy(module)
-            if dtype is not None:
-                module.to(dtype)
-    return module.requires_grad_(False).eval()
+def host_copy(module: nn.Module) -> nn.Module:
+    """A frozen copy of `module` that can be saved for backward, every tensor on the CPU in its own dtype.
+
+    Built tensor by tensor (deepcopy with the copies pre-seeded), so the device `module` is on holds
+    nothing new; move it with `to_training_device` once the original is unloaded.
+    """
+    memo: dict[int, object] = {}
+    with torch.inference_mode(False):
+        for tensor in itertools.chain(module.parameters(), module.buffers()):
+            clone = tensor.detach().to("cpu", copy=True)
+            memo[id(tensor)] = nn.Parameter(clone, requires_grad=False) if isinstance(tensor, nn.Parameter) else clone
+        return copy.deepcopy(module, memo).requires_grad_(False).eval()
+
+
+def to_training_device(module: nn.Module, device: torch.device, dtype: torch.dtype | None = None) -> nn.Module:
+    """`module` moved to `device` (floating tensors cast to `dtype`) one tensor at a time: the peak is its new size."""
+    with torch.inference_mode(False):
+        return module.to(device=device, dtype=dtype)
 
 
 def prediction_type(model_sampling) -> str:
@@ -91,14 +111,62 @@ def _cpu_reason() -> str:
     return "ComfyUI left this model's weights in system memory (--lowvram, or not enough free VRAM)"
 
 
+_checkpointed_classes: dict[type, type] = {}
+
+
+def _checkpointed_class(cls: type) -> type:
+    """A subclass of `cls` whose forward recomputes its activations in backward (same name; isinstance holds)."""
+    if cls not in _checkpointed_classes:
+
+        def forward(self, *args, **kwargs):
+            return checkpoint(super(subclass, self).forward, *args, use_reentrant=False, **kwargs)
+
+        namespace = {"forward": forward, "__module__": cls.__module__, "_f2d_checkpointed": True}
+        subclass = type(cls.__name__, (cls,), namespace)
+        _checkpointed_classes[cls] = subclass
+    return _checkpointed_classes[cls]
+
+
 def enable_gradient_checkpointing(unet: nn.Module) -> int:
-    """Recompute ResBlock / SpatialTransformer activations in backward (less memory, ~30% more compute)."""
+    """Recompute ResBlock / SpatialTransformer activations in backward (less memory, ~30% more compute).
+
+    Each block's class is swapped for a checkpointing subclass: unlike a patched `block.forward`
+    (a bound method kept in the block's own __dict__), this makes no reference cycle, so the copy is
+    freed as soon as the last reference goes. Returns the number of blocks.
+    """
     count = 0
     for block in unet.modules():
-        if type(block).__name__ in _CHECKPOINTED_BLOCKS:
-            block.forward = partial(checkpoint, block.forward, use_reentrant=False)
+        if type(block).__name__ in _CHECKPOINTED_BLOCKS and not getattr(type(block), "_f2d_checkpointed", False):
+            block.__class__ = _checkpointed_class(type(block))
             count += 1
     return count
+
+
+_FORWARD_ONLY_ATTENTION = {"attention_sage": "--use-sage-attention", "attention_flash": "--use-flash-attention"}
+
+
+def check_trainable_attention() -> None:
+    """F2DError when this ComfyUI cannot take the training override and its global attention has no backward.
+
+    ComfyUI honours `optimized_attention_override` since its `wrap_attn` (PR #9639, autumn 2025);
+    an older one always runs its global attention, and sage / flash attention cannot backpropagate.
+    """
+    name = getattr(comfy_attention.optimized_attention, "__name__", "")
+    if not hasattr(comfy_attention, "wrap_attn") and name in _FORWARD_ONLY_ATTENTION:
+        raise F2DError(
+            f"ComfyUI was started with {_FORWARD_ONLY_ATTENTION[name]}, whose attention has no backward, and this "
+            "ComfyUI is too old to let training use another one. Update ComfyUI, or start it without that flag "
+            "to train (sampling works either way)."
+        )
+
+
+def differentiable_attention(func, *args, **kwargs) -> torch.Tensor:
+    """`optimized_attention_override` for training: PyTorch's SDPA (has a backward), whatever ComfyUI's global is.
+
+    ComfyUI's `wrap_attn` calls it as `override(func, q, k, v, heads, ...)`; `func` (the global
+    backend, e.g. sage or flash attention, which may be forward-only) is not used.
+    """
+    return attention_pytorch(*args, **kwargs)
 
 
 class ComfyDiffusionBackend:
@@ -114,17 +182,19 @@ class ComfyDiffusionBackend:
     ) -> None:
         check_sd1_clip(clip, clip.tokenize(identifier))
         check_trainable_model(model)
+        check_trainable_attention()
         base = model.model
-        comfy.model_management.load_models_gpu([model, clip.patcher], force_full_load=True)
+        comfy.model_management.load_models_gpu([model, clip.patcher], force_full_load=True)  # applies patches
         self._frozen = (base.diffusion_model, clip.cond_stage_model.clip_l.transformer.text_model)
         device = next(base.diffusion_model.parameters()).device
         self.training_dtype = resolve_training_dtype(training_dtype, device)
-        self.unet = trainable_copy(base.diffusion_model, self.training_dtype)
-        self.text_model = trainable_copy(self._frozen[1])
-        if self.unet is not base.diffusion_model:
-            # Training runs on the private copies: let ComfyUI move the originals off the GPU.
-            comfy.model_management.unload_all_models()
-            comfy.model_management.soft_empty_cache()
+        unet, text_model = host_copy(self._frozen[0]), host_copy(self._frozen[1])
+        # Training runs on the private copies: ComfyUI moves the originals off the device before they arrive.
+        comfy.model_management.unload_all_models()
+        comfy.model_management.soft_empty_cache()
+        self.unet = to_training_device(unet, device, self.training_dtype)
+        self.text_model = to_training_device(text_model, device)
+        del unet, text_model
         if gradient_checkpointing:
             log.info("gradient checkpointing on %d UNet blocks", enable_gradient_checkpointing(self.unet))
         self.device = next(self.unet.parameters()).device
@@ -190,4 +260,5 @@ class ComfyDiffusionBackend:
         sigma = self.model_sampling.sigma(timesteps)
         x_in = self.model_sampling.calculate_input(sigma, noisy).to(self.training_dtype)
         t = self.model_sampling.timestep(sigma).float()
-        return self.unet(x_in, t, context=context.to(self.training_dtype)).float()
+        options = {"optimized_attention_override": differentiable_attention}  # a fresh dict: the UNet writes in it
+        return self.unet(x_in, t, context=context.to(self.training_dtype), transformer_options=options).float()

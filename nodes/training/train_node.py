@@ -174,20 +174,25 @@ class F2DTrainMapper(io.ComfyNode):
             checkpoint_every=checkpoint_every,
         )
         run_dir = training_run_dir(run_name)
-        with torch.inference_mode(False):
-            backend = ComfyDiffusionBackend(
-                model, clip, gradient_checkpointing=gradient_checkpointing, training_dtype=training_dtype
-            )
-            dtype = dtype_name(backend.training_dtype)
-            mapper = starting_mapper(f2d_model, start_from, seed).to(backend.device)
-            trainer = MapperTrainer(mapper, backend, dataset, settings, run_dir)
-            result = trainer.run(
-                resume=resume,
-                progress=_Reporter(cls.hidden.unique_id, steps),
-                should_stop=comfy.model_management.processing_interrupted,
-            )
-            del backend, trainer  # the private UNet / text encoder copies
-        comfy.model_management.soft_empty_cache()
+        backend = trainer = None
+        try:
+            with torch.inference_mode(False):
+                backend = ComfyDiffusionBackend(
+                    model, clip, gradient_checkpointing=gradient_checkpointing, training_dtype=training_dtype
+                )
+                dtype = dtype_name(backend.training_dtype)
+                mapper = starting_mapper(f2d_model, start_from, seed).to(backend.device)
+                trainer = MapperTrainer(mapper, backend, dataset, settings, run_dir)
+                result = trainer.run(
+                    resume=resume,
+                    progress=_Reporter(cls.hidden.unique_id, steps),
+                    should_stop=comfy.model_management.processing_interrupted,
+                )
+        finally:
+            # The private UNet / text encoder copies: freed here (no reference cycles), also when training
+            # raised, so the rest of the graph has the memory back.
+            del backend, trainer
+            comfy.model_management.soft_empty_cache()
         if result.status == "interrupted":
             log.info("Training interrupted at step %d; state saved in %s", result.step, run_dir)
             comfy.model_management.throw_exception_if_processing_interrupted()

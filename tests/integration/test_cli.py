@@ -368,7 +368,15 @@ def test_trainer_skips_nan_steps_stops_when_diverged_and_leaves_the_models_alone
     assert diverged["status"] == "diverged"
     assert diverged["good_steps"] < diverged["step"] <= diverged["good_steps"] + max_bad_steps
     assert len(diverged["losses"]) == diverged["good_steps"]
-    assert diverged["state_after"] == diverged["state_before"]  # the last good state is kept, not overwritten
+    before, after = diverged["state_before"], diverged["state_after"]
+    assert after["tensors"] == before["tensors"]  # the last good mapper, moments and losses are kept
+    # checkpoint_every=1: each skipped step before the run stopped still wrote its checkpoint (issue 13, 10b)
+    assert before["step"] == diverged["good_steps"] and after["step"] == diverged["good_steps"] + max_bad_steps - 1
+
+    scale = result["loss_scale"]  # issue 13, 10a: the fp16 loss scale is part of the resumable state
+    assert scale["status"] == "completed"
+    assert json.loads(scale["saved"]) == {"scale": 2.0**10, "finite_steps": 2}
+    assert scale["after_resume"] == {"scale": 2.0**10, "finite_steps": 3}
     assert diverged["mapper_finite"]
 
     assert result["frozen"]["after"] == result["frozen"]["before"]  # the user's UNet and text encoder

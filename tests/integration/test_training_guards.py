@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from tests.support import synthetic_insightface as si
 from tests.support.comfy_server import ComfyServer, ExecutionFailed
-from tests.support.f2d_graphs import training_graph
+from tests.support.f2d_graphs import CHECKPOINT, PACK, training_graph
 from tests.support.photos import ALIGNED_CROP, ASTRONAUT, load_rgb
 from tests.support.tiny_models import INPAINT_CHECKPOINT
 
@@ -111,6 +111,49 @@ def test_resume_refuses_another_run_uses_a_new_learning_rate_and_says_when_nothi
     assert _state_metadata(comfy_server, "identity")["step"] == "3"
 
 
+def test_photos_replaced_under_the_same_names_are_another_run_and_non_ascii_names_round_trip(comfy_server):
+    """Issue 13: point 9 (resume identity hashes the photos' content) and a `Zoë_李` folder and file names."""
+    folder = Path(comfy_server.input_dir) / "Zoë_李"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = ["Zoë_李_0.png", "Zoë_李_1.png"]
+    for name, source in zip(names, (ASTRONAUT, ALIGNED_CROP), strict=True):
+        Image.fromarray(si.face_photo(load_rgb(source))).save(folder / name)
+    history = comfy_server.run(
+        training_graph("Zoë_李", "Zoë_李_run", steps=1, save_as="Zoë_李_mapper"), timeout=TIMEOUT
+    )
+    assert history["outputs"]["4"]["text"][0].startswith("step 1: loss ")
+    run_dir = Path(comfy_server.output_dir) / "face2diffusion_training" / "Zoë_李_run"
+    assert (run_dir / "training_state.safetensors").is_file()
+    saved = [p.name for p in Path(comfy_server.models_dir, "face2diffusion").glob("Zoë_李_mapper*.safetensors")]
+    assert saved, list(Path(comfy_server.models_dir, "face2diffusion").iterdir())
+    settings = json.loads(_state_metadata(comfy_server, "Zoë_李_run")["settings"])
+    assert settings["steps"] == 1
+
+    # The same names, other photos: the saved run is of another dataset, and the resume says so.
+    photos = [si.face_photo(load_rgb(source)) for source in (ALIGNED_CROP, ASTRONAUT)]
+    for name, photo in zip(names, photos, strict=True):
+        Image.fromarray(photo[:, ::-1].copy()).save(folder / name)
+    failure = _failure(comfy_server, training_graph("Zoë_李", "Zoë_李_run", steps=2))
+    assert failure.node_type == "F2DTrainMapper"
+    assert "dataset (saved run: " in failure.exception_message, failure.exception_message
+    assert _state_metadata(comfy_server, "Zoë_李_run")["step"] == "1"
+
+
+def test_a_folder_without_a_face_fails_the_prompt_and_writes_no_mapper_or_state(comfy_server):
+    """Issue 13, training that fails must not look like success: the error names the cause, nothing is saved."""
+    folder = Path(comfy_server.input_dir) / "f2d_no_faces"
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (256, 256), (40, 40, 40)).save(folder / "wall.png")
+    log_before = len(comfy_server.log_text())
+    failure = _failure(comfy_server, training_graph("f2d_no_faces", "no_faces", steps=1, save_as="f2d_no_faces"))
+    assert failure.node_type == "F2DTrainingDataset"
+    assert "No usable face photo among the 1 files" in failure.exception_message
+    assert "wall.png" in failure.exception_message
+    assert not (Path(comfy_server.output_dir) / "face2diffusion_training" / "no_faces").exists()
+    assert not list(Path(comfy_server.models_dir, "face2diffusion").glob("f2d_no_faces*"))
+    assert "Wrote " not in comfy_server.log_text()[log_before:]
+
+
 def test_save_replaces_a_mapper_only_with_overwrite_and_never_another_file(
     comfy_server, comfy_models_dir, photo_folder
 ):
@@ -154,3 +197,49 @@ def test_the_cli_warns_when_it_trains_on_the_cpu_unasked_and_never_replaces_anot
     assert f"{out} already exists and is not a safetensors file this pack can read" in done.stderr
     assert "Traceback" not in done.stderr
     assert out.read_text() == "someone's notes"
+
+
+def _train_cli(comfyui_path, models_dir: Path, folder, run_dir: Path, out: Path, cwd: Path, checkpoint=None, steps=1):
+    """cli/train_mapper.py on the CPU, run from `cwd` (so a relative --folder is relative to it)."""
+    models = models_dir / "face2diffusion"
+    argv = [sys.executable, TRAIN_MAPPER, "--comfyui", comfyui_path]
+    argv += ["--checkpoint", checkpoint or models_dir / "checkpoints" / CHECKPOINT]
+    argv += ["--msid", models / "msid.pt", "--mapper", models / "mapping.pt"]
+    argv += ["--insightface-root", models_dir / "insightface", "--pack", PACK, "--folder", folder]
+    argv += ["--crop-size", "64", "--batch-size", "2", "--loss", "reconstruction", "--steps", str(steps)]
+    argv += ["--run-dir", run_dir, "--out", out, "--cpu"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(
+        [str(a) for a in argv], env=env, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT, check=False
+    )
+
+
+def test_the_cli_fails_with_the_cause_and_writes_nothing_and_resumes_from_a_relative_or_absolute_folder(
+    comfyui_path, comfy_models_dir, tmp_path
+):
+    """Issue 13: training that fails must not look like success (exit code, message, no mapper, no success
+    line); point 9: `--folder photos` from the folder above and the same folder given absolutely are one run."""
+    out, run_dir = tmp_path / "mapper.safetensors", tmp_path / "run"
+    empty, faceless, photos = tmp_path / "empty", tmp_path / "faceless", tmp_path / "photos"
+    empty.mkdir()
+    faceless.mkdir()
+    Image.new("RGB", (256, 256), (40, 40, 40)).save(faceless / "wall.png")
+    photos.mkdir()
+    for i, source in enumerate((ASTRONAUT, ALIGNED_CROP)):
+        Image.fromarray(si.face_photo(load_rgb(source))).save(photos / f"person_{i}.png")
+
+    for folder, checkpoint, cause in (
+        (photos, tmp_path / "missing.safetensors", "missing.safetensors does not exist"),
+        (empty, None, "is empty"),
+        (faceless, None, "No usable face photo among the 1 files"),
+    ):
+        done = _train_cli(comfyui_path, comfy_models_dir, folder, run_dir, out, tmp_path, checkpoint)
+        assert done.returncode != 0 and cause in done.stderr, done.stderr[-4000:]
+        assert "Traceback" not in done.stderr and "trained mapper" not in done.stderr, done.stderr[-4000:]
+        assert not out.exists() and not (run_dir / "training_state.safetensors").exists()
+
+    first = _train_cli(comfyui_path, comfy_models_dir, "photos", run_dir, out, tmp_path)  # relative to tmp_path
+    assert first.returncode == 0 and "trained mapper (step 1)" in first.stderr, first.stderr[-4000:]
+    second = _train_cli(comfyui_path, comfy_models_dir, photos.resolve(), run_dir, out, tmp_path.parent, steps=2)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert "training_state.safetensors at step 1" in second.stderr and "trained mapper (step 2)" in second.stderr

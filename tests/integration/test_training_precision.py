@@ -90,3 +90,24 @@ def test_the_gpu_check_refuses_a_machine_without_cuda_and_runs_its_logic_on_the_
     (speed,) = result["speed"]
     assert speed["batch"] == 1 and speed["computes_in"] == "fp32" and speed["steps_per_second"] > 0
     assert "steps/s" in done.stderr and "first-gradient cosine to fp32" in done.stderr
+
+
+def test_training_learns_under_a_forward_only_global_attention_and_its_copies_are_freed_at_once(
+    comfyui_path, tiny_models, tmp_path
+):
+    """--use-sage-attention / --use-flash-attention: ComfyUI's global attention has no backward (point 1 of
+    issue 13); the training copy of the UNet is freed by reference counting alone (point 5)."""
+    result = run_library_script(
+        SCRIPTS / "train_attention_memory.py",
+        comfyui_path,
+        checkpoint=str(tiny_models.checkpoint),
+        work_dir=str(tmp_path),
+    )
+    assert result["global_attention_has_grad"] is False  # the stand-in for sage really is forward-only
+    assert result["status"] == "completed"
+    assert len(result["grad_norms"]) == 3 and min(result["grad_norms"]) > 0
+    assert result["mapper_change"] > 0
+    assert result["copies_alive_after_del"] == 0
+    assert result["copy_blocks_checkpointed"] > 0 and not result["user_unet_blocks_patched"]
+    assert "started with --use-sage-attention, whose attention has no backward" in result["old_comfyui_with_sage"]
+    assert "Update ComfyUI, or start it without that flag" in result["old_comfyui_with_sage"]

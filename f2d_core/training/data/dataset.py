@@ -120,7 +120,8 @@ def prepare_dataset(
     try:
         if run.cache.dir is None:
             _check_latent_shapes(run, rows := list(rows))
-            training_set = stack_training_set(rows, list(report.used), person, report, settings)
+            keys = [run.keys[i] for i in usable]
+            training_set = stack_training_set(rows, list(report.used), person, report, settings, keys)
         else:
             training_set = _packed(run, usable, rows, person, settings)
     except PackedSetError as exc:
@@ -191,7 +192,7 @@ def _run(
     share: tuple[int, int] | None,
 ) -> FolderRun:
     """Check the arguments, list the folder and go through it (or through `share` = (rank, world_size) of it)."""
-    folder = Path(folder).expanduser()
+    folder = Path(folder).expanduser().resolve()  # one name for the folder, however it was given
     _check_folder(folder)
     sources = sum(x is not None for x in (face_parser, mask_folder, masks))
     _check_arguments(crop_size, face_index, batch_size, latent_key, sources)
@@ -249,9 +250,9 @@ def _packed(
             log.warning("The packed training set %s is unusable (%s); writing it again.", path, exc)
             run.report.cache_repaired += 1
     try:
-        return write_training_set(path, rows, names, person, run.report, settings)
+        return write_training_set(path, rows, names, person, run.report, settings, keys)
     except OSError as exc:
         log.warning("Could not write the packed training set %s (%s): keeping it in memory.", path, exc)
         rows = [compact_row(run.tensors(i)) for i in usable]
         _check_latent_shapes(run, rows)
-        return stack_training_set(rows, names, person, run.report, settings)
+        return stack_training_set(rows, names, person, run.report, settings, keys)

@@ -120,11 +120,24 @@ def decode_photo(data: bytes) -> np.ndarray:
     """RGB uint8 [H, W, 3] of an image file's bytes (transparency over black); UnreadableImage if it is not one."""
     image = _open(data)
     try:
+        if image.mode.startswith("I"):  # 16-bit greyscale (I;16*, or I in older Pillow): convert() would clip
+            return to_rgb_uint8(_wide_grey_unit(np.asarray(image), image.mode))
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
             return to_rgb_uint8(np.asarray(image.convert("RGBA")))
         return np.array(image.convert("RGB"))
     except Exception as exc:  # a mode PIL cannot convert
         raise UnreadableImage(f"{type(exc).__name__}: {exc}".strip()) from None
+
+
+def _wide_grey_unit(values: np.ndarray, mode: str) -> np.ndarray:
+    """A 16-bit (or 32-bit integer) greyscale image as float32 [H, W, 1] in 0..1.
+
+    I;16 modes hold 0..65535; mode I holds 0..65535 when it came from a 16-bit file (any value above
+    255), else 0..255.
+    """
+    wide = values.astype(np.float32)
+    peak = 65535.0 if mode.startswith("I;16") or wide.max(initial=0) > 255 else 255.0
+    return np.clip(wide / peak, 0.0, 1.0)[..., None]
 
 
 def decode_mask(data: bytes) -> np.ndarray:

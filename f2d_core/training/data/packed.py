@@ -26,7 +26,7 @@ import torch
 from ...atomic_io import atomic_write
 
 SET_FORMAT = "f2d-training-set"
-SET_VERSION = "1"  # bump when the layout or the meaning of a tensor changes: old files are then rebuilt
+SET_VERSION = "2"  # bump when the layout or the metadata changes: old files are then rebuilt (2: content keys)
 ROW_DTYPES = {"idvec": torch.float32, "expression": torch.float32, "latents": torch.float16, "masks": torch.uint8}
 _SAFETENSORS_DTYPES = {
     torch.float32: ("F32", np.float32),

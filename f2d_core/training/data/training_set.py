@@ -42,6 +42,7 @@ class TrainingSet:
     report: DatasetReport
     settings: dict[str, object] = field(default_factory=dict)
     path: Path | None = None  # the packed file the tensors map; None when they are in memory
+    keys: list[str] = field(default_factory=list)  # content key per sample: sha256 of the photo's bytes and its mask
 
     def __post_init__(self) -> None:
         self._groups: dict[str, list[int]] = {}
@@ -84,10 +85,11 @@ def open_training_set(path: Path, report: DatasetReport | None = None) -> Traini
         files, person = json.loads(meta["files"]), json.loads(meta["person"])
         settings = json.loads(meta["settings"])
         report = report or DatasetReport.from_json(meta["report"])
+        keys = json.loads(meta.get("keys", "[]"))  # sets packed before content keys were recorded: none
     except (KeyError, ValueError, TypeError) as exc:
         raise PackedSetError(f"unreadable metadata ({type(exc).__name__}: {exc})") from None
-    if not len(files) == len(person) == tensors["idvec"].shape[0]:
-        raise PackedSetError(f"{len(files)} files for {tensors['idvec'].shape[0]} rows")
+    if not len(files) == len(person) == tensors["idvec"].shape[0] or len(keys) not in (0, len(files)):
+        raise PackedSetError(f"{len(files)} files and {len(keys)} content keys for {tensors['idvec'].shape[0]} rows")
     return TrainingSet(
         idvec=tensors["idvec"],
         expression=tensors.get("expression"),
@@ -98,6 +100,7 @@ def open_training_set(path: Path, report: DatasetReport | None = None) -> Traini
         report=report,
         settings=settings,
         path=Path(path),
+        keys=keys,
     )
 
 
@@ -108,8 +111,11 @@ def write_training_set(
     person: list[str],
     report: DatasetReport,
     settings: dict[str, object],
+    keys: list[str] | None = None,
 ) -> TrainingSet:
     """Pack `rows` (compact tensors, one per file) into `path`, drop the folder's older sets, open it mapped.
+
+    `keys`: each file's content key (kept in the metadata; the run identity hashes them).
 
     Raises PackedSetError when a row's shapes differ from the first's, OSError when the file cannot
     be written.
@@ -119,6 +125,7 @@ def write_training_set(
         "person": json.dumps(person),
         "settings": json.dumps({**settings, "set_file": path.name}, default=str),
         "report": report.to_json(),
+        "keys": json.dumps(list(keys or [])),
     }
     write_packed_set(path, rows, len(files), metadata)
     tag = path.name.split("-")[0]
@@ -137,8 +144,9 @@ def stack_training_set(
     person: list[str],
     report: DatasetReport,
     settings: dict[str, object],
+    keys: list[str] | None = None,
 ) -> TrainingSet:
-    """The training set in memory (no cache): rows stacked in their compact dtypes."""
+    """The training set in memory (no cache): rows stacked in their compact dtypes; `keys` as in write_training_set."""
     rows = list(rows)
     has_expression = "expression" in rows[0]
     return TrainingSet(
@@ -150,4 +158,5 @@ def stack_training_set(
         files=files,
         report=report,
         settings=settings,
+        keys=list(keys or []),
     )

@@ -5,7 +5,10 @@ On the tiny SD1.5 checkpoint, loaded as ComfyUI loads it, with latents its VAE e
    completes every step, learning from the others.
 2. `diverged`: a run saved at step `good_steps` is continued on data that is NaN everywhere; it stops
    as "diverged" after `max_bad_steps` and the saved state stays as it was.
-3. The user's UNet and text encoder (`backend.frozen_fingerprint()`) and VAE are bit-identical afterwards.
+   A skipped step on a `checkpoint_every` boundary still writes the checkpoint (its step moves on; the
+   mapper, moments and losses in it stay the last good ones).
+3. `loss_scale`: an fp16 run saved under a loss scale that is not the initial one resumes under it.
+4. The user's UNet and text encoder (`backend.frozen_fingerprint()`) and VAE are bit-identical afterwards.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from comfyui_face2diffusion.f2d_core.training.data.dataset import TrainingSet
 from comfyui_face2diffusion.f2d_core.training.data.report import DatasetReport
 from comfyui_face2diffusion.f2d_core.training.state_file import STATE_FILE
 from comfyui_face2diffusion.f2d_core.training.trainer import MapperTrainer, TrainSettings, sample_batch
+from comfyui_face2diffusion.f2d_core.weight_files import read_weights
 from comfyui_face2diffusion.nodes.training.comfy_backend import ComfyDiffusionBackend
 from PIL import Image
 
@@ -68,8 +72,28 @@ def _seed_with_good_and_nan_steps(data: TrainingSet, settings: TrainSettings) ->
     raise AssertionError("no seed mixes NaN and good batches")
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _state_summary(path: Path) -> dict:
+    """The saved step and a digest of every tensor (mapper, moments, losses) of a state file."""
+    tensors, metadata = read_weights(path)
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode() + tensors[name].numpy().tobytes())
+    return {"step": int(metadata["step"]), "tensors": digest.hexdigest(), "loss_scale": metadata.get("loss_scale")}
+
+
+def _loss_scale_resume(model, clip, data: TrainingSet, run_dir: Path) -> dict:
+    """Two fp16 steps under a scale of 2^10 (as if halved six times), saved; a new trainer resumes for one more."""
+    backend = ComfyDiffusionBackend(model, clip, training_dtype="fp16 + loss scaling")
+    settings = TrainSettings(steps=2, batch_size=1, checkpoint_every=1)
+    torch.manual_seed(0)
+    first = MapperTrainer(F2DMapper().to(backend.device), backend, data, settings, run_dir)
+    first.loss_scale.scale = 2.0**10
+    first.run(resume=False)
+    saved = _state_summary(run_dir / STATE_FILE)
+    torch.manual_seed(0)
+    resumed = MapperTrainer(F2DMapper().to(backend.device), backend, data, replace(settings, steps=3), run_dir)
+    result = resumed.run(resume=True)
+    return {"saved": saved["loss_scale"], "status": result.status, "after_resume": resumed.loss_scale.state_dict()}
 
 
 def _train(backend, data: TrainingSet, settings: TrainSettings, run_dir: Path) -> dict:
@@ -105,12 +129,13 @@ def main(checkpoint: str, photos: list[str], work_dir: str, steps: int = 3, max_
     good_steps, run_dir = 1, work / "diverged"
     _train(backend, _training_set(latents, nan_rows=[]), replace(settings, steps=good_steps, seed=0), run_dir)
     state = run_dir / STATE_FILE
-    saved = {"sha256": _sha256(state), "mtime_ns": state.stat().st_mtime_ns}
+    saved = _state_summary(state)
     all_nan = _training_set(latents, nan_rows=[0, 1])
     diverged = _train(backend, all_nan, replace(settings, steps=100, seed=0, max_bad_steps=max_bad_steps), run_dir)
-    after = {"sha256": _sha256(state), "mtime_ns": state.stat().st_mtime_ns}
+    after = _state_summary(state)
     out["diverged"] = {**diverged, "good_steps": good_steps, "state_before": saved, "state_after": after}
 
+    out["loss_scale"] = _loss_scale_resume(model, clip, _training_set(latents, nan_rows=[]), work / "loss_scale")
     out["frozen"] = {"before": frozen_before, "after": backend.frozen_fingerprint()}
     out["vae"] = {"before": vae_before, "after": module_fingerprint(vae.first_stage_model)}
     return out

@@ -8,11 +8,36 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def _umask_by_setting() -> int:
+    """The umask read the only portable way, by setting it: files other threads create meanwhile get it.
+
+    Called once, at import (ComfyUI imports the pack before it serves uploads); the brief value set is
+    owner-only, so such a file is never world-writable.
+    """
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
+
+
+_UMASK_AT_IMPORT = _umask_by_setting()
+
+
+def process_umask() -> int:
+    """The process umask: `Umask:` of /proc/self/status where Linux shows it (read without changing it,
+    so no other thread's files are affected), else the value read at import."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK_AT_IMPORT
+
+
 def _default_mode() -> int:
     """The permissions a plain `open(path, "w")` would give (mkstemp's are owner-only)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~process_umask()
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:

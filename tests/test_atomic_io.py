@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
@@ -10,6 +11,7 @@ import pytest
 
 from f2d_core import atomic_io
 from f2d_core.atomic_io import atomic_write
+from f2d_core.errors import WriteError
 
 
 @pytest.fixture
@@ -57,3 +59,22 @@ def test_files_other_threads_create_while_atomic_writes_run_are_never_world_writ
     assert len(created) > 100
     writable = [p.name for p in created if p.stat().st_mode & stat.S_IWOTH]
     assert writable == [], f"{len(writable)} of {len(created)} files were created world-writable"
+
+
+@pytest.mark.parametrize(
+    ("error", "advice"),
+    [(errno.ENOSPC, "free some disk space"), (errno.EACCES, "writable or choose another folder")],
+)
+def test_a_failed_write_is_a_clear_error_leaving_the_previous_file_and_no_partial_file(tmp_path, error, advice):
+    """A full disk shows as ENOSPC from the writer; a read-only folder as EACCES/EROFS."""
+    path = atomic_write(tmp_path / "Zoë_李_00001.safetensors", lambda tmp: tmp.write_bytes(b"old"))
+
+    def failing(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError(error, os.strerror(error))
+
+    with pytest.raises(WriteError, match=rf"Could not write .*Zoë_李_00001.safetensors: .*{advice}") as caught:
+        atomic_write(path, failing)
+    assert "previous file of that name is unchanged" in str(caught.value)
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]

@@ -90,7 +90,7 @@ def official_style_encode(models: F2DModels, images: list[np.ndarray], landmarks
 
 
 def fast_encode(encoder: FaceEncoder, images: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
-    """This pack's path: batched fit + warp on device, one MSID + mapper call."""
+    """This pack's path: batched fit + warp where the photos are, one MSID + mapper call."""
     crops = encoder.crops(images, landmarks)
     return encoder.s_star(encoder.identity(crops))
 

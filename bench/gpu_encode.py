@@ -49,7 +49,7 @@ def straightforward_encode(models: F2DModels, photos: list[np.ndarray], landmark
 
 
 def pack_encode(encoder: FaceEncoder, images: torch.Tensor, landmarks: np.ndarray) -> torch.Tensor:
-    """This pack's path: batched CPU fit + float32 warp on the device, one MSID + mapper call."""
+    """This pack's path: batched CPU fit + float32 warp where the photos are, one MSID + mapper call."""
     return encoder.s_star(encoder.identity(encoder.crops(images, landmarks)))
 
 

@@ -1,6 +1,10 @@
-"""Command line: convert the official `msid.pt` + `mapping.pt` into one `.safetensors` with metadata.
+"""Command line: convert pickle weight files (`.pt`, `.pth`) into `.safetensors`.
 
 python -m f2d_core.convert msid.pt mapping.pt -o face2diffusion.safetensors
+python -m f2d_core.convert --each epoch_20.pth 79999_iter.pth    # -> epoch_20.safetensors, 79999_iter.safetensors
+
+Run it under torch >= 2.10: older torch refuses pickle files (see `weight_files.SAFE_TORCH`). The
+`.safetensors` it writes load under any torch.
 """
 
 from __future__ import annotations
@@ -9,8 +13,12 @@ import argparse
 import logging
 from pathlib import Path
 
+from safetensors.torch import save_file
+
+from .atomic_io import atomic_write
 from .checkpoints import load_f2d_models, save_f2d_safetensors, sha256_of
 from .errors import F2DError
+from .weight_files import read_weights
 
 log = logging.getLogger("f2d_core.convert")
 
@@ -28,15 +36,35 @@ def convert(msid_path: Path, mapping_path: Path, out_path: Path) -> Path:
     return save_f2d_safetensors(out_path, models.msid, models.mapper, metadata)
 
 
+def convert_file(path: Path) -> Path:
+    """One pickle weight file -> `<stem>.safetensors` beside it, its tensors unchanged.
+
+    The network of a training checkpoint is kept (Deep3DFaceRecon's `net_recon` of epoch_20.pth);
+    raises WeightFileError for a file that is no state dict.
+    """
+    tensors, _ = read_weights(path, select="net_recon")
+    out = Path(path).with_suffix(".safetensors")
+    metadata = {"source": Path(path).name, "source_sha256": sha256_of(path)}
+    atomic_write(out, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata))
+    log.info("Wrote %s (%d tensors)", out, len(tensors))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("msid", type=Path, help="official msid.pt")
-    parser.add_argument("mapping", type=Path, help="official mapping.pt (or a trained mapper)")
+    parser.add_argument("files", type=Path, nargs="+", help="msid.pt and mapping.pt; with --each, any weight files")
     parser.add_argument("-o", "--out", type=Path, default=Path("face2diffusion.safetensors"))
+    parser.add_argument("--each", action="store_true", help="convert each file on its own, beside it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not args.each and len(args.files) != 2:
+        parser.error("give msid.pt and mapping.pt (or --each with any number of files)")
     try:
-        convert(args.msid, args.mapping, args.out)
+        if args.each:
+            for path in args.files:
+                convert_file(path)
+        else:
+            convert(*args.files, args.out)
     except F2DError as e:
         log.error("%s", e)
         return 1

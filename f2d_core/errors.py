@@ -31,3 +31,10 @@ class MissingPackageError(F2DError):
 
 class EvaluationError(F2DError):
     """Images, references, prompts or scoring models cannot be evaluated as given."""
+
+
+class WriteError(F2DError, OSError):
+    """A file could not be written (full disk, read-only folder); any previous file of that name is intact.
+
+    Also an OSError, so that callers that treat a failed write as skippable (caches) keep doing so.
+    """

@@ -1,6 +1,9 @@
 """Read weight files safely and say plainly what is wrong with a bad one.
 
-Only `.safetensors` and `torch.load(weights_only=True)` are used: no arbitrary unpickling.
+Only `.safetensors` and `torch.load(weights_only=True)` are used: no arbitrary unpickling. The
+restricted unpickler of `weights_only=True` could itself be made to run code up to torch 2.5.1
+(CVE-2025-32434) and again before 2.10 (CVE-2026-24747), so below `SAFE_TORCH` pickle files
+(`.pt`, `.pth`, `.bin`) are refused and only `.safetensors` are read.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ from .errors import WeightFileError
 log = logging.getLogger(__name__)
 
 StateDict = dict[str, torch.Tensor]
+
+# The first torch release whose `torch.load(weights_only=True)` has no known code-execution flaw
+# (CVE-2025-32434 fixed in 2.6.0; CVE-2026-24747 fixed in 2.10.0).
+SAFE_TORCH = (2, 10)
 
 # Key fragments that give away which model a file really holds, checked in order.
 _SIGNATURES: tuple[tuple[str, str], ...] = (
@@ -57,8 +64,37 @@ def describe_weights(keys: list[str]) -> str | None:
     return None
 
 
+def torch_release(version: str | None = None) -> tuple[int, int]:
+    """(major, minor) of a torch version string such as "2.9.1+cu128" (default: the running torch)."""
+    match = re.match(r"(\d+)\.(\d+)", str(version if version is not None else torch.__version__))
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def check_pickle_allowed(path: Path) -> None:
+    """Raise a WeightFileError for a pickle weight file when the running torch is older than `SAFE_TORCH`.
+
+    Source: CVE-2025-32434 (torch <= 2.5.1) and CVE-2026-24747 (torch < 2.10): a crafted `.pt` file runs
+    code even through `torch.load(weights_only=True)`.
+    """
+    if torch_release() >= SAFE_TORCH:
+        return
+    safe = ".".join(map(str, SAFE_TORCH))
+    raise WeightFileError(
+        f"{path} is a pickle file, and torch {torch.__version__} can be made to run code while loading one even "
+        f"with weights_only=True (CVE-2025-32434, CVE-2026-24747), so this pack does not open it. Convert it once "
+        f"to .safetensors with `python -m f2d_core.convert --each {path.name}` (msid.pt and mapping.pt: "
+        f"`python -m f2d_core.convert msid.pt mapping.pt`) run under torch >= {safe} in any Python environment, "
+        f"or download a .safetensors of it, and choose that file; or update ComfyUI's torch to {safe} or newer."
+    )
+
+
 def load_torch_file(path: Path, hint: str = "") -> object:
-    """`torch.load(weights_only=True)` (memory-mapped when zipped), with errors that say what is wrong."""
+    """`torch.load(weights_only=True)` (memory-mapped when zipped), with errors that say what is wrong.
+
+    Raises WeightFileError below torch `SAFE_TORCH` (see `check_pickle_allowed`), for pickled objects
+    other than tensors, and for a truncated file or a saved web page.
+    """
+    check_pickle_allowed(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:

@@ -57,8 +57,8 @@ class F2DExpressionReference(io.ComfyNode):
     def execute(
         cls, f2d_model: F2DModel, image: torch.Tensor, expression_model: str, face_index: int, strength: float
     ) -> io.NodeOutput:
-        model = load_weight_file(load_expression_model, expression_model, HOW_TO_GET)
+        regressor = load_weight_file(load_expression_model, expression_model, HOW_TO_GET)  # held while used
         faces = detect_faces(f2d_model.detector, image, face_index=face_index, on_missing="error")
         landmarks = np.stack([face.kps for face in faces])
-        codes = expression_codes(model, image, landmarks)
+        codes = expression_codes(regressor.model, image, landmarks)
         return io.NodeOutput(F2DExpression(code=codes.float().mean(dim=0).cpu(), strength=strength))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 
 import comfy.model_management
@@ -13,7 +13,7 @@ from comfy_api.latest import io
 from ..f2d_core.checkpoints import load_f2d_models
 from ..f2d_core.faces.face_detection import DETECTOR_DEVICES, FaceDetector, load_detector
 from ..f2d_core.identity.face_encoder import FaceEncoder
-from .model_cache import file_identity, load_on_device, managed, weight_file_version
+from .model_cache import cached, file_identity, load_on_device, managed, weight_file_version
 from .model_paths import insightface_packs, insightface_root_of, weight_files, weight_path
 from .sockets import F2DModel, F2DModelSocket
 
@@ -27,26 +27,20 @@ OFFICIAL = (
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-@lru_cache(maxsize=2)
-def _encoder(msid_path: Path, mapper_path: Path, versions: tuple, precision: str) -> FaceEncoder:
-    """MSID + mapper read once per file version and precision, handed to ComfyUI's model management."""
-    del versions  # part of the cache key only
+def _encoder(msid_path: Path, mapper_path: Path, precision: str) -> FaceEncoder:
+    """MSID + mapper read from their files, handed to ComfyUI's model management."""
     models = load_f2d_models(msid_path, mapper_path)
     encoder = FaceEncoder(models, comfy.model_management.unet_offload_device(), PRECISIONS[precision])
     encoder.prepare = partial(load_on_device, managed(encoder.networks))
     return encoder
 
 
-@lru_cache(maxsize=2)
-def _detector(pack: str, provider: str, det_size: int, versions: tuple) -> FaceDetector:
+def _detector(pack: str, provider: str, det_size: int) -> FaceDetector:
     """The face detector, cached apart from the encoder: changing detection_size loads no second MSID.
-
-    `versions` (the pack's .onnx file identities) is part of the cache key only: a replaced file loads anew.
 
     With torch on "auto" it is read onto the offload device and handed to ComfyUI's model management,
     which loads it onto ComfyUI's device before each detection (and may offload it afterwards).
     """
-    del versions
     device = comfy.model_management.unet_offload_device()
     detector = load_detector(insightface_root_of(pack), pack, provider, device, det_size)
     if provider == "auto" and detector.network is not None:
@@ -148,9 +142,17 @@ class F2DLoadMSIDEncoder(io.ComfyNode):
         detection_size: int,
     ) -> io.NodeOutput:
         msid_path, mapper_path = _paths(msid_file, mapper_file)
-        versions = (file_identity(msid_path), file_identity(mapper_path))
-        encoder = _encoder(msid_path, mapper_path, versions, precision)
-        detector = _detector(insightface_pack, detector_device, detection_size, pack_versions(insightface_pack))
+        versions = (file_identity(msid_path), file_identity(mapper_path))  # a replaced file loads anew
+        encoder = cached(
+            "msid_encoder",
+            (msid_path, mapper_path, versions, precision),
+            lambda: _encoder(msid_path, mapper_path, precision),
+        )
+        detector = cached(
+            "face_detector",
+            (insightface_pack, detector_device, detection_size, pack_versions(insightface_pack)),
+            lambda: _detector(insightface_pack, detector_device, detection_size),
+        )
         device = comfy.model_management.get_torch_device()
         info = {**encoder.sources, "pack": insightface_pack, "device": str(device), "precision": precision}
         log.info("Face2Diffusion model ready: %s", info)

@@ -5,14 +5,19 @@ in a `comfy.model_patcher.ModelPatcher`, as core wraps CLIP vision and VAE model
 load_device = `get_torch_device()` and offload_device = `unet_offload_device()`. `load_on_device`
 (`load_models_gpu`) runs before each use, so "Free model and node cache", `--lowvram`, `--novram` and
 other models' memory needs offload them like any ComfyUI model.
+
+`cached` keeps one cache per model kind, holding its models weakly: a model lives as long as ComfyUI
+holds it (the output cache of the node that loaded it, or the node running with it), as ComfyUI's own
+checkpoints do. "Free model and node cache" (`POST /free` with `free_memory`) clears that node cache,
+so it frees the pack's models too; ComfyUI's model management (`LoadedModel`) holds them weakly as well.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
-from functools import lru_cache
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import TypeVar
 
 import comfy.model_management
 import comfy.model_patcher
@@ -24,6 +29,24 @@ from .model_paths import weight_path
 
 Loader = Callable[[Path], nn.Module]
 FileIdentity = tuple[int, int, int, int]
+Model = TypeVar("Model")
+
+_CACHES: dict[str, weakref.WeakValueDictionary] = {}
+
+
+def cached(kind: str, key: Hashable, build: Callable[[], Model]) -> Model:
+    """The model of `kind` for `key` (file versions, settings), built by `build()` unless one is alive.
+
+    One cache per kind ("msid_encoder", "face_detector", "face_recognizer", "clip_scorer", "weight_file"),
+    holding models weakly: whoever uses a model holds it (see the module docstring). Models are built and
+    used on ComfyUI's one execution thread.
+    """
+    models = _CACHES.setdefault(kind, weakref.WeakValueDictionary())
+    model = models.get(key)
+    if model is None:
+        model = build()
+        models[key] = model
+    return model
 
 
 def file_identity(path: Path) -> FileIdentity:
@@ -74,9 +97,7 @@ def _load_before_forward(patcher: comfy.model_patcher.ModelPatcher) -> Callable:
     return hook
 
 
-@lru_cache(maxsize=4)
-def _managed_file(loader: Loader, path: Path, identity: FileIdentity) -> comfy.model_patcher.ModelPatcher:
-    del identity  # part of the cache key only
+def _managed_file(loader: Loader, path: Path) -> comfy.model_patcher.ModelPatcher:
     module = loader(path).to(comfy.model_management.unet_offload_device()).eval()
     patcher = managed(module)
     for entry in (module, *module.children()):  # callers may call the module or its network (FaceParser.bisenet)
@@ -84,16 +105,18 @@ def _managed_file(loader: Loader, path: Path, identity: FileIdentity) -> comfy.m
     return patcher
 
 
-def load_weight_file(loader: Loader, filename: str, how_to_get: str) -> nn.Module:
-    """`loader(path)` of a file in the face2diffusion folders, loaded onto ComfyUI's device for use now.
+def load_weight_file(loader: Loader, filename: str, how_to_get: str) -> comfy.model_patcher.ModelPatcher:
+    """`loader(path)` of a file in the face2diffusion folders, under ComfyUI's model management, loaded
+    onto ComfyUI's device for use now; the module is the patcher's `.model`.
 
-    Read from disk once per file version (`file_identity`). ComfyUI may offload it afterwards; every
-    forward call of the module (or of its direct submodules) loads it back first.
+    Hold the patcher while using the module: it is cached weakly (`cached`), once per file version
+    (`file_identity`), and freed when its user lets go. ComfyUI may offload it meanwhile; every forward
+    call of the module (or of its direct submodules) loads it back first.
     """
     path = weight_path(filename, how_to_get)
-    patcher = _managed_file(loader, path, file_identity(path))
+    patcher = cached("weight_file", (loader, path, file_identity(path)), lambda: _managed_file(loader, path))
     load_on_device(patcher)
-    return patcher.model
+    return patcher
 
 
 def weight_file_version(filename: str, how_to_get: str) -> FileIdentity | tuple[str, str]:

@@ -4,7 +4,7 @@ by "Free model and node cache" and other models' memory needs, like the pack's o
 
 from __future__ import annotations
 
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 
 import comfy.model_management
@@ -14,22 +14,18 @@ from ..f2d_core.evaluation.clip_models import CLIPScorer, load_clip_scorer
 from ..f2d_core.evaluation.recognition import FaceRecognizer, load_face_recognizer
 from .evaluation_paths import clip_model_path, clip_models, recognition_model_path, recognition_models
 from .evaluation_sockets import F2DClipScorerSocket, F2DRecognizerSocket
-from .model_cache import load_on_device, managed
+from .model_cache import cached, load_on_device, managed
 
 
-@lru_cache(maxsize=2)
-def _managed_recognizer(path: Path, mtime_ns: int) -> FaceRecognizer:
-    """The recogniser of one file version on the offload device, loaded by ComfyUI before each embedding."""
-    del mtime_ns  # part of the cache key only
+def _managed_recognizer(path: Path) -> FaceRecognizer:
+    """The recogniser on the offload device, loaded by ComfyUI before each embedding."""
     recognizer = load_face_recognizer(path, comfy.model_management.unet_offload_device())
     recognizer.prepare = partial(load_on_device, managed(recognizer.network))
     return recognizer
 
 
-@lru_cache(maxsize=2)
-def _managed_clip_scorer(folder: Path, stamp: int) -> CLIPScorer:
-    """The CLIP scorer of one folder version on the offload device, loaded by ComfyUI before each use."""
-    del stamp  # part of the cache key only
+def _managed_clip_scorer(folder: Path) -> CLIPScorer:
+    """The CLIP scorer on the offload device, loaded by ComfyUI before each use."""
     scorer = load_clip_scorer(folder, comfy.model_management.unet_offload_device())
     scorer.prepare = partial(load_on_device, managed(scorer.networks))
     return scorer
@@ -76,7 +72,7 @@ class F2DLoadFaceRecognizer(io.ComfyNode):
     def execute(cls, recognition_model: str) -> io.NodeOutput:
         path = recognition_model_path(recognition_model)
         mtime_ns = path.stat().st_mtime_ns if path.is_file() else 0  # a missing file: loading reports it
-        return io.NodeOutput(_managed_recognizer(path, mtime_ns))
+        return io.NodeOutput(cached("face_recognizer", (path, mtime_ns), lambda: _managed_recognizer(path)))
 
 
 class F2DLoadCLIPScorer(io.ComfyNode):
@@ -106,4 +102,6 @@ class F2DLoadCLIPScorer(io.ComfyNode):
     @classmethod
     def execute(cls, clip_model: str) -> io.NodeOutput:
         folder = clip_model_path(clip_model)
-        return io.NodeOutput(_managed_clip_scorer(folder, _folder_stamp(folder)))
+        return io.NodeOutput(
+            cached("clip_scorer", (folder, _folder_stamp(folder)), lambda: _managed_clip_scorer(folder))
+        )

@@ -42,6 +42,21 @@ class Float64Watch(TorchDispatchMode):
         return [(op, device) for op, device in self.seen if device != "cpu"]
 
 
+class DeviceMoveWatch(TorchDispatchMode):
+    """Records (shape, from device, to device) of every tensor an aten op copies to another device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.moves: list[tuple[tuple[int, ...], str, str]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        source = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if source is not None and isinstance(out, torch.Tensor) and out.device != source.device:
+            self.moves.append((tuple(source.shape), source.device.type, out.device.type))
+        return out
+
+
 def _photos(expected, count: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """Real photos [N, 3, 512, 512] in [0, 1] cropped around their face, and their landmarks [N, 5, 2]."""
     images, landmarks = [], []
@@ -67,12 +82,25 @@ def test_encode_path_asks_the_model_device_for_no_float64(official_checkpoints, 
         pooled = encoder.identity(crops, "normalized_mean")
         s_star = encoder.mapper(idvecs.to(encoder.dtype), None, 1.0)
         codes = expression_codes(regressor, [img.permute(1, 2, 0).mul(255).byte().numpy() for img in images], landmarks)
-    assert crops.device.type == "meta" and crops.dtype == torch.float32 and singles.shape == crops.shape
+    assert crops.device.type == "cpu" and crops.dtype == torch.float32 and singles.shape == crops.shape
     assert idvecs.shape == (3, 1536) and pooled.shape == (1536,) and s_star.shape == (3, 2, 768)
     assert codes.device.type == "meta" and codes.shape == (3, 64)
     assert watch.off_cpu() == []
     # The watch does see float64: the landmark fit's SVD, on the CPU.
     assert any("linalg_svd" in op and device == "cpu" for op, device in watch.seen)
+
+
+def test_encode_moves_the_crops_to_the_device_never_the_full_photos(official_checkpoints, expected):
+    """Encode Face's path (crops, then MSID) sends [N, 3, 112, 112] crops to the model's device; the
+    photos stay where they are (issue 13, point 6)."""
+    encoder = FaceEncoder(load_f2d_models(*official_checkpoints), "meta", torch.float16)
+    images, landmarks = _photos(expected)
+    with DeviceMoveWatch() as watch:
+        encoder.identity(encoder.crops(images, landmarks.numpy()), "normalized_mean")
+        encoder.identity(encoder.crops(list(images), landmarks.numpy()), "normalized_mean")
+    to_meta = [shape for shape, source, target in watch.moves if target == "meta"]
+    assert to_meta and all(shape[-2:] == (112, 112) for shape in to_meta if len(shape) == 4), watch.moves
+    assert max(np.prod(shape) for shape in to_meta) == 3 * 3 * 112 * 112
 
 
 def test_similarity_fit_is_float32_on_the_cpu_whatever_the_input():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from f2d_core.conditioning.injection import find_identifier, inject_s_star
+from f2d_core.conditioning.injection import find_identifier, inject_s_star, keep_identifiers_whole
 from f2d_core.errors import PromptError
 from tests.support.formula_weights import clip_text_state_dict
 
@@ -101,15 +101,25 @@ def test_extra_entry_fields_survive():
     assert out[0][1][1:] == (1.0, 7)
 
 
-def test_identifier_split_by_a_chunk_boundary_is_found():
+def test_identifier_split_by_a_chunk_boundary_is_found_and_moved_whole_into_the_next_window():
     first = _chunk([320] * 74 + [F])  # "f" is the last content token of window 0 (index 75)
     second = _chunk([L, 601])  # "l" opens window 1 (index 1)
     positions = torch.randn(77, 768)
     s_star = torch.randn(2, 768)
     assert find_identifier([first, second], [F, L], SPECIAL) == [[(0, 75), (1, 1)]]
+    assert keep_identifiers_whole([first, second], [F, L], SPECIAL) == [_chunk([320] * 74), _chunk([F, L, 601])]
     out = inject_s_star([first, second], [F, L], s_star, positions, SPECIAL)
-    torch.testing.assert_close(out[0][75][0], s_star[0] - positions[75])
-    torch.testing.assert_close(out[1][1][0], s_star[1] - positions[1])
+    assert out[0] == _chunk([320] * 74)
+    torch.testing.assert_close(out[1][1][0], s_star[0] - positions[1])
+    torch.testing.assert_close(out[1][2][0], s_star[1] - positions[2])
+    assert out[1][3:] == _chunk([F, L, 601])[3:]
+
+
+def test_moved_identifier_pushes_a_full_window_on_into_a_new_one():
+    first = _chunk([320] * 74 + [F])
+    second = _chunk([L] + [601] * 74)  # full: one token must move on
+    out = keep_identifiers_whole([first, second], [F, L], SPECIAL)
+    assert out == [_chunk([320] * 74), _chunk([F, L] + [601] * 73), _chunk([601])]
 
 
 def test_existing_embeddings_in_the_prompt_are_left_alone():

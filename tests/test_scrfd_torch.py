@@ -137,3 +137,25 @@ def test_nms_keeps_what_insightface_keeps() -> None:
     reference = SCRFD.__new__(SCRFD)
     reference.nms_thresh = scrfd.NMS_THRESHOLD
     assert scrfd.nms(torch.from_numpy(dets)).tolist() == list(reference.nms(dets))
+
+
+def _laid_out(net: torch.nn.Module, layout: torch.memory_format) -> bool:
+    """Whether every convolution weight of `net` is in `layout`."""
+    return all(p.is_contiguous(memory_format=layout) for p in net.parameters() if p.ndim == 4)
+
+
+def test_weights_take_the_layout_of_the_device_they_compute_on() -> None:
+    """Weights laid out channels-last on the offload device (the CPU) are re-laid contiguous for MPS or
+    CUDA, and channels-last again when they compute on the CPU (issue 13, point 10c). 3x3 kernels, as
+    the real detectors have, tell the two layouts apart."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 4, 3))
+    assert scrfd.match_layout(net, torch.device("cpu")) == torch.channels_last
+    assert _laid_out(net, torch.channels_last) and not _laid_out(net, torch.contiguous_format)
+    parameters = list(net.parameters())
+    for device in ("mps", "cuda"):  # where ComfyUI moves the weights (the decision is per device type)
+        net.to(memory_format=torch.channels_last)
+        assert scrfd.match_layout(net, torch.device(device)) == torch.contiguous_format
+        assert _laid_out(net, torch.contiguous_format) and not _laid_out(net, torch.channels_last)
+    assert scrfd.match_layout(net, torch.device("cpu")) == torch.channels_last
+    assert _laid_out(net, torch.channels_last)
+    assert list(net.parameters()) == parameters  # the same Parameters, as ComfyUI's ModelPatcher holds them

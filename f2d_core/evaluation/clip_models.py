@@ -13,7 +13,6 @@ as CLIP's own processors do: bicubic resize of the short side, centre crop, mean
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -203,14 +202,7 @@ def load_clip_scorer(path: Path | str, device: torch.device | str = "cpu") -> CL
         )
     if not folder.is_dir():
         raise WeightFileError(f"CLIP model folder {folder} does not exist. {_WHAT_TO_GIVE}")
-    stamp = max((f.stat().st_mtime_ns for f in folder.iterdir() if f.is_file()), default=0)
-    return _cached(str(folder), stamp, str(torch.device(device)))
-
-
-@functools.lru_cache(maxsize=2)
-def _cached(folder: str, stamp: int, device: str) -> CLIPScorer:
-    del stamp  # part of the cache key only
-    path, where = Path(folder), torch.device(device)
+    path, where = folder, torch.device(device)
     if (path / "config.json").is_file():
         scorer = _transformers_scorer(path, where)
     elif (path / "open_clip_config.json").is_file():

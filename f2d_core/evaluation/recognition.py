@@ -8,7 +8,6 @@ Input normalisation follows insightface's `model_zoo/arcface_onnx.py`: RGB pixel
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -143,15 +142,9 @@ class FaceRecognizer:
         return align_faces(images.to(self.device, torch.float32), landmarks, self.input_size)
 
 
-@functools.lru_cache(maxsize=2)
-def _cached(path: str, mtime_ns: int, device: str) -> FaceRecognizer:
-    del mtime_ns  # part of the cache key only
-    return FaceRecognizer(path, device)
-
-
 def load_face_recognizer(path: Path | str, device: torch.device | str = "cpu") -> FaceRecognizer:
-    """A FaceRecognizer, converted once per file version and device."""
+    """A FaceRecognizer converted from the .onnx file (callers keep it; ComfyUI's nodes cache it)."""
     path = Path(path)
     if not path.is_file():
         raise WeightFileError(f"face recognition model {path} does not exist. {_HOW_TO_FIX}")
-    return _cached(str(path), path.stat().st_mtime_ns, str(torch.device(device)))
+    return FaceRecognizer(path, device)

@@ -125,6 +125,22 @@ def nms(dets: torch.Tensor, threshold: float = NMS_THRESHOLD) -> torch.Tensor:
     return torch.tensor(keep, dtype=torch.long)
 
 
+def match_layout(net: torch.nn.Module, device: torch.device) -> torch.memory_format:
+    """Lay out `net`'s 4-D weights for computing on `device`; return the input layout to use with them.
+
+    Channels-last on the CPU, where oneDNN convolutions take about 0.7x the time (bench/detection.py);
+    contiguous elsewhere (MPS and CUDA run these fp32 convolutions in the contiguous layout). Moving a
+    module keeps its weights' layout, so weights laid out on the offload device (the CPU) would keep
+    channels-last on the GPU: they are re-laid here when their layout does not fit `device`.
+    """
+    wanted = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    weights = [p for p in net.parameters() if p.ndim == 4]
+    if weights and not all(w.is_contiguous(memory_format=wanted) for w in weights):
+        with torch.inference_mode(False):  # plain tensors, which ComfyUI may move later
+            net.to(memory_format=wanted)
+    return wanted
+
+
 class TorchScrfd:
     """An SCRFD .onnx detector run with torch; `detect` gives insightface's boxes and keypoints.
 
@@ -135,10 +151,7 @@ class TorchScrfd:
     def __init__(self, model_file: Path | str, device: torch.device | str = "cpu", det_thresh: float = 0.5) -> None:
         self.model_file = str(model_file)
         self.net, model = onnx_module(model_file, torch.device(device))
-        if self.device.type == "cpu":
-            # On the CPU, oneDNN convolutions in channels-last layout take about 0.7x the time (measured with
-            # bench/detection.py); the outputs differ by float rounding only.
-            self.net.to(memory_format=torch.channels_last)
+        match_layout(self.net, self.device)
         self.layout = scrfd_layout(model, self.model_file)
         self.det_thresh = det_thresh
         self._centres: dict[tuple[int, int, int, torch.device], torch.Tensor] = {}
@@ -147,11 +160,6 @@ class TorchScrfd:
     def device(self) -> torch.device:
         """Where the detector's weights are now."""
         return next(self.net.parameters()).device
-
-    @property
-    def memory_format(self) -> torch.memory_format:
-        """The input layout: channels-last on the CPU (see __init__), contiguous elsewhere."""
-        return torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
 
     def _centres_for(self, height: int, width: int, stride: int, device: torch.device) -> torch.Tensor:
         key = (height, width, stride, device)
@@ -170,7 +178,7 @@ class TorchScrfd:
         device = self.device
         image = torch.from_numpy(np.ascontiguousarray(rgb)).to(device)
         blob, det_scale = letterbox(image, input_size)
-        outs = self.net(blob.contiguous(memory_format=self.memory_format))
+        outs = self.net(blob.contiguous(memory_format=match_layout(self.net, device)))
         if self.layout.batched:
             outs = tuple(o[0] for o in outs)
         fmc = len(self.layout.strides)

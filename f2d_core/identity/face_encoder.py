@@ -100,15 +100,16 @@ class FaceEncoder:
     def crops(
         self, images: torch.Tensor | Sequence[torch.Tensor], landmarks: torch.Tensor | np.ndarray
     ) -> torch.Tensor:
-        """Aligned 112 crops [N, 3, 112, 112] float32 in [0, 1] on the encoder's device, from [N, 3, H, W]
-        images (or a list of [3, H, W]) and [N, 5, 2] landmarks (fitted on the CPU, see `align_faces`)."""
+        """Aligned 112 crops [N, 3, 112, 112] float32 in [0, 1], from [N, 3, H, W] images (or a list of
+        [3, H, W]) and [N, 5, 2] landmarks (fitted on the CPU, see `align_faces`).
+
+        The crops are cut where the photos are: only they go on to the encoder's device (`identity`),
+        never the full-resolution photos (30 twelve-megapixel photos in float32 are 4.4 GB).
+        """
         landmarks = torch.as_tensor(np.asarray(landmarks, dtype=np.float32))
-        device = self.device
         if isinstance(images, torch.Tensor):
-            return align_faces(images.to(device), landmarks)
-        return torch.cat(
-            [align_faces(img[None].to(device), lm[None]) for img, lm in zip(images, landmarks, strict=True)]
-        )
+            return align_faces(images, landmarks)
+        return torch.cat([align_faces(img[None], lm[None]) for img, lm in zip(images, landmarks, strict=True)])
 
     @torch.inference_mode()
     def identity(self, crops: torch.Tensor, pooling: Pooling | None = None) -> torch.Tensor:

@@ -137,10 +137,9 @@ class F2DTrainingDataset(io.ComfyNode):
         masks: torch.Tensor | None = None,
     ) -> io.NodeOutput:
         path = training_folder(folder)
-        parser = None
+        parser = regressor = None  # ModelPatchers, held while the dataset is prepared
         if face_parser != NO_PARSER and not mask_folder and masks is None:
             parser = load_weight_file(load_face_parser, face_parser, PARSER_HOW_TO_GET)
-        regressor = None
         if expression_model != NO_EXPRESSION:
             regressor = load_weight_file(load_expression_model, expression_model, HOW_TO_GET)
         bar = comfy.utils.ProgressBar(1)
@@ -152,10 +151,10 @@ class F2DTrainingDataset(io.ComfyNode):
                 lambda crops: vae.encode(crops.permute(0, 2, 3, 1)),
                 f"vae:{module_fingerprint(vae.first_stage_model)}",
                 cache_dir=training_cache_dir(),
-                face_parser=parser,
+                face_parser=None if parser is None else parser.model,
                 mask_folder=training_folder(mask_folder) if mask_folder else None,
                 masks=None if masks is None else list(masks),
-                expression_model=regressor,
+                expression_model=None if regressor is None else regressor.model,
                 crop_size=crop_size,
                 flip=flip,
                 face_index=face_index,

@@ -62,20 +62,52 @@ def _expression_graph(photo: str) -> dict:
     return graph
 
 
-def test_free_model_and_node_cache_unloads_the_packs_models(comfy_server, photo):
-    graph = _expression_graph(photo)
+def _scoring(graph: dict) -> dict:
+    """Add Load Face Recognizer + Face Similarity and Load CLIP Scorer + CLIP Score on the photo."""
+    graph["20"] = {"class_type": "F2DLoadFaceRecognizer", "inputs": {"recognition_model": "buffalo_l/w600k_r50.onnx"}}
+    graph["21"] = {
+        "class_type": "F2DFaceSimilarity",
+        "inputs": {
+            "f2d_model": ["2", 0],
+            "recognizer": ["20", 0],
+            "images": ["3", 0],
+            "f2d_face": ["4", 0],
+            "reference_images_are": "one person",
+        },
+    }
+    graph["22"] = {"class_type": "F2DLoadCLIPScorer", "inputs": {"clip_model": "tiny_clip"}}
+    graph["23"] = {
+        "class_type": "F2DCLIPScore",
+        "inputs": {"clip_scorer": ["22", 0], "images": ["3", 0], "prompt": "a photo of f l",
+                   "reference_prompt": "A photo of a person"},
+    }  # fmt: skip
+    return graph
+
+
+def _alive(server: ComfyServer) -> list[str]:
+    return server._get("/f2d_test/alive_models").json()["modules"]
+
+
+def test_free_model_and_node_cache_frees_the_packs_models(comfy_server, photo):
+    """After "Free model and node cache" no model object of the pack is alive in the server (issue 13,
+    point 4): MSID + mapper, the detector, the expression regressor, the recogniser, the CLIP scorer."""
+    graph = _scoring(_expression_graph(photo))
     first = _conditioning(comfy_server, graph, ["5", 0], "mm_before_free")
-    assert {m["class"] for m in _pack_models(comfy_server)} == PACK_MODELS
+    # The expression regressor was held by its node while it ran; the loaders' models by ComfyUI's node cache.
+    assert {m["class"] for m in _pack_models(comfy_server)} == PACK_MODELS - {"ExpressionRegressor"}
+    assert {"EncoderNetworks", "OnnxModule", "CLIPNetworks"} <= set(_alive(comfy_server))
+    assert "ExpressionRegressor" not in _alive(comfy_server)
 
     comfy_server.free(unload_models=True, free_memory=True)
     deadline = time.monotonic() + 30
-    while _pack_models(comfy_server) and time.monotonic() < deadline:
+    while (_pack_models(comfy_server) or _alive(comfy_server)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _pack_models(comfy_server) == [], "the pack's models are still loaded after POST /free"
+    assert _alive(comfy_server) == [], "the pack's models are still alive after POST /free"
 
     # The next queue loads them again and gives the same conditioning.
     again = _conditioning(comfy_server, graph, ["5", 0], "mm_after_free")
-    assert {m["class"] for m in _pack_models(comfy_server)} == PACK_MODELS
+    assert {m["class"] for m in _pack_models(comfy_server)} == PACK_MODELS - {"ExpressionRegressor"}
     torch.testing.assert_close(again, first, atol=0, rtol=0)
 
 

@@ -1,15 +1,19 @@
 """A test-only ComfyUI node pack: writes what flows along a CONDITIONING socket to a file tests can read,
-and answers `GET /f2d_test/loaded_models` with the models in ComfyUI's model management.
+answers `GET /f2d_test/loaded_models` with the models in ComfyUI's model management, and
+`GET /f2d_test/alive_models` with the pack's model objects still alive in the server process.
 
 Loaded next to the real pack in integration tests (ComfyUI's own execution tests use test nodes the
 same way); it is never shipped to users.
 """
 
+import gc
 import json
 import os
+import resource
 
 import comfy.model_management
 import folder_paths
+import torch
 from aiohttp import web
 from safetensors.torch import save_file
 from server import PromptServer
@@ -26,6 +30,24 @@ async def loaded_models(request):
             if m is not None
         ]
     )
+
+
+@PromptServer.instance.routes.get("/f2d_test/alive_models")
+async def alive_models(request):
+    """After a full garbage collection (as ComfyUI runs on /free): the class names of the pack's torch
+    modules still alive (classes defined in its f2d_core), and the process's RSS and peak RSS in MiB."""
+    gc.collect()
+    alive = []
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, torch.nn.Module) and ".f2d_core." in f".{type(obj).__module__}":
+                alive.append(type(obj).__name__)
+        except ReferenceError:  # a dead weak proxy
+            continue
+    with open("/proc/self/statm") as f:
+        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return web.json_response({"modules": sorted(alive), "rss_mib": rss, "peak_rss_mib": peak})
 
 
 class F2DTestSaveConditioning:

@@ -101,6 +101,12 @@ def _unwrap(obj: object, path: Path, select: str | None = None) -> StateDict:
             f"it is not a weight file this pack can use."
         )
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    for key in bad:  # a training checkpoint of a known model (Deep3DFaceRecon's epoch_20.pth: "net_recon")
+        guess = describe_weights(list(obj[key])) if isinstance(obj[key], Mapping) else None
+        if guess:
+            raise WeightFileError(
+                f"{path} is {guess} (a training checkpoint holding it as {key!r}), not the weights this input takes."
+            )
     if bad:
         raise WeightFileError(
             f"{path} is not a plain state dict: entries {bad[:5]} are not tensors "
@@ -161,7 +167,7 @@ def check_state_dict(sd: StateDict, model: nn.Module, path: Path | str, expected
     guess = describe_weights(list(sd))
     intro = f"{path} is not {expected}"
     intro += f": it looks like {guess}." if guess and guess != expected else "."
-    raise WeightFileError(f"{intro} {'; '.join(problems)}. Pick the right file for this input.")
+    raise WeightFileError(f"{intro} {'; '.join(problems)}.", fix="Pick the right file for this input.")
 
 
 def load_into(model_type: Callable[[], nn.Module], sd: StateDict, path: Path | str, expected: str) -> nn.Module:

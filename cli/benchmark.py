@@ -1,6 +1,8 @@
 """The paper's evaluation in one command: generate through a running ComfyUI, score, tabulate, plot.
 
-    python cli/benchmark.py --server http://127.0.0.1:8188 --faces my_faces/ --checkpoint sd-v1-4.ckpt \\
+    # in the folder that holds ComfyUI/ (any folder works: paths are relative to where you run it)
+    python ComfyUI/custom_nodes/comfyui-face2diffusion/cli/benchmark.py --server http://127.0.0.1:8188 \\
+        --faces my_faces/ --checkpoint sd-v1-4.ckpt \\
         --insightface-root ComfyUI/models/insightface \\
         --recognizer ComfyUI/models/insightface/models/buffalo_l/w600k_r50.onnx \\
         --clip ComfyUI/models/clip_scoring/CLIP-ViT-H-14-laion2B-s32B-b79K --out benchmark/

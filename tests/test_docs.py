@@ -49,10 +49,10 @@ def test_readme_opens_with_install_tests_and_the_quick_start() -> None:
         "comfyui-face2diffusion",
         "Portrait from one photo",
         "**Run**",
-        "](workflows/",
         "mkdir -p models/face2diffusion models/insightface/models",
     ):
-        assert needed in quick, needed  # fmt: skip
+        assert needed in quick, needed
+    assert re.search(r"!\[[^\]]+\]\(<?workflows/[^)]+\.jpg>?\)", quick)  # what you should see, as a picture
     assert quick.count("](https://") >= 3  # a download link for each of the three files
 
 

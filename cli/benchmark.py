@@ -1,6 +1,8 @@
 """The paper's evaluation in one command: generate through a running ComfyUI, score, tabulate, plot.
 
-    python cli/benchmark.py --server http://127.0.0.1:8188 --faces my_faces/ --checkpoint sd-v1-4.ckpt \\
+    # in the folder that holds ComfyUI/ (any folder works: paths are relative to where you run it)
+    python ComfyUI/custom_nodes/comfyui-face2diffusion/cli/benchmark.py --server http://127.0.0.1:8188 \\
+        --faces my_faces/ --checkpoint sd-v1-4.ckpt \\
         --insightface-root ComfyUI/models/insightface \\
         --recognizer ComfyUI/models/insightface/models/buffalo_l/w600k_r50.onnx \\
         --clip ComfyUI/models/clip_scoring/CLIP-ViT-H-14-laion2B-s32B-b79K --out benchmark/
@@ -27,6 +29,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -41,12 +44,7 @@ from f2d_core.evaluation.benchmark_records import read_rows, write_rows  # noqa:
 from f2d_core.evaluation.best_of_n import geometric_mean, harmonic_mean  # noqa: E402
 from f2d_core.evaluation.clip_models import check_prompts, load_clip_scorer  # noqa: E402
 from f2d_core.evaluation.clip_score import clip_scores, directional_clip_scores  # noqa: E402
-from f2d_core.evaluation.face_similarity import (  # noqa: E402
-    faces_in_images,
-    largest_face_crops,
-    match_to_references,
-    person_embedding,
-)
+from f2d_core.evaluation.face_similarity import identity_scores, largest_face_crops, person_embedding  # noqa: E402
 from f2d_core.evaluation.paper_prompts import PAPER_PROMPTS, REFERENCE_IMAGE_PROMPT  # noqa: E402
 from f2d_core.evaluation.recognition import load_face_recognizer  # noqa: E402
 from f2d_core.faces.face_detection import FaceDetector  # noqa: E402
@@ -113,6 +111,27 @@ def plan(settings: list[str], faces: dict[str, Path], prompts: list[str], seeds:
     return jobs
 
 
+# (node, input, --flag, models folder) of each model name the generation graph passes to the server.
+MODEL_INPUTS = {
+    "checkpoint": ("CheckpointLoaderSimple", "ckpt_name", "--checkpoint", "checkpoints"),
+    "msid": ("F2DLoadMSIDEncoder", "msid_file", "--msid", "face2diffusion"),
+    "mapper": ("F2DLoadMSIDEncoder", "mapper_file", "--mapper", "face2diffusion"),
+    "pack": ("F2DLoadMSIDEncoder", "insightface_pack", "--pack", "insightface/models"),
+}
+
+
+def check_models(client: ComfyClient, models: Models) -> None:
+    """UsageError naming the flag when a model name is not one the server lists (before anything is queued)."""
+    for field_name, (node, name, flag, folder) in MODEL_INPUTS.items():
+        value, options = getattr(models, field_name), client.combo_options(node, name)
+        if options and value not in options:
+            shown = ", ".join(options[:8]) + (", ..." if len(options) > 8 else "")
+            raise UsageError(
+                f"{flag} {value}: the server has no such file in ComfyUI/models/{folder}. Give one of the names it "
+                f"lists: {shown}"
+            )
+
+
 def available_settings(client: ComfyClient, wanted: list[str], models: Models) -> list[str]:
     """The settings this server can run; the others are skipped with the reason."""
     usable = []
@@ -154,12 +173,8 @@ class Scorer:
 
     def score(self, job: Job, reference_image: Path) -> list[dict[str, object]]:
         images = torch.stack([torch.from_numpy(_rgb(f)).float() / 255 for f in job.files])
-        crops = faces_in_images(self.detector, self.recognizer, images)
-        identity = torch.tensor(
-            [float(match_to_references(self.recognizer.embed(c), self.references[job.face]).mean()) if len(c) else 0.0
-             for c in crops]
-        )  # fmt: skip
-        found = [len(c) > 0 for c in crops]
+        scored = identity_scores(self.detector, self.recognizer, images, self.references[job.face])
+        identity, found = scored.scores, scored.face_found.tolist()
         if self.clip is not None:
             clip = clip_scores(self.clip, images, [job.prompt])
             ref = torch.from_numpy(_rgb(reference_image)).float()[None] / 255
@@ -179,10 +194,11 @@ class Scorer:
 
 
 def _rgb(path: Path):
+    """A photo as a writable HxWx3 uint8 array (np.asarray of a PIL image is read-only, and torch warns)."""
     import numpy as np
 
     with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))
 
 
 def generate(client: ComfyClient, job: Job, face_input: str, models: Models, sampling: Sampling, args) -> None:
@@ -228,6 +244,7 @@ def run(args: argparse.Namespace) -> int:
     models = Models(args.checkpoint, args.msid, args.mapper, args.pack, args.expression_model)
     sampling = Sampling(args.size, args.steps, args.cfg)
     client = ComfyClient(args.server)
+    check_models(client, models)
     settings = available_settings(client, args.settings, models)
     if not settings:
         raise UsageError("none of the chosen settings can run on this server (see the messages above)")
@@ -263,26 +280,42 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default, except where there is none (required options, flags)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required or action.default is None or action.default is False or action.default == "":
+            return action.help or ""
+        if "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Face2Diffusion's evaluation: generate, score, tabulate, plot.")
+    p = argparse.ArgumentParser(
+        description="Face2Diffusion's evaluation: generate, score, tabulate, plot. Runs from any folder.",
+        formatter_class=DefaultsHelp,
+    )
     p.add_argument("--server", default="http://127.0.0.1:8188", help="A running ComfyUI with this pack.")
     p.add_argument("--faces", type=Path, required=True, help="Folder with one photo per person.")
     p.add_argument("--prompts", type=Path, help="Text file, one prompt with 'f l' per line (default: the paper's 40).")
     p.add_argument("--seeds", type=int, default=4, help="Images per prompt (the paper: 4; 16 for the whole best-of-N).")
     p.add_argument("--seed", type=int, default=0, help="Base seed; prompt i uses seed + 1 + i for every setting.")
     p.add_argument("--checkpoint", required=True, help="SD1.x checkpoint name as the server lists it.")
-    p.add_argument("--msid", default="msid.pt")
-    p.add_argument("--mapper", default="mapping.pt")
+    p.add_argument("--msid", default="msid.pt", help="MSID encoder as the server lists it (models/face2diffusion).")
+    p.add_argument("--mapper", default="mapping.pt", help="Mapper file as the server lists it (models/face2diffusion).")
     p.add_argument("--pack", default="buffalo_l", help="insightface pack (detector) on the server and here.")
-    p.add_argument("--expression-model", default="epoch_20.pth")
+    p.add_argument(
+        "--expression-model", default="epoch_20.pth", help="Deep3DFaceRecon model for the expression setting."
+    )
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS, help="Settings to compare.")
     p.add_argument("--identity-start", type=float, default=0.2, help="identity_start of that setting.")
     p.add_argument("--insightface-root", type=Path, required=True, help="Folder holding models/<pack>/ (scoring).")
     p.add_argument("--recognizer", type=Path, required=True, help="ArcFace ONNX, e.g. .../buffalo_l/w600k_r50.onnx.")
     p.add_argument("--clip", type=Path, help="CLIP folder (transformers or open_clip); without it identity only.")
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--cfg", type=float, default=7.0)
+    p.add_argument("--size", type=int, default=512, help="Image width and height in pixels (the paper: 512).")
+    p.add_argument("--steps", type=int, default=30, help="Sampler steps (the paper: 30, Euler ancestral).")
+    p.add_argument("--cfg", type=float, default=7.0, help="Classifier-free guidance scale (the paper: 7).")
     p.add_argument("--timeout", type=float, default=3600, help="Seconds one batch may take.")
     p.add_argument("--note", default="", help="A line printed on the plots and the table (e.g. which models).")
     p.add_argument("--out", type=Path, required=True, help="Output folder (a rerun continues in it).")
@@ -293,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        return run(args)
+        with logging_redirect_tqdm():  # log lines (detector, scores) are written above the progress bar
+            return run(args)
     except (UsageError, F2DError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE

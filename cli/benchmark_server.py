@@ -11,6 +11,8 @@ from typing import Any
 import requests
 from PIL import Image
 
+from cli.run_workflow import format_rejection
+
 POLL_SECONDS = 0.5
 
 
@@ -60,8 +62,10 @@ class ComfyClient:
     def run(self, graph: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Queue a graph and wait for its history entry; ServerError with the node's message when it fails."""
         response = self._call("POST", "/prompt", json={"prompt": graph, "client_id": self.client_id})
+        if response.status_code == 400:
+            raise ServerError(format_rejection(response.json(), graph))
         if response.status_code != 200:
-            raise ServerError(f"ComfyUI rejected the graph: {response.text[:2000]}")
+            raise ServerError(f"POST /prompt answered HTTP {response.status_code}: {response.text[:300]}")
         prompt_id = response.json()["prompt_id"]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,10 +1,16 @@
 """Train the F2D mapper outside the server: ComfyUI as a library, one process, or one per GPU through torchrun.
 
-    python cli/train_mapper.py --comfyui ~/ComfyUI --checkpoint sd14.safetensors --msid msid.pt \\
-        --mapper mapping.pt --insightface-root ~/ComfyUI/models/insightface --pack buffalo_l \\
-        --folder ~/faces --face-parser 79999_iter.pth --expression-model epoch_20.pth \\
-        --steps 100000 --batch-size 32 --lr 1e-5 --run-dir runs/ffhq --out f2d_mapper_ffhq.safetensors
+    cd ~/ComfyUI/custom_nodes/comfyui-face2diffusion   # or any folder: give the script's full path
+    M=~/ComfyUI/models
+    python cli/train_mapper.py --comfyui ~/ComfyUI --checkpoint $M/checkpoints/sd-v1-4.ckpt \\
+        --msid $M/face2diffusion/msid.pt --mapper $M/face2diffusion/mapping.pt \\
+        --insightface-root $M/insightface --pack buffalo_l --folder ~/faces \\
+        --face-parser $M/face2diffusion/79999_iter.pth --expression-model $M/face2diffusion/epoch_20.pth \\
+        --steps 100000 --batch-size 32 --lr 1e-5 --run-dir ~/f2d_runs/ffhq --out $M/face2diffusion/ffhq.safetensors
     torchrun --nproc_per_node 4 cli/train_mapper.py ...same arguments...   # DDP: 8 photos per GPU
+
+File paths are read relative to the folder the command runs in (as any command's); the script finds
+the node pack and ComfyUI itself, so it runs from any folder.
 
 `--batch-size` is the global batch: each of the N ranks takes batch/N samples of every step and DDP
 averages the gradients, so one update is the same as a single process's at the full batch. The
@@ -67,7 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(description="Train the Face2Diffusion mapper with CGDR (one or many GPUs, or CPU).")
     p.add_argument("--comfyui", help="ComfyUI checkout (default: $COMFYUI_PATH).")
-    p.add_argument("--checkpoint", type=Path, required=True, help="SD1.x checkpoint (.safetensors) to train for.")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="SD1.x checkpoint file to train for (.safetensors or .ckpt, as ComfyUI loads them).",
+    )
     p.add_argument("--msid", type=Path, required=True, help="MSID encoder: msid.pt or a combined .safetensors.")
     start = p.add_mutually_exclusive_group(required=True)
     start.add_argument("--mapper", type=Path, help="Starting mapper: mapping.pt or a trained .safetensors.")

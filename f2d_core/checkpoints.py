@@ -39,11 +39,14 @@ def _split(sd: StateDict, prefix: str) -> StateDict:
     return {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
 
 
+def _is_combined(sd: StateDict, metadata: dict[str, str]) -> bool:
+    """Whether a file is the converter's combined file (both parts, prefixed)."""
+    return metadata.get("format") == FORMAT_NAME or any(k.startswith((MSID_PREFIX, MAPPER_PREFIX)) for k in sd)
+
+
 def _part(sd: StateDict, metadata: dict[str, str], prefix: str) -> StateDict:
     """The msid or mapper tensors of a file, whether combined (prefixed) or plain."""
-    if metadata.get("format") == FORMAT_NAME or any(k.startswith((MSID_PREFIX, MAPPER_PREFIX)) for k in sd):
-        return _split(sd, prefix)
-    return sd
+    return _split(sd, prefix) if _is_combined(sd, metadata) else sd
 
 
 _PARTS = {  # prefix in a combined file -> (model, what it is, what a file holding only the other part lacks)
@@ -72,14 +75,21 @@ def load_mapper(path: Path | str) -> F2DMapper:
 
 
 def load_f2d_models(msid_path: Path | str, mapper_path: Path | str | None = None) -> F2DModels:
-    """Both parts: from two files, or from one combined `.safetensors` (read once) when `mapper_path` is None."""
+    """Both parts: from two files, or from one combined `.safetensors` (read once) when `mapper_path` is None
+    or the same file; WeightFileError when that one file is not a combined one (e.g. a plain msid.pt)."""
     mapper_path = mapper_path or msid_path
     msid_weights = read_weights(msid_path)
+    msid = _load_part(msid_weights, msid_path, MSID_PREFIX)
     same_file = Path(mapper_path) == Path(msid_path)
-    mapper_weights = msid_weights if same_file else read_weights(mapper_path)
+    if same_file and not _is_combined(*msid_weights):
+        raise WeightFileError(
+            f"{msid_path} holds only {MSID_WHAT}, so the mapper cannot be read from it: reading both parts from the "
+            "MSID file works only with a combined .safetensors made by the converter (cli/convert.py msid.pt "
+            "mapping.pt). Choose mapping.pt as the mapper, or convert the two files into one."
+        )
     return F2DModels(
-        msid=_load_part(msid_weights, msid_path, MSID_PREFIX),
-        mapper=_load_part(mapper_weights, mapper_path, MAPPER_PREFIX),
+        msid=msid,
+        mapper=_load_part(msid_weights if same_file else read_weights(mapper_path), mapper_path, MAPPER_PREFIX),
         sources={"msid": Path(msid_path).name, "mapper": Path(mapper_path).name},
     )
 

@@ -6,7 +6,15 @@ class F2DError(Exception):
 
 
 class WeightFileError(F2DError):
-    """A weight file is missing, truncated, unsafe or belongs to another model."""
+    """A weight file is missing, truncated, unsafe or belongs to another model.
+
+    `problem` says what is wrong with the file; `fix` what to do in the place it was chosen (a node's
+    input by default), so that a command line can say its own fix instead.
+    """
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        super().__init__(f"{problem} {fix}".strip())
+        self.problem, self.fix = problem, fix
 
 
 class NoFaceError(F2DError):

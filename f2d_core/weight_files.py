@@ -82,8 +82,9 @@ def check_pickle_allowed(path: Path) -> None:
     raise WeightFileError(
         f"{path} is a pickle file, and torch {torch.__version__} can be made to run code while loading one even "
         f"with weights_only=True (CVE-2025-32434, CVE-2026-24747), so this pack does not open it. Convert it once "
-        f"to .safetensors with `python -m f2d_core.convert --each {path.name}` (msid.pt and mapping.pt: "
-        f"`python -m f2d_core.convert msid.pt mapping.pt`) run under torch >= {safe} in any Python environment, "
+        f"to .safetensors with `python custom_nodes/comfyui-face2diffusion/cli/convert.py --each {path}` "
+        f"(msid.pt and mapping.pt together: `cli/convert.py msid.pt mapping.pt`; in the node pack's folder also "
+        f"`python -m f2d_core.convert --each {path.name}`) run under torch >= {safe} in any Python environment, "
         f"or download a .safetensors of it, and choose that file; or update ComfyUI's torch to {safe} or newer."
     )
 
@@ -137,6 +138,12 @@ def _unwrap(obj: object, path: Path, select: str | None = None) -> StateDict:
             f"it is not a weight file this pack can use."
         )
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    for key in bad:  # a training checkpoint of a known model (Deep3DFaceRecon's epoch_20.pth: "net_recon")
+        guess = describe_weights(list(obj[key])) if isinstance(obj[key], Mapping) else None
+        if guess:
+            raise WeightFileError(
+                f"{path} is {guess} (a training checkpoint holding it as {key!r}), not the weights this input takes."
+            )
     if bad:
         raise WeightFileError(
             f"{path} is not a plain state dict: entries {bad[:5]} are not tensors "
@@ -197,7 +204,7 @@ def check_state_dict(sd: StateDict, model: nn.Module, path: Path | str, expected
     guess = describe_weights(list(sd))
     intro = f"{path} is not {expected}"
     intro += f": it looks like {guess}." if guess and guess != expected else "."
-    raise WeightFileError(f"{intro} {'; '.join(problems)}. Pick the right file for this input.")
+    raise WeightFileError(f"{intro} {'; '.join(problems)}.", fix="Pick the right file for this input.")
 
 
 def load_into(model_type: Callable[[], nn.Module], sd: StateDict, path: Path | str, expected: str) -> nn.Module:

@@ -6,7 +6,7 @@ import torch
 from comfy_api.latest import io
 
 from ..f2d_core.errors import EvaluationError
-from ..f2d_core.evaluation.best_of_n import RANK_BY, harmonic_mean, keep_best, ranking_scores
+from ..f2d_core.evaluation.best_of_n import RANK_BY, choose_best, harmonic_mean
 from .evaluation_sockets import F2DScoresSocket, ImageScores, score_table
 
 
@@ -21,7 +21,9 @@ class F2DBestOfN(io.ComfyNode):
             category="face2diffusion",
             is_output_node=True,
             description="Keeps the k best images of a batch: by identity (Face Similarity), prompt fidelity (CLIP "
-            "Score) or their harmonic mean, as the paper combines them. A sampler batch of 8 becomes the best 2.",
+            "Score) or their harmonic mean, as the paper combines them. A sampler batch of 8 becomes the best 2. When "
+            "no image shows a face (every identity score 0) it ranks by prompt if CLIP Score is connected, and "
+            "otherwise keeps the whole batch, with a note.",
             inputs=[
                 io.Image.Input("images", tooltip="The batch to choose from (the one the scores were computed on)."),
                 io.Int.Input("keep", default=1, min=1, max=4096, tooltip="How many images to keep (k)."),
@@ -54,20 +56,22 @@ class F2DBestOfN(io.ComfyNode):
     ) -> io.NodeOutput:
         identity = identity_scores.values if identity_scores is not None else None
         prompt = prompt_scores.values if prompt_scores is not None else None
-        ranking = ranking_scores(identity, prompt, rank_by)
+        choice = choose_best(identity, prompt, rank_by, keep)
+        ranking, kept = choice.ranking, choice.kept
         if ranking.shape[0] != images.shape[0]:
             raise EvaluationError(
                 f"{ranking.shape[0]} scores for {images.shape[0]} images: score the same batch you choose from"
             )
-        kept = keep_best(ranking, keep)
         columns = {"rank score": ranking[kept]}
         if identity is not None:
             columns["identity"] = identity[kept]
         if prompt is not None:
             columns["CLIP"] = prompt[kept]
-        if identity is not None and prompt is not None and rank_by != "harmonic mean":
+        if identity is not None and prompt is not None and choice.rank_by != "harmonic mean":
             columns["hMean"] = harmonic_mean(identity, prompt)[kept]
-        table = f"best {len(kept)} of {images.shape[0]} by {rank_by}\n" + score_table(columns, kept.tolist())
+        table = f"best {len(kept)} of {images.shape[0]} by {choice.rank_by}\n" + score_table(columns, kept.tolist())
+        if choice.note:
+            table += f"\n{choice.note}"
         indices = ", ".join(str(i + 1) for i in kept.tolist())
         scores = ", ".join(f"{float(s):.4f}" for s in ranking[kept])
         return io.NodeOutput(images[kept], indices, scores, table, ui={"text": (table,)})

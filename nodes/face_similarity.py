@@ -84,6 +84,12 @@ class F2DFaceSimilarity(io.ComfyNode):
         result = identity_scores(f2d_model.detector, recognizer, images, references)
         table = score_table({"identity": result.scores, "face": result.face_found})
         table += f"\nmean {float(result.scores.mean()):.4f}, faces found in {100 * result.found_rate:.0f}% of images"
+        missed = int((~result.face_found).sum())
+        if missed:
+            table += (
+                f"\nno face in {missed} of {len(result.face_found)} image(s): they score 0 (a helmet, a turned or "
+                "too small face; the images must be the generated ones, after VAE Decode)"
+            )
         pairs = zip(result.scores.tolist(), result.face_found.tolist(), strict=True)
         labels = [f"id {score:.3f}" if found else "no face: 0" for score, found in pairs]
         previews = draw_labels(images, labels)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from f2d_core.checkpoints import load_f2d_models, load_mapper, load_msid, sha256_of
 from f2d_core.convert import main as convert_main
 from f2d_core.errors import WeightFileError
+from tests.support import synthetic_deep3d
 from tests.support.formula_weights import official_state_dicts
 
 
@@ -56,6 +59,31 @@ def test_converter_reports_a_bad_input_and_fails(tmp_path, official_checkpoints,
     assert convert_main([str(official_checkpoints[0]), str(bogus), "-o", str(tmp_path / "o.safetensors")]) == 1
     assert "mapping.pt could not be read" in caplog.text
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_converter_runs_from_any_folder_and_speaks_as_a_command_line(tmp_path, official_checkpoints):
+    """cli/convert.py as a subprocess from another folder; a swapped file names the argument and the fix."""
+    msid_path, mapping_path = official_checkpoints
+    script = Path(__file__).resolve().parents[1] / "cli" / "convert.py"
+    elsewhere = tmp_path / "somewhere"
+    elsewhere.mkdir()
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=elsewhere)
+
+    done = run(str(msid_path), str(mapping_path), "-o", "f2d.safetensors")
+    assert done.returncode == 0, done.stderr
+    assert "choose it as msid_file" in done.stderr
+    load_f2d_models(elsewhere / "f2d.safetensors")
+    done = run(str(mapping_path), str(msid_path), "-o", "swapped.safetensors")
+    assert done.returncode == 1 and not (elsewhere / "swapped.safetensors").exists()
+    assert f"MSID {mapping_path}: {mapping_path} is not the F2D MSID encoder" in done.stderr
+    assert "Fix: give the official msid.pt as the first argument (MSID)." in done.stderr
+    assert "Pick the right file for this input" not in done.stderr and "Traceback" not in done.stderr
+    assert "python custom_nodes/comfyui-face2diffusion/cli/convert.py" in run("--help").stdout
+    pack_dir = script.parents[1]  # and the module form still runs in the pack's folder
+    module = subprocess.run([sys.executable, "-m", "f2d_core.convert", "--help"], capture_output=True, cwd=pack_dir)
+    assert module.returncode == 0
 
 
 def test_plain_safetensors_of_each_part_load(tmp_path, state_dicts):
@@ -132,6 +160,29 @@ def test_training_checkpoint_with_settings_is_not_a_state_dict(tmp_path, state_d
     torch.save({**state_dicts[1], "epoch": 3}, tmp_path / "mapping.pt")
     with pytest.raises(WeightFileError, match=r"not a plain state dict: entries \['epoch'\] are not tensors"):
         load_mapper(tmp_path / "mapping.pt")
+
+
+def test_deep3dfacerecon_checkpoint_as_msid_or_mapper_is_named(tmp_path):
+    """epoch_20.pth (a training checkpoint: net_recon beside the optimizer state) picked in the wrong slot."""
+    path = synthetic_deep3d.write_published_checkpoint(tmp_path / "epoch_20.pth")
+    for load in (load_msid, load_mapper):
+        with pytest.raises(
+            WeightFileError,
+            match=r"epoch_20\.pth is a Deep3DFaceRecon expression model \(a training checkpoint "
+            r"holding it as 'net_recon'\)",
+        ):
+            load(path)
+
+
+def test_mapper_from_a_plain_msid_file_says_it_needs_a_combined_file(official_checkpoints):
+    msid_path, _ = official_checkpoints
+    for mapper in (None, msid_path):
+        with pytest.raises(
+            WeightFileError,
+            match=r"msid\.pt holds only the F2D MSID encoder \(msid\.pt\), so the mapper cannot be "
+            r"read from it: .* only with a combined \.safetensors made by the converter",
+        ):
+            load_f2d_models(msid_path, mapper)
 
 
 def test_swapped_files_name_what_they_are(official_checkpoints):

@@ -88,6 +88,9 @@ def test_photo_missed_at_one_size_is_found_by_the_cascade(
     bgr = np.ascontiguousarray(photo[:, :, ::-1])
     assert detector._detect_at(bgr, 640) == [] and detector._detect_at(bgr, 320) == []  # missed before
     with caplog.at_level(logging.INFO, logger="f2d_core.faces"):
+        assert len(detector.detect(photo, "image 1 of 1")) == 1
+    assert caplog.records == [], "per-image detection lines at INFO break the progress bars around them"
+    with caplog.at_level(logging.DEBUG, logger="f2d_core.faces"):
         faces = detector.detect(photo, "image 1 of 1")
     assert len(faces) == 1, caplog.text
     (face,) = faces

@@ -14,6 +14,7 @@ from f2d_core.errors import EvaluationError
 from f2d_core.evaluation.benchmark_table import best_of_n_by_setting, best_of_n_table, results_table, summarize
 from f2d_core.evaluation.best_of_n import (
     best_of_n_curve,
+    choose_best,
     expected_best_of_n,
     geometric_mean,
     harmonic_mean,
@@ -48,6 +49,21 @@ def test_ranking_needs_the_scores_it_ranks_by() -> None:
         ranking_scores(None, prompt, "identity")
     with pytest.raises(EvaluationError, match="identity scores for 2 images but prompt scores for 1"):
         ranking_scores(identity, prompt[:1], "prompt")
+
+
+def test_no_face_in_any_image_ranks_by_prompt_or_keeps_the_whole_batch() -> None:
+    """Every identity score 0: identity cannot choose, so prompt scores do, or nothing is thrown away."""
+    identity, prompt = torch.zeros(4), torch.tensor([0.1, 0.4, 0.2, 0.3])
+    for rank_by in ("identity", "harmonic mean"):
+        choice = choose_best(identity, prompt, rank_by, 2)
+        assert choice.kept.tolist() == [1, 3] and choice.rank_by == "prompt"
+        assert "(no face found in any of the 4 image(s)): ranked by prompt instead" in choice.note
+    choice = choose_best(identity, None, "identity", 1)
+    assert choice.kept.tolist() == [0, 1, 2, 3] and "kept the whole batch" in choice.note
+    some_face = choose_best(torch.tensor([0.0, 0.0, 0.5, 0.0]), None, "identity", 1)
+    assert some_face.kept.tolist() == [2] and some_face.note == "" and some_face.rank_by == "identity"
+    with pytest.raises(EvaluationError, match="keep at least 1"):
+        choose_best(identity, None, "identity", 0)
 
 
 def test_expected_best_of_n_equals_enumerating_every_subset() -> None:

@@ -244,7 +244,7 @@ def test_face_too_big_for_640_is_found_on_the_padded_photo(
 ) -> None:
     big = si.square_image((640, 640), [(320, 320, 256, 255)])
     assert detector._detect_at(np.ascontiguousarray(big[:, :, ::-1]), 640) == []  # 256 px > the largest anchor
-    with caplog.at_level(logging.INFO, logger="f2d_core.faces"):
+    with caplog.at_level(logging.DEBUG, logger="f2d_core.faces"):  # per-image lines: DEBUG
         faces = detector.detect(big, "image 1 of 1")
     assert "image 1 of 1: no face on the photo at detection size 640; trying the photo padded by 320 px" in caplog.text
     assert "found on the photo padded by 320 px at detection size 640 (attempt 2 of 4)" in caplog.text

@@ -66,7 +66,8 @@ def test_comfyignore_keeps_tests_benchmarks_and_ci_out_of_the_archive() -> None:
     shipped = [str(p.relative_to(REPO)) for p in REPO.rglob("*") if p.is_file() and ".git" not in p.parts]
     kept_out = _ignored(shipped)
     assert {p for p in shipped if p.split("/")[0] in ("tests", "bench", ".ci")} <= kept_out
-    needed = [p for p in shipped if p.split("/")[0] in ("nodes", "f2d_core", "js", "workflows", "cli")]
+    needed = [p for p in shipped if p.split("/")[0] in ("nodes", "f2d_core", "js", "workflows", "cli", "docs")]
     needed += ["__init__.py", "pyproject.toml", "requirements.txt", "README.md", "LICENSE"]
     assert not kept_out & set(needed)
     assert any(p.startswith("js/docs/") for p in needed)
+    assert "docs/troubleshooting.md" in needed  # the README's deep pages ship with it

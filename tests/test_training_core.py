@@ -13,7 +13,7 @@ from f2d_core.identity.mapper import F2DMapper
 from f2d_core.training.data.dataset import TrainingSet
 from f2d_core.training.data.report import DatasetReport
 from f2d_core.training.losses import denoising_loss, needs_class_prediction
-from f2d_core.training.mapper_output import check_mapper_destination
+from f2d_core.training.mapper_output import check_mapper_destination, run_of
 from f2d_core.training.precision import LossScale
 from f2d_core.training.run_identity import RunIdentity, RunMismatch, dataset_digest, names_only_dataset_digest
 from f2d_core.training.state_file import check_free_disk, load_state, save_state, state_bytes
@@ -164,9 +164,9 @@ def test_a_trained_mapper_never_replaces_another_file_and_replaces_a_mapper_only
 
     check_mapper_destination(tmp_path / "new.safetensors", overwrite=False)
     mapper_file = save_f2d_safetensors(tmp_path / "mine.safetensors", mapper=F2DMapper())
-    with pytest.raises(F2DError, match=r"already holds a Face2Diffusion mapper\. Turn on overwrite"):
+    with pytest.raises(F2DError, match=r"already holds a Face2Diffusion mapper from another run\. Turn on overwrite"):
         check_mapper_destination(mapper_file, overwrite=False)
-    check_mapper_destination(mapper_file, overwrite=True)
+    assert "(overwrite)" in check_mapper_destination(mapper_file, overwrite=True)
     from f2d_core.identity.msid_encoder import MSIDEncoder
 
     combined = tmp_path / "combined.safetensors"
@@ -176,6 +176,26 @@ def test_a_trained_mapper_never_replaces_another_file_and_replaces_a_mapper_only
     for path, what in ((combined, "holds more than a mapper"), (other, "not a safetensors file")):
         with pytest.raises(F2DError, match=what):
             check_mapper_destination(path, overwrite=True)
+
+
+def test_the_same_run_continued_replaces_its_own_mapper_and_no_other_run_does(tmp_path):
+    from f2d_core.checkpoints import save_f2d_safetensors
+    from f2d_core.errors import F2DError
+
+    identity = {"dataset": "d", "start_mapper": "m", "loss": "cgdr", "global_batch_size": 2, "seed": 0, "world_size": 1}
+    settings = {"run_dir": str(tmp_path / "runs" / "a"), "run_identity": identity}
+    saved = save_f2d_safetensors(
+        tmp_path / "m.safetensors", mapper=F2DMapper(), metadata={"training_settings": settings, "trained_steps": "2"}
+    )
+    note = check_mapper_destination(saved, overwrite=False, run=run_of({**settings, "steps": 4}))
+    assert note == "replaced this run's earlier mapper (step 2) in m.safetensors"
+    for other in (
+        {**settings, "run_dir": str(tmp_path / "runs" / "b")},
+        {**settings, "run_identity": {**identity, "seed": 1}},
+    ):
+        with pytest.raises(F2DError, match=r"from another run\. Turn on overwrite"):
+            check_mapper_destination(saved, overwrite=False, run=run_of(other))
+    assert run_of({"run_dir": "x"}) is None
 
 
 def test_training_state_refuses_other_files(tmp_path, official_checkpoints):
@@ -227,6 +247,17 @@ def test_shuffle_takes_the_identity_from_another_photo_of_the_same_person():
             assert r == 5
         else:
             assert r != t and data.person[r] == data.person[t]
+
+
+def test_shuffle_says_when_it_cannot_shuffle():
+    data = _data()
+    assert data.shuffle_note().startswith("shuffle_identities: 1 of 6 photos have no other photo of their person")
+    data.person = [""] * 6  # a flat folder
+    data.__post_init__()
+    assert "shuffle_identities does nothing here: no person has two photos" in data.shuffle_note()
+    data.person = ["a", "a", "a", "b", "b", "b"]
+    data.__post_init__()
+    assert data.shuffle_note() == ""
 
 
 def test_expression_dropout_rate_and_no_expression_without_codes():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -61,6 +62,39 @@ def keep_best(scores: torch.Tensor, k: int) -> torch.Tensor:
         raise EvaluationError(f"keep {k} images? keep at least 1")
     order = sorted(range(scores.shape[0]), key=lambda i: (-float(scores[i]), i))
     return torch.tensor(order[:k], dtype=torch.int64)
+
+
+@dataclass
+class BestOfN:
+    """What Best of N kept: `kept` [k] int64 indices best first, the `ranking` [B] they were ranked by,
+    the `rank_by` actually used, and a `note` for the user ("" when the ranking went as asked)."""
+
+    kept: torch.Tensor
+    ranking: torch.Tensor
+    rank_by: str
+    note: str = ""
+
+
+def choose_best(identity: torch.Tensor | None, prompt: torch.Tensor | None, rank_by: str, k: int) -> BestOfN:
+    """The k best images of a batch by `rank_by`, never a choice among ties of 0.
+
+    When every identity score [B] is 0 (no face in any image: a helmet, a turned face) and the
+    ranking uses identity, identity cannot choose: with prompt scores the batch is ranked by
+    prompt instead; without them the whole batch is kept in its order, so no image is lost. The
+    `note` says which happened. EvaluationError as `ranking_scores` and `keep_best`.
+    """
+    ranking = ranking_scores(identity, prompt, rank_by)
+    if k < 1:
+        raise EvaluationError(f"keep {k} images? keep at least 1")
+    if rank_by == "prompt" or bool((identity > 0).any()):
+        return BestOfN(keep_best(ranking, k), ranking, rank_by)
+    count = identity.shape[0]
+    why = f"every identity score is 0 (no face found in any of the {count} image(s))"
+    if prompt is not None:
+        ranking = prompt.float()
+        return BestOfN(keep_best(ranking, k), ranking, "prompt", f"{why}: ranked by prompt instead")
+    note = f"{why}: kept the whole batch in its order; connect CLIP Score's scores to rank by prompt instead"
+    return BestOfN(torch.arange(count), ranking, rank_by, note)
 
 
 def expected_best_of_n(rank: Sequence[float], value: Sequence[float], n: int) -> float:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from ..errors import EvaluationError, NoFaceError
+from ..errors import EvaluationError
 from ..faces.face_detection import FaceDetector, pick_face
 from ..images import as_labeled_images
 from .recognition import FaceRecognizer
@@ -40,8 +40,8 @@ class IdentityScores:
 
 
 def _unit_float_chw(rgb: np.ndarray) -> torch.Tensor:
-    """HxWx3 uint8 -> [1, 3, H, W] float in [0, 1]."""
-    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div_(255.0)
+    """HxWx3 uint8 -> [1, 3, H, W] float in [0, 1] (a copy: `rgb` may be a read-only view, e.g. of a PIL image)."""
+    return torch.tensor(rgb).permute(2, 0, 1)[None].float().div_(255.0)
 
 
 def faces_in_images(
@@ -58,7 +58,7 @@ def faces_in_images(
         if not faces:
             crops.append(torch.zeros(0, 3, recognizer.input_size, recognizer.input_size))
             continue
-        landmarks = torch.from_numpy(np.stack([face.kps for face in faces]))
+        landmarks = torch.tensor(np.stack([face.kps for face in faces]))
         image = _unit_float_chw(item.rgb).expand(len(faces), -1, -1, -1)
         crops.append(recognizer.align(image, landmarks).cpu())
     return crops
@@ -71,7 +71,7 @@ def largest_face_crops(
     crops = []
     for item in as_labeled_images(photos):
         face = pick_face(detector.detect(item.rgb, item.label), f"reference {item.label}")
-        landmarks = torch.from_numpy(face.kps[None])
+        landmarks = torch.tensor(face.kps[None])
         crops.append(recognizer.align(_unit_float_chw(item.rgb), landmarks).cpu())
     return torch.cat(crops)
 
@@ -116,21 +116,17 @@ def identity_scores(
 ) -> IdentityScores:
     """Identity scores of generated images against reference embeddings [P, D] (one row per person).
 
-    Raises EvaluationError when no image holds a face: the scores would all be 0 for a reason the
-    user should see (wrong images connected, or a detector that does not see these faces).
+    An image without a face scores 0, also when no image of the batch holds one (a helmet, a face
+    turned away): the run goes on, and the caller shows `face_found` beside the scores. Raises
+    EvaluationError without a reference person.
     """
     if references.ndim != 2 or references.shape[0] == 0:
         raise EvaluationError("no reference person to compare with: connect an F2D face or reference photos")
     crops = faces_in_images(detector, recognizer, images)
     counts = [c.shape[0] for c in crops]
-    if not any(counts):
-        raise NoFaceError(
-            f"no face found in any of the {len(counts)} generated image(s), so identity cannot be scored. Check "
-            "that the images are the generated ones (after VAE Decode) and large enough for the detector."
-        )
-    embeddings = recognizer.embed(torch.cat([c for c in crops if c.shape[0]]))
-    per_image = torch.split(embeddings, [c for c in counts if c])
-    found_iter = iter(per_image)
+    found = [c for c in crops if c.shape[0]]
+    embeddings = recognizer.embed(torch.cat(found)) if found else torch.zeros(0, references.shape[1])
+    found_iter = iter(torch.split(embeddings, [c for c in counts if c]))
     scores = torch.tensor(
         [float(match_to_references(next(found_iter), references).mean()) if n else 0.0 for n in counts]
     )

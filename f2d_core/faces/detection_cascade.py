@@ -157,7 +157,7 @@ def detect_with_cascade(
     `detect_at(bgr, size)` gives the faces of a BGR uint8 [H, W, 3] image fitted into size x size
     (dataclasses with `bbox` (x1, y1, x2, y2) and `kps` [5, 2] float32, in that image's pixels). Faces
     found on a padded photo are mapped back into the photo's pixels. Each failed attempt is logged
-    at INFO with the next one.
+    at DEBUG with the next one (per-image lines at INFO would break the progress bars around them).
     """
     for number, attempt in enumerate(attempts, start=1):
         if attempt.padding:
@@ -168,5 +168,5 @@ def detect_with_cascade(
         if faces:
             return CascadeResult(faces, attempt, number, len(attempts))
         if number < len(attempts):
-            logger.info("%s: no face on %s; trying %s", label, attempt.describe(), attempts[number].describe())
+            logger.debug("%s: no face on %s; trying %s", label, attempt.describe(), attempts[number].describe())
     return CascadeResult([], None, len(attempts), len(attempts))

@@ -451,8 +451,7 @@ class FaceDetector:
         found_by = result.describe()
         faces = [dataclasses.replace(face, found_by=found_by) for face in result.faces]
         faces.sort(key=lambda face: (-face.area, -face.score))
-        log = logger.debug if result.attempts_made == 1 else logger.info
-        log("%s: %d face(s), %s", label, len(faces), found_by)
+        logger.debug("%s: %d face(s), %s", label, len(faces), found_by)  # per image: DEBUG, not in progress bars
         return faces
 
 

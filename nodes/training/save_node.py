@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -11,9 +12,11 @@ from comfy_api.latest import io
 
 from ...f2d_core.atomic_io import atomic_write
 from ...f2d_core.checkpoints import save_f2d_safetensors
-from ...f2d_core.training.mapper_output import check_mapper_destination
+from ...f2d_core.training.mapper_output import check_mapper_destination, run_of
 from ..model_paths import F2D_FOLDER
 from ..sockets import F2DTrainedMapperSocket, TrainedMapper
+
+log = logging.getLogger(__name__)
 
 
 class F2DSaveMapper(io.ComfyNode):
@@ -35,8 +38,9 @@ class F2DSaveMapper(io.ComfyNode):
                     "overwrite",
                     default=False,
                     optional=True,
-                    tooltip="Replace an existing mapper of this name. A file that is not a mapper of this pack is "
-                    "never replaced.",
+                    tooltip="Replace an existing mapper of this name saved by another run. The same run continued "
+                    "(same run_name, more steps) replaces its own mapper without it. A file that is not a mapper of "
+                    "this pack is never replaced.",
                 ),
             ],
             outputs=[io.String.Output(display_name="path", tooltip="Where the mapper was written.")],
@@ -48,7 +52,7 @@ class F2DSaveMapper(io.ComfyNode):
     def execute(cls, trained_mapper: TrainedMapper, name: str, overwrite: bool = False) -> io.NodeOutput:
         stem = re.sub(r"[^\w\-.]", "_", name).strip("._") or "f2d_mapper_trained"
         folder = Path(folder_paths.get_folder_paths(F2D_FOLDER)[0])
-        check_mapper_destination(folder / f"{stem}.safetensors", overwrite)
+        note = check_mapper_destination(folder / f"{stem}.safetensors", overwrite, run_of(trained_mapper.settings))
         metadata = {
             "contents": "mapper",
             "trained_steps": str(trained_mapper.step),
@@ -59,4 +63,6 @@ class F2DSaveMapper(io.ComfyNode):
         path = save_f2d_safetensors(folder / f"{stem}.safetensors", mapper=trained_mapper.mapper, metadata=metadata)
         workflow = {"workflow": (cls.hidden.extra_pnginfo or {}).get("workflow"), "prompt": cls.hidden.prompt}
         atomic_write(folder / f"{stem}.workflow.json", lambda tmp: tmp.write_text(json.dumps(workflow, indent=1)))
+        if note:
+            log.info("Save F2D Mapper: %s", note)
         return io.NodeOutput(str(path), ui={"text": [str(path)]})

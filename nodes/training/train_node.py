@@ -174,6 +174,9 @@ class F2DTrainMapper(io.ComfyNode):
             checkpoint_every=checkpoint_every,
         )
         run_dir = training_run_dir(run_name)
+        note = dataset.shuffle_note() if shuffle_identities else ""
+        if note:
+            log.warning("%s", note)  # now, in the console; and under the node when training ends
         backend = trainer = None
         try:
             with torch.inference_mode(False):
@@ -223,7 +226,8 @@ class F2DTrainMapper(io.ComfyNode):
             },
             dataset_report=dataset.report.summary(),
         )
-        return io.NodeOutput(trained, ui={"text": [_summary(result, dtype)]})
+        summary = _summary(result, dtype) + (f"\n{note}" if note else "")
+        return io.NodeOutput(trained, ui={"text": [summary]})
 
 
 def _summary(result, dtype: str) -> str:

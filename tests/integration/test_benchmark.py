@@ -105,6 +105,27 @@ def test_bad_benchmark_inputs_are_named(comfy_server, comfy_models_dir, inputs) 
     assert done.returncode == 2 and "holds no photos" in done.stderr
 
 
+def test_a_wrong_checkpoint_is_a_sentence_naming_the_flag(comfy_server, comfy_models_dir, inputs) -> None:
+    cmd = command(comfy_server, comfy_models_dir, inputs, **{"--checkpoint": "sd-v1-4.ckpt"})
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=inputs["out"].parent, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "--checkpoint sd-v1-4.ckpt: the server has no such file in ComfyUI/models/checkpoints" in done.stderr
+    assert CHECKPOINT in done.stderr and "{" not in done.stderr and "node_errors" not in done.stderr
+
+
+def test_a_graph_the_server_rejects_is_told_in_lines_not_json(comfy_server, inputs) -> None:
+    """What reaches POST /prompt wrong anyway (e.g. a file removed meanwhile): node, input and value."""
+    from cli.benchmark_graph import Models, Sampling, generation_graph
+    from cli.benchmark_server import ComfyClient, ServerError
+
+    graph = generation_graph("official", "x.png", PROMPTS[0], 0, 1, Models("sd-v1-4.ckpt"), Sampling(64, 1), "rej")
+    with pytest.raises(ServerError) as info:
+        ComfyClient(comfy_server.url).run(graph, timeout=60)
+    message = str(info.value)
+    assert "node 1 (CheckpointLoaderSimple) input 'ckpt_name'" in message and "sd-v1-4.ckpt" in message
+    assert "node_errors" not in message and '"' not in message
+
+
 def test_the_expression_settings_graph_runs(comfy_server, inputs) -> None:
     """The benchmark's "expression" graph (Expression Reference from the face photo) runs on the server."""
     from cli.benchmark_graph import Models, Sampling, generation_graph

@@ -200,10 +200,6 @@ def test_bad_inputs_get_clear_errors(comfy_server, uploaded) -> None:
     assert error.node_type == "F2DLoadFaceRecognizer"
     assert "not_a_recognizer.onnx is not a face recogniser" in error.exception_message
 
-    error = _failure(comfy_server, scoring_graph(uploaded, batch=("none", "none")))
-    assert error.node_type == "F2DFaceSimilarity"
-    assert "no face found in any of the 2 generated image(s)" in error.exception_message
-
     graph = {
         "1": {"class_type": "F2DLoadCLIPScorer", "inputs": {"clip_model": "clip_vision_only"}},
         "2": {"class_type": "LoadImage", "inputs": {"image": uploaded["a"]}},
@@ -221,6 +217,23 @@ def test_bad_inputs_get_clear_errors(comfy_server, uploaded) -> None:
     }  # fmt: skip
     error = _failure(comfy_server, graph)
     assert error.node_type == "F2DBestOfN" and "needs prompt scores: connect CLIP Score" in error.exception_message
+
+
+def test_a_batch_without_any_face_scores_zero_and_best_of_n_keeps_it(comfy_server, uploaded) -> None:
+    """No face in any image (a helmet): the run goes on, the scores are 0, and no image is thrown away."""
+    graph = scoring_graph(uploaded, batch=("none", "none"))
+    graph["22"] = {
+        "class_type": "F2DBestOfN",
+        "inputs": {"images": graph["9"]["inputs"]["images"], "keep": 1, "rank_by": "identity",
+                   "identity_scores": ["9", 0]},
+    }  # fmt: skip
+    graph["23"] = {"class_type": "PreviewImage", "inputs": {"images": ["22", 0]}}
+    history = comfy_server.run(graph, timeout=300)
+    text = history["outputs"]["9"]["text"][0]
+    assert table_column(text, 0) == [0.0, 0.0] and "no face in 2 of 2 image(s): they score 0" in text
+    best = history["outputs"]["22"]["text"][0]
+    assert best.startswith("best 2 of 2 by identity") and "kept the whole batch in its order" in best
+    assert len(comfy_server.output_images(history, "23")) == 2
 
 
 def test_several_reference_people_each_find_their_own_face(comfy_server, uploaded) -> None:

@@ -177,6 +177,20 @@ def test_wrong_weight_file_is_a_node_error_naming_the_file(comfy_server, photos)
     assert "looks like the F2D mapper" in error.exception_message
 
 
+def test_expression_model_picked_as_msid_file_is_named(comfy_server, photos):
+    error = _failure(comfy_server, encode_face_graph(photos["a"], msid="epoch_20.pth"))
+    assert error.node_type == "F2DLoadMSIDEncoder"
+    assert "epoch_20.pth is a Deep3DFaceRecon expression model" in error.exception_message
+    assert "optimizer" not in error.exception_message
+
+
+def test_mapper_in_the_msid_file_needs_a_combined_file(comfy_server, photos):
+    error = _failure(comfy_server, encode_face_graph(photos["a"], mapper="(in the MSID file)"))
+    assert error.node_type == "F2DLoadMSIDEncoder"
+    assert "msid.pt holds only the F2D MSID encoder" in error.exception_message
+    assert "only with a combined .safetensors made by the converter" in error.exception_message
+
+
 def test_prompt_without_identifier_is_a_node_error(comfy_server, photos):
     error = _failure(comfy_server, encode_face_graph(photos["a"], text="a photo of a knight"))
     assert error.node_type == "F2DApplyTokens"

@@ -166,7 +166,7 @@ def test_save_replaces_a_mapper_only_with_overwrite_and_never_another_file(
     graph["4"]["inputs"]["run_name"] = "save_guard_2"  # another trained mapper for the same name
     failure = _failure(comfy_server, graph)
     assert failure.node_type == "F2DSaveMapper"
-    assert "already holds a Face2Diffusion mapper. Turn on overwrite" in failure.exception_message
+    assert "already holds a Face2Diffusion mapper from another run. Turn on overwrite" in failure.exception_message
     assert saved.read_bytes() == first
 
     graph["5"]["inputs"]["overwrite"] = True
@@ -181,6 +181,24 @@ def test_save_replaces_a_mapper_only_with_overwrite_and_never_another_file(
     assert failure.node_type == "F2DSaveMapper"
     assert "is a safetensors file of another model: it is left alone" in failure.exception_message
     assert other.read_bytes() == before
+
+
+def test_continuing_a_finished_run_with_more_steps_saves_over_its_own_mapper(
+    comfy_server, comfy_models_dir, photo_folder
+):
+    """The same run_name and save name with steps raised: it trains on, and the save replaces its own file.
+
+    The photos lie directly in the folder, so shuffle_identities has nothing to shuffle: the node says so.
+    """
+    graph = training_graph(photo_folder, "continued", steps=1, checkpoint_every=1, save_as="continued_mapper")
+    comfy_server.run(graph, timeout=TIMEOUT)
+    saved = comfy_models_dir / "face2diffusion" / "continued_mapper.safetensors"
+    graph["4"]["inputs"].update(steps=2, shuffle_identities=True)
+    history = comfy_server.run(graph, timeout=TIMEOUT)
+    with safe_open(str(saved), framework="pt") as f:
+        assert f.metadata()["trained_steps"] == "2"
+    assert "replaced this run's earlier mapper (step 1) in continued_mapper.safetensors" in comfy_server.log_text()
+    assert "shuffle_identities does nothing here: no person has two photos" in history["outputs"]["4"]["text"][0]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens on a machine without a CUDA GPU")

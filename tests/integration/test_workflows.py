@@ -158,6 +158,20 @@ def test_best_of_4_workflow_keeps_the_most_alike_image(comfy_server: ComfyServer
     assert [image.size for image in saved] == [(320, 320)]
 
 
+def test_best_of_4_workflow_keeps_every_image_when_none_shows_a_face(comfy_server, uploaded: dict[str, str]):
+    """The tiny UNet draws no faces (as a helmet hides one): Face Similarity scores 0 and says so, Best of N
+    keeps the whole batch with a note, and the workflow saves all four images instead of failing."""
+    graph = prepare_for_test(load_api(BEST_OF_4), uploaded, BEST_OF_4)
+    graph["8"]["inputs"].update(width=64, height=64)
+    history = comfy_server.run(graph, timeout=600)
+    table = history["outputs"]["13"]["text"][0]
+    assert [float(line.split()[1]) for line in table.splitlines()[1:5]] == [0.0] * 4
+    assert "no face in 4 of 4 image(s): they score 0" in table
+    best = history["outputs"]["14"]["text"][0]
+    assert best.startswith("best 4 of 4 by identity") and "kept the whole batch in its order" in best
+    assert [image.size for image in comfy_server.output_images(history, "11")] == [(64, 64)] * 4
+
+
 def test_training_workflow_trains_and_saves_a_mapper(
     comfy_server: ComfyServer, comfy_models_dir: Path, uploaded: dict[str, str]
 ):

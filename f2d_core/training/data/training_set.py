@@ -53,6 +53,22 @@ class TrainingSet:
     def __len__(self) -> int:
         return len(self.files)
 
+    def shuffle_note(self) -> str:
+        """What shuffle_identities can do on this set: "" when every photo has another of its person, else a
+        sentence for the user (nothing to shuffle in a flat folder, or how many photos are left as they are)."""
+        shufflable = sum(len(group) for group in self._groups.values() if len(group) > 1)
+        if shufflable == len(self):
+            return ""
+        if shufflable == 0:
+            return (
+                "shuffle_identities does nothing here: no person has two photos (photos directly in the folder are "
+                "each their own person). Put each person's photos in a subfolder of their own, or turn it off."
+            )
+        return (
+            f"shuffle_identities: {len(self) - shufflable} of {len(self)} photos have no other photo of their person "
+            "(in the folder itself, or alone in their subfolder) and are encoded as they are."
+        )
+
     def reference_index(self, i: int, generator: torch.Generator | None = None) -> int:
         """Another photo of sample i's person, drawn uniformly (FaceChain-FACT's shuffle); i when there is none.
 

@@ -1,0 +1,48 @@
+"""The command-line tools explain themselves from any folder: every option has help text and its default."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _help(script: str, cwd: Path) -> str:
+    command = [sys.executable, str(REPO_ROOT / "cli" / script), "--help"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _options(text: str) -> dict[str, str]:
+    """{--option: its help text} of an argparse --help page (the lines under "options:")."""
+    body = text.split("options:", 1)[1]
+    entries = re.split(r"\n  (?=-)", "\n" + body)
+    found = {}
+    for entry in entries:
+        match = re.match(r"(?:-\w, )?(--[\w-]+)", entry.strip())
+        if match:
+            found[match.group(1)] = " ".join(entry.split())
+    return found
+
+
+def test_benchmark_help_gives_every_option_a_text_and_the_defaults(tmp_path: Path) -> None:
+    options = _options(_help("benchmark.py", tmp_path))
+    expected = {"--msid": "msid.pt", "--mapper": "mapping.pt", "--size": "512", "--steps": "30", "--cfg": "7.0"}
+    for option, default in expected.items():
+        assert f"(default: {default})" in options[option], options[option]
+    for option, text in options.items():
+        words = text.split(None, 2)[2:] if option != "--help" else ["-"]
+        assert words and words[0].strip(), f"{option} has no help text: {text!r}"
+    assert "(default: None)" not in "".join(options.values())
+
+
+@pytest.mark.parametrize("flag", ["--checkpoint"])
+def test_train_mapper_help_names_the_checkpoint_formats_it_takes(tmp_path: Path, flag: str) -> None:
+    text = _options(_help("train_mapper.py", tmp_path))[flag]
+    assert ".safetensors" in text and ".ckpt" in text

@@ -1,0 +1,106 @@
+"""The README opens with install, tests and a one-screen quick start; the deep pages it links exist.
+
+The first lines are read by the CI and by people: the install command and `bash .ci/run` stay on
+lines 3 and 4, and the quick start (the three files, the template, Run) follows at once. Every
+relative link of README.md and docs/*.md points at a file of the repository (and a heading, when it
+names one), so moving a section cannot leave a dead link behind.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+INSTALL = (
+    "`cd ComfyUI/custom_nodes && git clone https://github.com/face2diffusion/comfyui-face2diffusion && "
+    "pip install -r comfyui-face2diffusion/requirements.txt`"
+)
+QUICK_START_LINES = 40  # "one screen"
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    return {_anchor(line.lstrip("#")) for line in page.read_text().splitlines() if line.startswith("#")}
+
+
+def test_readme_opens_with_install_tests_and_the_quick_start() -> None:
+    lines = (REPO / "README.md").read_text().splitlines()
+    assert lines[2].startswith("**Install**") and INSTALL in lines[2]
+    assert lines[3].startswith("**Run the tests:** `bash .ci/run`")
+    headings = [i for i, line in enumerate(lines) if line.startswith("## ")]
+    assert lines[headings[0]] == "## Quick start" and headings[0] < 8
+    quick = "\n".join(lines[headings[0] : headings[1]])
+    assert len(quick.splitlines()) <= QUICK_START_LINES
+    for needed in (
+        "msid.pt",
+        "mapping.pt",
+        "buffalo_l",
+        "ComfyUI/models/face2diffusion/",
+        "ComfyUI/models/insightface/models/",
+        "comfyui-face2diffusion",
+        "Portrait from one photo",
+        "**Run**",
+        "mkdir -p models/face2diffusion models/insightface/models",
+    ):
+        assert needed in quick, needed
+    assert re.search(r"!\[[^\]]+\]\(<?workflows/[^)]+\.jpg>?\)", quick)  # what you should see, as a picture
+    assert quick.count("](https://") >= 3  # a download link for each of the three files
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_relative_link_resolves(page: Path) -> None:
+    for target in re.findall(r"\]\((<[^>]+>|[^)\s]+)\)", page.read_text()):
+        target = target.strip("<>")
+        if target.startswith(("http://", "https://", "mailto:")):
+            continue
+        path, _, anchor = target.partition("#")
+        resolved = (page.parent / path).resolve() if path else page
+        assert resolved.exists(), f"{page.name}: link to {target} points at nothing"
+        if anchor and resolved.suffix == ".md":
+            assert anchor in _anchors(resolved), f"{page.name}: {resolved.name} has no heading #{anchor}"
+
+
+def test_the_deep_sections_live_in_docs_and_the_readme_links_each_page() -> None:
+    readme = (REPO / "README.md").read_text()
+    for page in sorted((REPO / "docs").glob("*.md")):
+        assert f"](docs/{page.name})" in readme, f"README does not link docs/{page.name}"
+    for moved in ("Face detection without onnxruntime", "Official parity", "Speed (measured)", "DDP"):
+        assert f"## {moved}" not in readme
+    assert "memory-map" in (REPO / "docs" / "training.md").read_text()  # the DDP memory figures
+
+
+# Troubleshooting quotes messages the code gives: (what the page says, what the code writes, where).
+QUOTED = [
+    ("no face in 4 of 4 image(s): they score 0", "image(s): they score 0", "nodes/face_similarity.py"),
+    ("shuffle_identities does nothing here: no person has two photos", None, "f2d_core/training/data/training_set.py"),
+    ("so the mapper cannot be read from it", None, "f2d_core/checkpoints.py"),
+    ("(a training checkpoint holding it as", None, "f2d_core/weight_files.py"),
+    ("replaced this run's earlier mapper", None, "f2d_core/training/mapper_output.py"),
+    ("choose an identifier of exactly 2", "choose an identifier of exactly", "f2d_core/conditioning/injection.py"),
+]
+
+
+def test_troubleshooting_covers_the_newcomer_traps_with_the_messages_the_code_gives() -> None:
+    page = re.sub(r"\s+", " ", (REPO / "docs" / "troubleshooting.md").read_text())
+    for topic in (
+        "no face in any generated image",
+        "saved face isn't listed",
+        "exactly two CLIP tokens",
+        "Continuing a run",
+        "## Where each command runs from",
+    ):
+        assert topic in page, topic  # fmt: skip
+    for quoted, in_code, source in QUOTED:
+        assert quoted in page, quoted
+        assert (in_code or quoted) in (REPO / source).read_text(), f"{source} no longer says {quoted!r}"
+    for script in ("cli/convert.py", "cli/run_workflow.py", "cli/train_mapper.py", "cli/benchmark.py"):
+        assert f"custom_nodes/comfyui-face2diffusion/{script}" in page and (REPO / script).is_file()

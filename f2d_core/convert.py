@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "files", type=Path, nargs="+", help="msid.pt then mapping.pt (or a trained mapper); with --each, any weight files"
+        "files", type=Path, nargs="+", help="msid.pt then mapping.pt (or a trained mapper); with --each, any files"
     )
     parser.add_argument(
         "-o",
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         default=Path("face2diffusion.safetensors"),
         help="the combined file to write; put it in ComfyUI/models/face2diffusion (default: %(default)s)",
     )
-    parser.add_argument("--each", action="store_true", help="convert each file on its own, to <name>.safetensors beside it")
+    parser.add_argument("--each", action="store_true", help="convert each file alone, to <name>.safetensors beside it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.each and len(args.files) != 2:

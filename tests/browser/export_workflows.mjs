@@ -2,8 +2,10 @@
 /**
  * Regenerate the bundled workflows with ComfyUI's own frontend:
  *   workflows/api/<name>.json  (read, then rewritten as the frontend's "Export (API)" writes it)
- *   workflows/<name>.json      (the frontend's "Export": UI format, laid out with groups and notes)
- *   workflows/<name>.jpg       (thumbnail: a screenshot of the laid-out graph, `--stamp` as its JPEG comment)
+ *   workflows/<title>.json     (the frontend's "Export": UI format, laid out with groups and notes)
+ *   workflows/<title>.jpg      (thumbnail: a screenshot of the laid-out graph, `--stamp` as its JPEG comment)
+ * where <title> is the template's title for people, from template_titles.json (the template browser shows
+ * the file name).
  *
  * Each API graph is loaded with the app's own loader (app.loadApiJson), placed by workflow_layout.mjs,
  * and exported with app.graphToPrompt(), exactly as the Export menu entries do.
@@ -25,6 +27,7 @@ import { launch, openComfy, prepareServer, realErrors } from "./comfy_page.mjs";
 import { LAYOUTS } from "./workflow_layout.mjs";
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const TITLES = JSON.parse(readFileSync(join(REPO, "tests", "browser", "template_titles.json"), "utf8"));
 const THUMBNAIL = { width: 1024, height: 640, maxBytes: 60 * 1024 };
 /** Settings for a clean thumbnail (no minimap, menus or stats; full detail when zoomed out); restored after. */
 const THUMBNAIL_SETTINGS = {
@@ -168,8 +171,10 @@ async function exportOne(context, url, name, stamp) {
   if (problems.length) throw new Error(`${name}: the page reported errors:\n${JSON.stringify(problems, null, 1)}`);
   exported.ui.id = stableId(name); // a fixed workflow id keeps regenerated files diff-free
   writeFileSync(join(REPO, "workflows", "api", `${name}.json`), json(exported.api));
-  writeFileSync(join(REPO, "workflows", `${name}.json`), json(exported.ui));
-  writeFileSync(join(REPO, "workflows", `${name}.jpg`), thumbnail);
+  const title = TITLES[name];
+  if (!title) throw new Error(`no title for ${name} in template_titles.json`);
+  writeFileSync(join(REPO, "workflows", `${title}.json`), json(exported.ui));
+  writeFileSync(join(REPO, "workflows", `${title}.jpg`), thumbnail);
   return { name, nodes: exported.ui.nodes.length, thumbnailBytes: thumbnail.length };
 }
 

@@ -28,9 +28,11 @@ from tests.support.comfy_server import ComfyServer, ExecutionFailed
 from tests.support.f2d_graphs import CHECKPOINT, save_conditioning
 from tests.support.workflow_files import (
     PLACEHOLDER_FILES,
+    TEMPLATE_TITLES,
     THUMBNAIL_STAMP,
     image_roles,
     load_api,
+    load_ui,
     without_meta,
     workflow_names,
 )
@@ -104,7 +106,8 @@ def preview_inputs(comfy_server: ComfyServer) -> None:
 
 @pytest.mark.skipif(os.environ.get("F2D_EXPORT_WORKFLOWS") != "1", reason="set F2D_EXPORT_WORKFLOWS=1 to regenerate")
 def test_export_workflows(comfy_server: ComfyServer, preview_inputs: None):
-    """Regenerates workflows/*.json, workflows/*.jpg and workflows/api/*.json (runs before the checks)."""
+    """Regenerates workflows/<title>.json, workflows/<title>.jpg and workflows/api/<name>.json (runs before the
+    checks)."""
     for name in NAMES:  # the thumbnails show exactly the uploaded placeholders
         graph = load_api(name)
         for node_id, role in image_roles(graph, name).items():
@@ -123,6 +126,7 @@ def report(comfy_server: ComfyServer, preview_inputs: None, artifacts_dir: Path)
         "url": comfy_server.url,
         "pack": PACK_DIR_NAME,
         "workflows": NAMES,
+        "titles": TEMPLATE_TITLES,
         "identifierCases": [[text, identifier] for text, identifier, _ in IDENTIFIER_CASES],
         "promptWithoutIdentifier": PROMPT_WITHOUT_IDENTIFIER,
         "out": str(artifacts_dir),
@@ -145,11 +149,9 @@ def test_page_opens_without_errors(report: dict):
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_opens_without_missing_nodes_or_errors(report: dict, name: str):
     result = report["workflows"][name]
-    assert result["served"], f"{name}.json is not served as a template"
+    assert result["served"], f"{TEMPLATE_TITLES[name]}.json is not served as a template"
     assert result["missingNodeTypes"] == [] and result["dialogs"] == []
-    assert sorted(result["loadedNodeTypes"]) == sorted(
-        [node["type"] for node in json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text())["nodes"]]
-    )
+    assert sorted(result["loadedNodeTypes"]) == sorted([node["type"] for node in load_ui(name)["nodes"]])
     assert real_errors(result["errors"]) == []
     with Image.open(result["screenshot"]) as screenshot:
         assert screenshot.format == "PNG" and screenshot.size == (1600, 1000)

@@ -2,11 +2,13 @@
  * Face2Diffusion: the text a node sends back when it runs (its UI text), shown on the node.
  *
  * Encode Face says which detection attempt found each photo's face; Apply F2D Tokens warns when the
- * CLIP has clip skip. An empty text clears the line. Neither saved in the workflow nor sent to the server.
+ * CLIP has clip skip; the save nodes name the file they wrote (with its counter). An empty text clears the
+ * line. Long lines wrap, and the node grows to show every wrapped line. Neither saved in the workflow nor
+ * sent to the server.
  */
 import { app } from "../../scripts/app.js";
 
-const NODE_TYPES = new Set(["F2DEncodeFace", "F2DApplyTokens"]);
+const NODE_TYPES = new Set(["F2DEncodeFace", "F2DApplyTokens", "F2DSaveFace", "F2DSaveMapper"]);
 const MESSAGE_WIDGET = "f2d_node_message";
 const LINE_HEIGHT = 16;
 
@@ -20,7 +22,11 @@ function addMessageLine(node) {
     color: "var(--descrip-text, #999)",
     overflow: "hidden",
   });
-  const lines = () => (element.textContent ? element.textContent.split("\n").length : 0);
+  // Lines as shown: the text's own lines, or more where they wrap at the node's width (once laid out).
+  const lines = () => {
+    const own = element.textContent ? element.textContent.split("\n").length : 0;
+    return Math.max(own, element.clientWidth ? Math.round(element.scrollHeight / LINE_HEIGHT) : 0);
+  };
   const widget = node.addDOMWidget(MESSAGE_WIDGET, "f2d_message", element, {
     serialize: false,
     hideOnZoom: true,
@@ -36,7 +42,13 @@ function addMessageLine(node) {
     const text = (message?.text ?? []).filter((line) => line).join("\n");
     element.textContent = text;
     element.style.color = text.startsWith("Warning:") ? "#f0a030" : "var(--descrip-text, #999)";
-    node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
+    const grow = () => node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
+    grow();
+    requestAnimationFrame(() => {
+      // once the text is laid out at the node's width, grow to its wrapped lines
+      grow();
+      node.setDirtyCanvas?.(true, true);
+    });
     node.setDirtyCanvas?.(true, true);
     return result;
   };

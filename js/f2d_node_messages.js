@@ -11,6 +11,7 @@ import { app } from "../../scripts/app.js";
 const NODE_TYPES = new Set(["F2DEncodeFace", "F2DApplyTokens", "F2DSaveFace", "F2DSaveMapper"]);
 const MESSAGE_WIDGET = "f2d_node_message";
 const LINE_HEIGHT = 16;
+const MARGIN = 3; // the DOM widget's margin (the frontend's default, 10, would eat a one-line message)
 
 function addMessageLine(node) {
   const element = document.createElement("div");
@@ -18,30 +19,31 @@ function addMessageLine(node) {
   Object.assign(element.style, {
     font: "11px sans-serif",
     lineHeight: `${LINE_HEIGHT}px`,
-    whiteSpace: "pre-wrap",
     color: "var(--descrip-text, #999)",
     overflow: "hidden",
   });
+  const text = element.appendChild(document.createElement("div")); // its height is the text's, not the box's
+  text.style.whiteSpace = "pre-wrap";
   // Lines as shown: the text's own lines, or more where they wrap at the node's width (once laid out).
   const lines = () => {
-    const own = element.textContent ? element.textContent.split("\n").length : 0;
-    return Math.max(own, element.clientWidth ? Math.round(element.scrollHeight / LINE_HEIGHT) : 0);
+    const own = text.textContent ? text.textContent.split("\n").length : 0;
+    return Math.max(own, Math.round(text.offsetHeight / LINE_HEIGHT));
   };
   const widget = node.addDOMWidget(MESSAGE_WIDGET, "f2d_message", element, {
     serialize: false,
     hideOnZoom: true,
-    getValue: () => element.textContent,
+    getValue: () => text.textContent,
     setValue: () => {},
-    getMinHeight: () => Math.max(1, lines()) * LINE_HEIGHT,
+    getMinHeight: () => Math.max(1, lines()) * LINE_HEIGHT + 2 * MARGIN,
+    margin: MARGIN,
   });
   widget.serialize = false;
 
   const onExecuted = node.onExecuted;
   node.onExecuted = function (message) {
     const result = onExecuted?.apply(this, arguments);
-    const text = (message?.text ?? []).filter((line) => line).join("\n");
-    element.textContent = text;
-    element.style.color = text.startsWith("Warning:") ? "#f0a030" : "var(--descrip-text, #999)";
+    text.textContent = (message?.text ?? []).filter((line) => line).join("\n");
+    element.style.color = text.textContent.startsWith("Warning:") ? "#f0a030" : "var(--descrip-text, #999)";
     const grow = () => node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
     grow();
     requestAnimationFrame(() => {

@@ -50,12 +50,14 @@ async function queue(page) {
   await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.QueuePrompt"));
 }
 
-/** Runs in the page: a node's combo options and its f2d message line. */
+/** Runs in the page: a node's combo options, its f2d message line and whether the line shows all its text. */
 function nodeStateInPage({ id, combo }) {
   const node = window.app.graph.getNodeById(Number(id));
+  const message = node.widgets.find((w) => w.name === "f2d_node_message")?.element;
   return {
     options: node.widgets.find((w) => w.name === combo)?.options?.values ?? null,
-    message: node.widgets.find((w) => w.name === "f2d_node_message")?.element?.textContent ?? null,
+    message: message?.textContent ?? null,
+    messageCut: message ? message.scrollHeight > message.clientHeight + 1 : null,
   };
 }
 
@@ -84,16 +86,19 @@ async function checkSavedFace(context, config) {
     )
     .catch(() => {}); // reported below
   const after = await page.evaluate(nodeStateInPage, { id: ids.other, combo: "face_file" });
+  await page.waitForTimeout(500); // the save node grows to its message
   const saveNode = await page.evaluate(nodeStateInPage, { id: ids.save, combo: "name" });
   const added = await page.evaluate(() => {
     const node = window.LiteGraph.createNode("F2DLoadFace");
     window.app.graph.add(node);
+    node.pos = [50, 400];
     return node.widgets.find((w) => w.name === "face_file").options.values;
   });
   await page.screenshot({ path: join(config.out, "run_saved_face.png") });
   const reloads = await page.evaluate(() => performance.getEntriesByType("navigation").length);
   await page.close();
-  return { before: before.options, after: after.options, added, message: saveNode.message, reloads, errors };
+  const { message, messageCut } = saveNode;
+  return { before: before.options, after: after.options, added, message, messageCut, reloads, errors };
 }
 
 async function checkEmptyIdentifier(context, config) {

@@ -57,7 +57,7 @@ RUN_MESSAGES = {
 # font ("LiteGraph.Canvas.MinFontSizeForLOD") over the node text size 14 (LGraphCanvas.updateLowQualityThreshold,
 # at a device pixel ratio of 1). A template must open above it, with a margin.
 LOW_QUALITY_BELOW = 8 / 14
-READABLE_ZOOM = 0.59
+READABLE_ZOOM = 0.58  # a margin over LOW_QUALITY_BELOW (0.571) for font differences between machines
 LITEGRAPH_TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT
 
 # (prompt, identifier, occurrences): the extension's count, which the server must agree with on 0 vs more.

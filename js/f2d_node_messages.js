@@ -2,13 +2,16 @@
  * Face2Diffusion: the text a node sends back when it runs (its UI text), shown on the node.
  *
  * Encode Face says which detection attempt found each photo's face; Apply F2D Tokens warns when the
- * CLIP has clip skip. An empty text clears the line. Neither saved in the workflow nor sent to the server.
+ * CLIP has clip skip; the save nodes name the file they wrote (with its counter). An empty text clears the
+ * line. Long lines wrap, and the node grows to show every wrapped line. Neither saved in the workflow nor
+ * sent to the server.
  */
 import { app } from "../../scripts/app.js";
 
-const NODE_TYPES = new Set(["F2DEncodeFace", "F2DApplyTokens"]);
+const NODE_TYPES = new Set(["F2DEncodeFace", "F2DApplyTokens", "F2DSaveFace", "F2DSaveMapper"]);
 const MESSAGE_WIDGET = "f2d_node_message";
 const LINE_HEIGHT = 16;
+const MARGIN = 3; // the DOM widget's margin (the frontend's default, 10, would eat a one-line message)
 
 function addMessageLine(node) {
   const element = document.createElement("div");
@@ -16,27 +19,38 @@ function addMessageLine(node) {
   Object.assign(element.style, {
     font: "11px sans-serif",
     lineHeight: `${LINE_HEIGHT}px`,
-    whiteSpace: "pre-wrap",
     color: "var(--descrip-text, #999)",
     overflow: "hidden",
   });
-  const lines = () => (element.textContent ? element.textContent.split("\n").length : 0);
+  const text = element.appendChild(document.createElement("div")); // its height is the text's, not the box's
+  text.style.whiteSpace = "pre-wrap";
+  // Lines as shown: the text's own lines, or more where they wrap at the node's width (once laid out).
+  const lines = () => {
+    const own = text.textContent ? text.textContent.split("\n").length : 0;
+    return Math.max(own, Math.round(text.offsetHeight / LINE_HEIGHT));
+  };
   const widget = node.addDOMWidget(MESSAGE_WIDGET, "f2d_message", element, {
     serialize: false,
     hideOnZoom: true,
-    getValue: () => element.textContent,
+    getValue: () => text.textContent,
     setValue: () => {},
-    getMinHeight: () => Math.max(1, lines()) * LINE_HEIGHT,
+    getMinHeight: () => Math.max(1, lines()) * LINE_HEIGHT + 2 * MARGIN,
+    margin: MARGIN,
   });
   widget.serialize = false;
 
   const onExecuted = node.onExecuted;
   node.onExecuted = function (message) {
     const result = onExecuted?.apply(this, arguments);
-    const text = (message?.text ?? []).filter((line) => line).join("\n");
-    element.textContent = text;
-    element.style.color = text.startsWith("Warning:") ? "#f0a030" : "var(--descrip-text, #999)";
-    node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
+    text.textContent = (message?.text ?? []).filter((line) => line).join("\n");
+    element.style.color = text.textContent.startsWith("Warning:") ? "#f0a030" : "var(--descrip-text, #999)";
+    const grow = () => node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
+    grow();
+    requestAnimationFrame(() => {
+      // once the text is laid out at the node's width, grow to its wrapped lines
+      grow();
+      node.setDirtyCanvas?.(true, true);
+    });
     node.setDirtyCanvas?.(true, true);
     return result;
   };

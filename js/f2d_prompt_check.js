@@ -16,11 +16,14 @@ const COLORS = { ok: "var(--descrip-text, #999)", warn: "#f0a030", info: "var(--
 const widgetNamed = (node, name) => node.widgets?.find((w) => w.name === name);
 const isLinked = (node, name) => node.inputs?.some((input) => input.name === name && input.link != null);
 
-/** `{state: "ok" | "warn" | "info", count, text}` for one Apply F2D Tokens / Add F2D Person node. */
+/**
+ * `{state: "ok" | "warn" | "info", count, text}` for one Apply F2D Tokens / Add F2D Person node; a warning
+ * names the widget to change: the identifier widget when it is empty, else the prompt.
+ */
 function identifierStatus(node) {
   const identifier = String(widgetNamed(node, "identifier")?.value ?? DEFAULT_IDENTIFIER).trim();
   if (!identifier) {
-    return { state: "warn", count: 0, text: `⚠ the identifier is empty: use '${DEFAULT_IDENTIFIER}'` };
+    return { state: "warn", count: 0, text: `⚠ the identifier widget is empty: set it to '${DEFAULT_IDENTIFIER}'` };
   }
   if (isLinked(node, "text")) {
     return { state: "info", count: null, text: `prompt comes from a link: '${identifier}' is checked when it runs` };
@@ -39,12 +42,12 @@ const missing = new Set();
 function warnBeforeQueue(node) {
   if (missing.size === 0) {
     queueMicrotask(() => {
-      const lines = [...missing].map((n) => `#${n.id} ${n.title}: ${identifierStatus(n).text}`);
+      const lines = [...missing].map((n) => `#${n.id} ${n.title}: ${identifierStatus(n).text.replace(/^⚠ /, "")}`);
       missing.clear();
       app.extensionManager?.toast?.add({
         severity: "warn",
         summary: "Face2Diffusion: identifier missing",
-        detail: `${lines.join("\n")}\nThis node will stop the run: put the identifier in its prompt.`,
+        detail: `${lines.join("\n")}\n${lines.length > 1 ? "These nodes" : "This node"} would stop the run.`,
         life: 10000,
       });
     });

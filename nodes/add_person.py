@@ -80,7 +80,8 @@ class F2DAddPerson(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, identifier: str = DEFAULT_IDENTIFIER, **_: object) -> bool | str:
+    def validate_inputs(cls, identifier: str = DEFAULT_IDENTIFIER) -> bool | str:
+        # Only `identifier` in the signature: ComfyUI pins a failure on each input the function takes.
         return identifier_check(identifier)
 
     @classmethod

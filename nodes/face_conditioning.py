@@ -50,7 +50,7 @@ def face_conditioning(
 def identifier_check(identifier: str) -> bool | str:
     """`validate_inputs` of the nodes that take an identifier: True, or why it cannot be used."""
     if not identifier.strip():
-        return "identifier is empty: use 'f l' (the official identifier)."
+        return "the identifier widget is empty: set it to 'f l' (the official identifier)."
     return True
 
 

@@ -43,8 +43,11 @@ class F2DSaveFace(io.ComfyNode):
     def execute(cls, f2d_face: F2DFace, name: str) -> io.NodeOutput:
         stem = re.sub(r"[^\w\-. ]", "_", name).strip(" .") or "person"
         directory = Path(folder_paths.get_folder_paths(FACES_FOLDER)[0])
-        save_face(_next_free(directory, stem), f2d_face.face)
-        return io.NodeOutput(ui=ui.PreviewImage(crops_as_image(f2d_face.face.crops), cls=cls))
+        path = _next_free(directory, stem)
+        save_face(path, f2d_face.face)
+        preview = ui.PreviewImage(crops_as_image(f2d_face.face.crops), cls=cls).as_dict()
+        # The name written (with its counter), shown under the node; the page then lists it in Load F2D Face.
+        return io.NodeOutput(ui={**preview, "text": [f"saved as {path.name}"]})
 
 
 class F2DLoadFace(io.ComfyNode):

@@ -59,7 +59,7 @@ def _ignored(paths: list[str]) -> set[str]:
         text=True,
         check=False,
     )
-    return set(done.stdout.split())
+    return set(done.stdout.splitlines())  # one path a line: template file names have spaces
 
 
 def test_comfyignore_keeps_tests_benchmarks_and_ci_out_of_the_archive() -> None:

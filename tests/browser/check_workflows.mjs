@@ -5,7 +5,7 @@
  *
  *   node tests/browser/check_workflows.mjs CONFIG.json
  *
- * CONFIG: {url, pack, workflows: [name], identifierCases: [[text, identifier]], promptWithoutIdentifier, out}.
+ * CONFIG: {url, pack, workflows: [name], titles: {name: title}, identifierCases: [[text, identifier]], promptWithoutIdentifier, out}.
  * Writes
  * `<out>/report.json` and a screenshot per workflow (`<out>/<name>.png`). Queueing is intercepted
  * (POST /api/prompt answers without running anything) so that what the frontend would send is recorded.
@@ -102,7 +102,8 @@ async function checkWorkflow(context, config, name) {
   const { page, errors } = await openComfy(context, config.url);
   const queued = await interceptQueue(page);
   const result = { name };
-  const response = await page.request.get(`${config.url}/api/workflow_templates/${config.pack}/${name}.json`);
+  const template = encodeURIComponent(config.titles[name]);
+  const response = await page.request.get(`${config.url}/api/workflow_templates/${config.pack}/${template}.json`);
   result.served = response.ok();
   const ui = await response.json();
   result.missingNodeTypes = await page.evaluate(

@@ -2,8 +2,10 @@
 /**
  * Regenerate the bundled workflows with ComfyUI's own frontend:
  *   workflows/api/<name>.json  (read, then rewritten as the frontend's "Export (API)" writes it)
- *   workflows/<name>.json      (the frontend's "Export": UI format, laid out with groups and notes)
- *   workflows/<name>.jpg       (thumbnail: a screenshot of the laid-out graph, `--stamp` as its JPEG comment)
+ *   workflows/<title>.json     (the frontend's "Export": UI format, laid out with groups and notes)
+ *   workflows/<title>.jpg      (thumbnail: a screenshot of the laid-out graph, `--stamp` as its JPEG comment)
+ * where <title> is the template's title for people, from template_titles.json (the template browser shows
+ * the file name).
  *
  * Each API graph is loaded with the app's own loader (app.loadApiJson), placed by workflow_layout.mjs,
  * and exported with app.graphToPrompt(), exactly as the Export menu entries do.
@@ -25,6 +27,7 @@ import { launch, openComfy, prepareServer, realErrors } from "./comfy_page.mjs";
 import { LAYOUTS } from "./workflow_layout.mjs";
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const TITLES = JSON.parse(readFileSync(join(REPO, "tests", "browser", "template_titles.json"), "utf8"));
 const THUMBNAIL = { width: 1024, height: 640, maxBytes: 60 * 1024 };
 /** Settings for a clean thumbnail (no minimap, menus or stats; full detail when zoomed out); restored after. */
 const THUMBNAIL_SETTINGS = {
@@ -34,19 +37,32 @@ const THUMBNAIL_SETTINGS = {
   "Comfy.Graph.CanvasInfo": false,
   "Comfy.Workflow.WorkflowTabsPosition": "Sidebar",
 };
-/** Room for the pictures these nodes show (their default size has none). */
-const MIN_SIZE = { LoadImage: [300, 360], PreviewImage: [280, 300], SaveImage: [420, 470] };
+/**
+ * Room for the pictures these nodes show (their default size has none), and under Encode Face for the
+ * line it writes when it runs (which attempt found the face); small enough that a template fits a
+ * 1600×1000 window at a zoom where the frontend still draws text (see check_layouts.mjs).
+ */
+const MIN_SIZE = {
+  LoadImage: [240, 300],
+  PreviewImage: [220, 220],
+  SaveImage: [320, 340],
+  F2DEncodeFace: [300, 200],
+};
 const NOTE_SIZE = [440, 300];
 
 /** Runs in the page: place the loaded graph's nodes, add notes and groups. */
-function arrangeInPage({ layout, minSize, noteSize }) {
+async function arrangeInPage({ layout, minSize, noteSize }) {
   const { app, LiteGraph, LGraphGroup } = window;
   const TITLE = LiteGraph.NODE_TITLE_HEIGHT;
-  const GAP_X = 60;
+  const GAP_X = 50;
   const GAP_SAME_GROUP = TITLE + 20;
-  const GAP_OTHER_GROUP = TITLE + 90; // room for a group's title bar and padding
+  const GAP_OTHER_GROUP = TITLE + 80; // room for a group's title bar and padding
   const PAD = 15;
   const HEADER = 50;
+  // Nodes that show a picture, and the frontend's picture widget with its least height (ImagePreviewWidget).
+  const PICTURE_NODES = new Set(["LoadImage", "PreviewImage", "SaveImage"]);
+  const PICTURE_WIDGET = "$$canvas-image-preview";
+  const PICTURE_MIN_HEIGHT = 220;
 
   const groupOf = new Map();
   layout.groups.forEach((group, g) => group.nodes.forEach((id) => groupOf.set(String(id), g)));
@@ -61,36 +77,51 @@ function arrangeInPage({ layout, minSize, noteSize }) {
   }
 
   for (const node of app.graph.nodes) {
-    const [width, height] = layout.sizes?.[node.id] ?? minSize[node.type] ?? [0, 0];
-    node.setSize([Math.max(node.size[0], width), Math.max(node.size[1], height)]);
+    // A layout's size may be below the default, never below what the node's widgets need, with the room
+    // the frontend gives a picture once one shows (it grows the node to that); MIN_SIZE only adds.
+    const exact = layout.sizes?.[node.id];
+    const [width, height] = exact ?? minSize[node.type] ?? [0, 0];
+    const needed = node.computeSize();
+    if (PICTURE_NODES.has(node.type) && !node.widgets?.some((w) => w.name === PICTURE_WIDGET)) {
+      needed[1] += PICTURE_MIN_HEIGHT;
+    }
+    const least = exact ? needed : [Math.max(node.size[0], needed[0]), Math.max(node.size[1], needed[1])];
+    node.setSize([Math.max(least[0], width), Math.max(least[1], height)]);
   }
   for (const [id, value] of Object.entries(layout.seedControl ?? {})) {
     const control = byKey.get(id)?.widgets?.find((w) => w.name === "control_after_generate");
     if (!control) throw new Error(`layout sets the seed control of ${id}, which has none`);
     control.value = value;
   }
+  await new Promise((resolve) => setTimeout(resolve, 500)); // DOM widgets settle and may grow their node
   const bottom = (node) => node.pos[1] + node.size[1];
-  let x = 0;
-  for (const column of layout.columns) {
-    let y = 0;
-    let previous = null;
-    let width = 0;
-    for (const entry of column) {
-      const { id, align, below } = typeof entry === "object" ? entry : { id: entry };
-      const node = byKey.get(String(id));
-      if (!node) throw new Error(`layout names ${id}, which is not in the graph`);
-      if (previous) {
-        const sameGroup = groupOf.has(String(id)) && groupOf.get(String(id)) === groupOf.get(previous);
-        y += sameGroup ? GAP_SAME_GROUP : GAP_OTHER_GROUP;
+  // Until nothing moves: an entry may start below or beside a node of a later column, placed in an earlier pass.
+  for (let pass = 0, moved = true; moved; pass++) {
+    if (pass === 10) throw new Error("the layout's columns do not settle: an entry depends on itself");
+    const before = JSON.stringify([...byKey.values()].map((node) => [...node.pos]));
+    let x = 0;
+    for (const column of layout.columns) {
+      let y = 0;
+      let previous = null;
+      let width = 0;
+      for (const entry of column) {
+        const { id, align, below, free } = typeof entry === "object" ? entry : { id: entry };
+        const node = byKey.get(String(id));
+        if (!node) throw new Error(`layout names ${id}, which is not in the graph`);
+        if (previous) {
+          const sameGroup = groupOf.has(String(id)) && groupOf.get(String(id)) === groupOf.get(previous);
+          y += sameGroup ? GAP_SAME_GROUP : GAP_OTHER_GROUP;
+        }
+        if (align != null) y = Math.max(y, byKey.get(String(align)).pos[1]);
+        for (const other of below ?? []) y = Math.max(y, bottom(byKey.get(String(other))) + GAP_OTHER_GROUP);
+        node.pos = [x, y];
+        y = bottom(node);
+        if (!free) width = Math.max(width, node.size[0]);
+        previous = String(id);
       }
-      if (align != null) y = Math.max(y, byKey.get(String(align)).pos[1]);
-      for (const other of below ?? []) y = Math.max(y, bottom(byKey.get(String(other))) + GAP_OTHER_GROUP);
-      node.pos = [x, y];
-      y = bottom(node);
-      width = Math.max(width, node.size[0]);
-      previous = String(id);
+      x += width + GAP_X;
     }
-    x += width + GAP_X;
+    moved = JSON.stringify([...byKey.values()].map((node) => [...node.pos])) !== before;
   }
   const placed = new Set(layout.columns.flat().map((entry) => String(typeof entry === "object" ? entry.id : entry)));
   const unplaced = [...byKey.keys()].filter((key) => !placed.has(key));
@@ -168,8 +199,10 @@ async function exportOne(context, url, name, stamp) {
   if (problems.length) throw new Error(`${name}: the page reported errors:\n${JSON.stringify(problems, null, 1)}`);
   exported.ui.id = stableId(name); // a fixed workflow id keeps regenerated files diff-free
   writeFileSync(join(REPO, "workflows", "api", `${name}.json`), json(exported.api));
-  writeFileSync(join(REPO, "workflows", `${name}.json`), json(exported.ui));
-  writeFileSync(join(REPO, "workflows", `${name}.jpg`), thumbnail);
+  const title = TITLES[name];
+  if (!title) throw new Error(`no title for ${name} in template_titles.json`);
+  writeFileSync(join(REPO, "workflows", `${title}.json`), json(exported.ui));
+  writeFileSync(join(REPO, "workflows", `${title}.jpg`), thumbnail);
   return { name, nodes: exported.ui.nodes.length, thumbnailBytes: thumbnail.length };
 }
 

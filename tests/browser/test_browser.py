@@ -28,9 +28,11 @@ from tests.support.comfy_server import ComfyServer, ExecutionFailed
 from tests.support.f2d_graphs import CHECKPOINT, save_conditioning
 from tests.support.workflow_files import (
     PLACEHOLDER_FILES,
+    TEMPLATE_TITLES,
     THUMBNAIL_STAMP,
     image_roles,
     load_api,
+    load_ui,
     without_meta,
     workflow_names,
 )
@@ -44,6 +46,19 @@ NAMES = workflow_names()
 PROMPTING_NODES = ("F2DApplyTokens", "F2DAddPerson")
 PROMPTING = [name for name in NAMES if any(n["class_type"] in PROMPTING_NODES for n in load_api(name).values())]
 PROMPT_WITHOUT_IDENTIFIER = "a photo of a person as a knight"  # typed into an Apply F2D Tokens node
+# What nodes write under themselves after a run (typical lengths), shown before the layouts are measured so
+# that each layout leaves room for it.
+RUN_MESSAGES = {
+    "F2DEncodeFace": ["image 1 of 1: found at once (the photo at detection size 640)"],
+    "F2DSaveFace": ["saved as person_00001.safetensors"],
+    "F2DSaveMapper": ["/home/someone/ComfyUI/models/face2diffusion/f2d_mapper_trained.safetensors"],
+}
+# The frontend's zoom below which it draws nodes without text ("low quality"): its default 8 px smallest
+# font ("LiteGraph.Canvas.MinFontSizeForLOD") over the node text size 14 (LGraphCanvas.updateLowQualityThreshold,
+# at a device pixel ratio of 1). A template must open above it, with a margin.
+LOW_QUALITY_BELOW = 8 / 14
+READABLE_ZOOM = 0.58  # a margin over LOW_QUALITY_BELOW (0.571) for font differences between machines
+LITEGRAPH_TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT
 
 # (prompt, identifier, occurrences): the extension's count, which the server must agree with on 0 vs more.
 IDENTIFIER_CASES = [
@@ -104,7 +119,8 @@ def preview_inputs(comfy_server: ComfyServer) -> None:
 
 @pytest.mark.skipif(os.environ.get("F2D_EXPORT_WORKFLOWS") != "1", reason="set F2D_EXPORT_WORKFLOWS=1 to regenerate")
 def test_export_workflows(comfy_server: ComfyServer, preview_inputs: None):
-    """Regenerates workflows/*.json, workflows/*.jpg and workflows/api/*.json (runs before the checks)."""
+    """Regenerates workflows/<title>.json, workflows/<title>.jpg and workflows/api/<name>.json (runs before the
+    checks)."""
     for name in NAMES:  # the thumbnails show exactly the uploaded placeholders
         graph = load_api(name)
         for node_id, role in image_roles(graph, name).items():
@@ -123,6 +139,7 @@ def report(comfy_server: ComfyServer, preview_inputs: None, artifacts_dir: Path)
         "url": comfy_server.url,
         "pack": PACK_DIR_NAME,
         "workflows": NAMES,
+        "titles": TEMPLATE_TITLES,
         "identifierCases": [[text, identifier] for text, identifier, _ in IDENTIFIER_CASES],
         "promptWithoutIdentifier": PROMPT_WITHOUT_IDENTIFIER,
         "out": str(artifacts_dir),
@@ -145,11 +162,9 @@ def test_page_opens_without_errors(report: dict):
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_opens_without_missing_nodes_or_errors(report: dict, name: str):
     result = report["workflows"][name]
-    assert result["served"], f"{name}.json is not served as a template"
+    assert result["served"], f"{TEMPLATE_TITLES[name]}.json is not served as a template"
     assert result["missingNodeTypes"] == [] and result["dialogs"] == []
-    assert sorted(result["loadedNodeTypes"]) == sorted(
-        [node["type"] for node in json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text())["nodes"]]
-    )
+    assert sorted(result["loadedNodeTypes"]) == sorted([node["type"] for node in load_ui(name)["nodes"]])
     assert real_errors(result["errors"]) == []
     with Image.open(result["screenshot"]) as screenshot:
         assert screenshot.format == "PNG" and screenshot.size == (1600, 1000)
@@ -227,3 +242,132 @@ def test_training_loss_sparkline_follows_progress_events(report: dict):
     # Neither saved in workflows nor sent to the server.
     assert sparkline["lastWidget"] == "f2d_loss_sparkline" and sparkline["savedValues"] == sparkline["widgets"] - 1
     assert "f2d_loss_sparkline" not in sparkline["promptInputs"]
+
+
+SAVE_NAME = "browser_saved"
+
+
+@pytest.fixture(scope="module")
+def runs(comfy_server: ComfyServer, comfy_models_dir: Path, artifacts_dir: Path) -> dict:
+    """What check_runs.mjs saw after running small graphs through the page against the real server."""
+    face = EncodedFace(s_star=torch.randn(2, 768), idvec=torch.zeros(1536), crops=torch.zeros(1, 3, 112, 112))
+    save_face(comfy_models_dir / "face2diffusion" / "faces" / "browser_run_face.safetensors", face)
+    config = {
+        "url": comfy_server.url,
+        "checkpoint": CHECKPOINT,
+        "faceFile": "browser_run_face.safetensors",
+        "saveName": SAVE_NAME,
+        "out": str(artifacts_dir),
+    }
+    config_path = artifacts_dir / "runs_config.json"
+    config_path.write_text(json.dumps(config, indent=1))
+    run_node("check_runs.mjs", str(config_path))
+    return json.loads((artifacts_dir / "runs.json").read_text())
+
+
+def test_a_saved_face_is_listed_in_load_f2d_face_without_a_reload(runs: dict):
+    """Save F2D Face names the file it wrote; the open Load F2D Face nodes, and one added later, list it."""
+    saved = runs["savedFace"]
+    (written,) = [name for name in saved["after"] if name.startswith(SAVE_NAME)]
+    assert re.fullmatch(rf"{SAVE_NAME}_\d{{5}}\.safetensors", written)
+    assert written not in saved["before"] and written in saved["added"]
+    assert saved["message"] == f"saved as {written}" and saved["messageCut"] is False
+    assert saved["reloads"] == 1  # the page was never reloaded
+    assert real_errors(saved["errors"]) == []
+
+
+def test_an_empty_identifier_points_at_the_identifier_widget(runs: dict):
+    """The server's error names the `identifier` input alone (no red clip or f2d_face socket); the warning
+    and the status line say to set the identifier widget, not to edit the prompt."""
+    seen = runs["emptyIdentifier"]
+    assert [error["extra_info"]["input_name"] for error in seen["serverErrors"]] == ["identifier"]
+    assert "identifier widget is empty" in seen["serverErrors"][0]["details"]
+    assert seen["markedSockets"] == ["identifier"]
+    (toast,) = [toast for toast in seen["toasts"] if "Face2Diffusion" in toast]
+    assert "identifier widget is empty: set it to 'f l'" in toast and "prompt" not in toast
+    assert seen["status"] == "\u26a0 the identifier widget is empty: set it to 'f l'"
+
+
+@pytest.fixture(scope="module")
+def layouts(comfy_server: ComfyServer, preview_inputs: None, artifacts_dir: Path) -> dict:
+    """What check_layouts.mjs measured with each template opened in a 1600x1000 window (screenshots beside)."""
+    config = {
+        "url": comfy_server.url,
+        "pack": PACK_DIR_NAME,
+        "workflows": NAMES,
+        "titles": TEMPLATE_TITLES,
+        "messages": RUN_MESSAGES,
+        "out": str(artifacts_dir),
+    }
+    config_path = artifacts_dir / "layouts_config.json"
+    config_path.write_text(json.dumps(config, indent=1))
+    run_node("check_layouts.mjs", str(config_path))
+    return json.loads((artifacts_dir / "layouts.json").read_text())
+
+
+def _overlap(a: list[float], b: list[float]) -> bool:
+    """Whether two [x, y, w, h] rectangles share an area."""
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def _inside(a: list[float], b: list[float], tolerance: float = 1.0) -> bool:
+    """Whether rectangle `a` lies within `b`."""
+    return (
+        a[0] >= b[0] - tolerance
+        and a[1] >= b[1] - tolerance
+        and a[0] + a[2] <= b[0] + b[2] + tolerance
+        and a[1] + a[3] <= b[1] + b[3] + tolerance
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_template_opens_readable_in_a_1600x1000_window(layouts: dict, name: str):
+    """At the fit the frontend picks, text is drawn; no node covers another or crosses a group's edge;
+    groups do not overlap; group and node titles fit (the frontend shortens a node title with "..."); no
+    status or message line is cut off or drawn outside its node (the run messages shown); no node's title
+    bar is under the minimap."""
+    seen = layouts["workflows"][name]
+    assert layouts["viewport"] == {"width": 1600, "height": 1000}
+    assert seen["lowQualityBelow"] == pytest.approx(LOW_QUALITY_BELOW) and seen["devicePixelRatio"] == 1
+    assert not seen["lowQuality"] and seen["scale"] >= READABLE_ZOOM, f"{name} opens at {seen['scale']:.0%}"
+    nodes, groups = seen["nodes"], seen["groups"]
+    assert [
+        (a["id"], b["id"]) for i, a in enumerate(nodes) for b in nodes[i + 1 :] if _overlap(a["rect"], b["rect"])
+    ] == []
+    assert [
+        (g["title"], n["id"])
+        for g in groups
+        for n in nodes
+        if _overlap(n["rect"], g["rect"]) and not _inside(n["rect"], g["rect"])
+    ] == []
+    assert [
+        (a["title"], b["title"])
+        for i, a in enumerate(groups)
+        for b in groups[i + 1 :]
+        if _overlap(a["rect"], b["rect"])
+    ] == []
+    assert [g["title"] for g in groups if g["titleWidth"] > g["rect"][2]] == []
+    assert [n["title"] for n in nodes if n["titleFit"]["width"] > n["titleFit"]["room"]] == []
+    widgets = [(n, w) for n in nodes for w in n["widgets"]]
+    assert [(n["id"], w["name"], w["text"]) for n, w in widgets if w["cut"]] == []
+    assert [(n["id"], w["name"]) for n, w in widgets if not _inside(w["screen"], n["screen"], 2)] == []
+    for node in nodes:
+        title_bar = [*node["screen"][:3], LITEGRAPH_TITLE_HEIGHT * seen["scale"]]
+        assert not any(_overlap(title_bar, box) for box in seen["minimap"]), f"node {node['id']} under the minimap"
+    shown = [
+        (n["type"], w["text"]) for n, w in widgets if w["name"] == "f2d_node_message" and n["type"] in RUN_MESSAGES
+    ]
+    assert all(text == "\n".join(RUN_MESSAGES[kind]) for kind, text in shown)
+    assert real_errors(seen["errors"]) == []
+    with Image.open(seen["screenshot"]) as screenshot:
+        assert screenshot.size == (1600, 1000)
+
+
+def test_save_f2d_mapper_overwrite_toggle_is_not_under_the_loss_graph(layouts: dict):
+    """The training template: Save F2D Mapper, with the path it wrote under it, covers no node and no node
+    covers it, so its overwrite toggle can be reached."""
+    nodes = layouts["workflows"]["f2d_train_mapper"]["nodes"]
+    (save,) = [n for n in nodes if n["type"] == "F2DSaveMapper"]
+    (message,) = [w for w in save["widgets"] if w["name"] == "f2d_node_message"]
+    assert message["text"] == RUN_MESSAGES["F2DSaveMapper"][0] and not message["cut"]
+    assert [n["type"] for n in nodes if n is not save and _overlap(n["rect"], save["rect"])] == []

@@ -2,8 +2,11 @@
  * How each bundled workflow is arranged for users: columns of node ids (left to right, top to bottom),
  * groups, and notes. The nodes and their values come from workflows/api/<name>.json; this file only
  * places them. A column entry is a node id, a note key, or {id, align: otherId} to start no higher than
- * another node, or {id, below: [ids]} to start under those nodes with room for a group title between.
- * Optional: `noteSize` {key: [w, h]} (default 440×300), `sizes` {id: [w, h]} (at least),
+ * another node, or {id, below: [ids]} to start under those nodes with room for a group title between;
+ * `free: true` on an entry keeps its width out of the column's (a wide note over the next columns). An entry
+ * may name nodes of later columns.
+ * Optional: `noteSize` {key: [w, h]} (default 440×300), `sizes` {id: [w, h]} (at least what the node's
+ * widgets need, and in place of export_workflows.mjs's MIN_SIZE),
  * `seedControl` {id: "fixed" | "increment" | ...} (the frontend's "control after generate" of a seed).
  */
 
@@ -21,6 +24,22 @@ const note = (extra = "") => (extra ? `${FILES_NOTE}\n\n${extra}` : FILES_NOTE);
 const FACE_GROUP = { title: "Face → S*", nodes: [2, 3, 4, 5] };
 const PROMPT_GROUP = { title: "Prompt with f l", nodes: [6, 7] };
 const GENERATE_TITLE = "Generate (the paper: Euler a, 30 steps, CFG 7, 512×512)";
+/**
+ * The portrait graph (nodes 1-11), compact enough to open readable in a 1600×1000 window: the checkpoint
+ * top left beside the note (over columns 2-3), the face and prompt groups under them, and the generate
+ * group top right, where `generate` (extra entries for columns 4 and 5) can add a group under it.
+ */
+const portraitColumns = (generate = [[], []]) => [
+  [1, { id: 2, below: ["files"] }, 3],
+  [{ id: "files", free: true }, { id: 4, align: 2 }, 5],
+  [{ id: 6, align: 2 }, 7],
+  [8, 9, ...generate[0]],
+  [10, 11, ...generate[1]],
+];
+/** Two-person workflows: small pictures, so that both people, the scene and the sampler fit one window. */
+const PEOPLE_SIZES = { 3: [210, 0], 4: [240, 190], 5: [170, 0], 6: [210, 0], 7: [240, 190], 8: [170, 0] };
+/** The note's size over columns 2-3, by how long it is. */
+const WIDE_NOTE = [750, 220];
 
 const TRAINING_NOTE = `## Train your own F2D mapper (CGDR, as in the paper)
 **Photos** go in \`ComfyUI/input/faces/\`: directly in it, or one subfolder per person (needed for
@@ -59,31 +78,27 @@ torchrun --nproc_per_node 4 custom_nodes/comfyui-face2diffusion/cli/train_mapper
 export const LAYOUTS = {
   f2d_portrait: {
     notes: { files: note() },
-    columns: [
-      ["files", 1, 2, 3],
-      [{ id: 4, align: 2 }, 5],
-      [{ id: 6, align: 1 }, 7],
-      [{ id: 8, align: 1 }, 9],
-      [{ id: 10, align: 1 }, 11],
-    ],
+    noteSize: { files: WIDE_NOTE },
+    columns: portraitColumns(),
     groups: [FACE_GROUP, PROMPT_GROUP, { title: GENERATE_TITLE, nodes: [8, 9, 10, 11] }],
   },
   f2d_prompt_batch: {
     notes: {
-      files: note(`Four of the paper's prompts share one face; each has its own sampler (same seed), and the four
+      files: note(`Two of the paper's prompts share one face; each has its own sampler (same seed), and the
 images are saved together. For more prompts, copy an Apply F2D Tokens + KSampler pair and add a Batch latents.`),
     },
+    noteSize: { files: [300, 420] },
     columns: [
-      ["files", 1, 2, 3],
-      [{ id: 4, align: 2 }, 5],
-      [{ id: 6, align: 1 }, 7, 8, 9, 10],
-      [{ id: 15, align: 1 }, { id: 11, align: 6 }, { id: 12, align: 7 }, { id: 13, align: 8 }, { id: 14, align: 9 }],
-      [{ id: 16, align: 1 }, 17, 18, 19, 20],
+      [1, { id: 2, align: 4 }, 3],
+      ["files", 4, 5],
+      [6, 7, 10],
+      [15, 11, 12],
+      [16, 19, 20],
     ],
     groups: [
       FACE_GROUP,
-      { title: "Prompts with f l", nodes: [6, 7, 8, 9, 10] },
-      { title: GENERATE_TITLE, nodes: [11, 12, 13, 14, 15, 16, 17, 18, 19, 20] },
+      { title: "Prompts with f l", nodes: [6, 7, 10] },
+      { title: GENERATE_TITLE, nodes: [15, 11, 12, 16, 19, 20] },
     ],
   },
   f2d_expression: {
@@ -92,18 +107,13 @@ images are saved together. For more prompts, copy an Apply F2D Tokens + KSampler
 (github.com/sicxu/Deep3DFaceRecon_pytorch) in \`ComfyUI/models/face2diffusion/\`. Its photo gives only the
 expression; the identity comes from the face photo.`),
     },
-    columns: [
-      ["files", 1, 2, 3, { id: 12, below: [3, 5] }],
-      [{ id: 4, align: 2 }, 5, { id: 13, align: 12 }],
-      [{ id: 6, align: 1 }, 7],
-      [{ id: 8, align: 1 }, 9],
-      [{ id: 10, align: 1 }, 11],
-    ],
+    noteSize: { files: [750, 280] },
+    columns: portraitColumns([[{ id: 12, below: [9, 11] }], [{ id: 13, below: [9, 11] }]]),
     groups: [
       FACE_GROUP,
-      { title: "Expression from a second photo", nodes: [12, 13] },
       PROMPT_GROUP,
       { title: GENERATE_TITLE, nodes: [8, 9, 10, 11] },
+      { title: "Expression from a second photo", nodes: [12, 13] },
     ],
   },
   f2d_inpaint_template: {
@@ -112,18 +122,19 @@ expression; the identity comes from the face photo.`),
 (e.g. sd-v1-5-inpainting.ckpt), open the template in the MaskEditor (right-click the Load Image node) and
 paint over the face. Only the masked area changes.`),
     },
+    noteSize: { files: [750, 260] },
     columns: [
-      ["files", 1, 2, 3, { id: 12, below: [3, 5] }],
-      [{ id: 4, align: 2 }, 5],
-      [{ id: 6, align: 1 }, 7],
-      [{ id: 13, align: 1 }, 9],
-      [{ id: 10, align: 1 }, 14, 11],
+      [1, { id: 2, below: ["files"] }, 3],
+      [{ id: "files", free: true }, { id: 4, align: 2 }, 5],
+      [{ id: 6, align: 2 }, 7],
+      [12, 13],
+      [9, 10, 14, 11],
     ],
     groups: [
       FACE_GROUP,
-      { title: "Template + mask", nodes: [12] },
       PROMPT_GROUP,
-      { title: "Inpaint the masked face", nodes: [13, 9, 10, 14, 11] },
+      { title: "Template + mask", nodes: [12, 13] },
+      { title: "Inpaint the masked face", nodes: [9, 10, 14, 11] },
     ],
   },
   f2d_controlnet_pose: {
@@ -132,18 +143,13 @@ paint over the face. Only the masked area changes.`),
 \`ComfyUI/models/controlnet/\`) and a pose skeleton image (made, for example, by an OpenPose/DWPose
 preprocessor).`),
     },
-    columns: [
-      ["files", 1, 2, 3, { id: 12, below: [3, 5, 7] }, 13],
-      [{ id: 4, align: 2 }, 5],
-      [{ id: 6, align: 1 }, 7, { id: 14, align: 12 }],
-      [{ id: 8, align: 1 }, 9],
-      [{ id: 10, align: 1 }, 11],
-    ],
+    noteSize: { files: [750, 260] },
+    columns: portraitColumns([[{ id: 13, below: [9, 11] }], [{ id: 12, below: [9, 11] }, 14]]),
     groups: [
       FACE_GROUP,
-      { title: "Pose", nodes: [12, 13, 14] },
       PROMPT_GROUP,
       { title: GENERATE_TITLE, nodes: [8, 9, 10, 11] },
+      { title: "Pose", nodes: [12, 13, 14] },
     ],
   },
   f2d_best_of_4: {
@@ -153,19 +159,19 @@ preprocessor).`),
 alike. For prompt fidelity too, add Load CLIP Scorer + CLIP Score (a CLIP folder in
 \`models/clip_scoring/\`) and rank by *harmonic mean*, as the paper combines identity and text.`),
     },
-    sizes: { 13: [360, 420], 14: [340, 260] },
+    noteSize: { files: [650, 230] },
+    sizes: { 11: [300, 280], 15: [300, 300] },
     columns: [
-      ["files", 1, 2, 3],
+      [{ id: "files", free: true }, { id: 2, below: ["files"] }, 3],
       [{ id: 4, align: 2 }],
-      [{ id: 6, align: 1 }, 7],
-      [{ id: 8, align: 1 }, 9, 10],
-      [{ id: 12, align: 1 }, 13],
-      [{ id: 14, align: 1 }, 11],
+      [1, 6, 7],
+      [8, 9, 10, 15],
+      [12, 13, 14, 11],
     ],
     groups: [
       { title: "Face → S*", nodes: [2, 3, 4] },
       PROMPT_GROUP,
-      { title: "Generate 4 (paper sampler)", nodes: [8, 9, 10] },
+      { title: "Generate 4, save all", nodes: [8, 9, 10, 15] },
       { title: "Score and keep the best", nodes: [12, 13, 14, 11] },
     ],
   },
@@ -180,13 +186,9 @@ or the style of the prompt don't come through, or the person looks pasted in. Ea
 layout; later steps the face. Higher values follow the text better and look less like the person; keep
 it under about 0.4. Write *woman*, *man* or *child* as the class noun when it fits better.`),
     },
-    columns: [
-      ["files", 1, 2, 3],
-      [{ id: 4, align: 2 }, 5],
-      [{ id: 6, align: 1 }, 7],
-      [{ id: 8, align: 1 }, 9],
-      [{ id: 10, align: 1 }, 11],
-    ],
+    noteSize: { files: [750, 360] },
+    sizes: { 6: [460, 0] }, // room for its title
+    columns: portraitColumns(),
     groups: [FACE_GROUP, PROMPT_GROUP, { title: GENERATE_TITLE, nodes: [8, 9, 10, 11] }],
   },
   f2d_two_people: {
@@ -201,20 +203,34 @@ MASKs at the image's size. Raise a person's *strength* if the scene washes them 
 **Cost**: every region is one more UNet evaluation per step (batched with the others), as with any
 regional prompt; F2D adds nothing to sampling.`),
     },
-    noteSize: { files: [480, 420] },
+    noteSize: { files: [260, 440] },
+    sizes: {
+      ...PEOPLE_SIZES,
+      1: [250, 0],
+      2: [250, 0],
+      9: [220, 0],
+      10: [250, 0],
+      11: [280, 110],
+      12: [280, 0],
+      13: [280, 0],
+      14: [260, 110],
+      15: [260, 0],
+      17: [260, 260],
+    },
     columns: [
-      ["files", 1, 2],
-      [{ id: 3, align: 1 }, 6],
-      [{ id: 4, align: 1 }, 5, { id: 7, align: 6 }, 8],
-      [{ id: 11, align: 1 }, 9, 10, 12, 13, 14],
-      [{ id: 15, align: 1 }, 16],
-      [{ id: 17, align: 1 }],
+      [1, 2, "files"],
+      [3, { id: 6, below: [3, 4, 5] }, { id: 9, below: [6, 7, 8] }],
+      [{ id: 4, align: 3 }, { id: 7, align: 6 }, { id: 10, align: 9 }],
+      [{ id: 5, align: 3 }, { id: 8, align: 6 }],
+      [11, 12, 13],
+      [14, 15, 16, 17],
     ],
     groups: [
       { title: "Person 1 (left)", nodes: [3, 4, 5] },
       { title: "Person 2 (right)", nodes: [6, 7, 8] },
-      { title: "Scene, regions and people", nodes: [11, 9, 10, 12, 13, 14] },
-      { title: GENERATE_TITLE.replace("512×512", "768×512"), nodes: [15, 16, 17] },
+      { title: "Image size, regions", nodes: [9, 10] },
+      { title: "Scene and people", nodes: [11, 12, 13] },
+      { title: "Generate (768×512)", nodes: [14, 15, 16, 17] },
     ],
   },
   f2d_inpaint_two_people: {
@@ -225,36 +241,54 @@ numbers them left to right: person 1 goes into the leftmost face, person 2 into 
 on each Add F2D Person). All faces are inpainted in one pass, each with its own person's S*; *grow*
 widens each face's mask (hair, ears). The rest of the template is kept.`),
     },
-    noteSize: { files: [480, 360] },
+    noteSize: { files: [240, 520] },
+    sizes: {
+      ...PEOPLE_SIZES,
+      1: [240, 0],
+      2: [240, 0],
+      9: [230, 0],
+      10: [230, 0],
+      11: [230, 0],
+      12: [230, 110],
+      13: [230, 0],
+      14: [230, 0],
+      15: [240, 110],
+      16: [240, 0],
+      17: [240, 0],
+      19: [230, 0],
+      20: [240, 0],
+    },
     columns: [
-      ["files", 1, 2, 9],
-      [{ id: 3, align: 1 }, 6],
-      [{ id: 4, align: 1 }, 5, { id: 7, align: 6 }, 8],
-      [{ id: 10, align: 1 }, 11, 12, 13, 14, 15],
-      [{ id: 16, align: 1 }, 17],
-      [{ id: 18, align: 1 }, 19, 20],
+      [1, 2, "files"],
+      [3, { id: 6, below: [3, 4, 5] }],
+      [{ id: 4, align: 3 }, { id: 7, align: 6 }],
+      [{ id: 5, align: 3 }, { id: 8, align: 6 }],
+      [9, 10, 11, 20],
+      [12, 13, 14],
+      [15, 16, 17, 18, 19],
     ],
     groups: [
       { title: "Person 1 (leftmost face)", nodes: [3, 4, 5] },
       { title: "Person 2 (next face)", nodes: [6, 7, 8] },
-      { title: "One region per face of the template", nodes: [10, 11, 12, 13, 14, 15] },
-      { title: "Inpaint every face", nodes: [16, 17, 18, 19, 20] },
+      { title: "Template regions", nodes: [9, 10, 11] },
+      { title: "Scene and people", nodes: [12, 13, 14] },
+      { title: "Inpaint every face", nodes: [15, 16, 17, 18, 19] },
     ],
   },
   f2d_train_mapper: {
     notes: { files: TRAINING_NOTE },
-    noteSize: { files: [560, 480] },
-    sizes: { 4: [340, 0], 6: [380, 300], 8: [560, 330] },
+    noteSize: { files: [1240, 380] },
+    sizes: { 4: [340, 0], 5: [420, 150], 6: [380, 330], 7: [170, 0], 8: [420, 280] },
     seedControl: { 4: "fixed" }, // a resumed run must see the same batches
     columns: [
-      ["files"],
-      [1, 2, 3, 6],
-      [{ id: 4, align: 1 }],
-      [{ id: 5, align: 1 }, 7, 8],
+      [3, { id: 1, below: [3, 6] }, 2],
+      [6, { id: "files", free: true, below: [4, 8] }],
+      [4],
+      [5, 7, 8],
     ],
     groups: [
-      { title: "Models", nodes: [1, 2] },
       { title: "Your photos → training set", nodes: [3, 6] },
+      { title: "Models", nodes: [1, 2] },
       { title: "Train (CGDR)", nodes: [4] },
       { title: "Save + loss", nodes: [5, 7, 8] },
     ],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from tests.support.photos import ALIGNED_CROP, ASTRONAUT, load_rgb
 from tests.support.workflow_files import (
     GROUP_TEMPLATE_SIZE,
     PLACEHOLDER_FILES,
+    TEMPLATE_TITLES,
     THUMBNAIL_MAX_BYTES,
     THUMBNAIL_STAMP,
     WORKFLOWS_DIR,
@@ -34,6 +36,7 @@ from tests.support.workflow_files import (
     substitute_models,
     thumbnail_path,
     ui_as_api,
+    ui_path,
     widget_positions,
     without_meta,
     workflow_names,
@@ -97,8 +100,22 @@ def _nodes_of(graph: dict, class_type: str) -> dict[str, dict]:
 def test_the_ten_workflows_are_bundled_in_both_formats_with_thumbnails():
     assert NAMES == sorted([*GENERATION, TRAINING, BEST_OF_4])
     for name in NAMES:
-        assert (WORKFLOWS_DIR / f"{name}.json").is_file(), f"{name}: UI workflow missing"
+        assert ui_path(name).is_file(), f"{name}: UI workflow missing"
         assert thumbnail_path(name).is_file(), f"{name}: thumbnail missing"
+    assert sorted(path.name for path in WORKFLOWS_DIR.iterdir() if path.is_file()) == sorted(
+        f"{title}.{suffix}" for title in TEMPLATE_TITLES.values() for suffix in ("json", "jpg")
+    )
+
+
+def test_templates_are_titled_for_people_portrait_first():
+    """The template browser shows a template's file name as its title, in the server's order (a sorted folder
+    listing on Windows and macOS; the newer frontend sorts by title): numbered, portrait first."""
+    titles = list(TEMPLATE_TITLES.values())
+    assert sorted(TEMPLATE_TITLES) == NAMES and titles == sorted(titles)
+    assert titles[0] == "01 Portrait from one photo" and TEMPLATE_TITLES["f2d_portrait"] == titles[0]
+    for title in titles:
+        # "-" and "_" read as spaces in the browser's description; the rest is unsafe in a Windows file name.
+        assert re.fullmatch(r"\d\d [A-Z][A-Za-z0-9 ]+", title), title
 
 
 @pytest.mark.parametrize("name", GENERATION)
@@ -318,9 +335,12 @@ def test_load_image_nodes_name_the_placeholder_files(name: str):
 
 def test_server_lists_the_workflows_as_templates(comfy_server: ComfyServer):
     templates = requests.get(f"{comfy_server.url}/workflow_templates", timeout=30).json()
-    assert sorted(templates[PACK_DIR_NAME]) == NAMES
-    served = requests.get(f"{comfy_server.url}/api/workflow_templates/{PACK_DIR_NAME}/f2d_portrait.json", timeout=30)
+    assert sorted(templates[PACK_DIR_NAME]) == sorted(TEMPLATE_TITLES.values())
+    title = TEMPLATE_TITLES["f2d_portrait"]
+    served = requests.get(f"{comfy_server.url}/api/workflow_templates/{PACK_DIR_NAME}/{title}.json", timeout=30)
     assert served.json() == load_ui("f2d_portrait")
+    with Image.open(BytesIO(requests.get(served.url.replace(".json", ".jpg"), timeout=30).content)) as thumbnail:
+        assert thumbnail.format == "JPEG"
 
 
 def test_an_uncovered_model_fails_clearly():
@@ -344,3 +364,16 @@ def test_a_load_image_without_a_known_role_fails_clearly():
 def test_a_training_folder_without_a_test_folder_fails_clearly():
     with pytest.raises(WorkflowProblem, match=r"node 3 \(F2DTrainingDataset\) reads the folder 'faces'"):
         prepare_for_test(load_api(TRAINING), {}, TRAINING)
+
+
+def test_best_of_4_workflow_saves_the_whole_batch(comfy_server: ComfyServer, uploaded: dict[str, str]):
+    """Besides the winner (Save the best image, after Best of N), a SaveImage keeps all 4 generated images
+    straight from VAE Decode: run without the scoring nodes, it saves the 4."""
+    api = load_api(BEST_OF_4)
+    (batch_save,) = [i for i, node in _nodes_of(api, "SaveImage").items() if node["inputs"]["images"] == ["10", 0]]
+    assert api["10"]["class_type"] == "VAEDecode" and api["11"]["inputs"]["images"] == ["14", 0]
+    graph = prepare_for_test(api, uploaded, BEST_OF_4)
+    for scoring in ("11", "12", "13", "14"):
+        del graph[scoring]
+    history = comfy_server.run(graph, timeout=600)
+    assert len(comfy_server.output_images(history, batch_save)) == api["8"]["inputs"]["batch_size"] == 4

@@ -1,4 +1,8 @@
-"""The bundled workflows (`workflows/*.json` UI format, `workflows/api/*.json` API format) as tests use them.
+"""The bundled workflows (`workflows/<title>.json` UI format, `workflows/api/<name>.json` API format) as tests use them.
+
+A workflow's name is its API copy's file name (`f2d_portrait`, for scripts); its UI file and thumbnail are
+named by its title for people (`01 Portrait from one photo`), which is what ComfyUI's template browser
+shows and sorts by (TEMPLATE_TITLES, from tests/browser/template_titles.json).
 
 `prepare_for_test` turns an API workflow into one the test server runs in seconds: model names become
 the test models (by node type and input name, failing clearly on a model nothing covers), LoadImage
@@ -24,6 +28,8 @@ from tests.support.photos import ALIGNED_CROP, ASTRONAUT, load_rgb
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 API_DIR = WORKFLOWS_DIR / "api"
+# name -> title of the template (its UI file's name), portrait first; export_workflows.mjs reads the same file.
+TEMPLATE_TITLES: dict[str, str] = json.loads((REPO_ROOT / "tests" / "browser" / "template_titles.json").read_text())
 THUMBNAIL_MAX_BYTES = 60 * 1024
 # The JPEG comment export_workflows.mjs writes into each thumbnail when the Load Image nodes showed the
 # drawn placeholders (tests/browser/placeholders.py): a thumbnail without it was made some other way.
@@ -123,14 +129,19 @@ def load_api(name: str) -> Graph:
     return json.loads((API_DIR / f"{name}.json").read_text())
 
 
+def ui_path(name: str) -> Path:
+    """`workflows/<title>.json`, the UI workflow ComfyUI's template browser lists under its title."""
+    return WORKFLOWS_DIR / f"{TEMPLATE_TITLES[name]}.json"
+
+
 def load_ui(name: str) -> dict[str, Any]:
-    """`workflows/<name>.json`."""
-    return json.loads((WORKFLOWS_DIR / f"{name}.json").read_text())
+    """The UI workflow of `name` (`ui_path`)."""
+    return json.loads(ui_path(name).read_text())
 
 
 def thumbnail_path(name: str) -> Path:
-    """`workflows/<name>.jpg`, the thumbnail ComfyUI's template browser shows."""
-    return WORKFLOWS_DIR / f"{name}.jpg"
+    """`workflows/<title>.jpg`, the thumbnail ComfyUI's template browser shows."""
+    return WORKFLOWS_DIR / f"{TEMPLATE_TITLES[name]}.jpg"
 
 
 # ---- test inputs ---------------------------------------------------------------------------------

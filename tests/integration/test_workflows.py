@@ -187,6 +187,8 @@ def test_best_of_4_workflow_keeps_every_image_when_none_shows_a_face(comfy_serve
     best = history["outputs"]["14"]["text"][0]
     assert best.startswith("best 4 of 4 by identity") and "kept the whole batch in its order" in best
     assert [image.size for image in comfy_server.output_images(history, "11")] == [(64, 64)] * 4
+    (batch_save,) = [i for i, node in _nodes_of(graph, "SaveImage").items() if node["inputs"]["images"] == ["10", 0]]
+    assert [image.size for image in comfy_server.output_images(history, batch_save)] == [(64, 64)] * 4
 
 
 def test_training_workflow_trains_and_saves_a_mapper(

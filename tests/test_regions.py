@@ -55,6 +55,11 @@ def test_person_mask_fits_the_latent_of_its_image():
     assert mask.shape == (1, 64, 96) and torch.equal(mask, masks[1:2])
     assert person_mask(torch.ones(8, 12), 1, (8, 12)).shape == (1, 8, 12)  # the latent's own size
     assert person_mask(torch.ones(1, 68, 100), 1, (8, 12)).shape == (1, 68, 100)  # a photo VAE-encoded to 8x12
+    painted = torch.zeros(1, 1023, 1023)
+    painted[:, :, :511] = 1.0  # a hand-painted left half, one pixel short of 1024x1024
+    resized = person_mask(painted, 1, (128, 128))
+    assert resized.shape == (1, 1024, 1024)
+    assert resized[0, :, :500].min() == 1.0 and resized[0, :, 524:].max() == 0.0
 
 
 def test_person_mask_errors_name_the_person_and_the_fix():
@@ -62,7 +67,7 @@ def test_person_mask_errors_name_the_person_and_the_fix():
     with pytest.raises(RegionError, match=r"Person 3 has no region: masks holds 2 mask\(s\)"):
         person_mask(masks, 3, (8, 12))
     with pytest.raises(RegionError, match=r"Person 1's mask is 96x64 pixels, but the latent is for a 128x128 image"):
-        person_mask(masks, 1, (16, 16))
+        person_mask(masks, 1, (16, 16))  # 3:2 against 1:1: another shape, refused rather than stretched
     empty = masks.clone()
     empty[1] = 0
     with pytest.raises(RegionError, match=r"Person 2's mask .* is empty"):

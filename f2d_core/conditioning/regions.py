@@ -8,10 +8,14 @@ that person's prediction by mask x strength, so each person's S* acts only insid
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 
 from ..errors import F2DError
 
 LATENT_SCALE = 8  # SD1.x VAE: one latent pixel is 8 x 8 image pixels
+# A mask whose width/height ratio is within 2% of the image's is resized to it (hand-painted masks a few
+# pixels off); any other shape is refused rather than stretched.
+MASK_ASPECT_TOLERANCE = 0.02
 MAX_PEOPLE = 4
 # layout name -> (rows, columns); regions are numbered row by row, left to right.
 LAYOUTS: dict[str, tuple[int, int]] = {
@@ -56,9 +60,11 @@ def person_mask(masks: torch.Tensor, person: int, latent_size: tuple[int, int], 
 
     masks: [N, H, W] or [H, W]; latent_size: (height, width) of the latent in latent pixels.
     A mask fits when it is the latent's image size (H // 8, W // 8 equal the latent's, so the photo a
-    latent was encoded from fits) or the latent's own size.
-    Raises RegionError naming the person when there is no mask `person`, its size does not fit, or it is
-    empty (all zero).
+    latent was encoded from fits) or the latent's own size. A mask of another size with the image's aspect
+    ratio (within `MASK_ASPECT_TOLERANCE`, e.g. a 1023x1023 hand-painted mask for a 1024x1024 image) is
+    resized bilinearly to the image size, as core's ConditioningSetMask would stretch it while sampling.
+    Raises RegionError naming the person when there is no mask `person`, its shape does not fit (another
+    aspect ratio), or it is empty (all zero).
     """
     if masks.ndim == 2:
         masks = masks.unsqueeze(0)
@@ -74,11 +80,15 @@ def person_mask(masks: torch.Tensor, person: int, latent_size: tuple[int, int], 
     height, width = mask.shape[-2:]
     latent_h, latent_w = latent_size
     fits_image = (height // LATENT_SCALE, width // LATENT_SCALE) == (latent_h, latent_w)
-    if not (fits_image or (height, width) == (latent_h, latent_w)):
+    same_aspect = abs((width / height) / (latent_w / latent_h) - 1.0) <= MASK_ASPECT_TOLERANCE
+    if not (fits_image or (height, width) == (latent_h, latent_w)) and same_aspect:
+        size = (latent_h * LATENT_SCALE, latent_w * LATENT_SCALE)
+        mask = F.interpolate(mask[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    elif not (fits_image or (height, width) == (latent_h, latent_w)):
         raise RegionError(
             f"Person {person}'s mask is {width}x{height} pixels, but the latent is for a "
-            f"{latent_w * LATENT_SCALE}x{latent_h * LATENT_SCALE} image: make the mask at the image size (e.g. "
-            f"F2D Region Layout on the same latent), or scale it to that size."
+            f"{latent_w * LATENT_SCALE}x{latent_h * LATENT_SCALE} image, another shape: make the mask at the image "
+            f"size (e.g. F2D Region Layout on the same latent), or scale it to that size."
         )
     if not bool((mask > 0).any()):
         raise RegionError(

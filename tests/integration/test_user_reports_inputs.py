@@ -65,17 +65,15 @@ def test_photos_in_every_format_loadimage_reads_encode_like_the_rgb_photo(comfy_
         assert torch.nn.functional.cosine_similarity(got[0, 4:6], reference[0, 4:6], dim=-1).min() > 0.9, kind
 
 
-def test_grayscale_photo_encodes_or_says_no_face_was_found(comfy_server, face_rgb):
-    """A grayscale ("L") photo is read as RGB by LoadImage and encoded; S* is finite."""
+def test_grayscale_photo_encodes_as_its_rgb_copy(comfy_server, face_rgb):
+    """A grayscale ("L") photo is read as RGB by LoadImage and encodes exactly as an RGB photo of the same
+    pixels: a finite S*, bit for bit the RGB copy's."""
     gray = Image.fromarray(face_rgb).convert("L")
-    name = _upload_bytes(comfy_server, gray, "ri_gray.png", format="PNG")
-    graph = encode_face_graph(name)
-    try:
-        got = _cond(comfy_server, graph, "ri_gray")
-    except ExecutionFailed as e:  # the test detector keys on colour: a clear no-face error is the answer then
-        assert e.node_type == "F2DEncodeFace" and "No face found" in e.exception_message
-        return
-    assert torch.isfinite(got).all()
+    conds = []
+    for mode, name in (("L", "ri_gray.png"), ("RGB", "ri_gray_rgb.png")):
+        upload = _upload_bytes(comfy_server, gray.convert(mode), name, format="PNG")
+        conds.append(_cond(comfy_server, encode_face_graph(upload), f"ri_gray_{mode}"))
+    assert torch.isfinite(conds[0]).all() and torch.equal(conds[0], conds[1])
 
 
 # --- Sizes and batches -----------------------------------------------------------------------------
@@ -94,9 +92,10 @@ def test_image_batch_of_mixed_sources_gives_one_pooled_face(comfy_server, face_r
     assert torch.isfinite(history_cond).all() and history_cond.shape == (1, 77, 768)
 
 
-def test_regions_on_a_904x600_latent_sample_and_a_1023px_mask_gets_a_clear_message(comfy_server, face_rgb):
+def test_regions_on_a_904x600_latent_and_a_1023px_hand_painted_mask(comfy_server, face_rgb):
     """Sizes that are not multiples of 64 work (904x600: region layout, two people, KSampler, VAE decode); a
-    hand-painted mask one pixel short of the image (1023x1023 for 1024x1024) is a node error saying what to do."""
+    hand-painted mask one pixel short of the image (1023x1023 for 1024x1024) is used, resized to the image; a
+    mask of another shape (1023x512) is a node error saying what to do."""
     name = comfy_server.upload_image(Image.fromarray(face_rgb), "ri_regions.png")
     graph = encode_face_graph(name)
     graph["6"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 904, "height": 600, "batch_size": 1}}
@@ -146,9 +145,15 @@ def test_regions_on_a_904x600_latent_sample_and_a_1023px_mask_gets_a_clear_messa
                                                        "conditioning": ["8", 0], "text": "a photo of f l",
                                                        "person": 1}},
     }  # fmt: skip
+    save_conditioning(painted, ["5", 0], "ri_painted", "99")
+    comfy_server.run(painted, timeout=300)
+    saved = load_file(str(comfy_server.output_dir / "ri_painted.safetensors"))
+    masks = [tensor for key, tensor in saved.items() if key.startswith("mask_")]
+    assert [tuple(mask.shape[-2:]) for mask in masks] == [(1024, 1024)] and masks[0].min() == 1.0
+    painted["7"]["inputs"]["height"] = 512
     error = _failure(comfy_server, painted)
     assert error.node_type == "F2DAddPerson"
-    assert "mask is 1023x1023 pixels, but the latent is for a 1024x1024 image" in error.exception_message
+    assert "mask is 1023x512 pixels, but the latent is for a 1024x1024 image" in error.exception_message
     assert "make the mask at the image size" in error.exception_message
 
 

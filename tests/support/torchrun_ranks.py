@@ -97,7 +97,8 @@ class WatchedRun:
             code = self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             return None
-        while self._drain(5.0):
+        deadline = time.monotonic() + 30  # a process it left behind may hold the pipe open
+        while self._drain(1.0) and time.monotonic() < deadline:
             pass
         return code
 

@@ -9,7 +9,8 @@
 # and one MSID encoder training step (ViT-S, MS1MV3's 93K classes, batch 256 and 1024: images/s and MFU in
 # bf16 against a plain fp32 loop). The full-size random checkpoint is written once to WORK_DIR. Each part
 # writes JSON and a log to OUT_DIR; a part that
-# fails does not stop the others; each is capped at 300 s, so the whole run fits one 15-minute GPU loan.
+# fails does not stop the others; each of the five is capped at 150 s, so the whole run fits one 15-minute GPU
+# loan with the machine's start.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-gpu_results}}
@@ -20,7 +21,7 @@ status=0
 run() {
   local name=$1; shift
   printf '\n== %s: %s\n' "$name" "$*"
-  timeout 300 "$@" 2>&1 | tee "$OUT_DIR/$name.log" || status=1
+  timeout 150 "$@" 2>&1 | tee "$OUT_DIR/$name.log" || status=1
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT_DIR/gpu.txt"
 run encode python bench/gpu_encode.py --device cuda --batch 256 --json "$OUT_DIR/encode.json"

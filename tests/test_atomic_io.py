@@ -67,13 +67,13 @@ def test_files_other_threads_create_while_atomic_writes_run_are_never_world_writ
 )
 def test_a_failed_write_is_a_clear_error_leaving_the_previous_file_and_no_partial_file(tmp_path, error, advice):
     """A full disk shows as ENOSPC from the writer; a read-only folder as EACCES/EROFS."""
-    path = atomic_write(tmp_path / "Zoë_李_00001.safetensors", lambda tmp: tmp.write_bytes(b"old"))
+    path = atomic_write(tmp_path / "Zoë_\u674e_00001.safetensors", lambda tmp: tmp.write_bytes(b"old"))
 
     def failing(tmp):
         tmp.write_bytes(b"half")
         raise OSError(error, os.strerror(error))
 
-    with pytest.raises(WriteError, match=rf"Could not write .*Zoë_李_00001.safetensors: .*{advice}") as caught:
+    with pytest.raises(WriteError, match=rf"Could not write .*Zoë_\u674e_00001.safetensors: .*{advice}") as caught:
         atomic_write(path, failing)
     assert "previous file of that name is unchanged" in str(caught.value)
     assert path.read_bytes() == b"old"

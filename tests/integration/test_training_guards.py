@@ -112,31 +112,31 @@ def test_resume_refuses_another_run_uses_a_new_learning_rate_and_says_when_nothi
 
 
 def test_photos_replaced_under_the_same_names_are_another_run_and_non_ascii_names_round_trip(comfy_server):
-    """Issue 13: point 9 (resume identity hashes the photos' content) and a `Zoë_李` folder and file names."""
-    folder = Path(comfy_server.input_dir) / "Zoë_李"
+    """Issue 13: point 9 (resume identity hashes the photos' content) and a `Zoë_\u674e` folder and file names."""
+    folder = Path(comfy_server.input_dir) / "Zoë_\u674e"
     folder.mkdir(parents=True, exist_ok=True)
-    names = ["Zoë_李_0.png", "Zoë_李_1.png"]
+    names = ["Zoë_\u674e_0.png", "Zoë_\u674e_1.png"]
     for name, source in zip(names, (ASTRONAUT, ALIGNED_CROP), strict=True):
         Image.fromarray(si.face_photo(load_rgb(source))).save(folder / name)
     history = comfy_server.run(
-        training_graph("Zoë_李", "Zoë_李_run", steps=1, save_as="Zoë_李_mapper"), timeout=TIMEOUT
+        training_graph("Zoë_\u674e", "Zoë_\u674e_run", steps=1, save_as="Zoë_\u674e_mapper"), timeout=TIMEOUT
     )
     assert history["outputs"]["4"]["text"][0].startswith("step 1: loss ")
-    run_dir = Path(comfy_server.output_dir) / "face2diffusion_training" / "Zoë_李_run"
+    run_dir = Path(comfy_server.output_dir) / "face2diffusion_training" / "Zoë_\u674e_run"
     assert (run_dir / "training_state.safetensors").is_file()
-    saved = [p.name for p in Path(comfy_server.models_dir, "face2diffusion").glob("Zoë_李_mapper*.safetensors")]
+    saved = [p.name for p in Path(comfy_server.models_dir, "face2diffusion").glob("Zoë_\u674e_mapper*.safetensors")]
     assert saved, list(Path(comfy_server.models_dir, "face2diffusion").iterdir())
-    settings = json.loads(_state_metadata(comfy_server, "Zoë_李_run")["settings"])
+    settings = json.loads(_state_metadata(comfy_server, "Zoë_\u674e_run")["settings"])
     assert settings["steps"] == 1
 
     # The same names, other photos: the saved run is of another dataset, and the resume says so.
     photos = [si.face_photo(load_rgb(source)) for source in (ALIGNED_CROP, ASTRONAUT)]
     for name, photo in zip(names, photos, strict=True):
         Image.fromarray(photo[:, ::-1].copy()).save(folder / name)
-    failure = _failure(comfy_server, training_graph("Zoë_李", "Zoë_李_run", steps=2))
+    failure = _failure(comfy_server, training_graph("Zoë_\u674e", "Zoë_\u674e_run", steps=2))
     assert failure.node_type == "F2DTrainMapper"
     assert "dataset (saved run: " in failure.exception_message, failure.exception_message
-    assert _state_metadata(comfy_server, "Zoë_李_run")["step"] == "1"
+    assert _state_metadata(comfy_server, "Zoë_\u674e_run")["step"] == "1"
 
 
 def test_a_folder_without_a_face_fails_the_prompt_and_writes_no_mapper_or_state(comfy_server):

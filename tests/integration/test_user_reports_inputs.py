@@ -4,6 +4,7 @@ sizes and batches, and saved faces (non-ASCII names, a folder that cannot be wri
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 
 import numpy as np
@@ -162,20 +163,21 @@ def test_regions_on_a_904x600_latent_and_a_1023px_hand_painted_mask(comfy_server
 
 def _faces_dir(server: ComfyServer, comfy_models_dir, stem: str):
     """The folder Save F2D Face wrote `<stem>_*.safetensors` into."""
-    (found,) = {p.parent for p in comfy_models_dir.rglob(f"{stem}_*.safetensors")}
+    pattern = re.compile(rf"{re.escape(stem)}_\d{{5}}\.safetensors")  # not another test's `<stem>_mapper`
+    (found,) = {p.parent for p in comfy_models_dir.rglob(f"{stem}_*.safetensors") if pattern.fullmatch(p.name)}
     return found
 
 
 def test_face_named_in_any_script_round_trips_and_a_read_only_folder_is_a_clear_error(
     comfy_server, comfy_models_dir, face_rgb
 ):
-    """Save F2D Face with the name "Zoë_李" is offered by Load F2D Face in the very next prompt (API) and gives
+    """Save F2D Face with the name "Zoë_\u674e" is offered by Load F2D Face in the very next prompt (API) and gives
     the same conditioning; a faces folder that cannot be written is a clear node error, the saved file intact."""
     name = comfy_server.upload_image(Image.fromarray(face_rgb), "ri_zoe.png")
     graph = encode_face_graph(name)
-    graph["6"] = {"class_type": "F2DSaveFace", "inputs": {"f2d_face": ["4", 0], "name": "Zoë_李"}}
+    graph["6"] = {"class_type": "F2DSaveFace", "inputs": {"f2d_face": ["4", 0], "name": "Zoë_\u674e"}}
     direct = _cond(comfy_server, graph, "ri_zoe_direct")
-    saved = [f for f in comfy_server.combo_options("F2DLoadFace", "face_file") if f.startswith("Zoë_李_")]
+    saved = [f for f in comfy_server.combo_options("F2DLoadFace", "face_file") if f.startswith("Zoë_\u674e_")]
     assert saved, comfy_server.combo_options("F2DLoadFace", "face_file")
     loaded = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
@@ -185,12 +187,12 @@ def test_face_named_in_any_script_round_trips_and_a_read_only_folder_is_a_clear_
     }  # fmt: skip
     torch.testing.assert_close(_cond(comfy_server, loaded, "ri_zoe_loaded"), direct, atol=0, rtol=0)
 
-    folder = _faces_dir(comfy_server, comfy_models_dir, "Zoë_李")
+    folder = _faces_dir(comfy_server, comfy_models_dir, "Zoë_\u674e")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
         pytest.skip("chattr +i is not available to make the folder read-only for this (root) user")
     try:
-        graph["6"]["inputs"]["name"] = "Zoë_李 again"
+        graph["6"]["inputs"]["name"] = "Zoë_\u674e again"
         error = _failure(comfy_server, graph)
     finally:
         subprocess.run(["chattr", "-i", str(folder)], check=True)

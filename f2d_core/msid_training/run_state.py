@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..atomic_io import atomic_write
-from ..errors import F2DError, WeightFileError
+from ..errors import F2DError, WeightFileError, WriteError
 from ..training.run_identity import free_run_name
 from ..weight_files import read_weights
 
@@ -132,18 +132,29 @@ def save_run_state(
     settings: dict,
     identity: MSIDRunIdentity,
     rank: int = 0,
-    barrier: Callable[[], None] = lambda: None,
+    agree: Callable[[bool], bool] = lambda ok: ok,
 ) -> Path:
     """Every rank writes its classifier shard, then rank 0 the main state; returns the main state's path.
 
-    `barrier` waits for every rank (a no-op in one process). Call it on every rank at the same step.
+    `agree(ok)` meets every rank and returns whether every rank's `ok` was True (in one process:
+    `ok`). Call it on every rank at the same step. Raises WriteError on every rank when any rank
+    could not write (a full disk, a read-only folder: the failing rank's message names the file),
+    so no rank waits for another that failed; the previous state is then still the one on disk.
     """
     run_dir = Path(run_dir)
     shard_params = {id(p): f"classifier.{n}" for n, p in classifier.named_parameters()}
     shard = {f"classifier.{k}": v.detach().float().cpu().contiguous() for k, v in classifier.state_dict().items()}
     shard.update(_optimizer_tensors(optimizer, shard_params))
-    atomic_write(_shard_path(run_dir, rank, step), lambda tmp: save_file(shard, str(tmp), {"step": str(step)}))
-    barrier()
+    failed: WriteError | None = None
+    try:
+        atomic_write(
+            _shard_path(run_dir, rank, step),
+            lambda tmp: save_file(shard, str(tmp), {"step": str(step)}),
+            f"MSID classifier shard of rank {rank}",
+        )
+    except WriteError as exc:
+        failed = exc
+    _agree_or_raise(agree, failed, run_dir, step)
     main = run_dir / STATE_FILE
     if rank == 0:
         tensors = {f"encoder.{k}": v.detach().float().cpu().contiguous() for k, v in encoder.state_dict().items()}
@@ -155,12 +166,28 @@ def save_run_state(
             "settings": json.dumps(settings, default=str),
             "identity": identity.to_json(),
         }
-        atomic_write(main, lambda tmp: save_file(tensors, str(tmp), metadata))
-    barrier()
+        try:
+            atomic_write(main, lambda tmp: save_file(tensors, str(tmp), metadata), "MSID training state")
+        except WriteError as exc:
+            failed = exc
+    _agree_or_raise(agree, failed, run_dir, step)
     for old in run_dir.glob(f"classifier_rank{rank}_step*.safetensors"):
         if old != _shard_path(run_dir, rank, step):
             old.unlink(missing_ok=True)
     return main
+
+
+def _agree_or_raise(agree: Callable[[bool], bool], failed: WriteError | None, run_dir: Path, step: int) -> None:
+    """Meet the other ranks; raise this rank's WriteError, or one saying another rank's write failed."""
+    if agree(failed is None) and failed is None:
+        return
+    if failed is not None:
+        raise failed
+    raise WriteError(
+        f"Could not write the MSID state of step {step} in {run_dir}: another rank's write failed (its log names "
+        "the file and why); the previous state there is unchanged. Free some disk space or choose a writable "
+        "folder, then run again."
+    )
 
 
 def load_run_state(

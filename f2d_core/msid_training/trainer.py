@@ -193,9 +193,13 @@ class MSIDTrainer:
             architecture=architecture_of(encoder),
         )
 
-    def _barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
+    def _agree(self, ok: bool) -> bool:
+        """Whether `ok` holds on every rank (an all-reduce of the flag; a barrier that carries a failure)."""
+        if self.world_size == 1:
+            return ok
+        flag = torch.tensor([float(ok)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
 
     def _save(self, step: int, losses: list[float]) -> None:
         save_run_state(
@@ -208,7 +212,7 @@ class MSIDTrainer:
             asdict(self.settings),
             self.identity,
             self.rank,
-            self._barrier,
+            self._agree,
         )
 
     def _flips(self, step: int, count: int) -> torch.Tensor | None:

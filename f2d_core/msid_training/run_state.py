@@ -7,8 +7,12 @@ moments). The shards are written first, then the main state, which names the ste
 point leaves a main state whose shards are all on disk. Older shards are deleted afterwards.
 
 The identity is what the saved weights were computed from (dataset, starting weights, loss with its
-margin, scale and Partial FC rate, global batch, seed, number of processes, architecture); resuming
-with another raises `MSIDRunMismatch`. Learning rate, weight decay, epochs and the like may change
+margin, scale and Partial FC rate, global batch, seed, architecture); resuming with another raises
+`MSIDRunMismatch`. The number of processes may change: a state saved by 4 ranks resumes on 2 or 8, each
+rank reading its new shard's rows (centres and their AdamW moments) from the old shards' files
+(`_resharded`). The global batches stay the same images (the loader splits each global batch over the
+ranks), but flips and Partial FC's negatives are drawn per rank, so such a run continues validly without
+repeating the losses an unchanged run would have had. Learning rate, weight decay, epochs and the like may change
 between sessions (the current values win, as in mapper training).
 """
 
@@ -21,6 +25,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..atomic_io import atomic_write
@@ -38,7 +43,6 @@ IDENTITY_LABELS = {
     "loss": "loss",
     "global_batch_size": "batch size",
     "seed": "seed",
-    "world_size": "number of processes (world size)",
     "architecture": "encoder architecture",
 }
 
@@ -96,6 +100,44 @@ class SavedRun:
 
 def _shard_path(run_dir: Path, rank: int, step: int) -> Path:
     return run_dir / f"classifier_rank{rank}_step{step}.safetensors"
+
+
+def _resharded(run_dir: Path, step: int, saved_world: int, classifier: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """This rank's classifier shard (and its AdamW moments) cut from the `saved_world` shards of another world size.
+
+    Rows of a tensor whose first dimension is an old shard's class count are taken where the old shard's
+    classes [start, start + count) meet this rank's (`shard_range`); other tensors (AdamW's step counter)
+    come from rank 0's file. Only the needed rows are read (safetensors slices). Raises WeightFileError
+    for a missing or unreadable shard file.
+    """
+    from .margin_softmax import shard_range
+
+    total, start, count = classifier.num_classes, classifier.start, classifier.count
+    pieces: dict[str, list[torch.Tensor]] = {}
+    whole: dict[str, torch.Tensor] = {}
+    for old_rank in range(saved_world):
+        path = _shard_path(run_dir, old_rank, step)
+        if not path.exists():
+            raise WeightFileError(
+                f"{run_dir / STATE_FILE} was saved by {saved_world} processes at step {step}, but {path.name} "
+                "(one of their classifier shards) is missing: the classifier cannot be resharded."
+            )
+        old_start, old_count = shard_range(total, old_rank, saved_world)
+        low, high = max(start, old_start), min(start + count, old_start + old_count)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    piece = f.get_slice(key)
+                    shape = piece.get_shape()
+                    if shape and shape[0] == old_count:
+                        if low < high:
+                            pieces.setdefault(key, []).append(piece[low - old_start : high - old_start])
+                    elif old_rank == 0:
+                        whole[key] = f.get_tensor(key)
+        except (OSError, SafetensorError) as exc:
+            raise WeightFileError(f"{path} cannot be read: {exc}") from None
+    whole.update({key: torch.cat(parts) for key, parts in pieces.items()})
+    return whole
 
 
 def _part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -171,8 +213,10 @@ def save_run_state(
         except WriteError as exc:
             failed = exc
     _agree_or_raise(agree, failed, run_dir, step)
-    for old in run_dir.glob(f"classifier_rank{rank}_step*.safetensors"):
-        if old != _shard_path(run_dir, rank, step):
+    for old in run_dir.glob("classifier_rank*_step*.safetensors"):
+        old_rank = old.name.removeprefix("classifier_rank").split("_", 1)[0]
+        mine = old_rank == str(rank) or (rank == 0 and old_rank.isdigit() and int(old_rank) >= identity.world_size)
+        if mine and old != _shard_path(run_dir, rank, step):  # rank 0 also removes those of a former world size
             old.unlink(missing_ok=True)
     return main
 
@@ -215,10 +259,19 @@ def load_run_state(
     if differences:
         raise MSIDRunMismatch(run_dir, differences)
     step = int(metadata["step"])
-    shard_file = _shard_path(run_dir, rank, step)
-    if not shard_file.exists():
-        raise WeightFileError(f"{main} is at step {step}, but {shard_file.name} (rank {rank}'s classifier) is missing.")
-    shard, _ = read_weights(shard_file)
+    saved_world = MSIDRunIdentity.from_json(metadata["identity"]).world_size
+    if saved_world != identity.world_size:
+        log.info(
+            "%s was saved by %d processes; resharding its classifier onto %d", run_dir, saved_world, identity.world_size
+        )
+        shard = _resharded(run_dir, step, saved_world, classifier)
+    else:
+        shard_file = _shard_path(run_dir, rank, step)
+        if not shard_file.exists():
+            raise WeightFileError(
+                f"{main} is at step {step}, but {shard_file.name} (rank {rank}'s classifier) is missing."
+            )
+        shard, _ = read_weights(shard_file)
     encoder.load_state_dict(_part(tensors, "encoder."))
     classifier.load_state_dict(_part(shard, "classifier."))
     params = {f"encoder.{n}": p for n, p in encoder.named_parameters()}

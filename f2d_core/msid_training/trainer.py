@@ -64,12 +64,20 @@ class MSIDTrainSettings:
     seed: int = 0
     checkpoint_every: int = 2000  # steps
     max_steps: int | None = None  # stop (and save) after this many steps in all: a short run or a test
+    # Ask `should_stop` every this many steps only: with several ranks it is an all-reduce and a host sync,
+    # which would otherwise stall the device queue every step. A stop request is acted on within N steps.
+    stop_check_every: int = 10
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise F2DError(f"loss must be one of {LOSSES}, not {self.loss!r}")
-        if min(self.epochs, self.batch_size, self.checkpoint_every) < 1 or self.learning_rate <= 0:
-            raise F2DError("epochs, batch size and checkpoint interval must be at least 1, the learning rate above 0")
+        if (
+            min(self.epochs, self.batch_size, self.checkpoint_every, self.stop_check_every) < 1
+            or self.learning_rate <= 0
+        ):
+            raise F2DError(
+                "epochs, batch size, checkpoint and stop-check intervals must be at least 1, the learning rate above 0"
+            )
         if not 0 < self.partial_fc <= 1:
             raise F2DError(f"the Partial FC rate must be in (0, 1], not {self.partial_fc}")
 
@@ -252,7 +260,11 @@ class MSIDTrainer:
         return values
 
     def run(self, should_stop: Callable[[], bool] | None = None) -> MSIDTrainResult:
-        """Train to the end, `max_steps` or a stop request; save every `checkpoint_every` steps and at the end."""
+        """Train to the end, `max_steps` or a stop request; save every `checkpoint_every` steps and at the end.
+
+        `should_stop` is asked every `stop_check_every` steps (on every rank at the same steps: it may be a
+        collective); when it says so, the state is saved and the run ends with status "stopped".
+        """
         settings = self.settings
         saved = load_run_state(self.run_dir, self.encoder, self.classifier, self.optimizer, self.identity, self.rank)
         step, losses = (saved.step, saved.losses) if saved else (0, [])
@@ -286,7 +298,12 @@ class MSIDTrainer:
             for images, labels in self.batches(epoch, first):
                 pending.append(self.train_step(step, images, labels))
                 step += 1
-                stop = step < last and should_stop is not None and should_stop()
+                stop = (
+                    step < last
+                    and should_stop is not None
+                    and step % settings.stop_check_every == 0  # the same steps on every rank
+                    and should_stop()
+                )
                 if stop or step == last or step % settings.checkpoint_every == 0:
                     flush()
                     self._save(step, losses)

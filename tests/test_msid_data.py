@@ -547,3 +547,16 @@ def test_eps_and_other_formats_never_reach_their_decoders(
     assert len(folder_data) == 2 and folder_data.report.files_for(UNREADABLE) == ["alice/b.jpg"]
     assert "not a JPEG, PNG, WEBP, BMP image" in folder_data.report.skipped[0].detail
     assert opened == []
+
+
+def test_loader_workers_started_by_spawn_give_the_same_batches(record_data) -> None:
+    """Issue 18: Windows and macOS start workers by spawn, Linux from Python 3.14 by forkserver (which, as
+    spawn, pickles the dataset to each worker: the record file is mapped again there)."""
+    start_method = "spawn"
+    expected = _batches(make_training_loader(record_data, 4, seed=3, epoch=1, workers=0, pin_memory=False))
+    loader = make_training_loader(
+        record_data, 4, seed=3, epoch=1, workers=2, pin_memory=False, start_method=start_method
+    )
+    got = _batches(loader)
+    assert loader.multiprocessing_context.get_start_method() == start_method
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(expected, got, strict=True))

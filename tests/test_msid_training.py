@@ -303,3 +303,35 @@ def test_a_missing_old_shard_is_named_when_resharding(tmp_path):
         WeightFileError, match=r"saved by 4 processes at step 5, but classifier_rank2_step5\.safetensors"
     ):
         load_run_state(tmp_path, encoder, head, optimizer, identity, 0)
+
+
+def test_deterministic_option_turns_on_deterministic_kernels_and_off_tf32():
+    """Issue 18: bit-exact resumes held on the CPU only; --deterministic makes them hold on a GPU too."""
+    from cli.train_msid import build_parser, use_deterministic_kernels
+
+    args = build_parser().parse_args(
+        ["--data", "d", "--out", "o", "--run-dir", "r", "--deterministic", "--worker-start", "spawn"]
+    )
+    assert args.deterministic and args.worker_start == "spawn" and args.stop_check_every == 10
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.flash_sdp_enabled(),
+        torch.backends.cuda.mem_efficient_sdp_enabled(),
+    )
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        use_deterministic_kernels()
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cuda.flash_sdp_enabled() and not torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert torch.backends.cuda.math_sdp_enabled()
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[1], saved[2]
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[3], saved[4]
+        torch.backends.cuda.enable_flash_sdp(saved[5])
+        torch.backends.cuda.enable_mem_efficient_sdp(saved[6])

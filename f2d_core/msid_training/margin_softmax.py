@@ -121,7 +121,7 @@ class ShardedMarginSoftmax(nn.Module):
     def _sampled_centres(self, local_labels: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Partial FC: (rows of `weight` used this step, sorted int64 [K], labels renumbered into them, -1 kept).
 
-        Everything stays on the device, with no host sync: the positives are marked by a scatter, every
+        Everything stays on the device, with no host sync: the positives are marked by an index fill, every
         class gets a random priority from a generator on the device seeded by (seed, step, rank), the
         positives priority 2, and the K highest are kept. K = max(1, int(rate x count), min(count, B)) for B
         gathered labels is known without reading the labels back: every positive (there are at most
@@ -131,13 +131,13 @@ class ShardedMarginSoftmax(nn.Module):
         """
         device = local_labels.device
         num_sample = max(1, int(self.sample_rate * self.count), min(self.count, local_labels.numel()))
-        hits = torch.zeros(self.count + 1, device=device)
-        hits.scatter_(0, torch.where(local_labels >= 0, local_labels, self.count), 1.0)
+        positive = torch.zeros(self.count + 1, dtype=torch.bool, device=device)
+        positive.index_fill_(0, torch.where(local_labels >= 0, local_labels, self.count), True)  # deterministic
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device)
         self._generator.manual_seed((self.seed * 1_000_003 + step) * 4099 + self.rank)
         priority = torch.rand(self.count, generator=self._generator, device=device)
-        priority = torch.where(hits[: self.count] > 0, 2.0, priority)  # positives are always kept
+        priority = torch.where(positive[: self.count], 2.0, priority)  # positives are always kept
         index = priority.topk(num_sample).indices.sort().values
         renumbered = torch.where(local_labels >= 0, torch.searchsorted(index, local_labels.clamp_min(0)), -1)
         return index, renumbered

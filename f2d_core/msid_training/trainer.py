@@ -10,7 +10,9 @@ natively (`resolve_training_dtype("auto", ...)`), else fp32.
 
 The step fixes everything random about it (flips, Partial FC's negatives, the batch: the loader is
 indexed by epoch and batch), so an interrupted run resumed from its state continues exactly as an
-uninterrupted one would.
+uninterrupted one would: bit for bit on the CPU; on CUDA only under deterministic kernels (cli/train_msid.py
+--deterministic: attention backward, cuDNN and TF32 are not deterministic otherwise) and the same number
+of processes (flips and Partial FC are drawn per rank).
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ def bench_batch(args: argparse.Namespace, device: torch.device, batch: int) -> d
     counter = iter(range(1 << 30))
 
     def ours() -> None:
-        torch.backends.cuda.matmul.allow_tf32 = True  # as cli/train_msid.py sets it on CUDA
+        torch.backends.cuda.matmul.allow_tf32 = not args.deterministic  # as cli/train_msid.py sets it on CUDA
         trainer.train_step(next(counter), images, labels)
 
     encoder = MSIDEncoder(**arch).to(device).train()
@@ -242,10 +242,22 @@ def main() -> None:
     parser.add_argument("--sampling-batch", type=int, default=1024, help="Partial FC sampling: global batch.")
     parser.add_argument("--sampling-rate", type=float, default=0.1, help="Partial FC sampling: rate.")
     parser.add_argument("--only-sampling", action="store_true", help="Time Partial FC's sampling alone.")
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="Both steps under cli/train_msid.py --deterministic's kernels: run with and without it to see its cost.",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device(args.device)
     gpu = device.type == "cuda"
+    if args.deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        from cli.train_msid import use_deterministic_kernels
+
+        use_deterministic_kernels()
     defaults = {"batch": [256, 1024] if gpu else [32], "width": 384 if gpu else 64, "depth": 12 if gpu else 4}
     defaults.update(heads=12 if gpu else 4, classes=MS1MV3_CLASSES if gpu else 1000)
     for key, value in defaults.items():

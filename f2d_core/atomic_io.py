@@ -77,6 +77,18 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def write_error(path: Path, what: str, exc: OSError | SafetensorError) -> WriteError:
+    """The pack's write error for a failed write of `what` at `path`: why (full disk, read-only folder, ...)
+    and whether a previous file of that name is still there."""
+    code = _errno_of(exc)
+    reason = _REASONS.get(code) or (exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{exc}")
+    kept = f"the previous {what} of that name is unchanged" if Path(path).exists() else "nothing was written"
+    return WriteError(
+        f"Could not write the {what} {path}: {reason}; {kept}. Free some disk space or choose a writable "
+        "folder, then run again."
+    )
+
+
 def atomic_write(path: Path, write: Callable[[Path], None], what: str = "file") -> Path:
     """Call `write(tmp)` on a temp file beside `path`, fsync it, rename it over `path`, fsync the folder.
 
@@ -102,13 +114,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], what: str = "file") 
     except (OSError, SafetensorError) as e:
         if isinstance(e, WriteError):
             raise
-        code = _errno_of(e)
-        reason = _REASONS.get(code) or (e.strerror if isinstance(e, OSError) and e.strerror else f"{e}")
-        kept = f"the previous {what} of that name is unchanged" if path.exists() else "nothing was written"
-        raise WriteError(
-            f"Could not write the {what} {path}: {reason}; {kept}. Free some disk space or choose a writable "
-            "folder, then run again."
-        ) from None
+        raise write_error(path, what, e) from None
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)

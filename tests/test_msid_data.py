@@ -560,3 +560,18 @@ def test_loader_workers_started_by_spawn_give_the_same_batches(record_data) -> N
     got = _batches(loader)
     assert loader.multiprocessing_context.get_start_method() == start_method
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(expected, got, strict=True))
+
+
+def test_every_rank_runs_the_same_number_of_batches_whatever_the_set_size() -> None:
+    """Issue 18 (uneven last batches): no rank may end an epoch early and leave the others waiting in a
+    collective. drop_last leaves the tail out; without it the last batches wrap around."""
+    from f2d_core.msid_training.data.loader import ShardedBatchSampler
+
+    for world in (2, 3, 8):
+        for size in range(world * 4, world * 4 + 3 * world * 4):
+            for drop_last in (True, False):
+                shares = [
+                    ShardedBatchSampler(size, 4, rank=r, world_size=world, drop_last=drop_last) for r in range(world)
+                ]
+                assert len({len(list(s)) for s in shares}) == 1, (world, size, drop_last)
+                assert all(len(batch) == 4 for s in shares for batch in s)

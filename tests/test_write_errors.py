@@ -102,3 +102,32 @@ def test_one_write_error_class():
 
     assert importlib.util.find_spec("f2d_core.file_writes") is None
     assert atomic_io.WriteError is WriteError
+
+
+def test_the_folder_is_fsynced_after_the_rename(tmp_path, monkeypatch):
+    """A rename is durable only once its folder is fsynced (POSIX); the state file's folder is."""
+    import stat
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(stat.S_ISDIR(os.fstat(fd).st_mode)) or real_fsync(fd))
+    _tiny_state(tmp_path / "run")
+    assert synced.count(True) == 2  # after the shard's and after the main state's rename
+
+
+def test_a_full_disk_while_packing_an_identity_folder_is_the_packs_write_error(tmp_path, monkeypatch):
+    import errno
+
+    from f2d_core.msid_training.data import record_file as rf
+
+    real_open = open
+
+    def full(path, mode="r", *args, **kwargs):
+        if "w" in mode and str(path).endswith(".rec"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", full)
+    with pytest.raises(WriteError, match=r"Could not write the packed crops .*pack: the disk is full; nothing was"):
+        rf.write_record_folder(tmp_path / "pack", [(b"x", 0)], 1)
+    assert list(tmp_path.iterdir()) == []

@@ -253,7 +253,10 @@ class FolderPass:
             return item.data
         entry = self.plan.entries[item.index]
         if item.key is None:
-            return entry.path.read_bytes()
+            try:
+                return entry.path.read_bytes()
+            except OSError as exc:
+                raise DatasetError(f"{entry.path} could not be read again while packing: {exc}") from None
         sample, _ = self.cache.load(item.key, CROP_SHAPES)
         if sample is None or sample.status != OK:
             where = self.cache.path(item.key)

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...atomic_io import fsync_folder, write_error
 from ...errors import DatasetError
 
 MAGIC = 0xCED7230A
@@ -351,14 +352,15 @@ def write_record_folder(folder: Path, items: Iterable[tuple[bytes, int]], num_cl
 
     Every record is an image (keys 0..N-1, no meta record; IRHeader flag 0, the label as float32,
     id = key). The folder is written beside under a temporary name and renamed into place, so it is
-    complete or absent; an existing folder of that name is replaced.
+    complete or absent; an existing folder of that name is replaced. Raises WriteError (full disk,
+    read-only folder) naming the folder; nothing partial is left.
     """
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     count = 0
     try:
+        tmp.mkdir(parents=True)
         with open(tmp / REC_FILE, "wb") as rec, open(tmp / IDX_FILE, "w") as idx:
             for count, (image, label) in enumerate(items, start=1):
                 idx.write(f"{count - 1}\t{rec.tell()}\n")
@@ -368,6 +370,9 @@ def write_record_folder(folder: Path, items: Iterable[tuple[bytes, int]], num_cl
         (tmp / PROPERTY_FILE).write_text(f"{num_classes},112,112\n")
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
+        fsync_folder(folder.parent)
+    except OSError as exc:
+        raise write_error(folder, "packed crops", exc) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return count

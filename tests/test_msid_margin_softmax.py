@@ -159,3 +159,18 @@ def test_arcface_at_the_edges_gives_finite_loss_and_gradients():
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(embeddings.grad).all() and torch.isfinite(head.weight.grad).all()
         embeddings.grad = None
+
+
+def test_the_margin_softmax_backward_reads_nothing_back_from_the_device(monkeypatch):
+    """Issue 18: torch.nonzero in the backward was a host sync every step on a GPU."""
+    embeddings, labels, centres = _problem(1)
+    head = ShardedMarginSoftmax(CLASSES, DIM, scale=16.0)
+    with torch.no_grad():
+        head.weight.copy_(centres)
+    loss = head(embeddings.requires_grad_(True), labels)
+    synced = []
+    real_nonzero = torch.nonzero
+    monkeypatch.setattr(torch, "nonzero", lambda *a, **k: synced.append(1) or real_nonzero(*a, **k))
+    loss.backward()
+    assert synced == []
+    torch.testing.assert_close(head.weight.grad, _full(1, 0.5, 16.0)[2], rtol=1e-4, atol=1e-6)

@@ -75,8 +75,9 @@ class _ShardedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         softmax, local_labels = ctx.saved_tensors
-        rows = torch.nonzero(local_labels >= 0)[:, 0]
-        softmax[rows, local_labels[rows]] -= 1
+        # minus 1 at each row's target column where this rank holds it: a scatter, not nonzero() (a host sync)
+        has_target = (local_labels >= 0).to(softmax.dtype)[:, None]
+        softmax.scatter_add_(1, local_labels.clamp_min(0)[:, None], -has_target)
         return softmax * (grad / softmax.shape[0]), None, None, None
 
 

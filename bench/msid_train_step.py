@@ -12,6 +12,12 @@ forward and backward, an `nn.Linear`-style full classifier through `arcface_loss
 Both on the same random faces, labels and weights, alternating, after warm-up steps; the median
 step time is reported.
 
+Partial FC's sampling is also timed alone (`--sampling-classes`, default Glint360K's 360,232 identities
+over 8 ranks, a global batch of 1024): ours (`ShardedMarginSoftmax._sampled_centres`, on the device,
+nothing read back) against the former way (positives read back to the host with `torch.unique(...).cpu()`,
+a CPU generator, the index copied back), 50 calls in a row each, alternating, synchronised only at the
+end of each series, so a host round trip per call shows on a GPU.
+
 FLOPs are counted analytically (multiply-add = 2 FLOPs; backward = 2x forward, so training = 3x):
 per image, the patch embedding 2*P*(3*p*p)*d, and per block with N tokens of width d,
 qkv 6*N*d^2 + attention scores and values 4*N^2*d + projection 2*N*d^2 + MLP 16*N*d^2, i.e.
@@ -109,7 +115,7 @@ def bench_batch(args: argparse.Namespace, device: torch.device, batch: int) -> d
     counter = iter(range(1 << 30))
 
     def ours() -> None:
-        torch.backends.cuda.matmul.allow_tf32 = True  # as cli/train_msid.py sets it on CUDA
+        torch.backends.cuda.matmul.allow_tf32 = not args.deterministic  # as cli/train_msid.py sets it on CUDA
         trainer.train_step(next(counter), images, labels)
 
     encoder = MSIDEncoder(**arch).to(device).train()
@@ -155,6 +161,57 @@ def bench_batch(args: argparse.Namespace, device: torch.device, batch: int) -> d
     return row
 
 
+def host_sampled_centres(head, local_labels: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The former Partial FC sampling: the batch's classes read back to the host, drawn on the CPU, copied back."""
+    num_sample = int(head.sample_rate * head.count)
+    positives = torch.unique(local_labels[local_labels >= 0]).cpu()
+    if num_sample <= len(positives):
+        index = positives
+    else:
+        generator = torch.Generator().manual_seed((head.seed * 1_000_003 + step) * 4099 + head.rank)
+        priority = torch.rand(head.count, generator=generator)
+        priority[positives] = 2.0
+        index = priority.topk(num_sample).indices.sort().values
+    index = index.to(local_labels.device)
+    renumbered = torch.where(local_labels >= 0, torch.searchsorted(index, local_labels.clamp_min(0)), -1)
+    return index, renumbered
+
+
+def bench_sampling(args: argparse.Namespace, device: torch.device) -> dict:
+    """Milliseconds per Partial FC sampling call of rank 0's shard: ours (on the device) and the former (host)."""
+    from f2d_core.msid_training.margin_softmax import ShardedMarginSoftmax
+
+    ranks, classes = args.sampling_ranks, args.sampling_classes
+    head = ShardedMarginSoftmax(classes, 8, sample_rate=args.sampling_rate, rank=0, world_size=ranks).to(device)
+    labels = torch.randint(0, classes, (args.sampling_batch,), generator=torch.Generator().manual_seed(0)).to(device)
+    local = torch.where(labels < head.count, labels, -1)
+    calls = 50
+
+    def series(sample) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        for step in range(calls):
+            sample(head, local, step)
+        _sync(device)
+        return (time.perf_counter() - start) / calls * 1000
+
+    ours_ms, host_ms = [], []
+    for _ in range(args.steps):
+        ours_ms.append(series(ShardedMarginSoftmax._sampled_centres))
+        host_ms.append(series(host_sampled_centres))
+    row = {
+        "classes": classes,
+        "ranks": ranks,
+        "classes_per_rank": head.count,
+        "batch": args.sampling_batch,
+        "rate": args.sampling_rate,
+        "ours_ms": statistics.median(ours_ms[1:] or ours_ms),
+        "host_ms": statistics.median(host_ms[1:] or host_ms),
+    }
+    row["speedup"] = row["host_ms"] / row["ours_ms"]
+    return row
+
+
 def ms1mv3_estimate(images_per_s: float) -> dict:
     """Hours for 30 epochs of MS1MV3 at a measured rate, and what the FLOP count alone says for one H100."""
     flops = train_flops_per_image(384, 12, 1536, MS1MV3_CLASSES) * MS1MV3_IMAGES * 30
@@ -180,10 +237,27 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps of each first.")
     parser.add_argument("--peak-tflops", type=float, help="Peak bf16 TFLOP/s for MFU (default: from the GPU name).")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
+    parser.add_argument("--sampling-classes", type=int, default=360_232, help="Partial FC sampling: identities.")
+    parser.add_argument("--sampling-ranks", type=int, default=8, help="Partial FC sampling: ranks sharing them.")
+    parser.add_argument("--sampling-batch", type=int, default=1024, help="Partial FC sampling: global batch.")
+    parser.add_argument("--sampling-rate", type=float, default=0.1, help="Partial FC sampling: rate.")
+    parser.add_argument("--only-sampling", action="store_true", help="Time Partial FC's sampling alone.")
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="Both steps under cli/train_msid.py --deterministic's kernels: run with and without it to see its cost.",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device(args.device)
     gpu = device.type == "cuda"
+    if args.deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        from cli.train_msid import use_deterministic_kernels
+
+        use_deterministic_kernels()
     defaults = {"batch": [256, 1024] if gpu else [32], "width": 384 if gpu else 64, "depth": 12 if gpu else 4}
     defaults.update(heads=12 if gpu else 4, classes=MS1MV3_CLASSES if gpu else 1000)
     for key, value in defaults.items():
@@ -196,8 +270,21 @@ def main() -> None:
     log.info(
         "%s: width %d, depth %d, %d classes, torch %s", name, args.width, args.depth, args.classes, torch.__version__
     )
+    sampling = bench_sampling(args, device)
+    log.info(
+        "Partial FC sampling, %d classes over %d ranks (%d a rank), batch %d, rate %g: ours %.3f ms, "
+        "host round trip %.3f ms a call (%.2fx)",
+        sampling["classes"],
+        sampling["ranks"],
+        sampling["classes_per_rank"],
+        sampling["batch"],
+        sampling["rate"],
+        sampling["ours_ms"],
+        sampling["host_ms"],
+        sampling["speedup"],
+    )
     rows = []
-    for batch in args.batch:
+    for batch in [] if args.only_sampling else args.batch:
         row = bench_batch(args, device, batch)
         rows.append(row)
         for kind in ("ours", "plain_fp32"):
@@ -213,8 +300,8 @@ def main() -> None:
                 mfu,
             )
         log.info("batch %4d ours / plain: %.2fx", batch, row["speedup"])
-    result = {"device": name, "width": args.width, "depth": args.depth, "rows": rows}
-    if gpu and args.width == 384 and args.depth == 12:
+    result = {"device": name, "width": args.width, "depth": args.depth, "rows": rows, "partial_fc_sampling": sampling}
+    if gpu and args.width == 384 and args.depth == 12 and rows:
         result["ms1mv3_30_epochs"] = ms1mv3_estimate(rows[-1]["ours"]["images_per_s"])
     else:
         result["ms1mv3_30_epochs"] = ms1mv3_estimate(0.0)

@@ -15,18 +15,21 @@ GPUs. Loose photos are detected and aligned in shares, each rank with its own de
 (cuda:LOCAL_RANK), the ranks meeting in torchrun's store (no collective, so no timeout however long it
 takes); rank 0 packs the crops, which the others map. Only then does the process group start.
 
-The run folder holds the resumable state; running the same command again continues where it stopped,
-with exactly the losses an uninterrupted run would have had (the same data, starting weights, loss,
-margin, scale, Partial FC rate, batch, seed and number of processes; a changed --lr, --epochs or
---weight-decay is used). Ctrl-C (SIGINT) or SIGTERM saves the state and exits with 130. The output is a
-`.safetensors` in msid.pt's key layout: Load MSID Encoder and `train_mapper.py --msid` read it. A new
-encoder needs its own mapper: train one with cli/train_mapper.py --msid OUT --from-scratch.
+The run folder holds the resumable state; running the same command again continues where it stopped
+(the same data, starting weights, loss, margin, scale, Partial FC rate, batch and seed; a changed --lr,
+--epochs or --weight-decay is used; another number of processes reshards the classifier). On the CPU it
+continues with exactly the losses an uninterrupted run would have had; on a GPU only with --deterministic
+(attention backward, cuDNN and TF32 are not deterministic otherwise) and the same number of processes.
+Ctrl-C (SIGINT) or SIGTERM saves the state (within --stop-check-every steps) and exits with 130. The
+output is a `.safetensors` in msid.pt's key layout: Load MSID Encoder and `train_mapper.py --msid` read it.
+A new encoder needs its own mapper: train one with cli/train_mapper.py --msid OUT --from-scratch.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -115,6 +118,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="What the encoder computes in: auto = bf16 autocast where the GPU computes bf16 natively, else fp32.",
     )
     p.add_argument("--workers", type=int, default=8, help="Decoding processes per rank (data loader workers).")
+    p.add_argument(
+        "--worker-start",
+        choices=("fork", "spawn", "forkserver"),
+        help="How the decoding processes start (default: the platform's: spawn on Windows and macOS, forkserver "
+        "on Linux from Python 3.14, else fork). All three give the same batches.",
+    )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="Bit-exact resumes on a GPU too: deterministic kernels (torch.use_deterministic_algorithms, cuDNN "
+        "deterministic, the math attention kernel) and no TF32. Slower; see docs/msid_training.md. On the CPU "
+        "training is deterministic without it.",
+    )
+    p.add_argument(
+        "--stop-check-every",
+        type=int,
+        default=10,
+        help="Look for a stop request (Ctrl-C, SIGTERM) every N steps: with several GPUs each look is a "
+        "collective and a host sync.",
+    )
     p.add_argument("--checkpoint-every", type=int, default=2000, help="Save the resumable state every N steps.")
     p.add_argument("--max-steps", type=int, help="Stop (and save) after this many steps in all: a short session.")
     p.add_argument("--cache-dir", type=Path, help="Aligned-crop cache for photo folders (default: RUN_DIR/cache).")
@@ -180,6 +203,7 @@ def batch_source(data, args: argparse.Namespace, ranks: Ranks):
         workers=args.workers,
         pin_memory=ranks.device.type == "cuda",
         drop_last=True,
+        start_method=args.worker_start,
     )
 
     def batches(epoch: int, first: int):
@@ -187,6 +211,26 @@ def batch_source(data, args: argparse.Namespace, ranks: Ranks):
         return loader
 
     return batches
+
+
+def use_deterministic_kernels() -> None:
+    """Make a CUDA run repeat itself bit for bit (same GPU model, same number of processes, same software).
+
+    torch.use_deterministic_algorithms(True) (index_put / scatter backward sorted instead of atomic adds;
+    an operation without a deterministic kernel raises), cuDNN deterministic without autotuning, the math
+    kernel of scaled-dot-product attention (flash and memory-efficient backward add atomically), TF32 off
+    (matmul and cuDNN: plain float32). CUBLAS_WORKSPACE_CONFIG must be set before cuBLAS starts: `main`
+    sets it when --deterministic is given.
+    """
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.enable_flash_sdp(False)
+    torch.backends.cuda.enable_mem_efficient_sdp(False)
+    if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+        torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def train(args: argparse.Namespace, ranks: Ranks) -> int:
@@ -213,12 +257,15 @@ def train(args: argparse.Namespace, ranks: Ranks) -> int:
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         max_steps=args.max_steps,
+        stop_check_every=args.stop_check_every,
     )
     per_rank_batch(args.batch_size, ranks.world_size)
     dtype = compute_dtype(args.dtype, ranks.device)
     # The classifier's float32 cosines (margin_softmax.py) on TF32 tensor cores (10 significant bits, as
     # arcface_torch's fp16 product) instead of plain float32 arithmetic: about 8x faster on an H100.
-    if ranks.device.type == "cuda":
+    if args.deterministic:
+        use_deterministic_kernels()
+    elif ranks.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     data = open_data(args, ranks)
     if ranks.rank == 0:
@@ -250,6 +297,8 @@ def train(args: argparse.Namespace, ranks: Ranks) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: start the ranks, train, report a known problem without a traceback."""
     args = parse_args(argv)
+    if args.deterministic:  # read when cuBLAS starts: before any CUDA work
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     cpu = args.cpu or not torch.cuda.is_available()
     ranks = start_ranks(cpu)
     setup_logging(ranks.rank, ranks.world_size)

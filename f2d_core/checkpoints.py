@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .atomic_io import atomic_write
 from .errors import WeightFileError
-from .file_writes import write_atomically
 from .identity.mapper import F2DMapper
 from .identity.msid_encoder import MSIDEncoder
 from .weight_files import StateDict, load_into, read_weights
@@ -111,7 +111,7 @@ def save_f2d_safetensors(
 ) -> Path:
     """Write the given parts into one `.safetensors` (keys `msid.*`, `mapper.*`), atomically.
 
-    Raises `file_writes.WriteFailed` when it cannot be written; a previous file of that name is then intact.
+    Raises `errors.WriteError` when it cannot be written; a previous file of that name is then intact.
     """
     tensors: StateDict = {}
     for prefix, module in ((MSID_PREFIX, msid), (MAPPER_PREFIX, mapper)):
@@ -122,6 +122,6 @@ def save_f2d_safetensors(
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
     path = Path(path)
     what = "mapper" if msid is None else "Face2Diffusion weights"
-    write_atomically(path, what, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), meta))
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), meta), what)
     log.info("Wrote %s (%d tensors)", path, len(tensors))
     return path

@@ -63,7 +63,7 @@ def test_files_other_threads_create_while_atomic_writes_run_are_never_world_writ
 
 @pytest.mark.parametrize(
     ("error", "advice"),
-    [(errno.ENOSPC, "free some disk space"), (errno.EACCES, "writable or choose another folder")],
+    [(errno.ENOSPC, "the disk is full"), (errno.EACCES, "the folder is not writable")],
 )
 def test_a_failed_write_is_a_clear_error_leaving_the_previous_file_and_no_partial_file(tmp_path, error, advice):
     """A full disk shows as ENOSPC from the writer; a read-only folder as EACCES/EROFS."""
@@ -73,8 +73,12 @@ def test_a_failed_write_is_a_clear_error_leaving_the_previous_file_and_no_partia
         tmp.write_bytes(b"half")
         raise OSError(error, os.strerror(error))
 
-    with pytest.raises(WriteError, match=rf"Could not write .*Zoë_\u674e_00001.safetensors: .*{advice}") as caught:
+    with pytest.raises(
+        WriteError, match=rf"Could not write the file .*Zoë_\u674e_00001.safetensors: {advice}"
+    ) as caught:
         atomic_write(path, failing)
-    assert "previous file of that name is unchanged" in str(caught.value)
+    assert "previous file of that name is unchanged. Free some disk space or choose a writable folder" in str(
+        caught.value
+    )
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]

@@ -388,3 +388,190 @@ def test_the_loader_resumes_mid_epoch_and_reuses_its_workers_across_epochs(recor
     next_epoch = _batches(resumed)
     expected = _batches(make_training_loader(record_data, 4, seed=5, epoch=3, workers=0, pin_memory=False))
     assert _labels_key(next_epoch) == _labels_key(expected) and len(next_epoch) == 10
+
+
+# --- untrusted record files and their variants (issue 18) ----------------------------------------
+
+
+def _expected(images) -> list[int]:
+    return [int(lab if isinstance(lab, float) else lab[0]) for _, lab in images]
+
+
+def test_every_layout_insightfaces_tools_write_reads_the_same_images(tmp_path: Path) -> None:
+    """Meta record + identity records (face2rec2.py), im2rec --pack-label without a meta record (record 0 has
+    labels and an image), and several .rec parts (im2rec --chunks): the same images and labels."""
+    images = _record_images()
+    write_record_folder(tmp_path / "insightface", images, num_classes=4, identity_records=True)
+    packed = [(jpeg, [float(lab if isinstance(lab, float) else lab[0]), 7.0, 0.5]) for jpeg, lab in images]
+    write_record_folder(tmp_path / "pack_label", packed, num_classes=4, meta_record=False)
+    write_record_folder(tmp_path / "parts", images[:6], num_classes=4, meta_record=False, stem="train_0")
+    write_record_folder(tmp_path / "parts", images[6:], num_classes=4, stem="train_1")
+    for folder in ("insightface", "pack_label", "parts"):
+        data = open_training_data(tmp_path / folder)
+        assert len(data) == len(images) and data.labels.tolist() == _expected(images), folder
+        assert not data.report.skipped, (folder, data.report.skipped_text())
+        for i in (0, 5, 6, len(images) - 1):
+            assert torch.equal(data[i][0], _pil(images[i][0])), (folder, i)
+    parts = open_training_data(tmp_path / "parts" / "train_1.rec")
+    assert len(parts) == len(images)
+
+
+def test_a_meta_record_above_2_to_the_24_images_is_read_within_float32s_rounding() -> None:
+    """Issue 18: WebFace42M and Glint360K have more than 2^24 images, which float32 cannot count exactly.
+    A small file whose index lists 2^24 + 2 image keys (all pointing at one image record) under a meta
+    record claiming 2^24 + 3 (stored as the float32 2^24 + 4)."""
+    from tests.support.record_writer import ir_payload
+
+    true_end = (1 << 24) + 3
+    claimed = float(np.float32(true_end))
+    assert claimed == true_end + 1  # the rounding
+    meta = frame(ir_payload([claimed, claimed + 4], b""))
+    buffer = meta + frame(ir_payload(0.0, _jpeg(_synthetic(1, 0)[0])))
+    keys = np.arange(true_end, dtype=np.int64)  # the meta record and the images 1 .. 2^24 + 2
+    offsets = np.full(true_end, len(meta), dtype=np.int64)
+    offsets[0] = 0
+    image_keys, _ = rf.image_keys(buffer, keys, offsets)
+    assert len(image_keys) == true_end - 1 and image_keys[-1] == true_end - 1
+    assert rf.meta_image_end(claimed, lambda key: key < true_end) == true_end
+    assert rf.meta_image_end(99.0, lambda key: True) == 99  # exact below 2^24
+    with pytest.raises(rf.RecordFileError, match="gives nan as the image count"):
+        rf.meta_image_end(float("nan"), lambda key: True)
+
+
+def _odd_records(tmp_path: Path) -> Path:
+    """A record file of odd payloads (short headers, more labels announced than present, an empty record)."""
+    from tests.support.record_writer import ir_payload
+
+    jpeg = _jpeg(_synthetic(1, 0)[0])
+    payloads = [
+        ir_payload(1.0, jpeg),
+        struct_pack_header(5, 1) + b"\0" * 4,  # 5 labels announced, 1 present: the old quick scan took it
+        struct_pack_header(1, 0)[:20],  # shorter than the 24-byte header
+        ir_payload([2.0, 3.0], jpeg),
+        b"",
+        struct_pack_header(0x7FFFFFFF, 0) + jpeg,  # 2^31 labels announced
+    ]
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    rec, idx = bytearray(), []
+    for key, payload in enumerate(payloads):
+        idx.append(f"{key}\t{len(rec)}\n")
+        rec += frame(payload)
+    (folder / "train.rec").write_bytes(bytes(rec))
+    (folder / "train.idx").write_text("".join(idx))
+    (folder / "property").write_text("4,112,112\n")
+    return folder
+
+
+def struct_pack_header(flag: int, label: float) -> bytes:
+    import struct
+
+    return struct.pack("<IfQQ", flag, label, 0, 0)
+
+
+def test_the_quick_scan_agrees_with_the_full_parse_and_bad_bytes_are_named(tmp_path: Path) -> None:
+    folder = _odd_records(tmp_path)
+    buffer = (folder / "train.rec").read_bytes()
+    keys, offsets = rf.read_index(folder)
+    keys = np.append(keys, [10, 11])
+    offsets = np.append(offsets, [-8, len(buffer) + 64])  # offsets outside the file
+    scan = rf.scan_records(buffer, keys, offsets, 4)
+    for key, offset in zip(keys.tolist(), offsets.tolist(), strict=True):
+        try:
+            header, _ = rf.unpack_record(rf.read_record(buffer, offset))
+            parsed = 0 <= header.labels[0] < 4
+        except rf.BadRecord:
+            parsed = False
+        assert parsed == (key in scan.keys.tolist()), key
+    assert scan.keys.tolist() == [0, 3]
+    bad = dict(scan.bad)
+    assert "announces 5 labels" in bad[1] and "no 24-byte header" in bad[2] and "outside the file" in bad[10]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("empty_rec", r"train.rec cannot be read as a record file: cannot mmap an empty file"),
+        ("huge_index", r"train.idx is not lines of 'key<TAB>byte offset' integers"),
+        ("nan_meta", r"record 0 \(insightface's meta header\) gives nan as the image count's end"),
+        ("binary_property", r"property holds"),
+    ],
+)
+def test_damaged_files_raise_a_dataset_error_naming_the_file(tmp_path: Path, damage: str, message: str) -> None:
+    """Issue 18: no struct.error, EOFError, OSError, ValueError or OverflowError from the bytes."""
+    folder = tmp_path / "rec"
+    write_record_folder(
+        folder, _record_images()[:3], num_classes=4, meta_labels=[float("nan"), 1.0] if damage == "nan_meta" else None
+    )
+    if damage == "empty_rec":
+        (folder / "train.rec").write_bytes(b"")
+    elif damage == "huge_index":
+        (folder / "train.idx").write_text("0\t99999999999999999999999\n")
+    elif damage == "binary_property":
+        (folder / "property").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(DatasetError, match=message):
+        open_training_data(folder)
+
+
+def _eps() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (112, 112)).save(buffer, "EPS")
+    return buffer.getvalue()
+
+
+def test_eps_and_other_formats_never_reach_their_decoders(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18: a record's or an identity folder's bytes open only as JPEG, PNG, WebP or BMP (EPS starts
+    Ghostscript); 16 undecodable records in a row are a DatasetError naming the file and key."""
+    from PIL import EpsImagePlugin
+
+    opened = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append("eps"))
+    images = _record_images()[:3]
+    images[1] = (_eps(), images[1][1])
+    write_record_folder(tmp_path / "rec", images, num_classes=4)
+    data = open_training_data(tmp_path / "rec")
+    image, _ = data[1]
+    assert torch.equal(image, _pil(images[2][0]))
+    assert "record 2 does not decode (not a JPEG, PNG, WEBP, BMP image" in caplog.text
+    write_record_folder(tmp_path / "all_bad", [(_eps(), 0.0)] * 17, num_classes=4)
+    with pytest.raises(DatasetError, match=r"16 records in a row from key 1 of .*all_bad/train.rec do not decode"):
+        open_training_data(tmp_path / "all_bad")[0]
+
+    for person in ("alice", "bob"):
+        (tmp_path / "people" / person).mkdir(parents=True)
+        Image.fromarray(_synthetic(1, 0)[0]).save(tmp_path / "people" / person / "a.png")
+    (tmp_path / "people" / "alice" / "b.jpg").write_bytes(_eps())
+    folder_data = open_training_data(tmp_path / "people")
+    assert len(folder_data) == 2 and folder_data.report.files_for(UNREADABLE) == ["alice/b.jpg"]
+    assert "not a JPEG, PNG, WEBP, BMP image" in folder_data.report.skipped[0].detail
+    assert opened == []
+
+
+def test_loader_workers_started_by_spawn_give_the_same_batches(record_data) -> None:
+    """Issue 18: Windows and macOS start workers by spawn, Linux from Python 3.14 by forkserver (which, as
+    spawn, pickles the dataset to each worker: the record file is mapped again there)."""
+    start_method = "spawn"
+    expected = _batches(make_training_loader(record_data, 4, seed=3, epoch=1, workers=0, pin_memory=False))
+    loader = make_training_loader(
+        record_data, 4, seed=3, epoch=1, workers=2, pin_memory=False, start_method=start_method
+    )
+    got = _batches(loader)
+    assert loader.multiprocessing_context.get_start_method() == start_method
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(expected, got, strict=True))
+
+
+def test_every_rank_runs_the_same_number_of_batches_whatever_the_set_size() -> None:
+    """Issue 18 (uneven last batches): no rank may end an epoch early and leave the others waiting in a
+    collective. drop_last leaves the tail out; without it the last batches wrap around."""
+    from f2d_core.msid_training.data.loader import ShardedBatchSampler
+
+    for world in (2, 3, 8):
+        for size in range(world * 4, world * 4 + 3 * world * 4):
+            for drop_last in (True, False):
+                shares = [
+                    ShardedBatchSampler(size, 4, rank=r, world_size=world, drop_last=drop_last) for r in range(world)
+                ]
+                assert len({len(list(s)) for s in shares}) == 1, (world, size, drop_last)
+                assert all(len(batch) == 4 for s in shares for batch in s)

@@ -107,3 +107,70 @@ def test_partial_fc_keeps_positives_and_scores_the_sampled_centres_only(rate):
     assert (head.weight.grad[unused] == 0).all() and (head.weight.grad[index].abs().sum(1) > 0).all()
     other_step, _ = head._sampled_centres(labels, step=8)
     assert not torch.equal(other_step, index)
+
+
+def partial_fc_rank(rank: int, world_size: int) -> dict[str, torch.Tensor]:
+    """4 classes over 2 ranks at rate 0.3 (int(0.3 x 2) = 0 centres a rank) and a batch of rank 0's classes only."""
+    generator = torch.Generator().manual_seed(rank)
+    head = ShardedMarginSoftmax(4, DIM, sample_rate=0.3, rank=rank, world_size=world_size, scale=16.0)
+    embeddings = torch.randn(3, DIM, generator=generator, requires_grad=True)
+    loss = head(embeddings, torch.tensor([0, 1, 0]), step=3)
+    loss.backward()
+    return {"loss": loss.detach(), "embeddings": embeddings.grad, "centres": head.weight.grad}
+
+
+def test_partial_fc_samples_a_class_on_a_rank_whose_classes_are_not_in_the_batch(tmp_path):
+    """Issue 18: rank 1 had an empty logit matrix and raised while rank 0 waited in its all-reduce."""
+    ranks = run_on_ranks(partial_fc_rank, 2, tmp_path)
+    assert torch.isfinite(ranks[0]["loss"]) and torch.equal(ranks[0]["loss"], ranks[1]["loss"])
+    for got in ranks:
+        assert torch.isfinite(got["embeddings"]).all() and torch.isfinite(got["centres"]).all()
+
+
+def test_partial_fc_sampling_reads_nothing_back_from_the_device(monkeypatch):
+    """Issue 18: the sampling ran on the CPU (torch.unique(...).cpu()) every step: a host sync on a GPU."""
+    head = ShardedMarginSoftmax(40, DIM, sample_rate=0.2)
+    labels = torch.tensor([3, 3, 17, -1, 39])
+    moved = []
+    original = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: moved.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: moved.append(1))
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: moved.append(1))
+    index, renumbered = head._sampled_centres(labels, step=1)
+    assert moved == []
+    assert len(index) == 8 and {3, 17, 39} <= set(original(index).numpy().tolist())
+    assert torch.equal(index[renumbered[renumbered >= 0]], labels[labels >= 0])
+
+
+def test_arcface_at_the_edges_gives_finite_loss_and_gradients():
+    """cos = +1 (the embedding is its centre), cos = -1 (its opposite), and a zero-norm embedding."""
+    centres = torch.randn(5, DIM, generator=torch.Generator().manual_seed(0))
+    embeddings = torch.stack([centres[0], -centres[1], torch.zeros(DIM), centres[3] * 1e-30]).requires_grad_(True)
+    labels = torch.tensor([0, 1, 2, 3])
+    for margin in (0.0, 0.5):
+        loss = arcface_loss(embeddings, centres.requires_grad_(True), labels, margin, 64.0)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(embeddings.grad).all() and torch.isfinite(centres.grad).all()
+        embeddings.grad = centres.grad = None
+        head = ShardedMarginSoftmax(5, DIM, margin=margin, sample_rate=0.5)
+        with torch.no_grad():
+            head.weight.copy_(centres)
+        loss = head(embeddings, labels)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(embeddings.grad).all() and torch.isfinite(head.weight.grad).all()
+        embeddings.grad = None
+
+
+def test_the_margin_softmax_backward_reads_nothing_back_from_the_device(monkeypatch):
+    """Issue 18: torch.nonzero in the backward was a host sync every step on a GPU."""
+    embeddings, labels, centres = _problem(1)
+    head = ShardedMarginSoftmax(CLASSES, DIM, scale=16.0)
+    with torch.no_grad():
+        head.weight.copy_(centres)
+    loss = head(embeddings.requires_grad_(True), labels)
+    synced = []
+    real_nonzero = torch.nonzero
+    monkeypatch.setattr(torch, "nonzero", lambda *a, **k: synced.append(1) or real_nonzero(*a, **k))
+    loss.backward()
+    assert synced == []
+    torch.testing.assert_close(head.weight.grad, _full(1, 0.5, 16.0)[2], rtol=1e-4, atol=1e-6)

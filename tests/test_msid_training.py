@@ -230,7 +230,108 @@ def test_a_stop_request_saves_the_state_and_the_run_continues_from_it(faces, tmp
     """What Ctrl-C / SIGTERM do in the CLI (StopRequest): stop after the current step, save, resume there."""
     train, _ = faces
     asked = iter([False, True])
-    stopped = _trainer(train, tmp_path, epochs=1).run(should_stop=lambda: next(asked))
+    stopped = _trainer(train, tmp_path, epochs=1, stop_check_every=1).run(should_stop=lambda: next(asked))
     assert stopped.status == "stopped" and stopped.step == 2 and len(stopped.losses) == 2
     rest = _trainer(train, tmp_path, epochs=1).run()
     assert rest.step == 4 and rest.losses[:2] == stopped.losses
+
+
+def test_the_stop_request_is_asked_every_n_steps_only(faces, tmp_path):
+    """Issue 18: with several ranks asking is an all-reduce and a host sync, so not every step."""
+    train, _ = faces
+    asked = []
+    result = _trainer(train, tmp_path, epochs=3, stop_check_every=5).run(should_stop=lambda: asked.append(1) or False)
+    assert result.step == 12 and len(asked) == 2  # steps 5 and 10
+
+
+def _saved_by(run_dir, world_size: int, classes: int = 13, dim: int = 6):
+    """A state saved by `world_size` ranks (written one rank after another here: no process group needed),
+    the classifier's full centres and AdamW moments [classes, dim]."""
+    from f2d_core.msid_training.margin_softmax import ShardedMarginSoftmax
+    from f2d_core.msid_training.run_state import MSIDRunIdentity, save_run_state
+
+    encoder = torch.nn.Linear(dim, dim)
+    identity = MSIDRunIdentity("d", "i", "msid", 8, 0, world_size, "tiny")
+    full = {"weight": [], "exp_avg": [], "exp_avg_sq": []}
+    for rank in reversed(range(world_size)):  # rank 0 last: it writes the main state after every shard
+        head = ShardedMarginSoftmax(classes, dim, rank=rank, world_size=world_size, seed=rank)
+        optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()])
+        head.weight.grad = torch.randn_like(head.weight)
+        encoder.weight.grad, encoder.bias.grad = torch.ones_like(encoder.weight), torch.ones_like(encoder.bias)
+        optimizer.step()
+        save_run_state(run_dir, 5, encoder, head, optimizer, [1.0] * 5, {}, identity, rank)
+        state = optimizer.state[head.weight]
+        for key, value in (("weight", head.weight), ("exp_avg", state["exp_avg"]), ("exp_avg_sq", state["exp_avg_sq"])):
+            full[key].insert(0, value.detach().clone())
+    return {k: torch.cat(v) for k, v in full.items()}
+
+
+@pytest.mark.parametrize("new_world", [1, 2, 8])
+def test_a_state_saved_by_4_ranks_resumes_resharded_on_another_number(tmp_path, new_world):
+    """Issue 18: each new rank reads its rows of the centres and their moments from the 4 old shards."""
+    from f2d_core.msid_training.margin_softmax import ShardedMarginSoftmax
+    from f2d_core.msid_training.run_state import MSIDRunIdentity, load_run_state, save_run_state
+
+    full = _saved_by(tmp_path, 4)
+    identity = MSIDRunIdentity("d", "i", "msid", 8, 0, new_world, "tiny")
+    for rank in range(new_world):
+        encoder, head = torch.nn.Linear(6, 6), ShardedMarginSoftmax(13, 6, rank=rank, world_size=new_world, seed=9)
+        optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()])
+        saved = load_run_state(tmp_path, encoder, head, optimizer, identity, rank)
+        assert saved.step == 5 and saved.losses == [1.0] * 5
+        rows = slice(head.start, head.start + head.count)
+        assert torch.equal(head.weight.detach(), full["weight"][rows])
+        state = optimizer.state[head.weight]
+        assert torch.equal(state["exp_avg"], full["exp_avg"][rows])
+        assert torch.equal(state["exp_avg_sq"], full["exp_avg_sq"][rows]) and int(state["step"]) == 1
+    save_run_state(tmp_path, 6, encoder, head, optimizer, [1.0] * 6, {}, identity, 0)
+    left = {int(p.name.removeprefix("classifier_rank").split("_")[0]) for p in tmp_path.glob("classifier_*")}
+    assert max(left) < new_world  # rank 0 removed the shards of ranks the new world has not
+
+
+def test_a_missing_old_shard_is_named_when_resharding(tmp_path):
+    from f2d_core.errors import WeightFileError
+    from f2d_core.msid_training.margin_softmax import ShardedMarginSoftmax
+    from f2d_core.msid_training.run_state import MSIDRunIdentity, load_run_state
+
+    _saved_by(tmp_path, 4)
+    (tmp_path / "classifier_rank2_step5.safetensors").unlink()
+    encoder, head = torch.nn.Linear(6, 6), ShardedMarginSoftmax(13, 6, rank=0, world_size=2)
+    optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()])
+    identity = MSIDRunIdentity("d", "i", "msid", 8, 0, 2, "tiny")
+    with pytest.raises(
+        WeightFileError, match=r"saved by 4 processes at step 5, but classifier_rank2_step5\.safetensors"
+    ):
+        load_run_state(tmp_path, encoder, head, optimizer, identity, 0)
+
+
+def test_deterministic_option_turns_on_deterministic_kernels_and_off_tf32():
+    """Issue 18: bit-exact resumes held on the CPU only; --deterministic makes them hold on a GPU too."""
+    from cli.train_msid import build_parser, use_deterministic_kernels
+
+    args = build_parser().parse_args(
+        ["--data", "d", "--out", "o", "--run-dir", "r", "--deterministic", "--worker-start", "spawn"]
+    )
+    assert args.deterministic and args.worker_start == "spawn" and args.stop_check_every == 10
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.flash_sdp_enabled(),
+        torch.backends.cuda.mem_efficient_sdp_enabled(),
+    )
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        use_deterministic_kernels()
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cuda.flash_sdp_enabled() and not torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert torch.backends.cuda.math_sdp_enabled()
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[1], saved[2]
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[3], saved[4]
+        torch.backends.cuda.enable_flash_sdp(saved[5])
+        torch.backends.cuda.enable_mem_efficient_sdp(saved[6])

@@ -185,3 +185,71 @@ def test_self_referencing_list_is_refused_not_looped(tmp_path):
     path.write_bytes(b"\x80\x02]q\x00h\x00a]q\x01\x88a\x86q\x02.")
     with pytest.raises(DatasetError, match="image 0 is a list"):
         read_verification_pickle(path)
+
+
+@pytest.mark.parametrize(
+    ("pickle_bytes", "message"),
+    [
+        (b"\x80\x02]r\xff\xff\xff\x7f.", r"memo index 2147483647 out of order \(the next is 0\)"),  # 1 GiB on 3.11
+        (b"\x80\x02]q\x05.", r"memo index 5 out of order"),
+        (b"\x80\x02]q\x00j\xff\xff\xff\x00.", r"memo index 16777215 that was never put"),
+        (b"(lp99\n.", r"memo index 99 out of order"),  # protocol 0's PUT
+    ],
+)
+def test_memo_indices_out_of_order_are_refused_before_unpickling(tmp_path, pickle_bytes, message):
+    """Issue 18: a 13-byte .bin naming memo index 2^31 made Python 3.11's unpickler reserve 1 GiB."""
+    path = tmp_path / "memo.bin"
+    path.write_bytes(pickle_bytes)
+    with pytest.raises(DatasetError, match=rf"{path.name} is not a plain verification set: .*{message}"):
+        read_verification_pickle(path)
+
+
+def test_a_file_larger_than_a_verification_set_is_refused_unread(tmp_path, monkeypatch):
+    from f2d_core.msid_training.verification import bin_file
+
+    path = tmp_path / "big.bin"
+    path.write_bytes(verification_bin_bytes([b"a", b"b"], [True], 2))
+    monkeypatch.setattr(bin_file, "MAX_BIN_BYTES", 16)
+    with pytest.raises(DatasetError, match=r"big.bin is 0.0 GiB, more than the 0 GiB a verification set may be"):
+        read_verification_pickle(path)
+
+
+def _eps_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (112, 112)).save(buffer, "EPS")
+    return buffer.getvalue()
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG header claiming width x height pixels with no image data: decoding it would allocate them."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+def test_eps_and_pixel_bombs_are_refused_before_any_decoder_runs(tmp_path, faces, monkeypatch):
+    """Issue 18: only JPEG, PNG, WebP and BMP are opened (EPS would start Ghostscript), pixels counted first."""
+    from PIL import EpsImagePlugin
+
+    opened = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append("eps"))
+    good = encode_faces(faces[0][:1])[0]
+    path = tmp_path / "eps.bin"
+    path.write_bytes(verification_bin_bytes([good, _eps_bytes()], [True], 2))
+    with pytest.raises(
+        DatasetError, match=r"eps.bin: image 1 \(second of pair 0\) is not a readable face image: not a "
+    ):
+        read_verification_bin(path, workers=1)
+    path.write_bytes(verification_bin_bytes([_png_claiming(9000, 9000), good], [True], 2))
+    with pytest.raises(DatasetError, match=r"image 0 .*claims 9000x9000 pixels, more than the 1048576 allowed"):
+        read_verification_bin(path, workers=1)
+    assert "eps" not in opened

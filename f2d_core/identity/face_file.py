@@ -22,7 +22,7 @@ def save_face(path: Path | str, face: EncodedFace) -> Path:
     crops = (face.crops.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
     tensors = {"s_star": face.s_star.float().contiguous(), "idvec": face.idvec.float().contiguous(), "crops": crops}
     metadata = {"format": FACE_FORMAT, "format_version": "1", "settings": json.dumps(face.settings, default=str)}
-    return atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata))
+    return atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata), "face file")
 
 
 def load_face(path: Path | str) -> EncodedFace:

@@ -11,7 +11,8 @@ Robust Training of Face Recognition CNNs by Partial FC", CVPR 2022, arXiv 2203.1
 - the softmax is completed across ranks: the row maxima are all-reduced (MAX), then the sums of
   exponentials (SUM), and the target logit from the rank that holds the target class (SUM);
 - Partial FC (sample_rate < 1): each step a rank keeps the centres of the classes in the gathered
-  batch (positives) and a random subset of the others, `int(sample_rate * count_r)` rows in all.
+  batch (positives) and a random subset of the others, `int(sample_rate * count_r)` rows in all (at least
+  one, and at least the batch's size: see `_sampled_centres`), drawn on the device.
 
 The loss each rank returns is the global batch's mean loss, and the gradients (of this rank's centres,
 of this rank's embeddings) are those of that one loss: with one rank it is `arcface_loss`.
@@ -74,8 +75,9 @@ class _ShardedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         softmax, local_labels = ctx.saved_tensors
-        rows = torch.nonzero(local_labels >= 0)[:, 0]
-        softmax[rows, local_labels[rows]] -= 1
+        # minus 1 at each row's target column where this rank holds it: a scatter, not nonzero() (a host sync)
+        has_target = (local_labels >= 0).to(softmax.dtype)[:, None]
+        softmax.scatter_add_(1, local_labels.clamp_min(0)[:, None], -has_target)
         return softmax * (grad / softmax.shape[0]), None, None, None
 
 
@@ -115,19 +117,29 @@ class ShardedMarginSoftmax(nn.Module):
         self.start, self.count = shard_range(num_classes, rank, world_size)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
         self.weight = nn.Parameter(torch.randn(self.count, embedding_dim, generator=generator) * CENTRE_INIT_STD)
+        self._generator: torch.Generator | None = None  # Partial FC's, on the weight's device
 
     def _sampled_centres(self, local_labels: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Partial FC: (rows of `weight` used this step, labels renumbered into them, -1 kept)."""
-        num_sample = int(self.sample_rate * self.count)
-        positives = torch.unique(local_labels[local_labels >= 0]).cpu()
-        if num_sample <= len(positives):
-            index = positives
-        else:
-            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 4099 + self.rank)
-            priority = torch.rand(self.count, generator=generator)
-            priority[positives] = 2.0  # always kept
-            index = priority.topk(num_sample).indices.sort().values
-        index = index.to(local_labels.device)
+        """Partial FC: (rows of `weight` used this step, sorted int64 [K], labels renumbered into them, -1 kept).
+
+        Everything stays on the device, with no host sync: the positives are marked by an index fill, every
+        class gets a random priority from a generator on the device seeded by (seed, step, rank), the
+        positives priority 2, and the K highest are kept. K = max(1, int(rate x count), min(count, B)) for B
+        gathered labels is known without reading the labels back: every positive (there are at most
+        min(count, B)) and at least one class, so no rank ever scores an empty logit matrix. (arcface_torch
+        keeps max(int(rate x count), positives), which needs the positives' count on the host; the two agree
+        whenever int(rate x count) >= B, the usual case: 0.1 x 45 K classes a rank > a batch of 1024.)
+        """
+        device = local_labels.device
+        num_sample = max(1, int(self.sample_rate * self.count), min(self.count, local_labels.numel()))
+        positive = torch.zeros(self.count + 1, dtype=torch.bool, device=device)
+        positive.index_fill_(0, torch.where(local_labels >= 0, local_labels, self.count), True)  # deterministic
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+        self._generator.manual_seed((self.seed * 1_000_003 + step) * 4099 + self.rank)
+        priority = torch.rand(self.count, generator=self._generator, device=device)
+        priority = torch.where(positive[: self.count], 2.0, priority)  # positives are always kept
+        index = priority.topk(num_sample).indices.sort().values
         renumbered = torch.where(local_labels >= 0, torch.searchsorted(index, local_labels.clamp_min(0)), -1)
         return index, renumbered
 

@@ -10,7 +10,9 @@ natively (`resolve_training_dtype("auto", ...)`), else fp32.
 
 The step fixes everything random about it (flips, Partial FC's negatives, the batch: the loader is
 indexed by epoch and batch), so an interrupted run resumed from its state continues exactly as an
-uninterrupted one would.
+uninterrupted one would: bit for bit on the CPU; on CUDA only under deterministic kernels (cli/train_msid.py
+--deterministic: attention backward, cuDNN and TF32 are not deterministic otherwise) and the same number
+of processes (flips and Partial FC are drawn per rank).
 """
 
 from __future__ import annotations
@@ -64,12 +66,20 @@ class MSIDTrainSettings:
     seed: int = 0
     checkpoint_every: int = 2000  # steps
     max_steps: int | None = None  # stop (and save) after this many steps in all: a short run or a test
+    # Ask `should_stop` every this many steps only: with several ranks it is an all-reduce and a host sync,
+    # which would otherwise stall the device queue every step. A stop request is acted on within N steps.
+    stop_check_every: int = 10
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise F2DError(f"loss must be one of {LOSSES}, not {self.loss!r}")
-        if min(self.epochs, self.batch_size, self.checkpoint_every) < 1 or self.learning_rate <= 0:
-            raise F2DError("epochs, batch size and checkpoint interval must be at least 1, the learning rate above 0")
+        if (
+            min(self.epochs, self.batch_size, self.checkpoint_every, self.stop_check_every) < 1
+            or self.learning_rate <= 0
+        ):
+            raise F2DError(
+                "epochs, batch size, checkpoint and stop-check intervals must be at least 1, the learning rate above 0"
+            )
         if not 0 < self.partial_fc <= 1:
             raise F2DError(f"the Partial FC rate must be in (0, 1], not {self.partial_fc}")
 
@@ -193,9 +203,13 @@ class MSIDTrainer:
             architecture=architecture_of(encoder),
         )
 
-    def _barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
+    def _agree(self, ok: bool) -> bool:
+        """Whether `ok` holds on every rank (an all-reduce of the flag; a barrier that carries a failure)."""
+        if self.world_size == 1:
+            return ok
+        flag = torch.tensor([float(ok)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
 
     def _save(self, step: int, losses: list[float]) -> None:
         save_run_state(
@@ -208,7 +222,7 @@ class MSIDTrainer:
             asdict(self.settings),
             self.identity,
             self.rank,
-            self._barrier,
+            self._agree,
         )
 
     def _flips(self, step: int, count: int) -> torch.Tensor | None:
@@ -248,7 +262,11 @@ class MSIDTrainer:
         return values
 
     def run(self, should_stop: Callable[[], bool] | None = None) -> MSIDTrainResult:
-        """Train to the end, `max_steps` or a stop request; save every `checkpoint_every` steps and at the end."""
+        """Train to the end, `max_steps` or a stop request; save every `checkpoint_every` steps and at the end.
+
+        `should_stop` is asked every `stop_check_every` steps (on every rank at the same steps: it may be a
+        collective); when it says so, the state is saved and the run ends with status "stopped".
+        """
         settings = self.settings
         saved = load_run_state(self.run_dir, self.encoder, self.classifier, self.optimizer, self.identity, self.rank)
         step, losses = (saved.step, saved.losses) if saved else (0, [])
@@ -282,7 +300,12 @@ class MSIDTrainer:
             for images, labels in self.batches(epoch, first):
                 pending.append(self.train_step(step, images, labels))
                 step += 1
-                stop = step < last and should_stop is not None and should_stop()
+                stop = (
+                    step < last
+                    and should_stop is not None
+                    and step % settings.stop_check_every == 0  # the same steps on every rank
+                    and should_stop()
+                )
                 if stop or step == last or step % settings.checkpoint_every == 0:
                     flush()
                     self._save(step, losses)

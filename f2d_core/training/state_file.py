@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ..atomic_io import atomic_write
 from ..errors import F2DError, WeightFileError
-from ..file_writes import write_atomically
 from ..identity.mapper import F2DMapper
 from ..weight_files import read_weights
 from .precision import LossScale
@@ -67,7 +67,7 @@ def save_state(
     """Write the state atomically: a crash mid-write leaves the previous state intact.
 
     An enabled `loss_scale` (fp16 training) is kept too, so a resumed run does not restart at 2^16
-    and overflow its way down again. Raises `file_writes.WriteFailed` (an F2DError) when the file
+    and overflow its way down again. Raises `errors.WriteError` (an F2DError) when the file
     cannot be written (a full disk, a read-only folder); the previous state is then left as it was.
     """
     tensors = {f"mapper.{k}": v.detach().float().cpu().contiguous() for k, v in mapper.state_dict().items()}
@@ -91,7 +91,7 @@ def save_state(
         metadata["identity"] = identity.to_json()
     if loss_scale is not None and loss_scale.enabled:
         metadata["loss_scale"] = json.dumps(loss_scale.state_dict())
-    return write_atomically(path, "training state", lambda tmp: save_file(tensors, str(tmp), metadata))
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata), "training state")
 
 
 def _check_format(path: Path, metadata: dict) -> None:

@@ -48,27 +48,44 @@ def write_record_folder(
     *,
     meta_record: bool = True,
     record_ids: Sequence[int] | None = None,
+    identity_records: bool = False,
+    stem: str = "train",
+    meta_labels: Sequence[float] | None = None,
 ) -> list[int]:
-    """Write train.rec, train.idx and property; return each image record's byte offset.
+    """Write <stem>.rec, <stem>.idx and property; return each image record's byte offset.
 
     With `meta_record`, record 0 is insightface's header (flag 2, labels [one past the last image
-    key, one past the last identity record]) and images are keys 1..N; else images are keys 0..N-1.
+    key, one past the last identity record], no image; `meta_labels` overrides them) and images are
+    keys 1..N; else images are keys 0..N-1 (MXNet's im2rec; a list label is its `--pack-label` form).
+    `identity_records` adds, after the images, one record per identity as insightface's
+    face2rec2.py writes them: flag 2, labels [first key, one past the last key] of its images (sorted by
+    label), no image. Several parts: call once per part with another `stem` (im2rec --chunks).
     """
     folder.mkdir(parents=True, exist_ok=True)
     first = 1 if meta_record else 0
+    identities: list[bytes] = []
+    if identity_records:
+        firsts = [float(lab if isinstance(lab, (int, float)) else lab[0]) for _, lab in images]
+        for label in range(num_classes):
+            keys = [first + n for n, value in enumerate(firsts) if value == label]
+            identities.append(ir_payload([float(keys[0]), float(keys[-1] + 1)], b""))
     records: list[tuple[int, bytes]] = []
     if meta_record:
-        records.append((0, ir_payload([float(len(images) + 1), float(len(images) + 1)], b"")))
+        end = len(images) + 1
+        labels = meta_labels if meta_labels is not None else [float(end), float(end + len(identities))]
+        records.append((0, ir_payload(list(labels), b"")))
     for n, (jpeg, labels) in enumerate(images):
         rid = record_ids[n] if record_ids is not None else n
         records.append((first + n, ir_payload(labels, jpeg, rid)))
+    for n, payload in enumerate(identities):
+        records.append((first + len(images) + n, payload))
     rec, idx, offsets = bytearray(), [], []
     for key, payload in records:
         idx.append(f"{key}\t{len(rec)}\n")
-        if key >= first:
+        if first <= key < first + len(images):
             offsets.append(len(rec))
         rec += frame(payload)
-    (folder / "train.rec").write_bytes(bytes(rec))
-    (folder / "train.idx").write_text("".join(idx))
+    (folder / f"{stem}.rec").write_bytes(bytes(rec))
+    (folder / f"{stem}.idx").write_text("".join(idx))
     (folder / "property").write_text(f"{num_classes},112,112\n")
     return offsets

@@ -76,9 +76,9 @@ class FaceRecognitionDataset(Dataset):
 def open_record_folder(folder: Path) -> FaceRecognitionDataset:
     """A record directory's images: framing checked and labels read for all of them, nothing decoded.
 
-    Damaged records (bad magic, truncated, a label outside the property's classes) are named in the
-    report and left out. Raises RecordFileError for a missing `train.idx` or `property`, a property
-    other than 112x112, or no usable record.
+    Several `.rec` parts (`record_file.record_parts`) are read as one set. Damaged records (bad magic,
+    truncated, a label outside the property's classes) are named in the report and left out. Raises
+    RecordFileError for a missing index or `property`, a property other than 112x112, or no usable record.
     """
     num_classes, height, width = rf.read_property(folder)
     if (height, width) != (CROP_SIZE, CROP_SIZE):
@@ -86,24 +86,31 @@ def open_record_folder(folder: Path) -> FaceRecognitionDataset:
             f"{folder / rf.PROPERTY_FILE} says the images are {width}x{height}; MSID trains on aligned "
             f"{CROP_SIZE}x{CROP_SIZE} crops (insightface's MS1M, Glint360K): align them to that size first."
         )
-    keys, offsets = rf.read_index(folder)
-    rec_path = folder / rf.REC_FILE
-    buffer = rf.map_file(rec_path)
-    try:
-        keys, offsets = rf.image_keys(buffer, keys, offsets)
-        scan = rf.scan_records(buffer, keys, offsets, num_classes)
-    finally:
-        buffer.close()
-    report = FaceDataReport(folder=str(folder), layout=RECORD_LAYOUT, total_files=len(keys))
-    for key, detail in scan.bad:
-        report.skip(f"{rf.REC_FILE} record {key}", BAD_RECORD, detail)
-    if scan.bad:
-        log.warning("%s: %d damaged records left out: %s", rec_path, len(scan.bad), report.skipped_text())
-    if not len(scan.keys):
-        raise rf.RecordFileError(f"{rec_path} holds no usable image record ({len(keys)} listed in {rf.IDX_FILE}).")
-    labels = torch.from_numpy(scan.labels)
-    report.images, report.identities = len(labels), int(np.unique(scan.labels).size)
-    images = RecordImages(rec_path, scan.offsets, scan.keys, labels)
+    report = FaceDataReport(folder=str(folder), layout=RECORD_LAYOUT, total_files=0)
+    names = rf.record_parts(folder)
+    chosen: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    for part, (rec_name, idx_name) in enumerate(names):
+        keys, offsets = rf.read_index(folder, idx_name)
+        buffer = rf.map_file(folder / rec_name)
+        try:
+            keys, offsets = rf.image_keys(buffer, keys, offsets)
+            scan = rf.scan_records(buffer, keys, offsets, num_classes)
+        finally:
+            buffer.close()
+        report.total_files += len(keys)
+        for key, detail in scan.bad:
+            report.skip(f"{rec_name} record {key}", BAD_RECORD, detail)
+        chosen.append((scan.keys, scan.offsets, scan.labels, np.full(len(scan.keys), part, np.int32)))
+    rec_path = folder / names[0][0] if len(names) == 1 else folder
+    if report.skipped:
+        log.warning("%s: %d damaged records left out: %s", rec_path, len(report.skipped), report.skipped_text())
+    keys, offsets, label_array, parts = (np.concatenate(column) for column in zip(*chosen, strict=True))
+    if not len(keys):
+        listed = ", ".join(idx for _, idx in names)
+        raise rf.RecordFileError(f"{rec_path} holds no usable image record ({report.total_files} listed in {listed}).")
+    labels = torch.from_numpy(label_array)
+    report.images, report.identities = len(labels), int(np.unique(label_array).size)
+    images = RecordImages([folder / rec for rec, _ in names], offsets, keys, labels, parts)
     log.info("Face-recognition data of %s:\n%s", folder, report.summary())
     return FaceRecognitionDataset(images, labels, num_classes, str(folder), report)
 
@@ -130,7 +137,7 @@ def open_training_data(
         )
     if rf.is_record_folder(path):
         return open_record_folder(path)
-    if path.is_file() and path.name == rf.REC_FILE:
+    if path.is_file() and path.suffix == ".rec":
         return open_record_folder(path.parent)
     images, names, report, _ = open_identity_folder(path, cache_dir=cache_dir, detector=detector, progress=progress)
     return FaceRecognitionDataset(images, images.labels, len(names), str(path), report, names)
@@ -168,7 +175,7 @@ def open_training_data_on_ranks(
     rank failed) propagates unchanged. Raises F2DError when several ranks have no cache_dir or no sync.
     """
     path = Path(path).expanduser()
-    if world_size == 1 or rf.is_record_folder(path) or (path.is_file() and path.name == rf.REC_FILE):
+    if world_size == 1 or rf.is_record_folder(path) or (path.is_file() and path.suffix == ".rec"):
         return open_training_data(path, cache_dir=cache_dir, detector=detector, progress=progress)
     if cache_dir is None or sync is None:
         raise F2DError(f"{world_size} ranks preparing {path} together need a cache_dir and a rank sync to meet in.")

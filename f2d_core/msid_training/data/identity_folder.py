@@ -36,7 +36,7 @@ from ...training.data.files import UnreadableImage, decode_photo, list_folder, l
 from ...training.data.report import EMPTY_IDENTITY, FACE_TOO_SMALL, NO_FACE, NO_IDENTITY, UNREADABLE
 from ...training.data.settings import detector_identity
 from . import record_file as rf
-from .images import CROP_SIZE, CropImages, RecordImages, UndecodableFace, decode_crop
+from .images import CROP_SIZE, CropImages, RecordImages, UndecodableFace, decode_crop, open_face_image
 from .report import FaceDataReport
 
 log = logging.getLogger(__name__)
@@ -106,13 +106,17 @@ def pack_path(plan: FolderPlan) -> Path | None:
     return plan.cache_root / PACK_FOLDER / key[:24]
 
 
-def _image_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from an image's header without decoding it; None when it is no image."""
+def _image_size(data: bytes) -> tuple[int, int] | str:
+    """(width, height) from an image's header without decoding it, or why it is no usable photo.
+
+    Only FACE_FORMATS are identified (`open_face_image`), and a header claiming more than
+    MAX_PHOTO_PIXELS is refused here, so no other decoder sees the bytes and no bomb is decoded.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_face_image(data) as image:
             return image.size
-    except Exception:  # any decoder error means "not an image"
-        return None
+    except UndecodableFace as exc:
+        return str(exc)
 
 
 def align_photo(rgb: np.ndarray, kps: np.ndarray) -> torch.Tensor:
@@ -207,8 +211,8 @@ class FolderPass:
             report.skip(entry.name, UNREADABLE, f"cannot read the file: {exc}")
             return
         size = _image_size(data)
-        if size is None:
-            report.skip(entry.name, UNREADABLE, "not a readable image")
+        if isinstance(size, str):
+            report.skip(entry.name, UNREADABLE, size)
             return
         if size == (CROP_SIZE, CROP_SIZE):
             if share_only:
@@ -249,7 +253,10 @@ class FolderPass:
             return item.data
         entry = self.plan.entries[item.index]
         if item.key is None:
-            return entry.path.read_bytes()
+            try:
+                return entry.path.read_bytes()
+            except OSError as exc:
+                raise DatasetError(f"{entry.path} could not be read again while packing: {exc}") from None
         sample, _ = self.cache.load(item.key, CROP_SHAPES)
         if sample is None or sample.status != OK:
             where = self.cache.path(item.key)

@@ -16,18 +16,66 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from ...errors import DatasetError
 from .record_file import BadRecord, map_file, read_record, unpack_record
 
 log = logging.getLogger(__name__)
 
 CROP_SIZE = 112  # the ArcFace / MSID input: aligned by the 5-point template (f2d_core/faces/alignment.py)
 SUBSTITUTE_TRIES = 16  # records tried after one that does not decode
+# The encodings face datasets use (MS1M/Glint360K records and insightface's .bin sets: JPEG; aligned crops
+# also PNG, WebP, BMP). Pillow is asked to identify these alone, so untrusted bytes never reach another
+# decoder (EPS would start Ghostscript; TIFF, ICO, PSD... decoders are attack surface no face set needs).
+# A phone's MPO JPEG opens through the JPEG plugin.
+FACE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
+MAX_PHOTO_PIXELS = 100_000_000  # a 100 MP camera photo; a header claiming more is refused before decoding
 
 
 class UndecodableFace(ValueError):
-    """Bytes that are no 112x112 image."""
+    """Bytes that are no usable face image (another format, too many pixels, damaged, another size)."""
+
+
+def open_face_image(data: bytes, max_pixels: int = MAX_PHOTO_PIXELS) -> Image.Image:
+    """A Pillow image of `data` whose header was read (nothing decoded yet), in one of FACE_FORMATS.
+
+    The pixel count the header claims is checked here, before any decoding (`Image.open` is lazy):
+    a few bytes claiming 60000x60000 pixels never allocate them. The caller decodes (`.convert`,
+    `.load`) and closes it.
+
+    Raises:
+        UndecodableFace: another format (EPS, TIFF, ...: its first bytes are named), an unreadable
+            header, or more than `max_pixels` pixels.
+    """
+    try:
+        image = Image.open(io.BytesIO(data), formats=FACE_FORMATS)
+    except UnidentifiedImageError:
+        raise UndecodableFace(
+            f"not a {', '.join(FACE_FORMATS)} image (it starts with {bytes(data[:8])!r}); other formats are not read"
+        ) from None
+    except Exception as exc:  # header parsers of untrusted bytes raise many kinds of errors
+        raise UndecodableFace(f"an unreadable image header ({type(exc).__name__}: {exc})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise UndecodableFace(f"its header claims {width}x{height} pixels, more than the {max_pixels} allowed")
+    return image
+
+
+def decode_rgb(data: bytes, max_pixels: int = MAX_PHOTO_PIXELS, size: tuple[int, int] | None = None) -> np.ndarray:
+    """RGB uint8 [H, W, 3] of encoded bytes (see `open_face_image`); `size` (width, height): required before decoding.
+
+    Raises UndecodableFace for another format, too many pixels, another size, or damaged data.
+    """
+    with open_face_image(data, max_pixels) as image:
+        if size is not None and image.size != size:
+            width, height = image.size
+            raise UndecodableFace(f"an image of {width}x{height}, not {size[0]}x{size[1]}")
+        try:
+            return np.array(image.convert("RGB"))
+        except Exception as exc:  # decoders of untrusted bytes raise many kinds of errors
+            raise UndecodableFace(f"{type(exc).__name__}: {exc}") from None
 
 
 class ImageSource(Protocol):
@@ -44,16 +92,10 @@ class ImageSource(Protocol):
 def decode_crop(data: bytes) -> np.ndarray:
     """RGB uint8 [112, 112, 3] of an encoded image (PIL, as insightface's reader decodes to RGB).
 
-    Raises UndecodableFace for bytes PIL cannot decode or an image of another size.
+    Raises UndecodableFace for another format than FACE_FORMATS, damaged bytes or an image of another
+    size (checked from the header, before decoding).
     """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            rgb = np.array(image.convert("RGB"))
-    except Exception as exc:  # decoders of untrusted bytes raise many kinds of errors
-        raise UndecodableFace(f"{type(exc).__name__}: {exc}") from None
-    if rgb.shape[:2] != (CROP_SIZE, CROP_SIZE):
-        raise UndecodableFace(f"an image of {rgb.shape[1]}x{rgb.shape[0]}, not {CROP_SIZE}x{CROP_SIZE}")
-    return rgb
+    return decode_rgb(data, CROP_SIZE * CROP_SIZE, (CROP_SIZE, CROP_SIZE))
 
 
 class CropImages:
@@ -75,28 +117,41 @@ class CropImages:
 
 
 class RecordImages:
-    """JPEG crops in a memory-mapped `train.rec`, decoded with PIL in whichever process asks.
+    """JPEG crops in memory-mapped record files (`train.rec`, or several parts), decoded with PIL in whichever
+    process asks.
 
-    A record that fails to decode (damaged JPEG, another size) is named in a warning and replaced by
-    the next one that decodes, with that one's label, so a run of days does not stop at one bad image.
+    `rec_path`: one file, or the parts in order with `parts` int [N] giving each image's part. A record
+    that fails to decode (damaged JPEG, another size or format) is named in a warning and replaced by the
+    next one that decodes, with that one's label, so a run of days does not stop at one bad image;
+    SUBSTITUTE_TRIES bad ones in a row raise DatasetError naming the file and key.
     """
 
-    def __init__(self, rec_path: Path, offsets: np.ndarray, keys: np.ndarray, labels: torch.Tensor) -> None:
-        self.rec_path, self.offsets, self.keys, self.labels = rec_path, offsets, keys, labels
-        self._map: mmap.mmap | None = None
+    def __init__(
+        self,
+        rec_path: Path | Sequence[Path],
+        offsets: np.ndarray,
+        keys: np.ndarray,
+        labels: torch.Tensor,
+        parts: np.ndarray | None = None,
+    ) -> None:
+        self.rec_paths = [Path(rec_path)] if isinstance(rec_path, (str, Path)) else [Path(p) for p in rec_path]
+        self.rec_path = self.rec_paths[0]
+        self.offsets, self.keys, self.labels = offsets, keys, labels
+        self.parts = np.zeros(len(offsets), np.int32) if parts is None else parts
+        self._maps: list[mmap.mmap | None] = [None] * len(self.rec_paths)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_map"] = None  # a worker maps the file itself
+        state["_maps"] = [None] * len(self.rec_paths)  # a worker maps the files itself
         return state
 
-    def _buffer(self) -> mmap.mmap:
-        if self._map is None:
-            self._map = map_file(self.rec_path)
-        return self._map
+    def _buffer(self, part: int) -> mmap.mmap:
+        if self._maps[part] is None:
+            self._maps[part] = map_file(self.rec_paths[part])
+        return self._maps[part]
 
     def _decode(self, index: int) -> np.ndarray:
-        _, data = unpack_record(read_record(self._buffer(), int(self.offsets[index])))
+        _, data = unpack_record(read_record(self._buffer(int(self.parts[index])), int(self.offsets[index])))
         return decode_crop(data)
 
     def _rgb(self, index: int) -> tuple[np.ndarray, int]:
@@ -106,11 +161,14 @@ class RecordImages:
                 return self._decode(at), int(self.labels[at])
             except (BadRecord, UndecodableFace) as exc:
                 log.warning(
-                    "%s: record %d does not decode (%s); using the next record", self.rec_path, self.keys[at], exc
+                    "%s: record %d does not decode (%s); using the next record",
+                    self.rec_paths[int(self.parts[at])],
+                    self.keys[at],
+                    exc,
                 )
-        raise UndecodableFace(
-            f"{SUBSTITUTE_TRIES} records in a row from key {self.keys[index]} of {self.rec_path} do not decode: "
-            "the file is damaged; download it again."
+        raise DatasetError(
+            f"{SUBSTITUTE_TRIES} records in a row from key {self.keys[index]} of "
+            f"{self.rec_paths[int(self.parts[index])]} do not decode: the file is damaged; download it again."
         )
 
     def item(self, index: int) -> tuple[torch.Tensor, int]:

@@ -113,13 +113,17 @@ def make_training_loader(
     workers: int,
     pin_memory: bool,
     drop_last: bool = True,
+    start_method: str | None = None,
 ) -> DataLoader:
     """Batches (uint8 [B, 3, 112, 112] RGB, int64 [B]) of this rank's share of epoch `epoch`, from `start_batch`.
 
     batch_size is per rank (the global batch is batch_size x world_size). workers: decode processes
     (0 decodes on the calling thread, for tests); they persist across epochs: call
     `loader.sampler.set_epoch(epoch, start_batch)` before iterating again. `len(loader)` is the
-    number of batches left in the epoch. Raises F2DError for a batch no rank can fill.
+    number of batches left in the epoch. start_method: how workers start ("fork", "spawn", "forkserver";
+    None: the platform's default: spawn on Windows and macOS, forkserver on Linux from Python 3.14). Under
+    spawn and forkserver the dataset is pickled to each worker: a record file's map is not (each worker
+    maps the file again), in-memory crops go through shared memory. Raises F2DError for a batch no rank can fill.
     """
     sampler = ShardedBatchSampler(
         len(dataset),
@@ -140,4 +144,5 @@ def make_training_loader(
         persistent_workers=workers > 0,
         prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
         worker_init_fn=_one_thread if workers > 0 else None,
+        multiprocessing_context=start_method if workers > 0 else None,
     )

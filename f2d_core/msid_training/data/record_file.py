@@ -12,25 +12,39 @@ The layout is MXNet's RecordIO (dmlc-core `src/recordio.cc`, MXNet `python/mxnet
   encoded image (JPEG in insightface's sets).
 - `train.idx`: text lines "key<TAB>byte offset of the record in train.rec".
 - `property`: one line "num_classes,height,width".
-- In insightface's sets, record 0 is a meta header (flag > 0) whose first label is one past the last
-  image record: images are keys 1 .. label[0] - 1 (insightface's `recognition/arcface_torch/dataset.py`,
-  `MXFaceDataset`); without it every key is an image. An image's identity is its first label.
+- In insightface's sets, record 0 is a meta header (flag > 0, no image) whose first label is one past the
+  last image record: images are keys 1 .. label[0] - 1 (insightface's `recognition/arcface_torch/dataset.py`,
+  `MXFaceDataset`); the keys after them are one record per identity (no image), which are not read.
+  Without it (MXNet's `im2rec`, with or without `--pack-label`, whose records carry `flag` labels each)
+  every key is an image; a record 0 with flag > 0 and an image is an image, not a meta header. An image's
+  identity is its first label.
+- The meta header's labels are float32: above 2^24 (16.7 M images: WebFace42M, Glint360K's 17 M) the
+  image count is rounded, so the end of the images is found among the keys that round to it
+  (`meta_image_end`): the first that is no image record.
+- Several parts: a folder without `train.rec` but with `<name>.rec` + `<name>.idx` pairs (MXNet's
+  `im2rec --chunks N` writes `<prefix>_0.rec`, `<prefix>_1.rec`, ...) is read as one set, parts in
+  sorted name order, sharing one `property`.
+
+Every reader here raises RecordFileError (a DatasetError) naming the file, or BadRecord naming what is
+wrong with one record, never struct.error, EOFError, OSError or ValueError from the bytes.
 
 The file is memory-mapped: every decode worker (and every DDP rank) reads the same page cache.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import shutil
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ...atomic_io import fsync_folder, write_error
 from ...errors import DatasetError
 
 MAGIC = 0xCED7230A
@@ -72,6 +86,8 @@ def read_record(buffer: bytes | mmap.mmap | memoryview, offset: int) -> bytes:
     that starts with a middle or last part.
     """
     size, parts, position, first = len(buffer), [], offset, True
+    if not 0 <= offset <= size - 8:
+        raise BadRecord(f"the offset {offset} is outside the file ({size} bytes)")
     while True:
         if position + 8 > size:
             raise BadRecord(f"truncated: the record header at byte {position} runs past the end ({size} bytes)")
@@ -107,15 +123,21 @@ def unpack_record(payload: bytes) -> tuple[RecordHeader, bytes]:
 
 
 def map_file(path: Path) -> mmap.mmap:
-    """`path` memory-mapped read-only, read-ahead off (decode workers read records in random order)."""
-    with open(path, "rb") as f:
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    """`path` memory-mapped read-only, read-ahead off (decode workers read records in random order).
+
+    Raises RecordFileError for a file that cannot be opened or is empty.
+    """
+    try:
+        with open(path, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:  # ValueError: "cannot mmap an empty file"
+        raise RecordFileError(f"{path} cannot be read as a record file: {exc}") from None
     if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_RANDOM"):
         mapped.madvise(mmap.MADV_RANDOM)
     return mapped
 
 
-def _missing(folder: Path, name: str) -> str:
+def _missing(folder: Path, name: str, rec_name: str = REC_FILE) -> str:
     fixes = {
         IDX_FILE: "the index of train.rec (lines 'key<TAB>byte offset'); it comes with train.rec in the "
         "dataset's download: copy it beside train.rec",
@@ -123,7 +145,8 @@ def _missing(folder: Path, name: str) -> str:
         "beside train.rec, or write it with the dataset's number of identities",
     }
     needs = f"a record directory needs {REC_FILE}, {IDX_FILE} and {PROPERTY_FILE}"
-    return f"{folder / name} is missing: {needs}. {name} is {fixes[name]}."
+    fix = fixes[IDX_FILE if name.endswith(".idx") else PROPERTY_FILE].replace("train.rec", rec_name)
+    return f"{folder / name} is missing: {needs}. {name} is {fix}."
 
 
 def read_property(folder: Path) -> tuple[int, int, int]:
@@ -131,7 +154,10 @@ def read_property(folder: Path) -> tuple[int, int, int]:
     path = folder / PROPERTY_FILE
     if not path.is_file():
         raise RecordFileError(_missing(folder, PROPERTY_FILE))
-    text = path.read_text(errors="replace").strip()
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError as exc:
+        raise RecordFileError(f"{path} cannot be read: {exc.strerror or exc}") from None
     try:
         num_classes, height, width = (int(v) for v in text.split(","))
     except ValueError:
@@ -143,14 +169,17 @@ def read_property(folder: Path) -> tuple[int, int, int]:
     return num_classes, height, width
 
 
-def read_index(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(keys, byte offsets), int64 [N] each in file order, from `train.idx`; RecordFileError when unusable."""
-    path = folder / IDX_FILE
+def read_index(folder: Path, idx_name: str = IDX_FILE) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, byte offsets), int64 [N] each in file order, from `train.idx` (or `idx_name`); RecordFileError when
+    missing, unreadable or not integer pairs."""
+    path = folder / idx_name
     if not path.is_file():
-        raise RecordFileError(_missing(folder, IDX_FILE))
+        raise RecordFileError(_missing(folder, idx_name, idx_name.removesuffix(".idx") + ".rec"))
     try:
         numbers = np.array(path.read_bytes().split(), dtype=np.int64)
-    except ValueError as exc:
+    except OSError as exc:
+        raise RecordFileError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    except (ValueError, OverflowError) as exc:
         raise RecordFileError(f"{path} is not lines of 'key<TAB>byte offset' integers ({exc}).") from None
     if numbers.size % 2:
         raise RecordFileError(f"{path} has an odd number of fields: its lines must be 'key<TAB>byte offset'.")
@@ -192,7 +221,8 @@ def scan_records(buffer: mmap.mmap | bytes, keys: np.ndarray, offsets: np.ndarra
     flag, length = lrec >> LENGTH_BITS, lrec & LENGTH_MASK
     fits = magic_ok & (offsets + 8 + length <= size)
     header_flag = words[np.minimum(safe + 2, len(words) - 1)].astype(np.int64)
-    simple = fits & (flag == WHOLE) & (length >= IR_HEADER.size + 4 * np.minimum(header_flag, 1))
+    # as unpack_record: the 24-byte header, then `flag` float32 labels when flag > 0
+    simple = fits & (flag == WHOLE) & (length >= IR_HEADER.size + 4 * header_flag)
     label_word = np.where(header_flag > 0, safe + 2 + IR_HEADER.size // 4, safe + 3)
     labels = np.full(len(keys), np.nan)
     labels[simple] = floats[np.minimum(label_word, len(words) - 1)][simple]
@@ -214,33 +244,88 @@ def scan_records(buffer: mmap.mmap | bytes, keys: np.ndarray, offsets: np.ndarra
     return RecordScan(keys[ok], offsets[ok], rounded[ok].astype(np.int64), bad)
 
 
-def image_keys(buffer: mmap.mmap | bytes, keys: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(keys, offsets) of the image records: 1 .. label[0]-1 after insightface's meta record 0, else all.
+FLOAT32_EXACT = 1 << 24  # every integer up to 2^24 is a float32; above, the meta header's count is rounded
 
-    RecordFileError when record 0 cannot be read, or the meta record names images the index lacks.
+
+def meta_image_end(claimed: float, is_image: Callable[[int], bool]) -> int:
+    """One past the last image key, from the meta header's float32 label[0] (`claimed`).
+
+    Up to 2^24 the float is exact. Above, it is one of the integers that round to the same float32
+    (a spacing of 2 up to 2^25, 4 up to 2^26, ...): the end is the first of them, in order, whose key
+    `is_image` says is not an image record (an identity record, or no record at all).
+
+    Raises RecordFileError when `claimed` is not a finite count >= 1, or no candidate key ends the images.
+    """
+    if not (math.isfinite(claimed) and claimed >= 1):
+        raise RecordFileError(f"record 0 (insightface's meta header) gives {claimed} as the image count's end")
+    end = int(claimed)
+    if end <= FLOAT32_EXACT:
+        return end
+    rounded = np.float32(claimed)
+    step = int(np.spacing(rounded))
+    candidates = [k for k in range(end - step, end + step + 1) if np.float32(k) == rounded]
+    for key in candidates:
+        if not is_image(key):
+            return key
+    raise RecordFileError(
+        f"record 0 (insightface's meta header) says about {end - 1} images, but keys {candidates[0]}..{candidates[-1]}"
+        " are all images: the index does not belong to this record file."
+    )
+
+
+def image_keys(buffer: mmap.mmap | bytes, keys: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, offsets) of the image records: 1 .. end-1 after insightface's meta record 0, else all.
+
+    Record 0 is a meta header when its IRHeader flag is > 0 and it holds no image (an `im2rec
+    --pack-label` file's record 0 has labels and an image: it is an image). RecordFileError when
+    record 0 cannot be read, or the meta record names images the index lacks.
     """
     where = np.flatnonzero(keys == 0)
     if not len(where):
         return keys, offsets
     try:
-        header, _ = unpack_record(read_record(buffer, int(offsets[where[0]])))
+        header, image = unpack_record(read_record(buffer, int(offsets[where[0]])))
     except BadRecord as exc:
         raise RecordFileError(f"record 0 (insightface's meta header) is damaged: {exc}") from None
-    if header.flag == 0:
+    if header.flag == 0 or image:
         return keys, offsets
-    end = int(header.labels[0])
+
+    def is_image(key: int) -> bool:  # called for a few keys only, and only above 2^24 images
+        found = np.flatnonzero(keys == key)
+        if not len(found):
+            return False
+        try:
+            return bool(unpack_record(read_record(buffer, int(offsets[found[0]])))[1])
+        except BadRecord:
+            return True  # a damaged record among the images: the scan names it
+
+    end = meta_image_end(header.labels[0], is_image)
     chosen = (keys >= 1) & (keys < end)
     if int(chosen.sum()) != end - 1:
         raise RecordFileError(
-            f"record 0 says images are keys 1..{end - 1}, but {IDX_FILE} lists {int(chosen.sum())} of them: "
-            f"the index does not belong to this {REC_FILE} (copy both from the same download)."
+            f"record 0 says images are keys 1..{end - 1}, but the index lists {int(chosen.sum())} of them: "
+            f"the index does not belong to this record file (copy both from the same download)."
         )
     return keys[chosen], offsets[chosen]
 
 
+def record_parts(folder: Path) -> list[tuple[str, str]]:
+    """(rec name, idx name) of each part of a record directory: train.rec alone, else every `<name>.rec`, sorted.
+
+    RecordFileError when the folder holds no .rec file.
+    """
+    if (folder / REC_FILE).is_file():
+        return [(REC_FILE, IDX_FILE)]
+    parts = sorted(p.name for p in folder.glob("*.rec") if p.is_file() and not p.name.startswith("."))
+    if not parts:
+        raise RecordFileError(f"{folder} holds no {REC_FILE} (nor other .rec parts).")
+    return [(name, name.removesuffix(".rec") + ".idx") for name in parts]
+
+
 def is_record_folder(path: Path) -> bool:
-    """Whether `path` is a folder holding `train.rec` (a record directory, even if its other files are missing)."""
-    return path.is_dir() and (path / REC_FILE).is_file()
+    """Whether `path` is a folder holding `train.rec` or other `.rec` parts (a record directory, even if its other
+    files are missing)."""
+    return path.is_dir() and ((path / REC_FILE).is_file() or any(p.is_file() for p in path.glob("*.rec")))
 
 
 def frame(payload: bytes) -> bytes:
@@ -267,14 +352,15 @@ def write_record_folder(folder: Path, items: Iterable[tuple[bytes, int]], num_cl
 
     Every record is an image (keys 0..N-1, no meta record; IRHeader flag 0, the label as float32,
     id = key). The folder is written beside under a temporary name and renamed into place, so it is
-    complete or absent; an existing folder of that name is replaced.
+    complete or absent; an existing folder of that name is replaced. Raises WriteError (full disk,
+    read-only folder) naming the folder; nothing partial is left.
     """
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     count = 0
     try:
+        tmp.mkdir(parents=True)
         with open(tmp / REC_FILE, "wb") as rec, open(tmp / IDX_FILE, "w") as idx:
             for count, (image, label) in enumerate(items, start=1):
                 idx.write(f"{count - 1}\t{rec.tell()}\n")
@@ -284,6 +370,9 @@ def write_record_folder(folder: Path, items: Iterable[tuple[bytes, int]], num_cl
         (tmp / PROPERTY_FILE).write_text(f"{num_classes},112,112\n")
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
+        fsync_folder(folder.parent)
+    except OSError as exc:
+        raise write_error(folder, "packed crops", exc) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return count

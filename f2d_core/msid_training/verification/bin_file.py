@@ -9,8 +9,15 @@ bools, lists and tuples (the memo included), and the unpickler that then builds 
 global (`find_class`) and persistent id. A file with anything else (a reference to `os.system`, a numpy
 array, a string, a number) is refused with an error naming the file, and nothing in it runs.
 
-Images are decoded with Pillow to RGB. Those not 112x112 are resized when square (insightface resizes the
-short side to 112 and then needs a square) and refused otherwise, naming the pair.
+The memo is checked too: a PUT must take the next free index and a GET an index already put (older
+Pythons reserve room up to any memo index a file names: the 4-byte index of a 13-byte file would take
+64 GiB), and a file larger than MAX_BIN_BYTES, or one whose length-prefixed data claims more bytes than
+the file holds, is refused before anything is built.
+
+Images are opened by Pillow only as JPEG, PNG, WebP or BMP (`data/images.py` `open_face_image`), their
+pixel count checked from the header before decoding, and decoded to RGB. Those not 112x112 are resized
+when square (insightface resizes the short side to 112 and then needs a square) and refused otherwise,
+naming the pair.
 """
 
 from __future__ import annotations
@@ -27,11 +34,16 @@ import torch
 from PIL import Image
 
 from ...errors import DatasetError
+from ..data.images import UndecodableFace, decode_rgb
 from .pairs import VerificationSet, balanced_pair_subset
 
 log = logging.getLogger(__name__)
 
 FACE_SIZE = 112
+MAX_FACE_PIXELS = 1024 * 1024  # a verification face is a 112 (or 250) px square crop; larger headers are refused
+MAX_BIN_BYTES = 4 << 30  # insightface's largest set (cfp_fp.bin) is about 0.1 GB; 4 GiB leaves room for others
+_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
+_GETS = ("GET", "BINGET", "LONG_BINGET")
 ALLOWED_OPCODES = frozenset(
     {
         # framing and the stack
@@ -115,9 +127,16 @@ def check_opcodes(data: bytes, path: Path) -> None:
     """
     strings: list[str] = []  # strings pushed so far, to name a protocol-4 STACK_GLOBAL's target
     refused = None
+    memo = 0  # memo entries put so far: the next PUT must take index `memo`
     try:
         for opcode, arg, pos in _opcodes(data):
             name = opcode.name
+            if name in _PUTS or name == "MEMOIZE":
+                if name != "MEMOIZE" and arg != memo:
+                    raise _memo_refusal(path, f"a memo index {arg} out of order (the next is {memo})", name, pos)
+                memo += 1
+            elif name in _GETS and not (isinstance(arg, int) and 0 <= arg < memo):
+                raise _memo_refusal(path, f"a memo index {arg} that was never put ({memo} were)", name, pos)
             if name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
                 strings.append(str(arg))
             if name in ALLOWED_OPCODES or (name == "INT" and isinstance(arg, bool)):
@@ -131,6 +150,14 @@ def check_opcodes(data: bytes, path: Path) -> None:
             ) from None
     if refused is not None:
         raise _refusal(path, *refused)
+
+
+def _memo_refusal(path: Path, what: str, name: str, pos: int) -> DatasetError:
+    return DatasetError(
+        f"{path} is not a plain verification set: its pickle holds {what} (opcode {name} at byte {pos}). "
+        "A pickle written by Python numbers its memo in order; this file may be crafted to make the reader "
+        "reserve gigabytes, so it is refused."
+    )
 
 
 class _NoObjectsUnpickler(pickle.Unpickler):
@@ -153,7 +180,16 @@ def read_verification_pickle(path: Path | str) -> tuple[list[bytes], list[bool]]
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"the verification set {path} does not exist")
-    data = path.read_bytes()
+    try:
+        size = path.stat().st_size
+        if size > MAX_BIN_BYTES:
+            raise DatasetError(
+                f"{path} is {size / 2**30:.1f} GiB, more than the {MAX_BIN_BYTES >> 30} GiB a verification set may "
+                "be (insightface's are about 0.1 GB): is it a verification .bin?"
+            )
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"the verification set {path} cannot be read: {exc.strerror or exc}") from None
     check_opcodes(data, path)
     try:
         loaded = _NoObjectsUnpickler(io.BytesIO(data), encoding="bytes").load()
@@ -181,10 +217,9 @@ def decode_face(blob: bytes, path: Path, index: int) -> torch.Tensor:
     """uint8 [3, 112, 112] RGB of image `index` (pair index // 2) of a .bin; DatasetError naming the pair."""
     where = f"{path}: image {index} ({'first' if index % 2 == 0 else 'second'} of pair {index // 2})"
     try:
-        with Image.open(io.BytesIO(blob)) as image:
-            rgb = image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DatasetError(f"{where} is not a readable JPEG or PNG: {e}") from None
+        rgb = Image.fromarray(decode_rgb(blob, MAX_FACE_PIXELS))
+    except UndecodableFace as e:
+        raise DatasetError(f"{where} is not a readable face image: {e}") from None
     if rgb.size != (FACE_SIZE, FACE_SIZE):
         width, height = rgb.size
         if width != height:

@@ -175,6 +175,7 @@ def ddp_rank(rank: int, world_size: int, run_dir: str) -> dict:
         )
 
     first = session(3).run()
+    torch.distributed.barrier()  # every rank has deleted its older shard before rank 0 lists them
     shards = sorted(p.name for p in Path(run_dir).glob("classifier_rank*"))
     trainer = session(None)
     rest = trainer.run()

@@ -24,6 +24,7 @@ import torch
 
 from ..errors import F2DError, ModelPackError, NoFaceError
 from ..images import ImageLike, as_labeled_images, to_rgb_uint8
+from ..progress import Progress, no_progress
 from .detection_cascade import detect_with_cascade, plan_attempts
 from .onnx_to_torch import import_package
 from .scrfd import TorchScrfd
@@ -493,12 +494,18 @@ def detect_faces(
     images: ImageLike | Sequence[ImageLike],
     face_index: int = 0,
     on_missing: OnMissing = "error",
+    progress: Progress | None = None,
 ) -> list[DetectedFace | None]:
-    """Face `face_index` of each image of a batch; with on_missing="skip" a missing one is None (and logged)."""
+    """Face `face_index` of each image of a batch; with on_missing="skip" a missing one is None (and logged).
+
+    `progress(done, total)` is called after each image (see `f2d_core.progress`); what it raises stops the loop.
+    """
     if on_missing not in ("error", "skip"):
         raise F2DError(f"on_missing must be 'error' or 'skip', not {on_missing!r}")
+    report = progress or no_progress
+    items = as_labeled_images(images)
     picked: list[DetectedFace | None] = []
-    for item in as_labeled_images(images):
+    for item in items:
         try:
             picked.append(pick_face(detector.detect(item.rgb, item.label), item.label, face_index))
         except NoFaceError as exc:
@@ -506,4 +513,5 @@ def detect_faces(
                 raise
             logger.warning("%s Skipping it.", exc)
             picked.append(None)
+        report(len(picked), len(items))
     return picked

@@ -1,0 +1,212 @@
+"""The pack under ComfyUI's other cache modes, on a user's odd machine: one extra server per cache mode.
+
+Each extra server runs with every folder redirected (--input/--output/--temp/--user-directory, models from
+an extra_model_paths.yaml), the pack as a read-only copy, an unwritable HOME and, under the model folders,
+the odd entries users have: an unreadable folder, a broken symlink and a file where a folder is expected.
+Run as root (this machine), the server is started as `nobody` (setpriv) so that "unreadable" and
+"unwritable" hold for it; elsewhere file modes do.
+
+Which workflows, and why (the time budget allows few): ComfyUI's cache modes change when a node runs again
+and how long its outputs live, so what can break is state kept beside the outputs. The portrait reaches
+the pack's weakly cached models (MSID, detector) and the token path every other generation workflow
+shares; the expression workflow adds the cached weight-file model (Deep3DFaceRecon); the training graph
+holds the only state that outlives a prompt (the run's state on disk). Each is queued twice: under
+--cache-none the second run executes every node again. ComfyUI here has --cache-classic (the default,
+the session server), --cache-lru N and --cache-none; it has no --cache-ram.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from tests.support.comfy_fixtures import PACK_DIR_NAME, REPO_ROOT
+from tests.support.comfy_server import ComfyServer
+from tests.support.workflow_files import input_images, load_api, prepare_for_test
+
+NOBODY = 65534
+TRAINING = "f2d_train_mapper"
+COMPARED = ["f2d_portrait", "f2d_expression"]
+PHOTO_FOLDER = "f2d_modes_training_photos"
+CACHE_MODES = {"none": ["--cache-none"], "lru": ["--cache-lru", "4"]}
+AS_ROOT = os.geteuid() == 0
+
+
+class RedirectedServer(ComfyServer):
+    """A ComfyServer whose process runs as `nobody` when the tests run as root, owning only its work dir."""
+
+    def __init__(self, *args, writable: list[Path], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.writable = writable
+
+    def _prepare(self) -> Path:
+        yaml_path = super()._prepare()
+        if AS_ROOT:
+            for top in [self.work_dir, *self.writable]:
+                for path in [top, *top.rglob("*")]:
+                    os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+        return yaml_path
+
+    def command(self, yaml_path: Path) -> list[str]:
+        command = super().command(yaml_path)
+        if AS_ROOT:
+            return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
+        return command
+
+
+def read_only_pack_copy(target: Path) -> Path:
+    """The pack's files (tracked and new, not ignored) copied to `target`, every folder and file read-only."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    for path in sorted(target.rglob("*"), reverse=True):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    target.chmod(0o555)
+    return target
+
+
+def odd_entries(models: Path) -> dict[str, Path]:
+    """An unreadable folder, a broken symlink and a file where a folder is expected, in each model folder the
+    pack lists; {what: path}."""
+    made = {}
+    for folder, where in [
+        ("face2diffusion", models / "face2diffusion"),
+        ("insightface pack", models / "insightface" / "models"),
+        ("face_recognition", models / "face_recognition"),
+        ("clip_scoring", models / "clip_scoring"),
+    ]:
+        locked = where / "f2d_odd_locked"
+        locked.mkdir()
+        (locked / "config.json").write_text("{}")
+        (locked / "det_10g.onnx").write_bytes(b"")
+        locked.chmod(0)
+        made[f"{folder}: unreadable folder"] = locked
+        (where / "f2d_odd_broken.pt").symlink_to(where / "f2d_odd_missing_target")
+        made[f"{folder}: broken symlink"] = where / "f2d_odd_broken.pt"
+        (where / "f2d_odd_file").write_text("a file where a folder is expected")
+        made[f"{folder}: file"] = where / "f2d_odd_file"
+    return made
+
+
+@pytest.fixture(scope="module", params=list(CACHE_MODES))
+def extra(request, comfyui_path: Path, comfy_models_dir: Path) -> Iterator[tuple[str, ComfyServer, Path]]:
+    """(mode, server, base folder) of an extra server in that cache mode (see the module docstring)."""
+    mode = request.param
+    base = Path(tempfile.mkdtemp(prefix=f"f2d_modes_{mode}_"))
+    base.chmod(0o755)
+    models = base / "models"
+    shutil.copytree(comfy_models_dir, models, copy_function=os.link)
+    for folder in [models, *models.rglob("*")]:
+        if folder.is_dir():
+            folder.chmod(0o755)  # pytest makes its folders private; a user's are readable
+    odd_entries(models)
+    pack = read_only_pack_copy(base / "pack" / PACK_DIR_NAME)
+    (base / "pack").chmod(0o555)
+    home = base / "home"
+    home.mkdir(mode=0o555)
+    home.chmod(0o555)
+    server = RedirectedServer(
+        comfyui_path,
+        base / "work",
+        models,
+        custom_nodes={PACK_DIR_NAME: pack},
+        extra_args=["--fp32-text-enc", *CACHE_MODES[mode]],  # as the session server, plus the cache mode
+        env={"HOME": str(home)},
+        writable=[models / "face2diffusion"],
+    )
+    try:
+        with server:
+            yield mode, server, base
+    finally:
+        for path in [base, *base.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(0o755)
+        if not os.environ.get("F2D_KEEP_MODES_SERVER"):
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _upload_inputs(server: ComfyServer) -> dict[str, str]:
+    """The workflows' test inputs uploaded, and the training photo folder; {role: name}."""
+    images = input_images()
+    names = {role: server.upload_image(image, f"f2d_modes_{role}.png") for role, image in images.items()}
+    folder = Path(server.input_dir) / PHOTO_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    for role in ("face", "expression"):
+        images[role].save(folder / f"{role}.png")
+    if AS_ROOT:
+        for path in [folder, *folder.iterdir()]:
+            os.chown(path, NOBODY, NOBODY)
+    return {**names, "training_photos": PHOTO_FOLDER}
+
+
+def _saved_pixels(server: ComfyServer, graph: dict, history: dict) -> list[np.ndarray]:
+    saves = [node_id for node_id, node in graph.items() if node["class_type"] == "SaveImage"]
+    return [np.asarray(image) for node_id in saves for image in server.output_images(history, node_id)]
+
+
+def test_every_node_is_listed_and_the_odd_entries_are_skipped_with_a_log_line(extra, comfy_server) -> None:
+    _, server, _ = extra
+    ours = {name for name in comfy_server.object_info() if name.startswith("F2D") and "Test" not in name}
+    listed = server.object_info()
+    assert ours <= set(listed), f"missing from /object_info: {sorted(ours - set(listed))}\n{server.log_tail()}"
+    choices = [
+        *server.combo_options("F2DLoadMSIDEncoder", "insightface_pack"),
+        *server.combo_options("F2DLoadMSIDEncoder", "msid_file"),
+        *server.combo_options("F2DLoadFaceRecognizer", "recognition_model"),
+        *server.combo_options("F2DLoadCLIPScorer", "clip_model"),
+    ]
+    assert not [c for c in choices if "f2d_odd" in c and "broken" not in c], choices
+    log = server.log_text()
+    for odd in ("f2d_odd_locked", "f2d_odd_broken.pt"):
+        assert f"skipped {odd}" in log or f"/{odd} while listing model files" in log, (odd, log[-6000:])
+
+
+@pytest.mark.parametrize("name", COMPARED)
+def test_workflow_gives_the_default_caches_result_twice(extra, comfy_server, name: str) -> None:
+    _, server, _ = extra
+    graphs = {s: prepare_for_test(load_api(name), _upload_inputs(s), name) for s in (comfy_server, server)}
+    default = _saved_pixels(comfy_server, graphs[comfy_server], comfy_server.run(graphs[comfy_server], timeout=300))
+    for _ in range(2):  # under --cache-none the second run executes every node again
+        again = _saved_pixels(server, graphs[server], server.run(graphs[server], timeout=300))
+        assert len(again) == len(default) > 0
+        assert all(np.array_equal(a, b) for a, b in zip(again, default, strict=True)), name
+
+
+def _mapper_state(path: Path) -> tuple[dict, bytes]:
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata(), b"".join(f.get_tensor(k).numpy().tobytes() for k in sorted(f.keys()))
+
+
+def test_training_graph_neither_restarts_nor_repeats(extra) -> None:
+    mode, server, base = extra
+    graph = prepare_for_test(load_api(TRAINING), _upload_inputs(server), TRAINING)
+    (trainer,) = [i for i, n in graph.items() if n["class_type"] == "F2DTrainMapper"]
+    (saver,) = [i for i, n in graph.items() if n["class_type"] == "F2DSaveMapper"]
+    graph[trainer]["inputs"]["run_name"] = f"f2d_modes_{mode}"
+    graph[saver]["inputs"]["name"] = f"f2d_modes_{mode}"
+    runs = []
+    for _ in range(2):
+        history = server.run(graph, timeout=600)
+        saved = Path(history["outputs"][saver]["text"][0])
+        assert saved.parent == base / "models" / "face2diffusion"
+        runs.append((_mapper_state(saved), history["outputs"][trainer]["text"][0]))
+    (meta, weights), _ = runs[0]
+    assert meta["trained_steps"] == "2"
+    assert runs[1][0][1] == weights and runs[1][0][0]["trained_steps"] == "2"  # not restarted, not trained further
+    run_dir = base / "work" / "output" / "face2diffusion_training" / f"f2d_modes_{mode}"
+    assert run_dir.is_dir(), sorted(p.name for p in (base / "work" / "output").iterdir())
+    assert (base / "work" / "user" / "face2diffusion").is_dir()  # the training cache, in the user directory
+    assert not list((base / "home").iterdir())

@@ -135,7 +135,7 @@ def extra(comfyui_path: Path, comfy_models_dir: Path) -> Iterator[tuple[ComfySer
         for path in [base, *base.rglob("*")]:
             if not path.is_symlink():
                 path.chmod(0o755)
-        if not os.environ.get("F2D_KEEP_MODES_SERVER"):
+        if not os.environ.get("F2D_KEEP_MODES_SERVER"):  # set it to read the server's log after a failure
             shutil.rmtree(base, ignore_errors=True)
 
 

@@ -8,6 +8,7 @@ from comfy_api.latest import io
 from ..f2d_core.errors import EvaluationError
 from ..f2d_core.evaluation.best_of_n import RANK_BY, choose_best, harmonic_mean
 from .evaluation_sockets import F2DScoresSocket, ImageScores, score_table
+from .progress import comfy_progress
 
 
 class F2DBestOfN(io.ComfyNode):
@@ -56,7 +57,8 @@ class F2DBestOfN(io.ComfyNode):
     ) -> io.NodeOutput:
         identity = identity_scores.values if identity_scores is not None else None
         prompt = prompt_scores.values if prompt_scores is not None else None
-        choice = choose_best(identity, prompt, rank_by, keep)
+        choice = choose_best(identity, prompt, rank_by, keep)  # a sort of B scores: no loop to stop inside
+        comfy_progress()(1, 1)  # its bar full; a Cancel pressed meanwhile stops here, before the images are cut
         ranking, kept = choice.ranking, choice.kept
         if ranking.shape[0] != images.shape[0]:
             raise EvaluationError(

@@ -7,6 +7,7 @@ from comfy_api.latest import io
 
 from ..f2d_core.evaluation.clip_score import REFERENCE_PROMPT, clip_scores, directional_clip_scores
 from .evaluation_sockets import F2DClipScorerSocket, F2DScoresSocket, ImageScores, score_table
+from .progress import comfy_progress
 
 
 class F2DCLIPScore(io.ComfyNode):
@@ -60,9 +61,12 @@ class F2DCLIPScore(io.ComfyNode):
         reference_image: torch.Tensor | None = None,
     ) -> io.NodeOutput:
         prompts = [line for line in prompt.splitlines() if line.strip()] if "\n" in prompt.strip() else [prompt]
-        clip = clip_scores(clip_scorer, images, prompts)
+        progress = comfy_progress()
+        clip = clip_scores(clip_scorer, images, prompts, progress)
         columns = {"CLIP": clip}
         if reference_image is not None:
-            columns["dCLIP"] = directional_clip_scores(clip_scorer, images, prompts, reference_image, reference_prompt)
+            columns["dCLIP"] = directional_clip_scores(
+                clip_scorer, images, prompts, reference_image, reference_prompt, progress
+            )
         table = score_table(columns) + f"\nmean CLIP {float(clip.mean()):.4f}"
         return io.NodeOutput(ImageScores("prompt", clip, columns), float(clip.mean()), table, ui={"text": (table,)})

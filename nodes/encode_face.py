@@ -6,6 +6,7 @@ import torch
 from comfy_api.latest import io
 
 from ..f2d_core.identity.face_encoder import POOLING_MODES, face_box_masks
+from .progress import comfy_progress
 from .sockets import F2DFace, F2DFaceSocket, F2DModel, F2DModelSocket
 
 ON_MISSING = {"error": "error", "skip image": "skip"}
@@ -77,7 +78,12 @@ class F2DEncodeFace(io.ComfyNode):
     @classmethod
     def execute(cls, f2d_model: F2DModel, image: torch.Tensor, face_index: int, if_no_face: str, pooling: str):
         encoded = f2d_model.encoder.encode(
-            image, f2d_model.detector, face_index=face_index, on_missing=ON_MISSING[if_no_face], pooling=pooling
+            image,
+            f2d_model.detector,
+            face_index=face_index,
+            on_missing=ON_MISSING[if_no_face],
+            pooling=pooling,
+            progress=comfy_progress(),
         )
         masks = face_box_masks(encoded.faces, image.shape[1], image.shape[2])
         report = detection_report(encoded.faces)

@@ -8,6 +8,7 @@ from pathlib import Path
 import folder_paths
 
 from ..f2d_core.errors import WeightFileError
+from ..f2d_core.folder_scan import entries, is_dir, is_file, subfolders
 from .model_paths import insightface_roots
 
 RECOGNITION_FOLDER = "face_recognition"  # models/face_recognition/*.onnx: any ArcFace-style recogniser
@@ -30,12 +31,10 @@ def _pack_recognisers() -> dict[str, Path]:
     """`<pack>/<file>.onnx` -> path, for the recognisers inside the insightface packs."""
     found = {}
     for root in insightface_roots():
-        models = root / "models"
-        if not models.is_dir():
-            continue
-        for path in sorted(models.glob("*/*.onnx")):
-            if not path.name.lower().startswith(_NOT_RECOGNISERS):
-                found.setdefault(f"{path.parent.name}/{path.name}", path)
+        for pack in subfolders(root / "models"):
+            for path in entries(pack):
+                if path.suffix == ".onnx" and not path.name.lower().startswith(_NOT_RECOGNISERS) and is_file(path):
+                    found.setdefault(f"{pack.name}/{path.name}", path)
     return found
 
 
@@ -63,16 +62,17 @@ def recognition_model_path(name: str) -> Path:
 
 
 def _is_clip_folder(path: Path) -> bool:
-    return any((path / marker).is_file() for marker in _CLIP_MARKERS)
+    return any(is_file(path / marker) for marker in _CLIP_MARKERS)
 
 
 def clip_models() -> list[str]:
-    """Folders in models/clip_scoring that look like a CLIP model (they hold config.json or open_clip_config.json)."""
+    """Folders in models/clip_scoring that look like a CLIP model (they hold config.json or open_clip_config.json).
+
+    Odd entries (an unreadable folder, a broken symlink, a file) are skipped with a log line (`folder_scan`).
+    """
     found = set()
     for base in folder_paths.get_folder_paths(CLIP_SCORING_FOLDER):
-        base_path = Path(base)
-        if base_path.is_dir():
-            found |= {p.name for p in base_path.iterdir() if p.is_dir() and _is_clip_folder(p)}
+        found |= {p.name for p in subfolders(Path(base)) if _is_clip_folder(p)}
     return sorted(found) or ["(no CLIP model in models/clip_scoring)"]
 
 
@@ -80,7 +80,7 @@ def clip_model_path(name: str) -> Path:
     """The folder behind a CLIP choice, or an error saying where CLIP models go."""
     for base in folder_paths.get_folder_paths(CLIP_SCORING_FOLDER):
         path = Path(base) / name
-        if path.is_dir() and Path(name).name == name:
+        if Path(name).name == name and is_dir(path):
             return path
     folders = ", ".join(folder_paths.get_folder_paths(CLIP_SCORING_FOLDER))
     raise WeightFileError(

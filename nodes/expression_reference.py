@@ -10,6 +10,7 @@ from ..f2d_core.faces.expression_model import HOW_TO_GET, expression_codes, load
 from ..f2d_core.faces.face_detection import detect_faces
 from .model_cache import load_weight_file, weight_file_version
 from .model_paths import weight_files
+from .progress import comfy_progress
 from .sockets import F2DExpression, F2DExpressionSocket, F2DModel, F2DModelSocket
 
 EXPRESSION_FILE = "epoch_20.pth"
@@ -58,7 +59,8 @@ class F2DExpressionReference(io.ComfyNode):
         cls, f2d_model: F2DModel, image: torch.Tensor, expression_model: str, face_index: int, strength: float
     ) -> io.NodeOutput:
         regressor = load_weight_file(load_expression_model, expression_model, HOW_TO_GET)  # held while used
-        faces = detect_faces(f2d_model.detector, image, face_index=face_index, on_missing="error")
+        progress = comfy_progress()
+        faces = detect_faces(f2d_model.detector, image, face_index=face_index, on_missing="error", progress=progress)
         landmarks = np.stack([face.kps for face in faces])
-        codes = expression_codes(regressor.model, image, landmarks)
+        codes = expression_codes(regressor.model, image, landmarks, progress)
         return io.NodeOutput(F2DExpression(code=codes.float().mean(dim=0).cpu(), strength=strength))

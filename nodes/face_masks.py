@@ -6,6 +6,7 @@ import torch
 from comfy_api.latest import io
 
 from ..f2d_core.conditioning.regions import RegionError, face_box_regions
+from .progress import comfy_progress
 from .sockets import F2DModel, F2DModelSocket
 
 
@@ -44,6 +45,7 @@ class F2DFaceMasks(io.ComfyNode):
     def execute(cls, f2d_model: F2DModel, image: torch.Tensor, grow: float) -> io.NodeOutput:
         if image.shape[0] != 1:
             raise RegionError(f"F2D Face Masks reads one photo; it got a batch of {image.shape[0]}: pick one image.")
-        faces = f2d_model.detector.detect(image[0], "the photo")
+        faces = f2d_model.detector.detect(image[0], "the photo")  # one photo: one step to show, then a Cancel stops
+        comfy_progress()(1, 1)
         masks = face_box_regions([face.bbox for face in faces], image.shape[1], image.shape[2], grow)
         return io.NodeOutput(masks, masks.shape[0], masks.amax(dim=0, keepdim=True))

@@ -9,6 +9,7 @@ from ..f2d_core.errors import EvaluationError
 from ..f2d_core.evaluation.face_similarity import identity_scores, largest_face_crops, person_embedding
 from ..f2d_core.evaluation.previews import draw_labels
 from .evaluation_sockets import F2DRecognizerSocket, F2DScoresSocket, ImageScores, score_table
+from .progress import comfy_progress
 from .sockets import F2DFace, F2DFaceSocket, F2DModel, F2DModelSocket
 
 REFERENCE_MODES = ("one person", "one person per image")
@@ -18,13 +19,13 @@ def reference_embeddings(
     f2d_model: F2DModel, recognizer, f2d_face: F2DFace | None, reference_images: torch.Tensor | None, mode: str
 ) -> torch.Tensor:
     """[P, D] reference people: the F2D face (its aligned crops) first, then the photos (pooled, or one each)."""
-    people = []
+    people, progress = [], comfy_progress()
     if f2d_face is not None:
-        people.append(person_embedding(recognizer, f2d_face.face.crops))
+        people.append(person_embedding(recognizer, f2d_face.face.crops, progress))
     if reference_images is not None:
-        crops = largest_face_crops(f2d_model.detector, recognizer, reference_images)
+        crops = largest_face_crops(f2d_model.detector, recognizer, reference_images, progress)
         groups = [crops] if mode == "one person" else list(crops.split(1))
-        people += [person_embedding(recognizer, group) for group in groups]
+        people += [person_embedding(recognizer, group, progress) for group in groups]
     if not people:
         raise EvaluationError("Face Similarity needs a reference: connect an F2D face or reference images")
     return torch.stack(people)
@@ -81,7 +82,7 @@ class F2DFaceSimilarity(io.ComfyNode):
         reference_images: torch.Tensor | None = None,
     ) -> io.NodeOutput:
         references = reference_embeddings(f2d_model, recognizer, f2d_face, reference_images, reference_images_are)
-        result = identity_scores(f2d_model.detector, recognizer, images, references)
+        result = identity_scores(f2d_model.detector, recognizer, images, references, comfy_progress())
         table = score_table({"identity": result.scores, "face": result.face_found})
         table += f"\nmean {float(result.scores.mean()):.4f}, faces found in {100 * result.found_rate:.0f}% of images"
         missed = int((~result.face_found).sum())

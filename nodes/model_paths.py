@@ -9,6 +9,7 @@ import folder_paths
 
 from ..f2d_core.errors import WeightFileError
 from ..f2d_core.faces.face_detection import list_model_packs
+from ..f2d_core.folder_scan import skipped
 
 F2D_FOLDER = "face2diffusion"  # models/face2diffusion: msid.pt, mapping.pt, epoch_20.pth, 79999_iter.pth
 FACES_FOLDER = "face2diffusion_faces"  # models/face2diffusion/faces: saved F2D faces
@@ -31,13 +32,21 @@ def register_model_folders() -> None:
     _register(INSIGHTFACE_FOLDER, os.path.join(folder_paths.models_dir, INSIGHTFACE_FOLDER), set())
 
 
+def _readable(filename: str) -> bool:
+    """Whether a file ComfyUI lists in the face2diffusion folders is one (a broken symlink is skipped, logged)."""
+    if any(os.path.isfile(os.path.join(folder, filename)) for folder in folder_paths.get_folder_paths(F2D_FOLDER)):
+        return True
+    skipped(Path(filename), "listed in the face2diffusion folders but not a file there (a broken symlink?)")
+    return False
+
+
 def weight_files(expected_name: str, name_hint: str = "") -> list[str]:
     """Files in the face2diffusion folders, those whose name contains `name_hint` first.
 
     `expected_name` is listed even when absent, so that choosing it reaches the node, whose error then
     says where to get the file, instead of ComfyUI's bare "value not in list".
     """
-    files = [f for f in folder_paths.get_filename_list(F2D_FOLDER) if not f.startswith("faces/")]
+    files = [f for f in folder_paths.get_filename_list(F2D_FOLDER) if not f.startswith("faces/") and _readable(f)]
     hint = (name_hint or Path(expected_name).stem).lower()
     ordered = sorted(files, key=lambda f: (hint not in f.lower(), f))
     return ordered if expected_name in ordered else [expected_name, *ordered]

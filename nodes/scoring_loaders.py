@@ -12,6 +12,7 @@ from comfy_api.latest import io
 
 from ..f2d_core.evaluation.clip_models import CLIPScorer, load_clip_scorer
 from ..f2d_core.evaluation.recognition import FaceRecognizer, load_face_recognizer
+from ..f2d_core.folder_scan import entries, is_file
 from .evaluation_paths import clip_model_path, clip_models, recognition_model_path, recognition_models
 from .evaluation_sockets import F2DClipScorerSocket, F2DRecognizerSocket
 from .model_cache import cached, load_on_device, managed
@@ -33,9 +34,7 @@ def _managed_clip_scorer(folder: Path) -> CLIPScorer:
 
 def _folder_stamp(folder: Path) -> int:
     """The newest modification time of a folder's files (0 for a missing folder: loading reports it)."""
-    if not folder.is_dir():
-        return 0
-    return max((f.stat().st_mtime_ns for f in folder.iterdir() if f.is_file()), default=0)
+    return max((f.stat().st_mtime_ns for f in entries(folder) if is_file(f)), default=0)
 
 
 class F2DLoadFaceRecognizer(io.ComfyNode):

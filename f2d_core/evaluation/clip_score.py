@@ -16,6 +16,7 @@ import torch
 from torch.nn import functional
 
 from ..errors import EvaluationError
+from ..progress import Progress, in_chunks
 from .clip_models import CLIPScorer, check_prompts
 
 REFERENCE_PROMPT = "A photo of a person"
@@ -41,10 +42,21 @@ def per_image_prompts(prompts: Sequence[str], count: int) -> list[str]:
     return prompts
 
 
-def clip_scores(scorer: CLIPScorer, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-    """CLIP score [B] float32 (cosine, in [-1, 1]) of each image [B, H, W, C] with its prompt."""
+def image_embeddings(scorer: CLIPScorer, images: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
+    """`scorer.encode_images` of an IMAGE batch [B, H, W, C], CHUNK images at a time with `progress(done, B)`
+    after each (`f2d_core.progress`; what it raises stops it): [B, D] float32."""
+    return torch.cat([scorer.encode_images(chunk) for chunk in in_chunks(images, progress)])
+
+
+def clip_scores(
+    scorer: CLIPScorer, images: torch.Tensor, prompts: Sequence[str], progress: Progress | None = None
+) -> torch.Tensor:
+    """CLIP score [B] float32 (cosine, in [-1, 1]) of each image [B, H, W, C] with its prompt.
+
+    `progress`: see `image_embeddings`.
+    """
     texts = [scoring_prompt(p) for p in per_image_prompts(prompts, images.shape[0])]
-    return (scorer.encode_images(images) * scorer.encode_texts(texts)).sum(dim=-1)
+    return (image_embeddings(scorer, images, progress) * scorer.encode_texts(texts)).sum(dim=-1)
 
 
 def directional_clip_scores(
@@ -53,10 +65,12 @@ def directional_clip_scores(
     prompts: Sequence[str],
     reference_image: torch.Tensor,
     reference_prompt: str = REFERENCE_PROMPT,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Directional CLIP [B] float32 in [-1, 1]: cos(E_I(image) - E_I(reference image), E_T(prompt) - E_T(ref prompt)).
 
-    `reference_image` [1, H, W, C]: the same face generated from "A photo of S*".
+    `reference_image` [1, H, W, C]: the same face generated from "A photo of S*". `progress`: see
+    `image_embeddings`.
     """
     if reference_image.ndim != 4 or reference_image.shape[0] != 1:
         raise EvaluationError(
@@ -66,5 +80,7 @@ def directional_clip_scores(
     texts = [scoring_prompt(p) for p in per_image_prompts(prompts, images.shape[0])]
     text_embeddings = scorer.encode_texts([*texts, reference_prompt])
     text_change = text_embeddings[:-1] - text_embeddings[-1:]
-    image_change = scorer.encode_images(images) - scorer.encode_images(reference_image)  # sizes may differ
+    image_change = image_embeddings(scorer, images, progress) - scorer.encode_images(
+        reference_image
+    )  # sizes may differ
     return functional.cosine_similarity(image_change, text_change, dim=-1, eps=1e-8)

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import WeightFileError
 from ..images import ImageLike
+from ..progress import Progress, in_chunks
 from ..weight_files import StateDict, describe_weights, key_problems, read_weights
 from .expression_alignment import deep3d_crops
 
@@ -122,12 +123,16 @@ def expression_codes(
     model: ExpressionRegressor,
     images: ImageLike | Sequence[ImageLike],
     lm5: torch.Tensor | np.ndarray,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Expression codes [B, 64] of faces, on the model's device: Deep3DFaceRecon's crop, then its regressor.
 
     images: a batch [B, H, W, C] or a list of B RGB photos (uint8 0..255 or float 0..1, channels last);
-    lm5: [B, 5, 2] landmarks in the photos' pixels (insightface `kps` order, y down).
+    lm5: [B, 5, 2] landmarks in the photos' pixels (insightface `kps` order, y down). The regressor runs
+    CHUNK crops at a time, with `progress(done, B)` after each (`f2d_core.progress`); what it raises stops it.
     """
     parameter = next(model.parameters())
-    crops = deep3d_crops(images, lm5).to(parameter.device, parameter.dtype)
-    return model.expression(crops)
+    crops = deep3d_crops(images, lm5)
+    return torch.cat(
+        [model.expression(chunk.to(parameter.device, parameter.dtype)) for chunk in in_chunks(crops, progress)]
+    )

@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from ..errors import F2DError, ModelPackError, NoFaceError
+from ..folder_scan import is_file, skipped, subfolders
 from ..images import ImageLike, as_labeled_images, to_rgb_uint8
+from ..progress import Progress, no_progress
 from .detection_cascade import detect_with_cascade, plan_attempts
 from .onnx_to_torch import import_package
 from .scrfd import TorchScrfd
@@ -160,15 +162,15 @@ def onnx_folder(pack_dir: Path) -> Path:
     insightface's zips unpack into a folder of the pack's name, so a pack unzipped inside its own
     folder ends up as `models/antelopev2/antelopev2/*.onnx`; that inner folder is used as the pack.
     """
-    if any(p.is_file() for p in pack_dir.glob("*.onnx")):
+    if any(is_file(p) for p in pack_dir.glob("*.onnx")):
         return pack_dir
-    inner = [d for d in sorted(pack_dir.iterdir()) if d.is_dir() and any(f.is_file() for f in d.glob("*.onnx"))]
+    inner = [d for d in subfolders(pack_dir) if any(is_file(f) for f in d.glob("*.onnx"))]
     return inner[0] if len(inner) == 1 else pack_dir
 
 
 def _scan_pack(pack_dir: Path) -> _PackScan:
     """Find the pack's detector the way insightface routes one: an ONNX model with 5 or more outputs."""
-    files = tuple(sorted(p for p in pack_dir.glob("*.onnx") if p.is_file()))
+    files = tuple(sorted(p for p in pack_dir.glob("*.onnx") if is_file(p)))
     hinted = [p for p in files if p.name.startswith("det") or "scrfd" in p.name.lower()]
     try:
         import onnx  # noqa: F401
@@ -192,13 +194,19 @@ def _scan_pack(pack_dir: Path) -> _PackScan:
 
 
 def list_model_packs(insightface_root: Path | str) -> list[str]:
-    """Names of the packs in `<insightface_root>/models/<name>/` that hold a face detection model."""
+    """Names of the packs in `<insightface_root>/models/<name>/` that hold a face detection model.
+
+    Odd entries (an unreadable folder, a broken symlink, a file) are skipped with a log line (`folder_scan`).
+    """
     models_dir = Path(insightface_root).expanduser() / "models"
-    if not models_dir.is_dir():
-        return []
-    return sorted(
-        p.name for p in models_dir.iterdir() if p.is_dir() and _scan_pack(onnx_folder(p)).detector is not None
-    )
+    packs = []
+    for pack in subfolders(models_dir):
+        try:
+            if _scan_pack(onnx_folder(pack)).detector is not None:
+                packs.append(pack.name)
+        except OSError as exc:  # a member unreadable or gone between listing and reading
+            skipped(pack, f"{type(exc).__name__}: {exc.strerror or exc}")
+    return packs
 
 
 def _packs_found(root: Path) -> str:
@@ -493,12 +501,18 @@ def detect_faces(
     images: ImageLike | Sequence[ImageLike],
     face_index: int = 0,
     on_missing: OnMissing = "error",
+    progress: Progress | None = None,
 ) -> list[DetectedFace | None]:
-    """Face `face_index` of each image of a batch; with on_missing="skip" a missing one is None (and logged)."""
+    """Face `face_index` of each image of a batch; with on_missing="skip" a missing one is None (and logged).
+
+    `progress(done, total)` is called after each image (see `f2d_core.progress`); what it raises stops the loop.
+    """
     if on_missing not in ("error", "skip"):
         raise F2DError(f"on_missing must be 'error' or 'skip', not {on_missing!r}")
+    report = progress or no_progress
+    items = as_labeled_images(images)
     picked: list[DetectedFace | None] = []
-    for item in as_labeled_images(images):
+    for item in items:
         try:
             picked.append(pick_face(detector.detect(item.rgb, item.label), item.label, face_index))
         except NoFaceError as exc:
@@ -506,4 +520,5 @@ def detect_faces(
                 raise
             logger.warning("%s Skipping it.", exc)
             picked.append(None)
+        report(len(picked), len(items))
     return picked

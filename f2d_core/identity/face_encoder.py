@@ -16,6 +16,7 @@ from ..errors import F2DError, NoFaceError
 from ..faces.alignment import align_faces, to_msid_input
 from ..faces.face_detection import DetectedFace, FaceDetector, OnMissing, detect_faces
 from ..images import ImageLike, as_labeled_images
+from ..progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +152,15 @@ class FaceEncoder:
         pooling: Pooling = "normalized_mean",
         expression: torch.Tensor | None = None,
         strength: float = 1.0,
+        progress: Progress | None = None,
     ) -> EncodedFace:
-        """One S* for one person from one or several photos: every photo's face is pooled."""
+        """One S* for one person from one or several photos: every photo's face is pooled.
+
+        `progress(done, total)` is called after each photo's detection (`f2d_core.progress`); what it raises
+        stops the encoding.
+        """
         photos = [item.rgb for item in as_labeled_images(images)]  # RGB uint8, converted once
-        faces = detect_faces(detector, photos, face_index, on_missing)
+        faces = detect_faces(detector, photos, face_index, on_missing, progress)
         used = [i for i, face in enumerate(faces) if face is not None]
         if not used:
             raise NoFaceError(f"No face found in any of the {len(faces)} image(s): nothing to encode.")

@@ -5,7 +5,8 @@ from another node (a Primitive, Int, String or switch node) reaches `execute` un
 `validate_inputs` as None (its producer has not run yet). So every pack node runs this check first, at
 execution, with the values it is about to use: an INT or FLOAT outside the widget's range, a number of the
 wrong kind, or a choice that is not in the widget's list is a clear error naming the node, the input and
-what to do. A seed is the one exception: any integer is a fine seed, so one outside the widget's range
+what to do; and a node's fingerprint (`fingerprint_inputs`) is "unknown" (NaN: run again) while a value it
+reads is linked. A seed is the one exception: any integer is a fine seed, so one outside the widget's range
 (e.g. a 64-bit seed from a seed node) is folded into it, seed mod the range's size, and the log says so.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+from collections.abc import Callable
 from numbers import Integral, Real
 from typing import Any
 
@@ -111,4 +113,26 @@ def with_linked_value_checks(node: type[io.ComfyNode]) -> type[io.ComfyNode]:
 
     checked.checks_linked_values = True
     node.execute = classmethod(checked)
+    fingerprint = inspect.getattr_static(node, "fingerprint_inputs", None)
+    if isinstance(fingerprint, classmethod) and "fingerprint_inputs" in vars(node):
+        node.fingerprint_inputs = classmethod(_unknown_when_linked(fingerprint.__func__))
     return node
+
+
+def _unknown_when_linked(fingerprint: Callable[..., Any]) -> Callable[..., Any]:
+    """`fingerprint_inputs` that gives NaN (never equal: the node runs again) when a value it names is linked.
+
+    ComfyUI asks for the fingerprint before the graph runs, so a linked value is None there; the node's
+    own fingerprint would fail on it (a warning in the log, and NaN anyway).
+    """
+
+    parameters = inspect.signature(fingerprint).parameters.values()
+    named = {p.name for p in parameters if p.kind is not p.VAR_KEYWORD} - {"cls"}  # the widgets it reads
+
+    @functools.wraps(fingerprint)
+    def wrapped(cls, **values: Any) -> Any:
+        if any(values.get(name, "") is None for name in named):
+            return float("nan")
+        return fingerprint(cls, **values)
+
+    return wrapped

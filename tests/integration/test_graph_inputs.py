@@ -110,11 +110,13 @@ def _progress_events(server: ComfyServer, graph: dict, timeout: float) -> tuple[
     return history, events
 
 
-def test_linked_64_bit_seed_and_composite_node_ids_in_training(comfy_server):
-    """A seed node's 64-bit seed linked into Train F2D Mapper (whose widget stops at 2^31 - 1) trains: it is
-    folded into the widget's range (seed mod 2^31), not an overflow of torch's seed mid-training. The nodes
-    carry subgraph ids ("12:4"): the progress events name the training node by that id, which the page's
-    sparkline resolves (js/f2d_training_loss.js, nodeByExecutionId)."""
+def test_linked_folder_and_64_bit_seed_and_composite_node_ids_in_training(comfy_server):
+    """A String node's folder linked into F2D Training Dataset (its fingerprint, asked before the graph runs,
+    sees None: "unknown", no failure logged) and a seed node's 64-bit seed linked into Train F2D Mapper (its
+    widget stops at 2^31 - 1): training runs, the seed folded into the widget's range (seed mod 2^31), not an
+    overflow of torch's seed mid-training. The nodes carry subgraph ids ("12:4"): the progress events name
+    the training node by that id, which the page's sparkline resolves (js/f2d_training_loss.js,
+    nodeByExecutionId)."""
     folder = Path(comfy_server.input_dir) / "gi_training"
     folder.mkdir(parents=True, exist_ok=True)
     for i, source in enumerate((ASTRONAUT, ALIGNED_CROP, GROUP)):
@@ -122,6 +124,9 @@ def test_linked_64_bit_seed_and_composite_node_ids_in_training(comfy_server):
     flat = training_graph(folder.name, "gi_seed_folded", steps=2, save_as=None)
     flat["7"] = {"class_type": "PrimitiveInt", "inputs": {"value": 2**62 + 5}}
     flat["4"]["inputs"]["seed"] = ["7", 0]
+    flat["8"] = {"class_type": "PrimitiveString", "inputs": {"value": folder.name}}
+    flat["3"]["inputs"]["folder"] = ["8", 0]
+    log_start = len(comfy_server.log_text())
     graph = {  # every node inside subgraph 12, as the page sends a subgraph's nodes
         f"12:{node_id}": {
             **node,
@@ -133,6 +138,8 @@ def test_linked_64_bit_seed_and_composite_node_ids_in_training(comfy_server):
     assert history["status"]["status_str"] == "success"
     assert events and {e["node"] for e in events} == {"12:4"}
     assert events[-1]["step"] == events[-1]["total"] == 2
+    # The linked folder is unknown to the dataset's fingerprint before the graph runs: no failure logged.
+    assert "'NoneType' object has no attribute" not in comfy_server.log_text()[log_start:]
     state = comfy_server.output_dir / "face2diffusion_training" / "gi_seed_folded" / "training_state.safetensors"
     with safe_open(str(state), framework="pt") as f:
         assert json.loads(f.metadata()["identity"])["seed"] == (2**62 + 5) % 2**31

@@ -1,7 +1,10 @@
 """Any input image (numpy or torch, grey/RGB/RGBA, float or uint8) to the RGB uint8 the pipeline uses.
 
 Accepted: HxW (grey), HxWx1, HxWx3 (RGB), HxWx4 (RGBA), and a batch of one [1,H,W,C]; channels last.
-Values: float in [0, 1] (a rounding slack of `FLOAT_SLACK` is clipped), or integers in 0..255.
+Values: float in [0, 1], or integers in 0..255. Floats up to `FLOAT_SLACK` outside [0, 1] are clipped: core
+Upscale Image (bicubic) overshoots hard edges by up to about 19 % (the cubic kernel's negative lobes, a = -0.75,
+sum to 0.1875), and a chain of resamplers or an unclamped upscaler adds more. Anything further out is no image
+(e.g. 0..255 floats) and is refused, as are NaN and infinities.
 RGBA is composited over black (rgb * alpha), the colour the face alignment warp fills outside the
 image, so whatever colour hides under transparent pixels never reaches the detector.
 """
@@ -17,7 +20,7 @@ import torch
 from .errors import F2DError
 
 ImageLike = np.ndarray | torch.Tensor
-FLOAT_SLACK = 0.02
+FLOAT_SLACK = 0.5  # see the module docstring: resampler overshoot is clipped, 0..255 data refused
 _CHANNELS = {1: "grey", 3: "RGB", 4: "RGBA"}
 
 

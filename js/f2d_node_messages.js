@@ -2,13 +2,14 @@
  * Face2Diffusion: the text a node sends back when it runs (its UI text), shown on the node.
  *
  * Encode Face says which detection attempt found each photo's face; Apply F2D Tokens warns when the
- * CLIP has clip skip; the save nodes name the file they wrote (with its counter). An empty text clears the
+ * CLIP has clip skip; the save nodes name the file they wrote (with its counter); Load F2D Face says which
+ * mapper made the S* it gives. An empty text clears the
  * line. Long lines wrap, and the node grows to show every wrapped line. Neither saved in the workflow nor
  * sent to the server.
  */
 import { app } from "../../scripts/app.js";
 
-const NODE_TYPES = new Set(["F2DEncodeFace", "F2DApplyTokens", "F2DSaveFace", "F2DSaveMapper"]);
+const NODE_TYPES = new Set(["F2DEncodeFace", "F2DApplyTokens", "F2DSaveFace", "F2DSaveMapper", "F2DLoadFace"]);
 const MESSAGE_WIDGET = "f2d_node_message";
 const LINE_HEIGHT = 16;
 const MARGIN = 3; // the DOM widget's margin (the frontend's default, 10, would eat a one-line message)

@@ -19,6 +19,7 @@ from .model_paths import register_model_folders
 from .region_layout import F2DRegionLayout
 from .scoring_loaders import F2DLoadCLIPScorer, F2DLoadFaceRecognizer
 from .training import TRAINING_NODES
+from .widget_values import with_linked_value_checks
 
 NODES: list[type[io.ComfyNode]] = [
     F2DLoadMSIDEncoder,
@@ -37,6 +38,8 @@ NODES: list[type[io.ComfyNode]] = [
     F2DCLIPScore,
     F2DBestOfN,
 ]
+for _node in NODES:
+    with_linked_value_checks(_node)  # linked widget values are checked (or a seed folded) when a node runs
 
 
 class Face2DiffusionExtension(ComfyExtension):

@@ -9,7 +9,7 @@ from ..f2d_core.conditioning.identity_start import DEFAULT_CLASS_NOUN
 from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER
 from ..f2d_core.conditioning.regions import MAX_PEOPLE, person_mask
 from .apply_tokens import s_star_for_prompt
-from .face_conditioning import face_conditioning, identifier_check, identifier_inputs
+from .face_conditioning import checked_identifier, face_conditioning, identifier_check, identifier_inputs
 from .sockets import F2DExpression, F2DExpressionSocket, F2DFace, F2DFaceSocket
 
 
@@ -80,7 +80,7 @@ class F2DAddPerson(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, identifier: str = DEFAULT_IDENTIFIER) -> bool | str:
+    def validate_inputs(cls, identifier: str | None = DEFAULT_IDENTIFIER) -> bool | str:
         # Only `identifier` in the signature: ComfyUI pins a failure on each input the function takes.
         return identifier_check(identifier)
 
@@ -105,6 +105,6 @@ class F2DAddPerson(io.ComfyNode):
         region = {"mask": mask, "set_area_to_bounds": False, "mask_strength": strength}
         s_star = s_star_for_prompt(f2d_face, expression, expression_strength)
         person_conditioning = face_conditioning(
-            clip, text, s_star, identifier.strip(), identity_start, class_noun, region
+            clip, text, s_star, checked_identifier(identifier), identity_start, class_noun, region
         )
         return io.NodeOutput(conditioning + person_conditioning)

@@ -10,7 +10,7 @@ from ..f2d_core.conditioning.identity_start import DEFAULT_CLASS_NOUN
 from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER
 from ..f2d_core.errors import F2DError
 from .clip_tokens import clip_skip_warning
-from .face_conditioning import face_conditioning, identifier_check, identifier_inputs
+from .face_conditioning import checked_identifier, face_conditioning, identifier_check, identifier_inputs
 from .sockets import F2DExpression, F2DExpressionSocket, F2DFace, F2DFaceSocket
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class F2DApplyTokens(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, identifier: str = DEFAULT_IDENTIFIER) -> bool | str:
+    def validate_inputs(cls, identifier: str | None = DEFAULT_IDENTIFIER) -> bool | str:
         # Only `identifier` in the signature: ComfyUI pins a failure on each input the function takes.
         return identifier_check(identifier)
 
@@ -89,7 +89,7 @@ class F2DApplyTokens(io.ComfyNode):
         class_noun: str = DEFAULT_CLASS_NOUN,
     ) -> io.NodeOutput:
         s_star = s_star_for_prompt(f2d_face, expression, expression_strength)
-        conditioning = face_conditioning(clip, text, s_star, identifier.strip(), identity_start, class_noun)
+        conditioning = face_conditioning(clip, text, s_star, checked_identifier(identifier), identity_start, class_noun)
         warning = clip_skip_warning(clip)
         if warning:
             log.warning("Apply F2D Tokens: %s", warning)

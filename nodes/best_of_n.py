@@ -8,7 +8,15 @@ from comfy_api.latest import io
 from ..f2d_core.errors import EvaluationError
 from ..f2d_core.evaluation.best_of_n import RANK_BY, choose_best, harmonic_mean
 from .evaluation_sockets import F2DScoresSocket, ImageScores, score_table
+from .image_lists import first, one_batch
 from .progress import comfy_progress
+
+
+def _joined(scores: list[ImageScores] | None) -> torch.Tensor | None:
+    """The score values of a list of ImageScores (one per IMAGE batch of a list) as one [N] tensor."""
+    if not scores:
+        return None
+    return torch.cat([s.values for s in scores]) if len(scores) > 1 else scores[0].values
 
 
 class F2DBestOfN(io.ComfyNode):
@@ -24,7 +32,8 @@ class F2DBestOfN(io.ComfyNode):
             description="Keeps the k best images of a batch: by identity (Face Similarity), prompt fidelity (CLIP "
             "Score) or their harmonic mean, as the paper combines them. A sampler batch of 8 becomes the best 2. When "
             "no image shows a face (every identity score 0) it ranks by prompt if CLIP Score is connected, and "
-            "otherwise keeps the whole batch, with a note.",
+            "otherwise keeps the whole batch, with a note. An image list (and its list of scores) is ranked as one "
+            "batch.",
             inputs=[
                 io.Image.Input("images", tooltip="The batch to choose from (the one the scores were computed on)."),
                 io.Int.Input("keep", default=1, min=1, max=4096, tooltip="How many images to keep (k)."),
@@ -44,20 +53,21 @@ class F2DBestOfN(io.ComfyNode):
                 io.String.Output(display_name="scores", tooltip="Their ranking scores, best first."),
                 io.String.Output(display_name="table"),
             ],
+            is_input_list=True,  # an image list is one choice among all its images, not one per image
         )
 
     @classmethod
     def execute(
         cls,
-        images: torch.Tensor,
-        keep: int,
-        rank_by: str,
-        identity_scores: ImageScores | None = None,
-        prompt_scores: ImageScores | None = None,
+        images: list[torch.Tensor],
+        keep: list[int],
+        rank_by: list[str],
+        identity_scores: list[ImageScores] | None = None,
+        prompt_scores: list[ImageScores] | None = None,
     ) -> io.NodeOutput:
-        identity = identity_scores.values if identity_scores is not None else None
-        prompt = prompt_scores.values if prompt_scores is not None else None
-        choice = choose_best(identity, prompt, rank_by, keep)  # a sort of B scores: no loop to stop inside
+        images = one_batch(images, "Best of N")
+        identity, prompt = _joined(identity_scores), _joined(prompt_scores)
+        choice = choose_best(identity, prompt, first(rank_by, "rank_by"), first(keep, "keep"))
         comfy_progress()(1, 1)  # its bar full; a Cancel pressed meanwhile stops here, before the images are cut
         ranking, kept = choice.ranking, choice.kept
         if ranking.shape[0] != images.shape[0]:

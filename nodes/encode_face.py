@@ -6,6 +6,7 @@ import torch
 from comfy_api.latest import io
 
 from ..f2d_core.identity.face_encoder import POOLING_MODES, face_box_masks
+from .image_lists import first, flat_images
 from .progress import comfy_progress
 from .sockets import F2DFace, F2DFaceSocket, F2DModel, F2DModelSocket
 
@@ -71,22 +72,39 @@ class F2DEncodeFace(io.ComfyNode):
             outputs=[
                 F2DFaceSocket.Output(display_name="f2d_face"),
                 io.Image.Output(display_name="aligned_faces", tooltip="The 112x112 aligned crops that were used."),
-                io.Mask.Output(display_name="face_masks", tooltip="Box of the face used in each photo."),
+                io.Mask.Output(
+                    display_name="face_masks",
+                    tooltip="Box of the face used in each photo: one MASK batch per IMAGE batch of the input.",
+                    is_output_list=True,
+                ),
             ],
+            is_input_list=True,  # an image list is pooled into one face, like a batch
         )
 
     @classmethod
-    def execute(cls, f2d_model: F2DModel, image: torch.Tensor, face_index: int, if_no_face: str, pooling: str):
-        encoded = f2d_model.encoder.encode(
-            image,
-            f2d_model.detector,
-            face_index=face_index,
-            on_missing=ON_MISSING[if_no_face],
-            pooling=pooling,
+    def execute(
+        cls,
+        f2d_model: list[F2DModel],
+        image: list[torch.Tensor],
+        face_index: list[int],
+        if_no_face: list[str],
+        pooling: list[str],
+    ):
+        model = first(f2d_model, "f2d_model")
+        photos = image[0] if len(image) == 1 else flat_images(image)
+        encoded = model.encoder.encode(
+            photos,
+            model.detector,
+            face_index=first(face_index, "face_index"),
+            on_missing=ON_MISSING[first(if_no_face, "if_no_face")],
+            pooling=first(pooling, "pooling"),
             progress=comfy_progress(),
         )
-        masks = face_box_masks(encoded.faces, image.shape[1], image.shape[2])
+        masks, start = [], 0
+        for batch in image:  # one MASK batch per IMAGE batch: a batch's masks share its size
+            masks.append(face_box_masks(encoded.faces[start : start + batch.shape[0]], batch.shape[1], batch.shape[2]))
+            start += batch.shape[0]
         report = detection_report(encoded.faces)
         return io.NodeOutput(
-            F2DFace(encoded, f2d_model.encoder), crops_as_image(encoded.crops), masks, ui={"text": [report]}
+            F2DFace(encoded, model.encoder), crops_as_image(encoded.crops), masks, ui={"text": [report]}
         )

@@ -47,11 +47,26 @@ def face_conditioning(
     return clip.encode_from_tokens_scheduled(class_tokens, add_dict={**region, **class_range}) + face
 
 
-def identifier_check(identifier: str) -> bool | str:
-    """`validate_inputs` of the nodes that take an identifier: True, or why it cannot be used."""
+def identifier_check(identifier: str | None) -> bool | str:
+    """`validate_inputs` of the nodes that take an identifier: True, or why it cannot be used.
+
+    None is a linked identifier, not known before its node runs: `checked_identifier` checks it then.
+    """
+    if identifier is None:
+        return True
+    if not isinstance(identifier, str):
+        return f"the identifier is {identifier!r}, not text: link a String node, or type it ('f l')."
     if not identifier.strip():
         return "the identifier widget is empty: set it to 'f l' (the official identifier)."
     return True
+
+
+def checked_identifier(identifier: str) -> str:
+    """The identifier as used (stripped), or a PromptError: a linked identifier is checked only when it runs."""
+    problem = identifier_check(identifier)
+    if problem is not True:
+        raise PromptError(f"The identifier linked into this node cannot be used: {problem}")
+    return identifier.strip()
 
 
 def identifier_inputs() -> list:

@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 from pathlib import Path
 
 import folder_paths
 from comfy_api.latest import io, ui
 
+from ..f2d_core.identity.face_encoder import EncodedFace, FaceEncoder
 from ..f2d_core.identity.face_file import load_face, save_face
 from .encode_face import crops_as_image
 from .model_paths import FACES_FOLDER
 from .sockets import F2DFace, F2DFaceSocket, F2DModel, F2DModelSocket
+
+log = logging.getLogger(__name__)
+
+
+def face_for_mapper(face: EncodedFace, encoder: FaceEncoder | None) -> tuple[EncodedFace, str]:
+    """The loaded face as it is used, and a line saying which mapper made its S*.
+
+    With an encoder, S* is mapped again from the saved identity vector by the encoder's (current) mapper, so a
+    face saved with another mapper never mixes with this one; without, S* is used as saved.
+    """
+    saved_mapper = str(face.settings.get("mapper") or "an unnamed mapper")
+    if encoder is None:
+        return face, (
+            f"S* as saved, made by the mapper {saved_mapper}; connect an F2D model to map it with that model's mapper"
+        )
+    mapper = encoder.sources.get("mapper", "")
+    face = dataclasses.replace(face, s_star=encoder.s_star(face.idvec), settings={**face.settings, "mapper": mapper})
+    note = f"S* mapped by the connected F2D model's mapper {mapper} (saved with {saved_mapper})"
+    saved_msid, msid = face.settings.get("msid"), encoder.sources.get("msid", "")
+    if saved_msid and saved_msid != msid:
+        note += f"; its identity was encoded by {saved_msid}, not by {msid}: encode the photo again to use this MSID"
+    return face, note
 
 
 def _next_free(directory: Path, stem: str) -> Path:
@@ -69,7 +94,9 @@ class F2DLoadFace(io.ComfyNode):
                 F2DModelSocket.Input(
                     "f2d_model",
                     optional=True,
-                    tooltip="Only needed to mix in an expression (Expression Reference): gives the mapper.",
+                    tooltip="Optional. Connected: its mapper maps the saved identity to S* (so a face saved with "
+                    "another mapper is used with this one) and can mix in an expression (Expression Reference). "
+                    "Not connected: the S* saved in the file, from the mapper that made it.",
                 ),
             ],
             outputs=[
@@ -86,4 +113,6 @@ class F2DLoadFace(io.ComfyNode):
     def execute(cls, face_file: str, f2d_model: F2DModel | None = None) -> io.NodeOutput:
         face = load_face(folder_paths.get_full_path_or_raise(FACES_FOLDER, face_file))
         encoder = f2d_model.encoder if f2d_model is not None else None
-        return io.NodeOutput(F2DFace(face, encoder), crops_as_image(face.crops))
+        face, note = face_for_mapper(face, encoder)
+        log.info("Load F2D Face %s: %s", face_file, note)
+        return io.NodeOutput(F2DFace(face, encoder), crops_as_image(face.crops), ui={"text": [note]})

@@ -86,6 +86,16 @@ QUOTED = [
     ("(a training checkpoint holding it as", None, "f2d_core/weight_files.py"),
     ("replaced this run's earlier mapper", None, "f2d_core/training/mapper_output.py"),
     ("choose an identifier of exactly 2", "choose an identifier of exactly", "f2d_core/conditioning/injection.py"),
+    (
+        'the value linked into "face_index" is 65, outside the widget',
+        "is {value!r}, outside the widget",
+        "nodes/widget_values.py",
+    ),
+    ("which is not one of its choices", None, "nodes/widget_values.py"),
+    ("The identifier linked into this node cannot be used", None, "nodes/face_conditioning.py"),
+    ("the image list holds images of different sizes", None, "nodes/image_lists.py"),
+    ("this node takes one", None, "nodes/image_lists.py"),
+    ("S* mapped by the connected F2D model's mapper", None, "nodes/face_files.py"),
 ]
 
 

@@ -530,3 +530,18 @@ def test_missing_empty_and_faceless_folders_are_errors(encoder, detector, tmp_pa
 def test_face_index_beyond_the_faces_found_skips_the_photo(small, encoder, detector):
     with pytest.raises(DatasetError, match=r"4 no face found \(a.png, alice/1.png, bob/1.png, \.\.\.\)"):
         _prepare(small, encoder, detector, None, face_index=1)
+
+
+@pytest.mark.parametrize("kind", ["PNG", "WEBP", "MPO"])
+def test_a_file_of_several_frames_is_its_first_frame_in_training_and_identity_folders(kind: str) -> None:
+    """An animated PNG or WebP and a phone's MPO JPEG (two images) in a training or identity folder (both read
+    files with decode_photo) are one photo: the first frame, never the second (docs/nodes.md, One file,
+    several frames)."""
+    first = si.face_photo(load_rgb(ASTRONAUT), size=(96, 96), centre=(48, 48), side=40)
+    second = np.full_like(first, 200)
+    buffer = io.BytesIO()
+    options = {"lossless": True} if kind == "WEBP" else {"quality": 100} if kind == "MPO" else {}
+    Image.fromarray(first).save(buffer, format=kind, save_all=True, append_images=[Image.fromarray(second)], **options)
+    assert Image.open(io.BytesIO(buffer.getvalue())).n_frames == 2
+    decoded = decode_photo(buffer.getvalue()).astype(int)
+    assert np.abs(decoded - first).mean() < 2 < np.abs(decoded - second).mean(), kind

@@ -23,9 +23,11 @@ from PIL import Image
 from f2d_core.identity.face_encoder import EncodedFace
 from f2d_core.identity.face_file import save_face
 from tests.browser.placeholders import placeholder_images
+from tests.support import synthetic_insightface as si
 from tests.support.comfy_fixtures import PACK_DIR_NAME
 from tests.support.comfy_server import ComfyServer, ExecutionFailed
-from tests.support.f2d_graphs import CHECKPOINT, save_conditioning
+from tests.support.f2d_graphs import CHECKPOINT, loader, save_conditioning
+from tests.support.photos import ASTRONAUT, load_rgb
 from tests.support.workflow_files import (
     PLACEHOLDER_FILES,
     TEMPLATE_TITLES,
@@ -257,6 +259,10 @@ def runs(comfy_server: ComfyServer, comfy_models_dir: Path, artifacts_dir: Path)
         "checkpoint": CHECKPOINT,
         "faceFile": "browser_run_face.safetensors",
         "saveName": SAVE_NAME,
+        "facesDir": str(comfy_models_dir / "face2diffusion" / "faces"),
+        "facePhoto": comfy_server.upload_image(Image.fromarray(si.face_photo(load_rgb(ASTRONAUT))), "f2d_run_face.png"),
+        "noFacePhoto": comfy_server.upload_image(Image.new("RGB", (320, 240)), "f2d_run_no_face.png"),
+        "loader": loader()["inputs"],
         "out": str(artifacts_dir),
     }
     config_path = artifacts_dir / "runs_config.json"
@@ -286,6 +292,33 @@ def test_an_empty_identifier_points_at_the_identifier_widget(runs: dict):
     (toast,) = [toast for toast in seen["toasts"] if "Face2Diffusion" in toast]
     assert "identifier widget is empty: set it to 'f l'" in toast and "prompt" not in toast
     assert seen["status"] == "\u26a0 the identifier widget is empty: set it to 'f l'"
+
+
+def test_load_f2d_face_added_before_the_first_save_takes_the_saved_face(runs: dict):
+    """With no face saved yet, Load F2D Face holds a placeholder (not `undefined`) and a run says to run Save
+    F2D Face, naming face_file; once Save F2D Face has run, that node and one added later hold the new file."""
+    seen = runs["firstFace"]
+    assert seen["whenEmpty"] == "(no saved face yet: run Save F2D Face)"
+    (error,) = seen["serverErrors"]
+    assert error["extra_info"]["input_name"] == "face_file"
+    # queued after the saved faces were back: the message says to choose one (with none, to run Save F2D Face)
+    assert "no saved face is chosen in face_file: choose one of the saved faces" in error["details"]
+    written = seen["savedMessage"].removeprefix("saved as ")
+    assert re.fullmatch(rf"{SAVE_NAME}_first_\d{{5}}\.safetensors", written), seen["savedMessage"]
+    assert seen["afterSave"] == written and seen["added"] == written
+    refused = [
+        e for e in real_errors(seen["errors"]) if not re.search(r"status of 400|PromptExecutionError", e["text"])
+    ]
+    assert refused == []  # the refused prompt's answer is the only error the page logged
+
+
+def test_a_failed_run_clears_encode_face_text_and_the_aligned_face_preview(runs: dict):
+    """The second run fails in Encode Face (no face): the line and the preview of the first run go."""
+    seen = runs["failedRun"]
+    assert seen["afterSuccess"]["message"].startswith("image 1 of 1: found")
+    assert seen["afterSuccess"]["previewImages"] == 1 and seen["afterSuccess"]["previewOutputs"] == 1
+    assert seen["afterFailure"] == {"message": "", "previewImages": 0, "previewOutputs": 0}
+    assert real_errors(seen["errors"]) == []
 
 
 @pytest.fixture(scope="module")

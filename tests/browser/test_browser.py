@@ -54,7 +54,22 @@ RUN_MESSAGES = {
     "F2DEncodeFace": ["image 1 of 1: found at once (the photo at detection size 640)"],
     "F2DSaveFace": ["saved as person_00001.safetensors"],
     "F2DSaveMapper": ["/home/someone/ComfyUI/models/face2diffusion/f2d_mapper_trained.safetensors"],
+    # the score tables of a batch of 4 (nodes/face_similarity.py, best_of_n.py, clip_score.py)
+    "F2DFaceSimilarity": [
+        "image    identity        face",
+        *[f"{k:>5}      0.{6123 - 97 * k}         yes" for k in range(1, 5)],
+        "mean 0.5880, faces found in 100% of images",
+    ],
+    "F2DBestOfN": ["best 1 of 4 by identity", "image  rank score    identity", "    4      0.5735      0.5735"],
+    "F2DCLIPScore": [
+        "image        CLIP",
+        *[f"{k:>5}      0.{3012 - 41 * k}" for k in range(1, 5)],
+        "mean CLIP 0.2910",
+    ],
 }
+# What nodes show as pictures after a run: none of the pack's (Face Similarity's previews are an output, which
+# a Preview Image shows where the user puts it). The check shows a strip anyway where a node type is listed.
+RUN_PICTURES: dict[str, int] = {}
 # The frontend's zoom below which it draws nodes without text ("low quality"): its default 8 px smallest
 # font ("LiteGraph.Canvas.MinFontSizeForLOD") over the node text size 14 (LGraphCanvas.updateLowQualityThreshold,
 # at a device pixel ratio of 1). A template must open above it, with a margin.
@@ -330,6 +345,8 @@ def layouts(comfy_server: ComfyServer, preview_inputs: None, artifacts_dir: Path
         "workflows": NAMES,
         "titles": TEMPLATE_TITLES,
         "messages": RUN_MESSAGES,
+        "pictures": RUN_PICTURES,
+        "picture": PLACEHOLDER_FILES["face"],
         "out": str(artifacts_dir),
     }
     config_path = artifacts_dir / "layouts_config.json"
@@ -391,6 +408,8 @@ def test_template_opens_readable_in_a_1600x1000_window(layouts: dict, name: str)
         (n["type"], w["text"]) for n, w in widgets if w["name"] == "f2d_node_message" and n["type"] in RUN_MESSAGES
     ]
     assert all(text == "\n".join(RUN_MESSAGES[kind]) for kind, text in shown)
+    tables = [(n["type"], w["text"]) for n, w in widgets if w["name"] == "f2d_score_table"]
+    assert all(text == "\n".join(RUN_MESSAGES[kind]) for kind, text in tables)  # every row shown (none cut above)
     assert real_errors(seen["errors"]) == []
     with Image.open(seen["screenshot"]) as screenshot:
         assert screenshot.size == (1600, 1000)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
+from ..f2d_core.errors import NoFaceError
 from ..f2d_core.identity.face_encoder import POOLING_MODES, face_box_masks
+from .out_of_memory import OUT_OF_MEMORY, released_out_of_memory, summary
 from .sockets import F2DFace, F2DFaceSocket, F2DModel, F2DModelSocket
 
 ON_MISSING = {"error": "error", "skip image": "skip"}
@@ -76,9 +78,24 @@ class F2DEncodeFace(io.ComfyNode):
 
     @classmethod
     def execute(cls, f2d_model: F2DModel, image: torch.Tensor, face_index: int, if_no_face: str, pooling: str):
-        encoded = f2d_model.encoder.encode(
-            image, f2d_model.detector, face_index=face_index, on_missing=ON_MISSING[if_no_face], pooling=pooling
-        )
+        out_of_memory = None
+        try:
+            encoded = f2d_model.encoder.encode(
+                image, f2d_model.detector, face_index=face_index, on_missing=ON_MISSING[if_no_face], pooling=pooling
+            )
+        except NoFaceError as e:
+            if ON_MISSING[if_no_face] == "error" and image.shape[0] > 1:  # the widget that lets the others through
+                raise NoFaceError(f"{e} To encode the other photos without it, set if_no_face to 'skip image'.") from e
+            raise
+        except OUT_OF_MEMORY as e:  # let its frames go before anything else
+            out_of_memory = summary(e)
+        if out_of_memory is not None:
+            raise released_out_of_memory(
+                "Encode Face",
+                out_of_memory,
+                f"Encode fewer photos at once (this batch has {image.shape[0]}), or choose detection_size 640 and "
+                "precision fp16 in Load MSID Encoder.",
+            )
         masks = face_box_masks(encoded.faces, image.shape[1], image.shape[2])
         report = detection_report(encoded.faces)
         return io.NodeOutput(

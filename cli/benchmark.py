@@ -37,6 +37,8 @@ if str(REPO_ROOT) not in sys.path:
 
 from cli.benchmark_graph import SETTINGS, Models, Sampling, generation_graph  # noqa: E402
 from cli.benchmark_server import ComfyClient, ServerError  # noqa: E402
+from cli.help_format import DefaultsHelp  # noqa: E402
+from cli.server_address import server_address  # noqa: E402
 from f2d_core.atomic_io import atomic_write  # noqa: E402
 from f2d_core.errors import F2DError, NoFaceError  # noqa: E402
 from f2d_core.evaluation import benchmark_table, plots  # noqa: E402
@@ -280,23 +282,17 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows each option's default, except where there is none (required options, flags)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.required or action.default is None or action.default is False or action.default == "":
-            return action.help or ""
-        if "default:" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Face2Diffusion's evaluation: generate, score, tabulate, plot. Runs from any folder.",
         formatter_class=DefaultsHelp,
     )
-    p.add_argument("--server", default="http://127.0.0.1:8188", help="A running ComfyUI with this pack.")
+    p.add_argument(
+        "--server",
+        type=server_address,
+        default="http://127.0.0.1:8188",
+        help="A running ComfyUI with this pack: host:port or http://host:port.",
+    )
     p.add_argument("--faces", type=Path, required=True, help="Folder with one photo per person.")
     p.add_argument("--prompts", type=Path, help="Text file, one prompt with 'f l' per line (default: the paper's 40).")
     p.add_argument("--seeds", type=int, default=4, help="Images per prompt (the paper: 4; 16 for the whole best-of-N).")

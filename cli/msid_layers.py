@@ -12,7 +12,7 @@ same-identity as different-identity pairs are drawn with --seed. For each encode
 (the paper's layers 3, 6, 9, 12 for msid.pt) and the concatenated v_id, the cosine similarity of every
 pair gives the verification AUC and best-threshold accuracy. Written to --out: `layers.md` (the table, the
 paper's numbers beside ours), `layers.json` (the same numbers), and per encoder one histogram PNG per layer
-(same vs different identity, as Fig. 4) and `<name>_layers.png` with all of them side by side.
+(same vs different identity, as Fig. 4) and `<name>_layers.png` with all of them on one grid.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ log = logging.getLogger("f2d.msid_layers")
 
 EXIT_FAILED = 1
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DEFAULT_FOLDER_PAIRS = 6000  # LFW's count
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="Pairs to score, half same and half different identity. A .bin: a seeded subset (default: all "
-        "its pairs). A folder: the pairs drawn (default 6000, LFW's count).",
+        "its pairs). A folder: the pairs drawn (default: 6000, LFW's count, or as many as the folder allows).",
     )
     p.add_argument("--seed", type=int, default=0, help="Seeds the pairs drawn from a folder or the subset of a .bin.")
     p.add_argument("--batch-size", type=int, default=256, help="Faces encoded at once.")
@@ -110,7 +111,7 @@ def named_encoders(specs: list[str]) -> dict[str, Path]:
 def open_pairs(args: argparse.Namespace, device: torch.device):
     """The VerificationSet of --pairs: a .bin file, or pairs drawn from an identity folder."""
     from f2d_core.msid_training.verification.bin_file import read_verification_bin
-    from f2d_core.msid_training.verification.pairs import pairs_from_dataset
+    from f2d_core.msid_training.verification.pairs import pairs_available, pairs_from_dataset
 
     path = args.pairs.expanduser()
     if path.is_file():
@@ -123,7 +124,25 @@ def open_pairs(args: argparse.Namespace, device: torch.device):
 
         detector = FaceDetector(args.insightface_root, args.pack, det_size=args.det_size, device=device)
     data = open_training_data(path, cache_dir=args.cache_dir, detector=detector)
-    return pairs_from_dataset(data, (args.max_pairs or 6000) // 2, seed=args.seed)
+    available = pairs_available(data.labels)
+    if args.max_pairs is None:
+        per_kind = min(DEFAULT_FOLDER_PAIRS // 2, available)
+        if per_kind < DEFAULT_FOLDER_PAIRS // 2:
+            log.info("%s allows %d pairs of each kind: scoring %d + %d pairs", path, available, per_kind, per_kind)
+    else:
+        per_kind = args.max_pairs // 2
+        if per_kind > available:
+            raise F2DError(
+                f"--max-pairs {args.max_pairs}: {path} allows only {available} same-identity and {available} "
+                f"different-identity pairs; lower --max-pairs to at most {2 * available} (or leave it out to use "
+                "them all), or hold out more identities with at least two photos each."
+            )
+    if per_kind < 1:
+        raise F2DError(
+            f"--pairs {path}: no pairs can be drawn from it (it needs at least two identities, one of them with two "
+            "photos or more); hold out more identities."
+        )
+    return pairs_from_dataset(data, per_kind, seed=args.seed)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -32,6 +32,11 @@ from typing import Any
 
 import aiohttp
 
+if __package__:
+    from .server_address import server_address
+else:  # run as a script: cli/ is sys.path[0]
+    from server_address import server_address
+
 log = logging.getLogger("f2d.run_workflow")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 124, 130
@@ -366,7 +371,12 @@ async def run(args: argparse.Namespace) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Run an API-format ComfyUI workflow, print its progress, wait for it.")
     p.add_argument("workflow", type=Path, help="API-format workflow JSON (e.g. workflows/api/f2d_train_mapper.json).")
-    p.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI's address.")
+    p.add_argument(
+        "--server",
+        type=server_address,
+        default="http://127.0.0.1:8188",
+        help="ComfyUI's address: host:port or http://host:port.",
+    )
     p.add_argument("--set", action="append", default=[], metavar="NODE_ID.input=value", help="Change an input.")
     p.add_argument("--timeout", type=float, help="Give up (and cancel the prompt) after this many seconds.")
     return p.parse_args(argv)

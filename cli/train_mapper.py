@@ -43,15 +43,27 @@ import torch.distributed as dist
 
 if __package__:
     from .comfy_library import PACK_NAME, ComfyLibraryError, bootstrap, pack_module
+    from .help_format import DefaultsHelp
     from .rank_sync import RankFailed, RankSync, rendezvous_store
 else:  # run as a script: cli/ is sys.path[0] (comfy_library takes it off before importing ComfyUI)
     from comfy_library import PACK_NAME, ComfyLibraryError, bootstrap, pack_module
+    from help_format import DefaultsHelp
     from rank_sync import RankFailed, RankSync, rendezvous_store
 
 log = logging.getLogger("f2d.train_mapper")
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 TRAINING_DTYPE_FLAGS = {"auto": "auto", "bf16": "bf16", "fp32": "fp32", "fp16": "fp16 + loss scaling"}
+EXAMPLE = """example (in the ComfyUI folder):
+  M=models
+  python custom_nodes/comfyui-face2diffusion/cli/train_mapper.py --comfyui . \\
+      --checkpoint $M/checkpoints/v1-5-pruned-emaonly.safetensors \\
+      --msid $M/face2diffusion/msid.pt --mapper $M/face2diffusion/mapping.pt \\
+      --insightface-root $M/insightface --folder ~/faces \\
+      --run-dir ~/f2d_runs/mine --out $M/face2diffusion/mine.safetensors
+  # the same arguments on 4 GPUs of one machine (--batch-size is split across them):
+  torchrun --nproc_per_node 4 custom_nodes/comfyui-face2diffusion/cli/train_mapper.py --comfyui . ...
+"""
 
 
 @dataclass(frozen=True)
@@ -71,7 +83,11 @@ class Ranks:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    p = argparse.ArgumentParser(description="Train the Face2Diffusion mapper with CGDR (one or many GPUs, or CPU).")
+    p = argparse.ArgumentParser(
+        description="Train the Face2Diffusion mapper with CGDR (one or many GPUs, or CPU).",
+        formatter_class=DefaultsHelp,
+        epilog=EXAMPLE,
+    )
     p.add_argument("--comfyui", help="ComfyUI checkout (default: $COMFYUI_PATH).")
     p.add_argument(
         "--checkpoint",

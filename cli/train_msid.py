@@ -36,9 +36,11 @@ from pathlib import Path
 import torch
 
 if __package__:
+    from .help_format import DefaultsHelp
     from .rank_sync import RankFailed, RankSync
     from .train_mapper import Ranks, StopRequest, per_rank_batch, setup_logging, start_process_group, start_ranks
 else:  # run as a script: cli/ is sys.path[0]; f2d_core never imports ComfyUI, so the repository root may go there
+    from help_format import DefaultsHelp
     from rank_sync import RankFailed, RankSync
     from train_mapper import Ranks, StopRequest, per_rank_batch, setup_logging, start_process_group, start_ranks
 
@@ -52,11 +54,21 @@ log = logging.getLogger("f2d.train_msid")
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 DTYPES = ("auto", "bf16", "fp32")
+EXAMPLE = """examples:
+  python cli/train_msid.py --data ~/faces_ms1mv3 --out msid_ms1mv3.safetensors --run-dir runs/msid
+  # the same on 8 GPUs of one machine (--batch-size is split across them; class centres are sharded):
+  torchrun --nproc_per_node 8 cli/train_msid.py --data ~/faces_ms1mv3 --out msid_ms1mv3.safetensors \\
+      --run-dir runs/msid
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (see the module docstring)."""
-    p = argparse.ArgumentParser(description="Train the Face2Diffusion MSID identity encoder with ArcFace.")
+    p = argparse.ArgumentParser(
+        description="Train the Face2Diffusion MSID identity encoder with ArcFace.",
+        formatter_class=DefaultsHelp,
+        epilog=EXAMPLE,
+    )
     p.add_argument(
         "--data",
         type=Path,

@@ -27,9 +27,22 @@ function comboOptions(definition) {
   return options;
 }
 
+/**
+ * Put the lists into a node's combo widgets. A widget without a choice (`undefined`, from a list that was
+ * empty when the node was added, or the server's "(no saved face yet ...)" placeholder) takes the entry the
+ * list gained, the file just saved. A chosen file is kept, even one the list lacks: the run names it.
+ */
 function applyOptions(node, options) {
   for (const widget of node.widgets ?? []) {
-    if (widget.type === "combo" && options[widget.name]) widget.options.values = options[widget.name];
+    const values = options[widget.name];
+    if (widget.type !== "combo" || !values) continue;
+    const added = values.filter((value) => !(widget.options.values ?? []).includes(value));
+    widget.options.values = values;
+    const unchosen = widget.value == null || widget.value === "" || String(widget.value).startsWith("(");
+    if (unchosen && values.length && !values.includes(widget.value)) {
+      widget.value = added.at(-1) ?? values[0];
+      widget.callback?.(widget.value);
+    }
   }
 }
 

@@ -6,7 +6,11 @@
  * mapper made the S* it gives. An empty text clears the
  * line. Long lines wrap, and the node grows to show every wrapped line. Neither saved in the workflow nor
  * sent to the server.
+ *
+ * After a failed run, the node that failed and every node after it (Encode Face's line, the Aligned face
+ * preview, ...) lose what an earlier run showed: that run's result no longer belongs to this graph.
  */
+import { api } from "../../scripts/api.js";
 import { app } from "../../scripts/app.js";
 
 const NODE_TYPES = new Set(["F2DEncodeFace", "F2DApplyTokens", "F2DSaveFace", "F2DSaveMapper", "F2DLoadFace"]);
@@ -39,6 +43,10 @@ function addMessageLine(node) {
     margin: MARGIN,
   });
   widget.serialize = false;
+  node.f2dClearMessage = () => {
+    text.textContent = "";
+    node.setDirtyCanvas?.(true, true);
+  };
 
   const onExecuted = node.onExecuted;
   node.onExecuted = function (message) {
@@ -56,6 +64,62 @@ function addMessageLine(node) {
     return result;
   };
 }
+
+/** The graph node of an execution id ("12", or "3:12" inside subgraph node 3), or null. */
+function nodeOfExecutionId(executionId) {
+  let graph = app.graph;
+  let node = null;
+  for (const part of String(executionId).split(":")) {
+    node = graph?.getNodeById?.(Number(part)) ?? null;
+    graph = node?.subgraph;
+  }
+  return node;
+}
+
+/** `node` and every node its outputs reach, in its graph. */
+function withDownstream(node) {
+  const seen = new Set([node]);
+  const stack = [node];
+  while (stack.length) {
+    const current = stack.pop();
+    for (const output of current.outputs ?? []) {
+      for (const linkId of output.links ?? []) {
+        const link = current.graph?.getLink?.(linkId) ?? current.graph?.links?.[linkId];
+        const target = link && current.graph.getNodeById(link.target_id);
+        if (target && !seen.has(target)) {
+          seen.add(target);
+          stack.push(target);
+        }
+      }
+    }
+  }
+  return seen;
+}
+
+/** Forget what earlier runs showed on a node: its message line, and its images (previews, saved images). */
+function clearShownResult(node) {
+  node.f2dClearMessage?.();
+  const locator = node.graph && node.graph !== app.graph ? `${node.graph.id}:${node.id}` : String(node.id);
+  if (app.nodeOutputs?.[locator]) delete app.nodeOutputs[locator];
+  if (node.imgs?.length) {
+    node.imgs = undefined;
+    node.imageIndex = null;
+    // the frontend's own image preview widget, removed the way the frontend removes it
+    const index = node.widgets?.findIndex((w) => w.name === "$$canvas-image-preview") ?? -1;
+    if (index > -1) {
+      node.widgets[index].onRemove?.();
+      node.widgets.splice(index, 1);
+    }
+  }
+  node.setDirtyCanvas?.(true, true);
+}
+
+api.addEventListener("execution_error", ({ detail }) => {
+  const failed = nodeOfExecutionId(detail?.node_id);
+  if (!failed) return;
+  for (const node of withDownstream(failed)) clearShownResult(node);
+  app.graph.setDirtyCanvas(true, true);
+});
 
 app.registerExtension({
   name: "face2diffusion.NodeMessages",

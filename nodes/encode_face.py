@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
+from ..f2d_core.errors import NoFaceError
 from ..f2d_core.identity.face_encoder import POOLING_MODES, face_box_masks
 from .image_lists import first, flat_images
+from .out_of_memory import OUT_OF_MEMORY, released_out_of_memory, summary
 from .progress import comfy_progress
 from .sockets import F2DFace, F2DFaceSocket, F2DModel, F2DModelSocket
 
@@ -92,14 +94,30 @@ class F2DEncodeFace(io.ComfyNode):
     ):
         model = first(f2d_model, "f2d_model")
         photos = image[0] if len(image) == 1 else flat_images(image)
-        encoded = model.encoder.encode(
-            photos,
-            model.detector,
-            face_index=first(face_index, "face_index"),
-            on_missing=ON_MISSING[first(if_no_face, "if_no_face")],
-            pooling=first(pooling, "pooling"),
-            progress=comfy_progress(),
-        )
+        on_missing = ON_MISSING[first(if_no_face, "if_no_face")]
+        out_of_memory = None
+        try:
+            encoded = model.encoder.encode(
+                photos,
+                model.detector,
+                face_index=first(face_index, "face_index"),
+                on_missing=on_missing,
+                pooling=first(pooling, "pooling"),
+                progress=comfy_progress(),
+            )
+        except NoFaceError as e:
+            if on_missing == "error" and photos.shape[0] > 1:  # the widget that lets the others through
+                raise NoFaceError(f"{e} To encode the other photos without it, set if_no_face to 'skip image'.") from e
+            raise
+        except OUT_OF_MEMORY as e:  # let its frames go before anything else
+            out_of_memory = summary(e)
+        if out_of_memory is not None:
+            raise released_out_of_memory(
+                "Encode Face",
+                out_of_memory,
+                f"Encode fewer photos at once (this batch has {photos.shape[0]}), or choose detection_size 640 and "
+                "precision fp16 in Load MSID Encoder.",
+            )
         masks, start = [], 0
         for batch in image:  # one MASK batch per IMAGE batch: a batch's masks share its size
             masks.append(face_box_masks(encoded.faces[start : start + batch.shape[0]], batch.shape[1], batch.shape[2]))

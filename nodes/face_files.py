@@ -10,6 +10,7 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io, ui
 
+from ..f2d_core.errors import WeightFileError
 from ..f2d_core.identity.face_encoder import EncodedFace, FaceEncoder
 from ..f2d_core.identity.face_file import load_face, save_face
 from .encode_face import crops_as_image
@@ -43,6 +44,32 @@ def _next_free(directory: Path, stem: str) -> Path:
     """`<stem>_00001.safetensors`, numbered after the highest existing one."""
     numbers = [int(m.group(1)) for p in directory.glob(f"{stem}_*.safetensors") if (m := re.search(r"_(\d+)$", p.stem))]
     return directory / f"{stem}_{max(numbers, default=0) + 1:05d}.safetensors"
+
+
+# face_file's only choice while no face is saved: the widget then holds it (not `undefined`), and a run says
+# what to do. The page puts the saved file in its place after Save F2D Face runs (js/f2d_file_lists.js).
+NO_SAVED_FACE = "(no saved face yet: run Save F2D Face)"
+
+
+def saved_faces() -> list[str]:
+    """face_file's choices: the saved faces, or NO_SAVED_FACE alone."""
+    return folder_paths.get_filename_list(FACES_FOLDER) or [NO_SAVED_FACE]
+
+
+def face_file_problem(face_file: str | None) -> str | None:
+    """Why `face_file` cannot be loaded (no choice, or no such saved face), naming the widget; None when it can."""
+    folders = " or ".join(folder_paths.get_folder_paths(FACES_FOLDER))
+    saved = folder_paths.get_filename_list(FACES_FOLDER)
+    what_to_do = (
+        "choose one of the saved faces in the face_file widget"
+        if saved
+        else "run Save F2D Face once (the face_file list then fills without a reload) and choose it in face_file"
+    )
+    if not face_file or face_file == NO_SAVED_FACE:
+        return f"no saved face is chosen in face_file: {what_to_do}"
+    if face_file not in saved:
+        return f"face_file '{face_file}' is not a saved face in {folders}: {what_to_do}"
+    return None
 
 
 class F2DSaveFace(io.ComfyNode):
@@ -88,7 +115,7 @@ class F2DLoadFace(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "face_file",
-                    options=folder_paths.get_filename_list(FACES_FOLDER),
+                    options=saved_faces(),
                     tooltip="A saved face in models/face2diffusion/faces.",
                 ),
                 F2DModelSocket.Input(
@@ -106,11 +133,23 @@ class F2DLoadFace(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, face_file: str, **_: object) -> float:
-        return Path(folder_paths.get_full_path_or_raise(FACES_FOLDER, face_file)).stat().st_mtime_ns
+    def validate_inputs(cls, face_file: str | None = None) -> bool | str:
+        # Takes face_file, so ComfyUI skips its bare "Value not in list" for it: this names the file and the fix.
+        return face_file_problem(face_file) or True
 
     @classmethod
-    def execute(cls, face_file: str, f2d_model: F2DModel | None = None) -> io.NodeOutput:
+    def fingerprint_inputs(cls, face_file: str | None = None, **_: object) -> str:
+        """The file's modification time (a missing file or choice fingerprints as such; validation says why)."""
+        path = folder_paths.get_full_path(FACES_FOLDER, face_file) if face_file else None
+        return (
+            f"{face_file}@{Path(path).stat().st_mtime_ns}" if path and Path(path).is_file() else f"{face_file}@missing"
+        )
+
+    @classmethod
+    def execute(cls, face_file: str | None = None, f2d_model: F2DModel | None = None) -> io.NodeOutput:
+        problem = face_file_problem(face_file)
+        if problem:  # the file went away between validation and the run
+            raise WeightFileError(f"Load F2D Face: {problem}")
         face = load_face(folder_paths.get_full_path_or_raise(FACES_FOLDER, face_file))
         encoder = f2d_model.encoder if f2d_model is not None else None
         face, note = face_for_mapper(face, encoder)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io, ui
+from comfy_api.latest import io
 
 from ..f2d_core.errors import EvaluationError
 from ..f2d_core.evaluation.face_similarity import identity_scores, largest_face_crops, person_embedding
@@ -101,5 +101,7 @@ class F2DFaceSimilarity(io.ComfyNode):
             result.found_rate,
             previews,
             table,
-            ui={**ui.PreviewImage(previews, cls=cls).as_dict(), "text": (table,)},
+            # The table only: pictures on the node would grow it over the next one when it runs; the
+            # previews output shows them where the user puts a Preview Image.
+            ui={"text": (table,)},
         )

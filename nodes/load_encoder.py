@@ -11,6 +11,7 @@ import torch
 from comfy_api.latest import io
 
 from ..f2d_core.checkpoints import load_f2d_models
+from ..f2d_core.errors import WeightFileError
 from ..f2d_core.faces.face_detection import DETECTOR_DEVICES, FaceDetector, load_detector
 from ..f2d_core.identity.face_encoder import FaceEncoder
 from .model_cache import cached, file_identity, load_on_device, managed, weight_file_version
@@ -59,6 +60,16 @@ def _paths(msid: str, mapper: str) -> tuple[Path, Path]:
     """The MSID and mapper files; the mapper may be inside the MSID file."""
     msid_path = weight_path(msid, OFFICIAL)
     return msid_path, msid_path if mapper == SAME_FILE else weight_path(mapper, OFFICIAL)
+
+
+def _widget_to_change(message: str, msid_file: str, mapper_file: str) -> str:
+    """Which widget a weight-file error is about: mapper_file when the message starts with its file's path and
+    is not about the MSID encoder, else msid_file (a mapper inside the MSID file is the MSID file's)."""
+    named = Path(message.split(" ", 1)[0]).name  # the file the message is about: its first word, a path
+    about_msid = "not the F2D MSID encoder" in message  # the MSID file is wrong, whatever the mapper is
+    if mapper_file != SAME_FILE and named == Path(mapper_file).name and not about_msid:
+        return "Choose another file in mapper_file."
+    return "Choose another file in msid_file."
 
 
 def file_versions(*names: str) -> tuple:
@@ -141,13 +152,16 @@ class F2DLoadMSIDEncoder(io.ComfyNode):
         precision: str,
         detection_size: int,
     ) -> io.NodeOutput:
-        msid_path, mapper_path = _paths(msid_file, mapper_file)
-        versions = (file_identity(msid_path), file_identity(mapper_path))  # a replaced file loads anew
-        encoder = cached(
-            "msid_encoder",
-            (msid_path, mapper_path, versions, precision),
-            lambda: _encoder(msid_path, mapper_path, precision),
-        )
+        try:
+            msid_path, mapper_path = _paths(msid_file, mapper_file)
+            versions = (file_identity(msid_path), file_identity(mapper_path))  # a replaced file loads anew
+            encoder = cached(
+                "msid_encoder",
+                (msid_path, mapper_path, versions, precision),
+                lambda: _encoder(msid_path, mapper_path, precision),
+            )
+        except WeightFileError as e:
+            raise WeightFileError(f"{e} {_widget_to_change(str(e), msid_file, mapper_file)}") from e
         detector = cached(
             "face_detector",
             (insightface_pack, detector_device, detection_size, pack_versions(insightface_pack)),

@@ -46,3 +46,23 @@ def test_benchmark_help_gives_every_option_a_text_and_the_defaults(tmp_path: Pat
 def test_train_mapper_help_names_the_checkpoint_formats_it_takes(tmp_path: Path, flag: str) -> None:
     text = _options(_help("train_mapper.py", tmp_path))[flag]
     assert ".safetensors" in text and ".ckpt" in text
+
+
+@pytest.mark.parametrize(
+    ("script", "defaults"),
+    [
+        ("train_mapper.py", {"--steps": "100000", "--batch-size": "32", "--lr": "1e-05", "--pack": "buffalo_l"}),
+        ("train_msid.py", {"--epochs": "30", "--batch-size": "1024", "--lr": "0.001", "--workers": "8"}),
+    ],
+)
+def test_training_help_shows_the_defaults_and_an_example_with_torchrun(
+    tmp_path: Path, script: str, defaults: dict[str, str]
+) -> None:
+    text = _help(script, tmp_path)
+    options = _options(text.split("\nexample", 1)[0])
+    for option, default in defaults.items():
+        assert f"(default: {default})" in options[option], options[option]
+    assert "(default: None)" not in text
+    example = text.split("\nexample", 1)[1]
+    assert "python " in example and f"cli/{script} --" in example
+    assert "torchrun --nproc_per_node" in example and f"cli/{script}" in example.split("torchrun", 1)[1]

@@ -146,3 +146,18 @@ def test_non_finite_s_star_is_a_clear_error(official_checkpoints):
         encoder.s_star(torch.ones(1536))
     with pytest.raises(F2DError, match="not finite"):
         check_finite_s_star(torch.tensor([[0.0, float("nan")]]))
+
+
+@pytest.mark.parametrize("pooling", [None, "normalized_mean", "mean"])
+def test_fp16_overflow_in_the_identity_embedding_is_a_clear_error(official_checkpoints, expected, pooling):
+    """fp16 overflow inside the MSID encoder (its patch embedding scaled past fp16's 65504, as an extreme
+    activation does) is named with the precision to choose, instead of a NaN identity that Face Similarity
+    would score 0 and S* would carry into the prompt."""
+    encoder = FaceEncoder(load_f2d_models(*official_checkpoints), "cpu", torch.float16)
+    images, landmarks = _photos(expected, 2)
+    crops = encoder.crops(images, landmarks.numpy())
+    with torch.no_grad():
+        for parameter in encoder.msid.parameters():
+            parameter.mul_(1e3)
+    with pytest.raises(F2DError, match=r"identity vector computed in float16 is not finite .* choose precision fp32"):
+        encoder.identity(crops, pooling)

@@ -8,7 +8,12 @@ names one), so moving a section cannot leave a dead link behind.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -114,3 +119,66 @@ def test_troubleshooting_covers_the_newcomer_traps_with_the_messages_the_code_gi
         assert (in_code or quoted) in (REPO / source).read_text(), f"{source} no longer says {quoted!r}"
     for script in ("cli/convert.py", "cli/run_workflow.py", "cli/train_mapper.py", "cli/benchmark.py"):
         assert f"custom_nodes/comfyui-face2diffusion/{script}" in page and (REPO / script).is_file()
+
+
+def _quick_start_commands() -> list[str]:
+    """The shell lines of the quick start's indented code block (in order)."""
+    lines = (REPO / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0].splitlines()
+    return [line.strip() for line in lines if line.startswith("       ") and line.strip()]
+
+
+@pytest.mark.skipif(shutil.which("unzip") is None, reason="unzip is not installed")
+def test_the_quick_start_commands_run_as_written_after_the_install_line(tmp_path: Path) -> None:
+    """Pasted in order after the install line (which leaves the shell in ComfyUI/custom_nodes), with the
+    downloads in ~/Downloads, the commands put every file where the nodes and the templates look."""
+    comfy = tmp_path / "ComfyUI"
+    (comfy / "custom_nodes").mkdir(parents=True)
+    downloads = tmp_path / "home" / "Downloads"
+    downloads.mkdir(parents=True)
+    for name in ("msid.pt", "mapping.pt", "v1-5-pruned-emaonly.safetensors"):
+        (downloads / name).write_bytes(b"x")
+    with zipfile.ZipFile(downloads / "buffalo_l.zip", "w") as archive:  # buffalo_l.zip holds its .onnx files
+        archive.writestr("det_10g.onnx", b"x")
+    script = "set -e\n" + "\n".join(_quick_start_commands()) + "\n"
+    done = subprocess.run(
+        ["bash", "-c", script],
+        cwd=comfy / "custom_nodes",
+        env={**os.environ, "HOME": str(tmp_path / "home")},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    for placed in (
+        "models/face2diffusion/msid.pt",
+        "models/face2diffusion/mapping.pt",
+        "models/insightface/models/buffalo_l/det_10g.onnx",
+        "models/checkpoints/v1-5-pruned-emaonly.safetensors",
+    ):
+        assert (comfy / placed).is_file(), placed
+    assert not (comfy / "custom_nodes" / "models").exists()
+
+
+def test_the_readme_names_the_checkpoint_the_templates_load() -> None:
+    """The checkpoint the quick start's template loads is named in the quick start, with a download link."""
+    quick = (REPO / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    workflow = json.loads((REPO / "workflows" / "01 Portrait from one photo.json").read_text())
+    wanted = {node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "CheckpointLoaderSimple"}
+    assert wanted
+    for name in wanted:
+        assert f"`{name}`" in quick and re.search(rf"\]\(https://[^)]+/{re.escape(name)}\)", quick), name
+    assert "search box" in quick and "**Portrait**" in quick
+
+
+def test_docs_call_core_nodes_by_the_names_comfyui_shows() -> None:
+    """A core node named in the docs by its class id spelled out ("Image Batch" for ImageBatch) where ComfyUI
+    shows another name ("Batch Images") cannot be found in the node search."""
+    comfy = Path(os.environ.get("COMFYUI_PATH", "/opt/comfyui")) / "nodes.py"
+    if not comfy.is_file():
+        pytest.skip("no ComfyUI checkout (set COMFYUI_PATH)")
+    block = comfy.read_text().split("NODE_DISPLAY_NAME_MAPPINGS = {", 1)[1].split("}", 1)[0]
+    shown = dict(re.findall(r'"(\w+)":\s*"([^"]+)"', block))
+    text = "\n".join(page.read_text() for page in PAGES)
+    for class_id, display in shown.items():
+        spelled = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", class_id)
+        if spelled != display:
+            assert f"*{spelled}*" not in text, f"the docs say *{spelled}*: ComfyUI shows {display!r}"

@@ -209,3 +209,30 @@ def test_table_without_results_for_a_layer_leaves_cells_empty(encoders):
     layer_1 = next(line for line in table.splitlines() if line.startswith("| layer 1 "))
     cells = [cell.strip() for cell in layer_1.split("|")]
     assert cells[2] and cells[3] and cells[4:6] == ["", ""]
+
+
+def test_a_small_held_out_folder_is_scored_on_the_pairs_it_allows(encoders, tmp_path, caplog):
+    """Without --max-pairs, a folder with fewer than LFW's 3000 + 3000 pairs is scored on all it allows; asking
+    for more than it allows names --max-pairs and the most it can be."""
+    random_path = encoders[0]
+    small = identity_set(3, 3, real=False, seed=4)  # 3 identities x 3 photos: 9 same-identity pairs
+    folder = small.write_folder(tmp_path / "small_held_out")
+    argv = ["--encoder", str(random_path), "--pairs", str(folder), "--out", str(tmp_path / "out")]
+    with caplog.at_level(logging.INFO, logger="f2d.msid_layers"):
+        assert msid_layers.main(argv) == 0
+        assert msid_layers.main([*argv, "--max-pairs", "40"]) == 1
+    summary = json.loads((tmp_path / "out" / "layers.json").read_text())
+    assert "9 + 9 pairs" in summary["pairs"]
+    assert "allows 9 pairs of each kind: scoring 9 + 9 pairs" in caplog.text
+    assert "--max-pairs 40:" in caplog.text and "lower --max-pairs to at most 18" in caplog.text
+
+
+def test_the_layer_sheet_is_a_grid_and_the_axes_stay_within_what_cosines_and_shares_can_be(cli_run):
+    from f2d_core.evaluation.plots import COSINE, HEIGHT, SHARE, WIDTH, axis_range
+
+    _, out = cli_run
+    with Image.open(out / "trained_layers.png") as sheet:
+        assert sheet.size == (3 * WIDTH, 2 * HEIGHT)  # five panels: three columns, two rows
+    assert axis_range([0.93, 0.999], COSINE)[1] == 1.0 and axis_range([-0.999, 0.2], COSINE)[0] == -1.0
+    assert axis_range([0.0, 0.31], SHARE)[0] == 0.0
+    assert axis_range([0.0, 0.31])[0] < 0.0  # unbounded, as the other charts keep it

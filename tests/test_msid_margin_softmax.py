@@ -174,3 +174,19 @@ def test_the_margin_softmax_backward_reads_nothing_back_from_the_device(monkeypa
     loss.backward()
     assert synced == []
     torch.testing.assert_close(head.weight.grad, _full(1, 0.5, 16.0)[2], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_embeddings_under_an_autocast_give_the_float32_loss(dtype):
+    """The margin softmax in a caller's autocast (as a mixed-precision loop opens one), on half-precision
+    embeddings of a large norm: its cosines stay float32, so the loss is the float32 loss, not one blurred by
+    a bf16 product (8 significant bits times s=64) or off by fp16's rounding of the margin's angles."""
+    torch.manual_seed(0)
+    head = ShardedMarginSoftmax(500, 64)
+    embeddings = (torch.randn(32, 64) * 1e4).to(dtype)
+    labels = torch.randint(500, (32,))
+    reference = head(embeddings.float(), labels)
+    with torch.autocast("cpu", dtype=dtype):
+        mixed = head(embeddings, labels)
+    assert torch.isfinite(mixed) and mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, reference, atol=1e-5, rtol=1e-5)

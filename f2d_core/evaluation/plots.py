@@ -13,6 +13,7 @@ from ..atomic_io import atomic_write
 
 WIDTH, HEIGHT = 560, 400
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 60, 150, 48, 44
+COSINE, SHARE = (-1.0, 1.0), (0.0, 1.0)  # what a cosine similarity and a share of pairs can be
 COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
 
 
@@ -22,20 +23,37 @@ def _tick(value: float, span: float) -> str:
     return f"{value:.{min(decimals, 6)}f}"
 
 
-def _range(values: Sequence[float]) -> tuple[float, float]:
-    """Axis limits with a little room around the data."""
+def axis_range(values: Sequence[float], bounds: tuple[float, float] | None = None) -> tuple[float, float]:
+    """Axis limits with a little room around the data, kept within `bounds` (what the quantity can be:
+    (-1, 1) for a cosine, (0, 1) for a share), so no tick names an impossible value."""
     low, high = min(values), max(values)
     pad = (high - low) * 0.1 or max(abs(high) * 0.1, 0.01)
-    return low - pad, high + pad
+    low, high = low - pad, high + pad
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return low, high
+
+
+_range = axis_range
 
 
 class _Chart:
     """Axes with ticks, a title and a legend on a white canvas."""
 
-    def __init__(self, title: str, note: str, x_label: str, y_label: str, xs: Sequence[float], ys: Sequence[float]):
+    def __init__(
+        self,
+        title: str,
+        note: str,
+        x_label: str,
+        y_label: str,
+        xs: Sequence[float],
+        ys: Sequence[float],
+        x_bounds: tuple[float, float] | None = None,
+        y_bounds: tuple[float, float] | None = None,
+    ):
         self.image = Image.new("RGB", (WIDTH, HEIGHT), "white")
         self.draw = ImageDraw.Draw(self.image)
-        self.x_range, self.y_range = _range(xs), _range(ys)
+        self.x_range, self.y_range = axis_range(xs, x_bounds), axis_range(ys, y_bounds)
         self.left, self.top = MARGIN_LEFT, MARGIN_TOP
         self.right, self.bottom = WIDTH - MARGIN_RIGHT, HEIGHT - MARGIN_BOTTOM
         d = self.draw
@@ -117,7 +135,7 @@ def similarity_histogram_plot(
     `threshold` (a cosine) is drawn as a grey vertical line.
     """
     values = [*same, *different]
-    low, high = _range(values)
+    low, high = axis_range(values, COSINE)
     width = (high - low) / bins
 
     def fractions(scores: Sequence[float]) -> list[float]:
@@ -128,7 +146,9 @@ def similarity_histogram_plot(
 
     curves = {"same identity": fractions(same), "different identities": fractions(different)}
     peak = max(max(f) for f in curves.values())
-    chart = _Chart(title, note, "cosine similarity of the pair", "share of pairs", [low, high], [0.0, peak])
+    chart = _Chart(
+        title, note, "cosine similarity of the pair", "share of pairs", [low, high], [0.0, peak], COSINE, SHARE
+    )
     for k, (label, fraction) in enumerate(curves.items()):
         colour = COLOURS[k]
         points = []
@@ -141,3 +161,15 @@ def similarity_histogram_plot(
         chart.draw.line((x, chart.top, x, chart.bottom), fill=(150, 150, 150), width=1)
         chart.legend("best threshold", (150, 150, 150))
     return chart.save(path)
+
+
+def contact_sheet(panels: Sequence[Image.Image], columns: int = 3) -> Image.Image:
+    """Equal-sized chart images on a grid of `columns` (fewer when there are fewer panels), row by row, on
+    white: one readable page instead of a strip as wide as all of them."""
+    columns = max(1, min(columns, len(panels)))
+    rows = math.ceil(len(panels) / columns)
+    width, height = max(p.width for p in panels), max(p.height for p in panels)
+    sheet = Image.new("RGB", (columns * width, rows * height), "white")
+    for k, panel in enumerate(panels):
+        sheet.paste(panel, ((k % columns) * width, (k // columns) * height))
+    return sheet

@@ -63,6 +63,21 @@ def check_finite_s_star(s_star: torch.Tensor, what: str = "S*") -> torch.Tensor:
     )
 
 
+def check_finite_identity(idvec: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Return the identity vector(s) `idvec` (float32, [..., 1536]) unchanged, or raise F2DError when one holds
+    NaN or infinity: in half precision a large activation of the MSID encoder overflows (fp16 ends at 65504),
+    and a NaN identity would score every face 0 or turn S* into NaN further on."""
+    finite = torch.isfinite(idvec)
+    if bool(finite.all()):
+        return idvec
+    precision = str(dtype).removeprefix("torch.")
+    raise F2DError(
+        f"The identity vector computed in {precision} is not finite ({int((~finite).sum())} of {finite.numel()} "
+        "values are NaN or infinite). In Load MSID Encoder choose precision fp32 (or bf16 on a GPU that has it); "
+        "if it happens in fp32 too, the MSID file is damaged: download it again."
+    )
+
+
 class EncoderNetworks(nn.Module):
     """MSID and the mapper as one module, so that a memory manager loads and offloads them together."""
 
@@ -115,15 +130,16 @@ class FaceEncoder:
     @torch.inference_mode()
     def identity(self, crops: torch.Tensor, pooling: Pooling | None = None) -> torch.Tensor:
         """Identity vectors [N, 1536] float32 of crops, or one pooled [1536] when `pooling` is given."""
+        if pooling not in (None, *POOLING_MODES):
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, not {pooling!r}")
         self.prepare()
         x = to_msid_input(crops.to(self.device, self.dtype))
-        if pooling is None:
-            return self.msid(x).float()
         if pooling == "normalized_mean":
-            return self.msid.pooled_identity(x).float()
-        if pooling == "mean":
-            return self.msid(x).float().mean(dim=0)
-        raise ValueError(f"pooling must be one of {POOLING_MODES}, not {pooling!r}")
+            idvec = self.msid.pooled_identity(x).float()
+        else:
+            idvec = self.msid(x).float()
+            idvec = idvec.mean(dim=0) if pooling == "mean" else idvec
+        return check_finite_identity(idvec, self.dtype)
 
     @torch.inference_mode()
     def s_star(

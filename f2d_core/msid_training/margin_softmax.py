@@ -164,9 +164,10 @@ class ShardedMarginSoftmax(nn.Module):
         if self.sample_rate < 1:
             index, local_labels = self._sampled_centres(local_labels, step)
             weight = weight[index]
-        # float32 cosines: in bf16 (8 significant bits) s=64 would blur the logits by +-0.25. Under an
-        # autocast the caller opened, the product runs in its dtype; the trainer calls this outside its own.
-        cosine = F.linear(F.normalize(embeddings.float()), F.normalize(weight.float())).float().clamp(-1, 1)
+        # float32 cosines, also under an autocast the caller opened (bf16 or fp16): in bf16 (8 significant
+        # bits) s=64 would blur the logits by +-0.25, and fp16 loses the margin's small angles.
+        with torch.autocast(embeddings.device.type, enabled=False):
+            cosine = F.linear(F.normalize(embeddings.float()), F.normalize(weight.float())).clamp(-1, 1)
         logits = arcface_logits(cosine, local_labels, self.margin, self.scale)
         return _ShardedCrossEntropy.apply(logits, local_labels, self.group, self.world_size > 1)
 

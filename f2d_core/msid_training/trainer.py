@@ -160,7 +160,10 @@ class MSIDTrainer:
         world_size: int = 1,
     ) -> None:
         if settings.batch_size % world_size:
-            raise F2DError(f"batch size {settings.batch_size} does not split over {world_size} processes")
+            raise F2DError(
+                f"--batch-size {settings.batch_size} does not split over {world_size} processes: give a multiple "
+                f"of {world_size}"
+            )
         self.settings, self.data, self.batches = settings, data, batches
         self.run_dir, self.rank, self.world_size = Path(run_dir), rank, world_size
         self.device, self.compute_dtype = torch.device(device), compute_dtype

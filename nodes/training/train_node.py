@@ -18,6 +18,8 @@ from ...f2d_core.training.losses import LOSSES
 from ...f2d_core.training.precision import TRAINING_DTYPES, dtype_name
 from ...f2d_core.training.trainer import MapperTrainer, TrainSettings
 from ..model_paths import training_run_dir
+from ..out_of_memory import OUT_OF_MEMORY, released_out_of_memory
+from ..out_of_memory import summary as memory_error_summary
 from ..sockets import F2DDatasetSocket, F2DModel, F2DModelSocket, F2DTrainedMapperSocket, TrainedMapper
 from .comfy_backend import ComfyDiffusionBackend
 
@@ -178,6 +180,7 @@ class F2DTrainMapper(io.ComfyNode):
         if note:
             log.warning("%s", note)  # now, in the console; and under the node when training ends
         backend = trainer = None
+        out_of_memory = None
         try:
             with torch.inference_mode(False):
                 backend = ComfyDiffusionBackend(
@@ -191,11 +194,20 @@ class F2DTrainMapper(io.ComfyNode):
                     progress=_Reporter(cls.hidden.unique_id, steps),
                     should_stop=comfy.model_management.processing_interrupted,
                 )
+        except OUT_OF_MEMORY as e:  # let its frames (the training copies) go before anything else
+            out_of_memory = memory_error_summary(e)
         finally:
             # The private UNet / text encoder copies: freed here (no reference cycles), also when training
             # raised, so the rest of the graph has the memory back.
             del backend, trainer
             comfy.model_management.soft_empty_cache()
+        if out_of_memory is not None:
+            raise released_out_of_memory(
+                "Train F2D Mapper",
+                out_of_memory,
+                "Lower batch_size, turn gradient_checkpointing on, or choose training_dtype bf16 (the state saved "
+                "so far is kept: resume continues from it).",
+            )
         if result.status == "interrupted":
             log.info("Training interrupted at step %d; state saved in %s", result.step, run_dir)
             comfy.model_management.throw_exception_if_processing_interrupted()

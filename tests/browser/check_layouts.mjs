@@ -4,11 +4,14 @@
  * default settings, and report what the user sees at the fit the frontend picks: its zoom against the zoom
  * below which LiteGraph draws no text, every node's and group's rectangle, overlaps, and DOM widgets whose
  * text does not fit. Before measuring, the nodes that report text when they run (Encode Face, the save
- * nodes) are shown a typical message, so the room it takes is measured too. test_browser.py asserts.
+ * nodes, the score tables) are shown a typical message, and the nodes that show pictures when they run (Face
+ * Similarity's strip) typical pictures, through the frontend's own `executed` handling, so the room they take
+ * is measured too. test_browser.py asserts.
  *
  *   node tests/browser/check_layouts.mjs CONFIG.json
  *
- * CONFIG: {url, pack, workflows: [name], titles: {name: title}, messages: {node type: [text lines]}, out}.
+ * CONFIG: {url, pack, workflows: [name], titles: {name: title}, messages: {node type: [text lines]},
+ * pictures: {node type: count}, picture: an input file's name, out}.
  * Writes `<out>/layouts.json` and a screenshot per template (`<out>/layout_<name>.png`).
  */
 import { readFileSync, writeFileSync } from "node:fs";
@@ -19,13 +22,21 @@ import { launch, openComfy, prepareServer, VIEWPORT } from "./comfy_page.mjs";
 /** The frontend's default of "LiteGraph.Canvas.MinFontSizeForLOD" (other scripts store 0 for screenshots). */
 const DEFAULT_MIN_FONT_SIZE_FOR_LOD = 8;
 
-/** Runs in the page: show each node's typical run message, as the frontend does on the `executed` event. */
-function showMessagesInPage(messages) {
-  for (const node of window.app.graph.nodes) {
+/** Runs in the page: each node's typical run output (text, pictures), handed to the frontend as the server's
+ * `executed` event is. */
+function showMessagesInPage({ messages, pictures, picture }) {
+  const { app } = window;
+  for (const node of app.graph.nodes) {
     const text = messages[node.comfyClass];
-    if (text) node.onExecuted?.({ text });
+    const count = pictures[node.comfyClass] ?? 0;
+    if (!text && !count) continue;
+    const output = {};
+    if (text) output.text = text;
+    if (count) output.images = Array.from({ length: count }, () => ({ filename: picture, subfolder: "", type: "input" }));
+    const id = String(node.id);
+    app.api.dispatchCustomEvent("executed", { node: id, display_node: id, output, prompt_id: "layout-check" });
   }
-  window.app.graph.setDirtyCanvas(true, true);
+  app.graph.setDirtyCanvas(true, true);
 }
 
 /**
@@ -51,10 +62,13 @@ function measureInPage() {
       .filter((widget) => widget.element?.isConnected && widget.element.offsetParent)
       .map((widget) => {
         const e = widget.element;
-        // a text box scrolls by design, a picture scales; a status or message line must show all its text
+        // a text box scrolls by design, a picture scales; a status or message line, or a score table, must show
+        // all its rows (a table may scroll sideways)
         const scrolls = e.tagName === "TEXTAREA" || getComputedStyle(e).overflow === "auto";
         const picture = Boolean(e.querySelector?.("svg, canvas, img"));
-        const cut = !scrolls && !picture && (e.scrollHeight > e.clientHeight + 1 || e.scrollWidth > e.clientWidth + 1);
+        const rowsCut = e.scrollHeight > e.clientHeight + 1;
+        const table = e.classList?.contains("f2d-score-table");
+        const cut = !picture && (table ? rowsCut : !scrolls && (rowsCut || e.scrollWidth > e.clientWidth + 1));
         return { name: widget.name, text: e.textContent ?? "", cut, screen: screenRect(e) };
       });
     // LGraphNode.drawTitleText shortens a title with "..." beyond the node's width less two title heights
@@ -101,8 +115,8 @@ async function checkLayout(context, config, name) {
   // What the template browser does on a click: load with the view fitted to the nodes (ui has no saved view).
   await page.evaluate(({ ui, title }) => window.app.loadGraphData(ui, true, true, title), { ui, title });
   await page.waitForTimeout(1500); // previews load, DOM widgets are placed
-  await page.evaluate(showMessagesInPage, config.messages);
-  await page.waitForTimeout(500);
+  await page.evaluate(showMessagesInPage, config);
+  await page.waitForTimeout(2500); // pictures load, nodes grow to them
   const result = { name, title, ...(await page.evaluate(measureInPage)) };
   result.screenshot = join(config.out, `layout_${name}.png`);
   await page.screenshot({ path: result.screenshot });

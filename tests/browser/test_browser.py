@@ -23,9 +23,11 @@ from PIL import Image
 from f2d_core.identity.face_encoder import EncodedFace
 from f2d_core.identity.face_file import save_face
 from tests.browser.placeholders import placeholder_images
+from tests.support import synthetic_insightface as si
 from tests.support.comfy_fixtures import PACK_DIR_NAME
 from tests.support.comfy_server import ComfyServer, ExecutionFailed
-from tests.support.f2d_graphs import CHECKPOINT, save_conditioning
+from tests.support.f2d_graphs import CHECKPOINT, loader, save_conditioning
+from tests.support.photos import ASTRONAUT, load_rgb
 from tests.support.workflow_files import (
     PLACEHOLDER_FILES,
     TEMPLATE_TITLES,
@@ -52,7 +54,22 @@ RUN_MESSAGES = {
     "F2DEncodeFace": ["image 1 of 1: found at once (the photo at detection size 640)"],
     "F2DSaveFace": ["saved as person_00001.safetensors"],
     "F2DSaveMapper": ["/home/someone/ComfyUI/models/face2diffusion/f2d_mapper_trained.safetensors"],
+    # the score tables of a batch of 4 (nodes/face_similarity.py, best_of_n.py, clip_score.py)
+    "F2DFaceSimilarity": [
+        "image    identity        face",
+        *[f"{k:>5}      0.{6123 - 97 * k}         yes" for k in range(1, 5)],
+        "mean 0.5880, faces found in 100% of images",
+    ],
+    "F2DBestOfN": ["best 1 of 4 by identity", "image  rank score    identity", "    4      0.5735      0.5735"],
+    "F2DCLIPScore": [
+        "image        CLIP",
+        *[f"{k:>5}      0.{3012 - 41 * k}" for k in range(1, 5)],
+        "mean CLIP 0.2910",
+    ],
 }
+# What nodes show as pictures after a run: none of the pack's (Face Similarity's previews are an output, which
+# a Preview Image shows where the user puts it). The check shows a strip anyway where a node type is listed.
+RUN_PICTURES: dict[str, int] = {}
 # The frontend's zoom below which it draws nodes without text ("low quality"): its default 8 px smallest
 # font ("LiteGraph.Canvas.MinFontSizeForLOD") over the node text size 14 (LGraphCanvas.updateLowQualityThreshold,
 # at a device pixel ratio of 1). A template must open above it, with a margin.
@@ -257,6 +274,10 @@ def runs(comfy_server: ComfyServer, comfy_models_dir: Path, artifacts_dir: Path)
         "checkpoint": CHECKPOINT,
         "faceFile": "browser_run_face.safetensors",
         "saveName": SAVE_NAME,
+        "facesDir": str(comfy_models_dir / "face2diffusion" / "faces"),
+        "facePhoto": comfy_server.upload_image(Image.fromarray(si.face_photo(load_rgb(ASTRONAUT))), "f2d_run_face.png"),
+        "noFacePhoto": comfy_server.upload_image(Image.new("RGB", (320, 240)), "f2d_run_no_face.png"),
+        "loader": loader()["inputs"],
         "out": str(artifacts_dir),
     }
     config_path = artifacts_dir / "runs_config.json"
@@ -288,6 +309,33 @@ def test_an_empty_identifier_points_at_the_identifier_widget(runs: dict):
     assert seen["status"] == "\u26a0 the identifier widget is empty: set it to 'f l'"
 
 
+def test_load_f2d_face_added_before_the_first_save_takes_the_saved_face(runs: dict):
+    """With no face saved yet, Load F2D Face holds a placeholder (not `undefined`) and a run says to run Save
+    F2D Face, naming face_file; once Save F2D Face has run, that node and one added later hold the new file."""
+    seen = runs["firstFace"]
+    assert seen["whenEmpty"] == "(no saved face yet: run Save F2D Face)"
+    (error,) = seen["serverErrors"]
+    assert error["extra_info"]["input_name"] == "face_file"
+    # queued after the saved faces were back: the message says to choose one (with none, to run Save F2D Face)
+    assert "no saved face is chosen in face_file: choose one of the saved faces" in error["details"]
+    written = seen["savedMessage"].removeprefix("saved as ")
+    assert re.fullmatch(rf"{SAVE_NAME}_first_\d{{5}}\.safetensors", written), seen["savedMessage"]
+    assert seen["afterSave"] == written and seen["added"] == written
+    refused = [
+        e for e in real_errors(seen["errors"]) if not re.search(r"status of 400|PromptExecutionError", e["text"])
+    ]
+    assert refused == []  # the refused prompt's answer is the only error the page logged
+
+
+def test_a_failed_run_clears_encode_face_text_and_the_aligned_face_preview(runs: dict):
+    """The second run fails in Encode Face (no face): the line and the preview of the first run go."""
+    seen = runs["failedRun"]
+    assert seen["afterSuccess"]["message"].startswith("image 1 of 1: found")
+    assert seen["afterSuccess"]["previewImages"] == 1 and seen["afterSuccess"]["previewOutputs"] == 1
+    assert seen["afterFailure"] == {"message": "", "previewImages": 0, "previewOutputs": 0}
+    assert real_errors(seen["errors"]) == []
+
+
 @pytest.fixture(scope="module")
 def layouts(comfy_server: ComfyServer, preview_inputs: None, artifacts_dir: Path) -> dict:
     """What check_layouts.mjs measured with each template opened in a 1600x1000 window (screenshots beside)."""
@@ -297,6 +345,8 @@ def layouts(comfy_server: ComfyServer, preview_inputs: None, artifacts_dir: Path
         "workflows": NAMES,
         "titles": TEMPLATE_TITLES,
         "messages": RUN_MESSAGES,
+        "pictures": RUN_PICTURES,
+        "picture": PLACEHOLDER_FILES["face"],
         "out": str(artifacts_dir),
     }
     config_path = artifacts_dir / "layouts_config.json"
@@ -358,6 +408,8 @@ def test_template_opens_readable_in_a_1600x1000_window(layouts: dict, name: str)
         (n["type"], w["text"]) for n, w in widgets if w["name"] == "f2d_node_message" and n["type"] in RUN_MESSAGES
     ]
     assert all(text == "\n".join(RUN_MESSAGES[kind]) for kind, text in shown)
+    tables = [(n["type"], w["text"]) for n, w in widgets if w["name"] == "f2d_score_table"]
+    assert all(text == "\n".join(RUN_MESSAGES[kind]) for kind, text in tables)  # every row shown (none cut above)
     assert real_errors(seen["errors"]) == []
     with Image.open(seen["screenshot"]) as screenshot:
         assert screenshot.size == (1600, 1000)

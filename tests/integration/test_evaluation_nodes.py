@@ -116,7 +116,9 @@ def test_scoring_nodes_are_listed_with_tooltips_and_find_the_models(comfy_server
 
 
 def test_face_similarity_scores_like_the_core(comfy_server, uploaded, photos, core) -> None:
-    history = comfy_server.run(scoring_graph(uploaded), timeout=300)
+    graph = scoring_graph(uploaded)
+    graph["90"] = {"class_type": "PreviewImage", "inputs": {"images": ["9", 3]}}  # the previews output
+    history = comfy_server.run(graph, timeout=300)
     output = history["outputs"]["9"]
     text = output["text"][0]
     served = table_column(text, 0)
@@ -129,7 +131,8 @@ def test_face_similarity_scores_like_the_core(comfy_server, uploaded, photos, co
     assert served == pytest.approx(expected.scores.tolist(), abs=1e-4)
     assert served[0] > 0.99 and served[1] < served[0] and served[2] == 0.0
     assert "faces found in 67% of images" in text and text.splitlines()[3].split()[-1] == "no"
-    previews = comfy_server.output_images(history, "9")
+    assert comfy_server.output_images(history, "9") == []  # the node shows its table, no pictures to grow over
+    previews = comfy_server.output_images(history, "90")
     assert [p.size for p in previews] == [(640, 640)] * 3
     assert np.asarray(previews[0])[:40, :200].max() > 200  # white label text on the (black) photo's corner
 

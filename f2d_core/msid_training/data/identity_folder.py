@@ -193,8 +193,8 @@ class FolderPass:
             shown = ", ".join(self.undetected[:3]) + (", ..." if len(self.undetected) > 3 else "")
             raise DatasetError(
                 f"{len(self.undetected)} images of {self.plan.folder} are not 112x112 aligned crops ({shown}) and "
-                "no face detector was given: give one (an insightface pack's detector) to detect and align them "
-                "once, or align them to 112x112 first."
+                "no face detector was given: pass --insightface-root (the folder holding models/<pack>/, e.g. "
+                "ComfyUI/models/insightface) to detect and align them once, or align them to 112x112 first."
             )
 
     def _entry(self, index: int, entry, keep: bool, share_only: bool) -> None:

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from ...atomic_io import atomic_write
 from ...errors import DatasetError
-from ...evaluation.plots import similarity_histogram_plot
+from ...evaluation.plots import contact_sheet, similarity_histogram_plot
 from ...identity.msid_encoder import MSIDEncoder
 from ..trainer import to_encoder_input
 from .metrics import VerificationResult, verification_metrics
@@ -153,7 +153,8 @@ def _slug(text: str) -> str:
 
 
 def write_layer_plots(name: str, layers: list[LayerResult], out_dir: Path) -> list[Path]:
-    """One histogram PNG per layer (`<name>_<layer>.png`) and all of them side by side (`<name>_layers.png`)."""
+    """One histogram PNG per layer (`<name>_<layer>.png`) and all of them on a grid of three columns
+    (`<name>_layers.png`)."""
     out_dir = Path(out_dir)
     paths = []
     for layer in layers:
@@ -172,11 +173,7 @@ def write_layer_plots(name: str, layers: list[LayerResult], out_dir: Path) -> li
     for path in paths:
         with Image.open(path) as image:
             panels.append(image.convert("RGB"))
-    sheet = Image.new("RGB", (sum(p.width for p in panels), max(p.height for p in panels)), "white")
-    x = 0
-    for panel in panels:
-        sheet.paste(panel, (x, 0))
-        x += panel.width
+    sheet = contact_sheet(panels)
     sheet_path = out_dir / f"{_slug(name)}_layers.png"
     atomic_write(sheet_path, lambda tmp: sheet.save(tmp, format="PNG", optimize=True))
     return [*paths, sheet_path]

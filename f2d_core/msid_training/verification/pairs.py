@@ -134,6 +134,15 @@ def draw_pairs(
     return torch.cat([same_a, diff_a]), torch.cat([same_b, diff_b]), same
 
 
+def pairs_available(labels: torch.Tensor) -> int:
+    """How many pairs of each kind `draw_pairs` can draw from these labels: the smaller of the number of
+    same-identity and of different-identity pairs of distinct faces (0 when one kind is impossible).
+
+    `labels`: int [M], the identity of each face.
+    """
+    return min(_possible_pairs(torch.as_tensor(labels, dtype=torch.int64).flatten().cpu()))
+
+
 def pairs_from_dataset(dataset, pairs_per_kind: int, seed: int = 0) -> VerificationSet:
     """A VerificationSet of `draw_pairs(dataset.labels, ...)`, holding only the faces the pairs use.
 

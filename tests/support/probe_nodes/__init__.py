@@ -10,6 +10,8 @@ import gc
 import json
 import os
 import resource
+import sys
+import weakref
 
 import comfy.model_management
 import folder_paths
@@ -48,6 +50,35 @@ async def alive_models(request):
         rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return web.json_response({"modules": sorted(alive), "rss_mib": rss, "peak_rss_mib": peak})
+
+
+_HELD_BY_FAILED_CALLS: list = []  # weak references to what an injected out-of-memory call held
+
+
+@PromptServer.instance.routes.post("/f2d_test/out_of_memory_once")
+async def out_of_memory_once(request):
+    """The pack's next `FaceEncoder.identity` call raises torch's out-of-memory error, as a GPU that ran out
+    mid-encode does, while its frame holds a 64 MiB tensor (standing for the activations of a real one)."""
+    (module,) = [m for name, m in list(sys.modules.items()) if name.endswith("f2d_core.identity.face_encoder")]
+    encoder_class = module.FaceEncoder
+    original = encoder_class.identity
+    error = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+    def failing(self, *args, **kwargs):
+        encoder_class.identity = original
+        held = torch.zeros(16 * 2**20)
+        _HELD_BY_FAILED_CALLS.append(weakref.ref(held))
+        raise error("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
+
+    encoder_class.identity = failing
+    return web.json_response({"patched": f"{module.__name__}.FaceEncoder.identity"})
+
+
+@PromptServer.instance.routes.get("/f2d_test/out_of_memory_held")
+async def out_of_memory_held(request):
+    """How many tensors held by injected out-of-memory calls are still alive (no garbage collection first:
+    what only a collection would free is still held when the next prompt allocates)."""
+    return web.json_response({"alive": sum(ref() is not None for ref in _HELD_BY_FAILED_CALLS)})
 
 
 class F2DTestSaveConditioning:

@@ -51,8 +51,10 @@ GENERATION = [
     "f2d_inpaint_two_people",
     "f2d_portrait",
     "f2d_prompt_batch",
+    "f2d_sdxl_portrait",
     "f2d_two_people",
 ]
+SDXL_WORKFLOWS = ("f2d_sdxl_portrait",)  # run on the tiny SDXL, with a seeded SDXL mapper
 # Latent sizes other than the paper's 512x512: two people side by side need the width.
 LATENT_SIZES = {"f2d_two_people": (768, 512)}
 # Nodes whose `text` is a prompt with the identifier.
@@ -119,9 +121,13 @@ def test_templates_are_titled_for_people_portrait_first():
 
 
 @pytest.mark.parametrize("name", GENERATION)
-def test_workflow_runs_to_images(comfy_server: ComfyServer, uploaded: dict[str, str], name: str):
+def test_workflow_runs_to_images(
+    comfy_server: ComfyServer, uploaded: dict[str, str], name: str, request: pytest.FixtureRequest
+):
     """One image per sampler, saved together by the workflow's one SaveImage, plus an aligned face preview per
     person (a group template's image keeps the template's size)."""
+    if name in SDXL_WORKFLOWS:
+        request.getfixturevalue("tiny_sdxl_mapper")  # builds (or reuses) the tiny SDXL too
     graph = prepare_for_test(load_api(name), uploaded, name)
     history = comfy_server.run(graph, timeout=300)
     (save_id,) = _nodes_of(graph, "SaveImage")

@@ -102,3 +102,22 @@ def test_embedding_export_has_clip_l_and_clip_g(tmp_path):
             tmp_path / "sd1.safetensors",
             EncodedFace(torch.randn(2, 768), torch.randn(1536), torch.rand(0, 3, 112, 112)),
         )
+
+
+def test_both_towers_put_s_star_at_the_same_positions_after_a_short_window():
+    """A window ended early (ComfyUI's BREAK) with "f" last and "l" opening the next: the g tower's 0 padding is
+    not content, so both towers see the same split identifier, move it the same way and inject at the same place."""
+    content = [320, 1125, F]
+    towers = {"l": EOS, "g": PAD_G}
+    out = {}
+    for tower, pad in towers.items():
+        chunks = [_chunk(content, pad), _chunk([L, 7355], pad)]
+        special = SPECIAL if pad != EOS else {BOS, EOS}
+        out[tower] = inject_s_star(
+            chunks, [F, L], torch.ones(2, 8), None, special, pad_token=None if pad == EOS else pad
+        )
+    where = {
+        t: [(c, i) for c, chunk in enumerate(o) for i, e in enumerate(chunk) if torch.is_tensor(e[0])]
+        for t, o in out.items()
+    }
+    assert where["l"] == where["g"] == [(1, 1), (1, 2)]

@@ -260,5 +260,7 @@ def test_refiner_takes_the_g_half_and_fine_tuned_towers_take_s_star(tiny_sdxl: T
     assert result["refiner_g_has_s_star"] == [True, True]
     assert "which is for SD1.x, but this CLIP is the SDXL refiner" in result["sd1_face_on_refiner"]
     assert result["tuned_equals_its_embedding"] and result["tuned_differs_from_base"]
+    assert result["fine_tune_warning_base"] is None
+    assert "text encoders differ from the ones the mapper was trained with" in result["fine_tune_warning_tuned"]
     assert result["clip_skip_default"] is None
     assert "SDXL's S* is made for the penultimate layer (-2" in result["clip_skip_last"]

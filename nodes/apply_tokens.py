@@ -25,7 +25,7 @@ def s_star_for_prompt(face: F2DFace, expression: F2DExpression | None, strength:
             "This F2D face was loaded from a file without its mapper, so no expression can be mixed in: connect "
             "an F2D model to Load F2D Face."
         )
-    return face.encoder.s_star(face.face.idvec, expression.code, strength * expression.strength).cpu()
+    return face.encoder.s_star(face.face.idvec, expression.code, strength * expression.strength)  # on the CPU
 
 
 class F2DApplyTokens(io.ComfyNode):

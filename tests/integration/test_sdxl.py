@@ -115,7 +115,8 @@ def test_tiny_sdxl_is_detected_as_sdxl(tiny_sdxl: TinySDXL, comfy_server):
 
 
 def test_sdxl_injection_equals_textual_inversion(sdxl_server, photos, embeddings):
-    """S* in both towers == the same vectors as a ComfyUI embedding file, exactly: plain, weighted, second window."""
+    """S* in both towers == the same vectors as a ComfyUI embedding file, exactly: plain, weighted, second window;
+    the pooled vector follows its source; Expression Reference re-maps S* for SDXL."""
     emb = embeddings["a"]
     graph = _faces_graph(photos)
     ident = {"pooled_source": "identity_prompt"}
@@ -129,8 +130,19 @@ def test_sdxl_injection_equals_textual_inversion(sdxl_server, photos, embeddings
         "16": _apply("a", PROMPT),  # as trained: class_prompt
         "17": _encode("a photo of person as a knight"),
         "18": _encode(PROMPT),
+        "19": {
+            "class_type": "F2DExpressionReference",
+            "inputs": {
+                "f2d_model": ["2", 0],
+                "image": ["3b", 0],
+                "expression_model": "epoch_20.pth",
+                "face_index": 0,
+                "strength": 1.0,
+            },
+        },
+        "20": _apply("a", PROMPT, expression=["19", 0], **ident),
     }
-    names = [f"sx_{n}" for n in range(10, 19)]
+    names = [f"sx_{n}" for n in (*range(10, 19), 20)]
     saved = _saved(sdxl_server, graph, {name: [name[3:], 0] for name in names})
     (ours, ti), (w_ours, w_ti), (l_ours, l_ti) = [
         (saved[f"sx_{a}"][0], saved[f"sx_{b}"][0]) for a, b in ((10, 11), (12, 13), (14, 15))
@@ -148,6 +160,12 @@ def test_sdxl_injection_equals_textual_inversion(sdxl_server, photos, embeddings
     trained = saved["sx_16"][0]
     assert torch.equal(trained.cond, ours.cond) and torch.equal(trained.pooled, saved["sx_17"][0].pooled)
     assert not torch.equal(trained.pooled, ours.pooled)
+    # Expression Reference re-maps S* with the SDXL mapper: the words change in both towers, nothing before them.
+    expressive = saved["sx_20"][0].cond
+    assert torch.equal(expressive[0, :4], ours.cond[0, :4])
+    assert (expressive[0, 4, :768] != ours.cond[0, 4, :768]).any() and (
+        expressive[0, 4, 768:] != ours.cond[0, 4, 768:]
+    ).any()
 
 
 def test_sdxl_regions_carry_their_own_person(sdxl_server, photos, embeddings):

@@ -9,8 +9,15 @@ from comfy_api.latest import io
 from ..f2d_core.conditioning.identity_start import DEFAULT_CLASS_NOUN
 from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER
 from ..f2d_core.errors import F2DError
-from .clip_tokens import clip_skip_warning
-from .face_conditioning import checked_identifier, face_conditioning, identifier_check, identifier_inputs
+from .clip_tokens import clip_skip_warning, fine_tuned_towers_warning
+from .face_conditioning import (
+    AS_TRAINED,
+    checked_identifier,
+    face_conditioning,
+    identifier_check,
+    identifier_inputs,
+    pooled_source_for,
+)
 from .sockets import F2DExpression, F2DExpressionSocket, F2DFace, F2DFaceSocket
 
 log = logging.getLogger(__name__)
@@ -25,7 +32,7 @@ def s_star_for_prompt(face: F2DFace, expression: F2DExpression | None, strength:
             "This F2D face was loaded from a file without its mapper, so no expression can be mixed in: connect "
             "an F2D model to Load F2D Face."
         )
-    return face.encoder.s_star(face.face.idvec, expression.code, strength * expression.strength).cpu()
+    return face.encoder.s_star(face.face.idvec, expression.code, strength * expression.strength)  # on the CPU
 
 
 class F2DApplyTokens(io.ComfyNode):
@@ -38,9 +45,12 @@ class F2DApplyTokens(io.ComfyNode):
             display_name="Apply F2D Tokens",
             category="face2diffusion",
             description="Encodes the prompt like CLIPTextEncode, with the person's S* in place of the identifier "
-            "(e.g. 'a photo of f l as a knight'). Works with any SD1.x checkpoint, LoRA and ControlNet.",
+            "(e.g. 'a photo of f l as a knight'). Works with any SD1.x checkpoint, LoRA and ControlNet; with a face "
+            "from an SDXL F2D mapper, with any SDXL checkpoint (both text towers) and the SDXL refiner.",
             inputs=[
-                io.Clip.Input("clip", tooltip="The CLIP of an SD1.x checkpoint."),
+                io.Clip.Input(
+                    "clip", tooltip="The CLIP of the checkpoint the face is for: SD1.x, or SDXL (base or refiner)."
+                ),
                 io.String.Input(
                     "text",
                     multiline=True,
@@ -87,10 +97,15 @@ class F2DApplyTokens(io.ComfyNode):
         identifier: str = DEFAULT_IDENTIFIER,
         identity_start: float = 0.0,
         class_noun: str = DEFAULT_CLASS_NOUN,
+        pooled_source: str = AS_TRAINED,
     ) -> io.NodeOutput:
         s_star = s_star_for_prompt(f2d_face, expression, expression_strength)
-        conditioning = face_conditioning(clip, text, s_star, checked_identifier(identifier), identity_start, class_noun)
-        warning = clip_skip_warning(clip)
+        pooled = pooled_source_for(f2d_face.face.pooled_source, pooled_source)
+        conditioning = face_conditioning(
+            clip, text, s_star, checked_identifier(identifier), identity_start, class_noun, pooled_source=pooled
+        )
+        warnings = [w for w in (clip_skip_warning(clip), fine_tuned_towers_warning(clip, f2d_face.face.settings)) if w]
+        warning = "; ".join(warnings) or None
         if warning:
             log.warning("Apply F2D Tokens: %s", warning)
         # The text is sent even when empty, so that the node's message clears once clip skip is gone.

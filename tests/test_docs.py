@@ -101,6 +101,19 @@ QUOTED = [
     ("the image list holds images of different sizes", None, "nodes/image_lists.py"),
     ("this node takes one", None, "nodes/image_lists.py"),
     ("S* mapped by the connected F2D model's mapper", None, "nodes/face_files.py"),
+    (
+        "This F2D face is for SDXL (made with an SDXL F2D mapper), but this CLIP is",
+        "(made with an SDXL F2D mapper), but this CLIP is",
+        "nodes/clip_tokens.py",
+    ),
+    ("F2D mapper, but an SD1.x one is needed here", "F2D mapper, but an ", "f2d_core/checkpoints.py"),
+    (
+        "has the wrong width for the SDXL text tower",
+        "has the wrong width for the ",
+        "f2d_core/identity/s_star_family.py",
+    ),
+    ("text encoders differ from the ones the mapper was trained with", None, "nodes/clip_tokens.py"),
+    ("SDXL's S\\* is made for the penultimate layer", "SDXL's S* is made for the", "nodes/clip_tokens.py"),
 ]
 
 

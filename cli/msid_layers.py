@@ -159,8 +159,8 @@ def run(args: argparse.Namespace) -> dict:
         }
         del encoder
     table = layer_table(results, pairs.source)
-    atomic_write(args.out / "layers.md", lambda tmp: tmp.write_text(table))
-    atomic_write(args.out / "layers.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    atomic_write(args.out / "layers.md", lambda tmp: tmp.write_text(table, encoding="utf-8"))
+    atomic_write(args.out / "layers.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8"))
     log.info("\n%s\nwritten to %s", table, args.out)
     return summary
 

@@ -208,3 +208,24 @@ def test_a_photo_added_to_the_folder_is_prepared_when_the_same_graph_is_queued_a
     assert "2 of 2 files usable" in _text_output(shrunk, "6") and "(2 from the cache, 0 computed)" in _text_output(
         shrunk, "6"
     )
+
+
+def test_os_and_nas_litter_in_a_training_folder_is_neither_a_photo_nor_a_bad_one(comfy_server):
+    """A folder unzipped on a Mac (__MACOSX/ with a copy of each photo's resource fork), kept on a Synology
+    (@eaDir/<photo>/ thumbnails) and opened on Windows (Thumbs.db, desktop.ini): only the two photos count."""
+    folder = Path(comfy_server.input_dir) / "f2d_littered_folder"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, source in enumerate((ASTRONAUT, ALIGNED_CROP)):  # shaded: photos no other test has cached
+        Image.fromarray(si.face_photo(load_rgb(source), shade=13)).save(folder / f"person_{i}.png")
+    (folder / "__MACOSX").mkdir(exist_ok=True)
+    (folder / "__MACOSX" / "person_0.png").write_bytes((folder / "person_0.png").read_bytes())
+    (folder / "@eaDir" / "person_0.png").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(si.face_photo(load_rgb(GROUP), shade=13)).save(folder / "@eaDir" / "SYNOPHOTO_THUMB_M.jpg")
+    (folder / "Thumbs.db").write_bytes(bytes(range(256)))
+    (folder / "desktop.ini").write_text("[.ShellClassInfo]\r\n")
+    graph = training_graph(folder.name, "littered")
+    del graph["4"]  # the dataset and its report only
+    report = _text_output(comfy_server.run(graph, timeout=TIMEOUT), "6")
+    assert "2 of 2 files usable" in report, report
+    for litter in ("__MACOSX", "@eaDir", "Thumbs.db", "desktop.ini"):
+        assert litter not in report

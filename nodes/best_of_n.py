@@ -22,8 +22,8 @@ class F2DBestOfN(io.ComfyNode):
             is_output_node=True,
             description="Keeps the k best images of a batch: by identity (Face Similarity), prompt fidelity (CLIP "
             "Score) or their harmonic mean, as the paper combines them. A sampler batch of 8 becomes the best 2. When "
-            "no image shows a face (every identity score 0) it ranks by prompt if CLIP Score is connected, and "
-            "otherwise keeps the whole batch, with a note.",
+            "every identity score is 0 (no face found, or none like the reference) it ranks by prompt if CLIP Score "
+            "is connected, and otherwise keeps the whole batch, with a note saying which.",
             inputs=[
                 io.Image.Input("images", tooltip="The batch to choose from (the one the scores were computed on)."),
                 io.Int.Input("keep", default=1, min=1, max=4096, tooltip="How many images to keep (k)."),
@@ -56,7 +56,8 @@ class F2DBestOfN(io.ComfyNode):
     ) -> io.NodeOutput:
         identity = identity_scores.values if identity_scores is not None else None
         prompt = prompt_scores.values if prompt_scores is not None else None
-        choice = choose_best(identity, prompt, rank_by, keep)
+        face_found = identity_scores.columns.get("face") if identity_scores is not None else None
+        choice = choose_best(identity, prompt, rank_by, keep, face_found)
         ranking, kept = choice.ranking, choice.kept
         if ranking.shape[0] != images.shape[0]:
             raise EvaluationError(

@@ -59,7 +59,8 @@ def test_train_mapper_refuses_a_ckpt_under_a_torch_that_refuses_the_packs_pickle
     script = REPO_ROOT / "cli" / "train_mapper.py"
     code = (
         "import runpy, sys, torch; torch.__version__ = '2.9.1+cu128'; "
-        f"sys.path.insert(0, {str(script.parent)!r}); sys.argv = [{str(script)!r}, *{argv!r}]; runpy.run_path({str(script)!r}, run_name='__main__')"
+        f"sys.path.insert(0, {str(script.parent)!r}); sys.argv = [{str(script)!r}, *{argv!r}]; "
+        f"runpy.run_path({str(script)!r}, run_name='__main__')"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode == 1, done.stderr[-3000:]

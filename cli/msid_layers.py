@@ -153,7 +153,13 @@ def run(args: argparse.Namespace) -> dict:
         summary["encoders"][name] = {
             "file": str(path),
             "layers": {
-                r.name: {"auc": r.metrics.auc, "accuracy": r.metrics.accuracy, "threshold": r.metrics.threshold}
+                r.name: {
+                    "auc": r.metrics.auc,
+                    "accuracy": r.metrics.accuracy,
+                    "threshold": r.metrics.threshold,
+                    "ten_fold_accuracy": None if r.metrics.folded is None else r.metrics.folded.mean,
+                    "ten_fold_std": None if r.metrics.folded is None else r.metrics.folded.std,
+                }
                 for r in results[name]
             },
         }

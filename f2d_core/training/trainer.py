@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -100,6 +101,24 @@ def sample_batch(data, settings: TrainSettings, step: int, rank: int = 0, world_
         latents=data.latents[targets, view].float(),  # stored float16 / uint8 (shared memory map): per batch
         masks=data.masks[targets, view].float(),
     )
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global RNGs (CPU, and `device`'s when it is a CUDA device) for the block, then put back
+    the state they had: modules that draw from them (the mapper's `nn.Dropout`) give the same masks for
+    the same seed, whatever ran before in the process (other prompts, other runs), and nothing outside
+    the block sees a changed random state. Gradient checkpointing's recomputation restores the RNG
+    state of the forward pass itself (torch.utils.checkpoint's preserve_rng_state)."""
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        for index in devices:  # not torch.manual_seed: that would re-seed every GPU, outside the fork too
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 class MapperTrainer:
@@ -198,9 +217,11 @@ class MapperTrainer:
         gradients left in the mapper's (fp32) parameters are unscaled.
         """
         batch = sample_batch(self.data, self.settings, step, self.rank, self.world_size)
-        generator = torch.Generator().manual_seed(self.settings.seed * 7_919 + step * 101 + self.rank)
+        step_seed = self.settings.seed * 7_919 + step * 101 + self.rank
+        generator = torch.Generator().manual_seed(step_seed)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.step_loss(batch, class_context, generator)
+        with seeded_global_rng(step_seed, self.backend.device):  # the mapper's Dropout draws from the global RNG
+            loss = self.step_loss(batch, class_context, generator)
         if not self._finite_everywhere(loss):
             return loss, None
         self.loss_scale.scaled(loss).backward()

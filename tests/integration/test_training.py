@@ -229,3 +229,18 @@ def test_os_and_nas_litter_in_a_training_folder_is_neither_a_photo_nor_a_bad_one
     assert "2 of 2 files usable" in report, report
     for litter in ("__MACOSX", "@eaDir", "Thumbs.db", "desktop.ini"):
         assert litter not in report
+
+
+def test_the_same_seed_trains_the_same_mapper_bit_for_bit(comfy_server, comfy_models_dir, photo_folder):
+    """Two runs of one graph under two run names (same seed 0, data and CPU): the same losses and the same
+    saved mapper, bit for bit, though other prompts ran between them (the mapper's dropout used the
+    process's global random state, which the trainer never seeded)."""
+    saved = []
+    for run in ("seeded_a", "seeded_b"):
+        graph = training_graph(photo_folder, run, 3, learning_rate=1e-3, checkpoint_every=1, save_as=f"f2d_{run}")
+        graph["4"]["inputs"]["loss"] = "reconstruction"
+        comfy_server.run(graph, timeout=TIMEOUT)
+        saved.append(load_file(str(comfy_models_dir / "face2diffusion" / f"f2d_{run}.safetensors")))
+    assert _state(comfy_server, "seeded_a")[1] == _state(comfy_server, "seeded_b")[1]
+    assert saved[0].keys() == saved[1].keys()
+    assert all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])

@@ -339,7 +339,15 @@ def train(args: argparse.Namespace, ranks: Ranks) -> int:
         device_ids = None if backend.device.type == "cpu" else [backend.device.index]
         trainable = torch.nn.parallel.DistributedDataParallel(mapper, device_ids=device_ids)
     trainer = trainer_module.MapperTrainer(
-        mapper, backend, data, settings, args.run_dir, trainable=trainable, rank=ranks.rank, world_size=ranks.world_size
+        mapper,
+        backend,
+        data,
+        settings,
+        args.run_dir,
+        trainable=trainable,
+        rank=ranks.rank,
+        world_size=ranks.world_size,
+        writer="cli/train_mapper.py",
     )
     if ranks.rank == 0:
         log.info(

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..errors import F2DError
 from ..identity.msid_encoder import MSIDEncoder
+from ..run_lock import run_lock
 from ..training.precision import dtype_name
 from .arcface_loss import DEFAULT_MARGIN, DEFAULT_SCALE
 from .margin_softmax import ShardedMarginSoftmax
@@ -248,7 +249,15 @@ class MSIDTrainer:
         return values
 
     def run(self, should_stop: Callable[[], bool] | None = None) -> MSIDTrainResult:
-        """Train to the end, `max_steps` or a stop request; save every `checkpoint_every` steps and at the end."""
+        """Train to the end, `max_steps` or a stop request; save every `checkpoint_every` steps and at the end.
+
+        Rank 0 holds the run folder's lock (f2d_core/run_lock.py) throughout: RunLocked when another live
+        process trains in it.
+        """
+        with run_lock(self.run_dir, "cli/train_msid.py", enabled=self.rank == 0):
+            return self._run(should_stop)
+
+    def _run(self, should_stop: Callable[[], bool] | None) -> MSIDTrainResult:
         settings = self.settings
         saved = load_run_state(self.run_dir, self.encoder, self.classifier, self.optimizer, self.identity, self.rank)
         step, losses = (saved.step, saved.losses) if saved else (0, [])

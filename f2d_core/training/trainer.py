@@ -16,6 +16,7 @@ from torch import nn
 from ..conditioning.injection import DEFAULT_IDENTIFIER
 from ..errors import F2DError
 from ..identity.mapper import F2DMapper
+from ..run_lock import run_lock
 from .backend import DiffusionBackend
 from .data.cache import module_fingerprint
 from .losses import LOSSES, denoising_loss, needs_class_prediction
@@ -134,8 +135,10 @@ class MapperTrainer:
         trainable: nn.Module | None = None,
         rank: int = 0,
         world_size: int = 1,
+        writer: str = "a mapper training",
     ) -> None:
         self.mapper, self.backend, self.data, self.settings = mapper, backend, data, settings
+        self.writer = writer  # who trains, for the message a second writer of the run gets
         self.trainable = trainable or mapper  # a DistributedDataParallel wrapper under torchrun
         self.run_dir, self.rank, self.world_size = Path(run_dir), rank, world_size
         self._last_log: float | None = None  # when progress was last logged, and at which step
@@ -268,7 +271,20 @@ class MapperTrainer:
         progress: Callable[[int, int, float], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> TrainResult:
-        """Train until `settings.steps`, saving every `checkpoint_every` steps, when stopped, and on any error."""
+        """Train until `settings.steps`, saving every `checkpoint_every` steps, when stopped, and on any error.
+
+        Rank 0 holds the run folder's lock (run_lock.py) throughout: RunLocked when another live process
+        trains in it (the node and the CLI on one run name, two servers sharing an output folder).
+        """
+        with run_lock(self.run_dir, self.writer, enabled=self.rank == 0):
+            return self._run(resume, progress, should_stop)
+
+    def _run(
+        self,
+        resume: bool,
+        progress: Callable[[int, int, float], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> TrainResult:
         settings = self.settings
         check_free_disk(self.run_dir, 2 * state_bytes(self.mapper) + (64 << 20))
         self.identity = self._run_identity()

@@ -244,3 +244,16 @@ def test_the_same_seed_trains_the_same_mapper_bit_for_bit(comfy_server, comfy_mo
     assert _state(comfy_server, "seeded_a")[1] == _state(comfy_server, "seeded_b")[1]
     assert saved[0].keys() == saved[1].keys()
     assert all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])
+
+
+def test_a_folder_made_on_a_mac_is_found_by_its_name_typed_elsewhere(comfy_server):
+    """The folder on disk is "Zoe" + combining diaeresis (NFD, as macOS writes names); the graph names it
+    composed (NFC, as Windows and Linux type it): the same folder is read, not "does not exist"."""
+    folder = Path(comfy_server.input_dir) / "f2d_Zoe\u0308_photos"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, source in enumerate((ASTRONAUT, ALIGNED_CROP)):  # the litter test's photos: prepared once
+        Image.fromarray(si.face_photo(load_rgb(source), shade=13)).save(folder / f"person_{i}.png")
+    graph = training_graph("f2d_Zo\u00eb_photos", "nfc")
+    del graph["4"]  # the dataset and its report only
+    report = _text_output(comfy_server.run(graph, timeout=TIMEOUT), "6")
+    assert "2 of 2 files usable" in report, report

@@ -257,3 +257,14 @@ def test_a_folder_made_on_a_mac_is_found_by_its_name_typed_elsewhere(comfy_serve
     del graph["4"]  # the dataset and its report only
     report = _text_output(comfy_server.run(graph, timeout=TIMEOUT), "6")
     assert "2 of 2 files usable" in report, report
+
+
+def test_a_model_patch_training_cannot_run_is_named_in_a_warning(comfy_server, photo_folder):
+    """Core's FreeU patches the MODEL's output blocks (transformer_options' output_block_patch), which only
+    sampling runs: training says it leaves the patch out instead of dropping it silently."""
+    graph = training_graph(photo_folder, "freeu", steps=1)
+    graph["9"] = {"class_type": "FreeU", "inputs": {"model": ["1", 0], "b1": 1.1, "b2": 1.2, "s1": 0.9, "s2": 0.2}}
+    graph["4"]["inputs"]["model"] = ["9", 0]
+    comfy_server.run(graph, timeout=TIMEOUT)
+    log_text = comfy_server.log_text()
+    assert "Training runs the UNet without these patches of its MODEL: output_block_patch (1)." in log_text

@@ -50,12 +50,14 @@ def test_train_mapper_help_names_the_checkpoint_formats_it_takes(tmp_path: Path,
     assert ".ckpt" not in (REPO_ROOT / "cli" / "train_mapper.py").read_text(encoding="utf-8").split('"""')[1]
 
 
-def test_train_mapper_refuses_a_ckpt_under_a_torch_that_refuses_the_packs_pickles(tmp_path: Path) -> None:
+def test_train_mapper_refuses_a_ckpt_under_a_torch_that_refuses_the_packs_pickles(
+    tmp_path: Path, comfyui_path: Path
+) -> None:
     """Under torch 2.9 (as an older install reports it) a .ckpt checkpoint is refused before it is opened, as
     msid.pt would be, with what to give instead."""
     (tmp_path / "sd.ckpt").write_bytes(b"PK\x03\x04 not opened")
     argv = ["--checkpoint", "sd.ckpt", "--msid", "msid.pt", "--mapper", "mapping.pt", "--insightface-root", "."]
-    argv += ["--folder", ".", "--cpu", "--run-dir", "run", "--out", "out.safetensors"]
+    argv += ["--folder", ".", "--cpu", "--run-dir", "run", "--out", "out.safetensors", "--comfyui", str(comfyui_path)]
     script = REPO_ROOT / "cli" / "train_mapper.py"
     code = (
         "import runpy, sys, torch; torch.__version__ = '2.9.1+cu128'; "

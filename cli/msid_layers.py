@@ -172,14 +172,20 @@ def run(args: argparse.Namespace) -> dict:
         summary["encoders"][name] = {
             "file": str(path),
             "layers": {
-                r.name: {"auc": r.metrics.auc, "accuracy": r.metrics.accuracy, "threshold": r.metrics.threshold}
+                r.name: {
+                    "auc": r.metrics.auc,
+                    "accuracy": r.metrics.accuracy,
+                    "threshold": r.metrics.threshold,
+                    "ten_fold_accuracy": None if r.metrics.folded is None else r.metrics.folded.mean,
+                    "ten_fold_std": None if r.metrics.folded is None else r.metrics.folded.std,
+                }
                 for r in results[name]
             },
         }
         del encoder
     table = layer_table(results, pairs.source)
-    atomic_write(args.out / "layers.md", lambda tmp: tmp.write_text(table))
-    atomic_write(args.out / "layers.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    atomic_write(args.out / "layers.md", lambda tmp: tmp.write_text(table, encoding="utf-8"))
+    atomic_write(args.out / "layers.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8"))
     log.info("\n%s\nwritten to %s", table, args.out)
     return summary
 

@@ -83,7 +83,7 @@ def parse_override(text: str) -> Override:
 def load_graph(path: Path) -> Graph:
     """An API-format graph from a file; a UI-format workflow is refused with what to do instead."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise UsageError(f"Cannot read the workflow {path}: {e.strerror or e}") from e
     except json.JSONDecodeError as e:
@@ -383,7 +383,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def setup_logging() -> None:
-    """Progress and outputs on stdout, warnings and errors on stderr, as plain lines."""
+    """Progress and outputs on stdout, warnings and errors on stderr, as plain lines.
+
+    Under a non-UTF-8 locale (LC_ALL=C, a Windows code page) a character the console cannot show (a node
+    title's arrow, a name's accent) is written as an escape instead of failing the line.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):  # not a text stream (redirected by a caller)
+            stream.reconfigure(errors="backslashreplace")
     out = logging.StreamHandler(sys.stdout)
     out.addFilter(lambda record: record.levelno < logging.WARNING)
     err = logging.StreamHandler(sys.stderr)

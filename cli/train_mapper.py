@@ -2,7 +2,7 @@
 
     cd ~/ComfyUI/custom_nodes/comfyui-face2diffusion   # or any folder: give the script's full path
     M=~/ComfyUI/models
-    python cli/train_mapper.py --comfyui ~/ComfyUI --checkpoint $M/checkpoints/sd-v1-4.ckpt \\
+    python cli/train_mapper.py --comfyui ~/ComfyUI --checkpoint $M/checkpoints/v1-5-pruned-emaonly.safetensors \\
         --msid $M/face2diffusion/msid.pt --mapper $M/face2diffusion/mapping.pt \\
         --insightface-root $M/insightface --pack buffalo_l --folder ~/faces \\
         --face-parser $M/face2diffusion/79999_iter.pth --expression-model $M/face2diffusion/epoch_20.pth \\
@@ -93,7 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--checkpoint",
         type=Path,
         required=True,
-        help="SD1.x checkpoint file to train for (.safetensors or .ckpt, as ComfyUI loads them).",
+        help="SD1.x checkpoint file to train for: a .safetensors (a .ckpt is a pickle file, read only under "
+        "torch >= 2.10, the rule the pack keeps for its own .pt files).",
     )
     p.add_argument("--msid", type=Path, required=True, help="MSID encoder: msid.pt or a combined .safetensors.")
     start = p.add_mutually_exclusive_group(required=True)
@@ -276,6 +277,15 @@ def load_checkpoint(path: Path):
 
     if not path.is_file():
         raise SystemExit(f"--checkpoint {path} does not exist.")
+    weight_files = pack_module("f2d_core.weight_files")
+    if path.suffix.lower() not in (".safetensors", ".sft") and weight_files.torch_release() < weight_files.SAFE_TORCH:
+        safe = ".".join(map(str, weight_files.SAFE_TORCH))
+        raise SystemExit(
+            f"--checkpoint {path} is a pickle file, and torch {torch.__version__} can be made to run code while "
+            f"loading one (CVE-2025-32434, CVE-2026-24747): the pack refuses pickles below torch {safe}, its own "
+            f".pt files too. Give the checkpoint's .safetensors (e.g. v1-5-pruned-emaonly.safetensors), or update "
+            f"torch to {safe} or newer."
+        )
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
         str(path), output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings")
     )
@@ -345,7 +355,15 @@ def train(args: argparse.Namespace, ranks: Ranks) -> int:
         device_ids = None if backend.device.type == "cpu" else [backend.device.index]
         trainable = torch.nn.parallel.DistributedDataParallel(mapper, device_ids=device_ids)
     trainer = trainer_module.MapperTrainer(
-        mapper, backend, data, settings, args.run_dir, trainable=trainable, rank=ranks.rank, world_size=ranks.world_size
+        mapper,
+        backend,
+        data,
+        settings,
+        args.run_dir,
+        trainable=trainable,
+        rank=ranks.rank,
+        world_size=ranks.world_size,
+        writer="cli/train_mapper.py",
     )
     if ranks.rank == 0:
         log.info(

@@ -12,11 +12,15 @@ from .image_lists import first, one_batch
 from .progress import comfy_progress
 
 
-def _joined(scores: list[ImageScores] | None) -> torch.Tensor | None:
-    """The score values of a list of ImageScores (one per IMAGE batch of a list) as one [N] tensor."""
+def _joined(scores: list[ImageScores] | None, column: str | None = None) -> torch.Tensor | None:
+    """The score values (or one of their table's columns) of a list of ImageScores, one per IMAGE batch of a
+    list, as one [N] tensor; None without scores or when a batch lacks that column."""
     if not scores:
         return None
-    return torch.cat([s.values for s in scores]) if len(scores) > 1 else scores[0].values
+    parts = [s.values if column is None else s.columns.get(column) for s in scores]
+    if any(p is None for p in parts):
+        return None
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 class F2DBestOfN(io.ComfyNode):
@@ -31,9 +35,9 @@ class F2DBestOfN(io.ComfyNode):
             is_output_node=True,
             description="Keeps the k best images of a batch: by identity (Face Similarity), prompt fidelity (CLIP "
             "Score) or their harmonic mean, as the paper combines them. A sampler batch of 8 becomes the best 2. When "
-            "no image shows a face (every identity score 0) it ranks by prompt if CLIP Score is connected, and "
-            "otherwise keeps the whole batch, with a note. An image list (and its list of scores) is ranked as one "
-            "batch.",
+            "every identity score is 0 (no face found, or none like the reference) it ranks by prompt if CLIP Score "
+            "is connected, and otherwise keeps the whole batch, with a note saying which. An image list (and its "
+            "list of scores) is ranked as one batch.",
             inputs=[
                 io.Image.Input("images", tooltip="The batch to choose from (the one the scores were computed on)."),
                 io.Int.Input("keep", default=1, min=1, max=4096, tooltip="How many images to keep (k)."),
@@ -67,7 +71,8 @@ class F2DBestOfN(io.ComfyNode):
     ) -> io.NodeOutput:
         images = one_batch(images, "Best of N")
         identity, prompt = _joined(identity_scores), _joined(prompt_scores)
-        choice = choose_best(identity, prompt, first(rank_by, "rank_by"), first(keep, "keep"))
+        face_found = _joined(identity_scores, "face")
+        choice = choose_best(identity, prompt, first(rank_by, "rank_by"), first(keep, "keep"), face_found)
         comfy_progress()(1, 1)  # its bar full; a Cancel pressed meanwhile stops here, before the images are cut
         ranking, kept = choice.ranking, choice.kept
         if ranking.shape[0] != images.shape[0]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import unicodedata
 from pathlib import Path
 
 import folder_paths
@@ -103,7 +104,8 @@ class F2DSaveFace(io.ComfyNode):
 
     @classmethod
     def execute(cls, f2d_face: F2DFace, name: str, also_save_embedding: bool = True) -> io.NodeOutput:
-        stem = re.sub(r"[^\w\-. ]", "_", name).strip(" .") or "person"
+        # NFC: "Zo\u00eb" composed (Windows, Linux) and decomposed (macOS) name one person's files, not two.
+        stem = re.sub(r"[^\w\-. ]", "_", unicodedata.normalize("NFC", name)).strip(" .") or "person"
         directory = Path(folder_paths.get_folder_paths(FACES_FOLDER)[0])
         path = _next_free(directory, stem)
         save_face(path, f2d_face.face)

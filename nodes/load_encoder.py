@@ -14,7 +14,7 @@ from ..f2d_core.checkpoints import load_f2d_models
 from ..f2d_core.errors import WeightFileError
 from ..f2d_core.faces.face_detection import DETECTOR_DEVICES, FaceDetector, load_detector
 from ..f2d_core.identity.face_encoder import FaceEncoder
-from .model_cache import cached, file_identity, load_on_device, managed, weight_file_version
+from .model_cache import ReleasingPatcher, cached, file_identity, load_on_device, managed, weight_file_version
 from .model_paths import insightface_packs, insightface_root_of, weight_files, weight_path
 from .sockets import F2DModel, F2DModelSocket
 
@@ -46,6 +46,8 @@ def _detector(pack: str, provider: str, det_size: int) -> FaceDetector:
     detector = load_detector(insightface_root_of(pack), pack, provider, device, det_size)
     if provider == "auto" and detector.network is not None:
         detector.prepare = partial(load_on_device, managed(detector.network))
+    elif detector.backend == "onnxruntime":  # its session's GPU memory is released with ComfyUI's models
+        detector.prepare = partial(load_on_device, ReleasingPatcher(detector.release))
     return detector
 
 

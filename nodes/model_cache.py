@@ -67,6 +67,24 @@ def managed(module: nn.Module) -> comfy.model_patcher.ModelPatcher:
     )
 
 
+class ReleasingPatcher(comfy.model_patcher.ModelPatcher):
+    """A placeholder in ComfyUI's model management for memory torch does not see (an onnxruntime session):
+    when ComfyUI unloads it ("Unload models", `POST /free`, another model's memory needs) it calls
+    `release`; `load_on_device` before the next use puts it back, and the owner reopens what it released."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        super().__init__(
+            nn.Module(),
+            load_device=comfy.model_management.get_torch_device(),
+            offload_device=comfy.model_management.unet_offload_device(),
+        )
+        self._release = release
+
+    def detach(self, unpatch_all: bool = True):
+        self._release()
+        return super().detach(unpatch_all)
+
+
 def load_on_device(patcher: comfy.model_patcher.ModelPatcher) -> torch.device:
     """Load a model for use (`load_models_gpu`, freeing others as needed); return where its weights are.
 
@@ -75,7 +93,7 @@ def load_on_device(patcher: comfy.model_patcher.ModelPatcher) -> torch.device:
     such weights to the GPU, so they stay, and compute, on the offload device (the CPU).
     """
     comfy.model_management.load_models_gpu([patcher], force_full_load=True)
-    return next(patcher.model.parameters()).device
+    return next(patcher.model.parameters(), torch.empty(0, device=patcher.load_device)).device
 
 
 def _load_before_forward(patcher: comfy.model_patcher.ModelPatcher) -> Callable:

@@ -10,6 +10,7 @@ import folder_paths
 from ..f2d_core.errors import WeightFileError
 from ..f2d_core.faces.face_detection import list_model_packs
 from ..f2d_core.folder_scan import skipped
+from ..f2d_core.training.run_identity import run_folder_name
 
 F2D_FOLDER = "face2diffusion"  # models/face2diffusion: msid.pt, mapping.pt, epoch_20.pth, 79999_iter.pth
 FACES_FOLDER = "face2diffusion_faces"  # models/face2diffusion/faces: saved F2D faces
@@ -68,8 +69,7 @@ def training_cache_dir() -> Path:
 
 def training_run_dir(run_name: str) -> Path:
     """Where a training run keeps its resumable state: output/face2diffusion_training/<run_name>."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_name).strip("._") or "run"
-    return Path(folder_paths.get_output_directory()) / "face2diffusion_training" / safe
+    return Path(folder_paths.get_output_directory()) / "face2diffusion_training" / run_folder_name(run_name)
 
 
 def insightface_roots() -> list[Path]:

@@ -44,8 +44,10 @@ def test_benchmark_help_gives_every_option_a_text_and_the_defaults(tmp_path: Pat
 
 @pytest.mark.parametrize("flag", ["--checkpoint"])
 def test_train_mapper_help_names_the_checkpoint_formats_it_takes(tmp_path: Path, flag: str) -> None:
+    """A .ckpt is a pickle: suggested only with the torch the pack's own pickles need."""
     text = _options(_help("train_mapper.py", tmp_path))[flag]
-    assert ".safetensors" in text and ".ckpt" in text
+    assert ".safetensors" in text and ".ckpt is a pickle file, read only under torch >= 2.10" in text
+    assert ".ckpt" not in (REPO_ROOT / "cli" / "train_mapper.py").read_text(encoding="utf-8").split('"""')[1]
 
 
 @pytest.mark.parametrize(
@@ -66,3 +68,23 @@ def test_training_help_shows_the_defaults_and_an_example_with_torchrun(
     example = text.split("\nexample", 1)[1]
     assert "python " in example and f"cli/{script} --" in example
     assert "torchrun --nproc_per_node" in example and f"cli/{script}" in example.split("torchrun", 1)[1]
+
+
+def test_train_mapper_refuses_a_ckpt_under_a_torch_that_refuses_the_packs_pickles(
+    tmp_path: Path, comfyui_path: Path
+) -> None:
+    """Under torch 2.9 (as an older install reports it) a .ckpt checkpoint is refused before it is opened, as
+    msid.pt would be, with what to give instead."""
+    (tmp_path / "sd.ckpt").write_bytes(b"PK\x03\x04 not opened")
+    argv = ["--checkpoint", "sd.ckpt", "--msid", "msid.pt", "--mapper", "mapping.pt", "--insightface-root", "."]
+    argv += ["--folder", ".", "--cpu", "--run-dir", "run", "--out", "out.safetensors", "--comfyui", str(comfyui_path)]
+    script = REPO_ROOT / "cli" / "train_mapper.py"
+    code = (
+        "import runpy, sys, torch; torch.__version__ = '2.9.1+cu128'; "
+        f"sys.path.insert(0, {str(script.parent)!r}); sys.argv = [{str(script)!r}, *{argv!r}]; "
+        f"runpy.run_path({str(script)!r}, run_name='__main__')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "--checkpoint sd.ckpt is a pickle file, and torch 2.9.1+cu128 can be made to run code" in done.stderr
+    assert "Give the checkpoint's .safetensors" in done.stderr and "Traceback" not in done.stderr

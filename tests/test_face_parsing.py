@@ -100,6 +100,19 @@ def test_loads_every_format_with_the_file_weights(fmt, name, state, tmp_path):
     assert not any(p.requires_grad for p in parser.parameters())
 
 
+def test_facexlibs_parsing_bisenet_mirror_loads_under_the_published_name_or_its_own(state, tmp_path):
+    """facexlib's parsing_bisenet.pth (release v0.2.0), the mirror of 79999_iter.pth: facexlib's
+    parsing/bisenet.py and resnet.py (read at commit 260620a) declare the same modules under the same names
+    (cp.resnet.conv1/bn1/layerN.M.{conv1,bn1,conv2,bn2,downsample.0,downsample.1}, cp.arm16/arm32.{conv,
+    conv_atten,bn_atten}, cp.conv_head32/16, cp.conv_avg, ffm.{convblk,conv1,conv2}, conv_out/16/32.{conv,
+    conv_out}) and its init_parsing_model loads the file as a plain state dict, strictly (no wrapping key);
+    saved by a newer torch: the zip format. Whether its bytes equal the original's is unknown."""
+    for name in ("parsing_bisenet.pth", "79999_iter.pth"):
+        path = sb.write_checkpoint(tmp_path / name, state, "zip")
+        loaded = load_face_parser(path).bisenet.state_dict()
+        assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
 def test_loads_dataparallel_prefix_and_missing_step_counters(state, tmp_path):
     sd = {"module." + k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     parser = load_face_parser(sb.write_checkpoint(tmp_path / "dp.pth", sd))

@@ -194,6 +194,16 @@ def _write_aligned_folder(root: Path) -> dict[str, list[Path]]:
     (root / "tom_hanks" / "broken.jpg").write_bytes(b"\xff\xd8\xff" + bytes(range(256)))
     (root / "synthetic" / "more").mkdir()
     Image.fromarray(identities()["synthetic"][0]).save(root / "loose.png")
+    # OS and NAS litter under plain names: neither identities nor bad files (a Mac zip's resource forks, a
+    # Synology thumbnail folder per photo, Windows' thumbnail cache and folder settings).
+    (root / "__MACOSX" / "tom_hanks").mkdir(parents=True)
+    Image.fromarray(identities()["synthetic"][0]).save(root / "__MACOSX" / "tom_hanks" / "0.png")
+    (root / "tom_hanks" / "@eaDir" / "0.jpg").mkdir(parents=True)
+    Image.fromarray(identities()["synthetic"][0]).save(
+        root / "tom_hanks" / "@eaDir" / "0.jpg" / "SYNOPHOTO_THUMB_M.jpg"
+    )
+    (root / "tom_hanks" / "Thumbs.db").write_bytes(bytes(range(256)))
+    (root / "Desktop.ini").write_text("[.ShellClassInfo]\r\n")
     return written
 
 

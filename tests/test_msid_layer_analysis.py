@@ -208,7 +208,7 @@ def test_table_without_results_for_a_layer_leaves_cells_empty(encoders):
     table = layer_table(results, "x")
     layer_1 = next(line for line in table.splitlines() if line.startswith("| layer 1 "))
     cells = [cell.strip() for cell in layer_1.split("|")]
-    assert cells[2] and cells[3] and cells[4:6] == ["", ""]
+    assert cells[2] and cells[3] and " +- " in cells[4] and cells[5:8] == ["", "", ""]  # AUC, acc., 10-fold acc.
 
 
 def test_a_small_held_out_folder_is_scored_on_the_pairs_it_allows(encoders, tmp_path, caplog):

@@ -56,6 +56,20 @@ def test_margin_is_cos_theta_plus_m_then_keeps_falling():
     torch.testing.assert_close(target[past], theta[past].cos() - 0.5 * math.sin(0.5))
 
 
+def test_the_fallback_steps_down_at_pi_minus_m_as_the_docstring_says():
+    """The docstring once claimed the two pieces meet at pi - m; they do not (insightface's neither)."""
+    import f2d_core.msid_training.arcface_loss as module
+
+    m, eps = 0.5, 1e-9
+    edge = torch.tensor([math.cos(math.pi - m) + eps, math.cos(math.pi - m) - eps], dtype=torch.float64)
+    before, after = angular_margin_target(edge, m).tolist()
+    step = math.cos(m) + m * math.sin(m) - 1
+    assert before == pytest.approx(-1.0, abs=1e-6) and after == pytest.approx(-1.0 - step, abs=1e-6)
+    assert (
+        f"{step:.3f}" == "0.117" and "(0.117, times s in the" in module.__doc__ and "not continuous" in module.__doc__
+    )
+
+
 def test_arcface_loss_is_the_formula():
     embeddings, labels, centres = _problem(1)
     cosine = F.normalize(embeddings) @ F.normalize(centres).T

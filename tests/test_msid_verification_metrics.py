@@ -76,3 +76,26 @@ def test_agrees_with_brute_force_on_random_data(seed):
     assert result.accuracy == pytest.approx(accuracy, abs=1e-12)
     called_same = scores.double() >= result.threshold
     assert (called_same == same).double().mean().item() == pytest.approx(result.accuracy)
+
+
+def test_ten_fold_accuracy_is_insightfaces_protocol_on_a_hand_computed_case():
+    """10 pairs, one per fold: 5 same (cos 0.75, d = 2 - 2 cos = 0.5), 4 different (cos 0.25, d = 1.5) and, last,
+    a different pair that looks alike (cos 0.875, d = 0.25). On any 9 training pairs the best threshold of
+    np.arange(0, 4, 0.01) is 0.51 (the first above 0.5: same pairs right, plain different pairs right, only the
+    look-alike wrong, or with it held out all 9 right). Held out, each pair but the look-alike is then right:
+    accuracies 1 x 9 and 0, mean 0.9, population std sqrt((9 x 0.01 + 0.81) / 10) = 0.3."""
+    from f2d_core.msid_training.verification.metrics import fold_slices, ten_fold_accuracy
+
+    scores = torch.tensor([0.75] * 5 + [0.25] * 4 + [0.875], dtype=torch.float64)
+    same = torch.tensor([True] * 5 + [False] * 5)
+    folded = ten_fold_accuracy(scores, same)
+    assert folded.fold_accuracies == (1.0,) * 9 + (0.0,)
+    assert folded.fold_thresholds == pytest.approx((0.51,) * 10)
+    assert folded.mean == pytest.approx(0.9) and folded.std == pytest.approx(0.3)
+    assert verification_metrics(scores, same).folded == folded  # reported beside the best-threshold accuracy
+    assert verification_metrics(scores, same).accuracy == pytest.approx(0.9)
+    # scikit-learn's KFold(10) on 23 pairs: the first 3 folds hold 3 pairs, the other 7 hold 2.
+    assert [s.stop - s.start for s in fold_slices(23)] == [3, 3, 3, 2, 2, 2, 2, 2, 2, 2]
+    assert fold_slices(23)[-1].stop == 23
+    with pytest.raises(ValueError, match="at least 10 pairs"):
+        ten_fold_accuracy(scores[:9], same[:9])

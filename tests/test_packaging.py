@@ -44,9 +44,17 @@ def test_comfy_test_lint() -> None:
     assert report["syntax"]["details"].split("\n\n", 1)[1] == finding
 
 
-def test_models_point_at_the_official_downloads() -> None:
+MIRRORS = {  # docs/models.md, "Mirrors": saved under the names the nodes default to
+    "/face2diffusion/epoch_20.pth": "https://github.com/OpenTalker/SadTalker/releases/download/v0.0.2/epoch_20.pth",
+    "/face2diffusion/79999_iter.pth": "https://github.com/xinntao/facexlib/releases/download/v0.2.0/parsing_bisenet.pth",
+}
+
+
+def test_models_point_at_the_official_downloads_and_the_mirrors() -> None:
     models = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["comfy"]["Models"]
-    assert {m["location"]: m["model_url"] for m in models} == OFFICIAL_WEIGHTS
+    assert {m["location"]: m["model_url"] for m in models} == {**OFFICIAL_WEIGHTS, **MIRRORS}
+    docs = (REPO / "docs" / "models.md").read_text(encoding="utf-8")
+    assert all(url in docs for url in MIRRORS.values())
 
 
 def _ignored(paths: list[str]) -> set[str]:

@@ -359,3 +359,13 @@ def test_a_read_only_folder_keeps_the_previous_state_and_says_so(tmp_path):
     finally:
         os.chmod(state.parent, 0o755)
     assert state.read_bytes() == before and [p.name for p in state.parent.iterdir()] == ["state.safetensors"]
+
+
+def test_a_run_name_composed_or_decomposed_is_one_run_folder(tmp_path):
+    from f2d_core.training.run_identity import existing_spelling, run_folder_name
+
+    assert run_folder_name("Zo\u00eb") == run_folder_name("Zoe\u0308") == "Zo\u00eb"
+    assert run_folder_name("my run/1") == "my_run_1" and run_folder_name("..") == "run"
+    (tmp_path / "Zoe\u0308").mkdir()  # made on a Mac
+    assert existing_spelling(tmp_path / "Zo\u00eb") == tmp_path / "Zoe\u0308"
+    assert existing_spelling(tmp_path / "nobody") == tmp_path / "nobody"

@@ -75,12 +75,20 @@ class BestOfN:
     note: str = ""
 
 
-def choose_best(identity: torch.Tensor | None, prompt: torch.Tensor | None, rank_by: str, k: int) -> BestOfN:
+def choose_best(
+    identity: torch.Tensor | None,
+    prompt: torch.Tensor | None,
+    rank_by: str,
+    k: int,
+    face_found: torch.Tensor | None = None,
+) -> BestOfN:
     """The k best images of a batch by `rank_by`, never a choice among ties of 0.
 
-    When every identity score [B] is 0 (no face in any image: a helmet, a turned face) and the
-    ranking uses identity, identity cannot choose: with prompt scores the batch is ranked by
-    prompt instead; without them the whole batch is kept in its order, so no image is lost. The
+    When every identity score [B] is 0 and the ranking uses identity, identity cannot choose: with
+    prompt scores the batch is ranked by prompt instead; without them the whole batch is kept in its
+    order, so no image is lost. A score is 0 when no face was found (a helmet, a turned face) or when
+    the faces found look nothing like the reference (cosine similarity at or below 0, clipped):
+    `face_found` [B] bool (Face Similarity's "face" column), when given, tells the two apart. The
     `note` says which happened. EvaluationError as `ranking_scores` and `keep_best`.
     """
     ranking = ranking_scores(identity, prompt, rank_by)
@@ -89,7 +97,13 @@ def choose_best(identity: torch.Tensor | None, prompt: torch.Tensor | None, rank
     if rank_by == "prompt" or bool((identity > 0).any()):
         return BestOfN(keep_best(ranking, k), ranking, rank_by)
     count = identity.shape[0]
+    found = 0 if face_found is None else int(face_found.bool().sum())
     why = f"every identity score is 0 (no face found in any of the {count} image(s))"
+    if found:
+        why = (
+            f"every identity score is 0 (faces found in {found} of {count} image(s), but none looks like the "
+            "reference: similarity at or below 0)"
+        )
     if prompt is not None:
         ranking = prompt.float()
         return BestOfN(keep_best(ranking, k), ranking, "prompt", f"{why}: ranked by prompt instead")

@@ -118,7 +118,7 @@ def _preprocessing(folder: Path, default_size: int) -> tuple[int, Sequence[float
     file = folder / "preprocessor_config.json"
     if not file.is_file():
         return default_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    config = json.loads(file.read_text())
+    config = json.loads(file.read_text(encoding="utf-8"))
     crop = config.get("crop_size", default_size)
     size = crop.get("height", default_size) if isinstance(crop, dict) else int(crop)
     return size, config.get("image_mean", OPENAI_CLIP_MEAN), config.get("image_std", OPENAI_CLIP_STD)
@@ -127,7 +127,7 @@ def _preprocessing(folder: Path, default_size: int) -> tuple[int, Sequence[float
 def _transformers_scorer(folder: Path, device: torch.device) -> CLIPScorer:
     from transformers import AutoTokenizer, CLIPModel
 
-    config = json.loads((folder / "config.json").read_text())
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     kind = config.get("model_type", "?")
     if kind != "clip":
         what = {

@@ -390,8 +390,21 @@ class FaceDetector:
             where = f"onnxruntime {self._det_model.session.get_providers()}"
         logger.info("face detector %s loaded from %s, running on %s", self.model_file.name, self.pack_dir, where)
 
+    def release(self) -> None:
+        """Drop the onnxruntime session (and the device memory it holds, which torch's memory management does not
+        see); the next detection opens it again. Nothing to do with the torch backend (its weights are managed)."""
+        if self.providers is not None and self._det_model is not None:
+            self._analysis = self._det_model = None
+            logger.info("face detector %s: onnxruntime session released", self.model_file.name)
+
+    def _ensure_session(self) -> None:
+        """Open the onnxruntime session again after `release`."""
+        if self._det_model is None:
+            self._load_with_onnxruntime(*self._onnx_args)
+
     def _load_with_onnxruntime(self, files_dir: Path, scan: _PackScan, det_thresh: float) -> None:
         """insightface's FaceAnalysis (detection only) on this detector's onnxruntime providers."""
+        self._onnx_args = (files_dir, scan, det_thresh)
         self._analysis = _load_face_analysis(self.root, files_dir, scan, self.providers)
         self._det_model = self._analysis.det_model
         self.model_file = Path(self._det_model.model_file)
@@ -433,6 +446,8 @@ class FaceDetector:
             self.prepare()
             bboxes, kpss = self._scrfd.detect(bgr[:, :, ::-1], input_size)
         else:
+            self.prepare()
+            self._ensure_session()
             bboxes, kpss = self._det_model.detect(bgr, input_size=input_size)
         return [
             DetectedFace(

@@ -8,9 +8,12 @@ the label, margin m (radians) and scale s. The defaults m = 0.5, s = 64 are insi
 
 Past theta_y = pi - m, cos(theta_y + m) rises again with theta_y, rewarding the worst samples. As
 arcface_torch's `ArcFace` did (`losses.py` until 2022: `torch.where(cos > th, cos_theta_m, cos - sinmm)`),
-the target logit there becomes cos(theta_y) - m sin(m), which keeps falling with theta_y and meets
-cos(theta_y + m) at theta_y = pi - m. (The current arcface_torch applies the margin without a gradient,
-a straight-through estimate; here the margin's exact gradient is used.)
+the target logit there becomes cos(theta_y) - m sin(m), which keeps falling with theta_y. The two pieces
+do not meet: at theta_y = pi - m the first ends at cos(pi) = -1 and the second starts at
+-cos(m) - m sin(m) (-1.117 for m = 0.5), a downward step of cos(m) + m sin(m) - 1 (0.117, times s in the
+logit); the target logit is monotone but not continuous there, as in insightface's. (The current
+arcface_torch applies the margin without a gradient, a straight-through estimate; here the margin's exact
+gradient is used.)
 """
 
 from __future__ import annotations

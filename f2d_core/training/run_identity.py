@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -88,6 +89,33 @@ def _listing(data, resolve: bool = True) -> dict[str, object]:
     if folder is not None and resolve:
         folder = str(Path(folder).resolve())
     return {"cache": settings.get("cache"), "folder": folder}
+
+
+def run_folder_name(run_name: str) -> str:
+    """The folder name of a training run: `run_name` in Unicode NFC, anything but letters, digits, "-", "_" and
+    "." replaced by "_", "run" when nothing is left.
+
+    NFC first: "Zo\u00eb" typed on Windows or Linux (composed) and "Zoe\u0308" typed on macOS (decomposed)
+    name one run, not two (the combining mark alone would become "_" and start a silent new run).
+    """
+    name = unicodedata.normalize("NFC", run_name)
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "run"
+
+
+def existing_spelling(path: Path) -> Path:
+    """`path`, or the same path in the other Unicode normalisation (NFC / NFD) when only that one exists.
+
+    A folder made on macOS holds decomposed names (NFD); the same name typed on Windows or Linux is
+    composed (NFC). Linux file systems compare bytes, so the typed name misses the folder: this finds it.
+    """
+    path = Path(path)
+    if path.exists():
+        return path
+    for form in ("NFC", "NFD"):
+        other = Path(unicodedata.normalize(form, str(path)))
+        if other.exists():
+            return other
+    return path
 
 
 def free_run_name(run_dir: Path) -> str:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from torch import nn
 from ..conditioning.injection import DEFAULT_IDENTIFIER
 from ..errors import F2DError
 from ..identity.mapper import F2DMapper
+from ..run_lock import run_lock
 from .backend import DiffusionBackend
 from .data.cache import module_fingerprint
 from .losses import LOSSES, denoising_loss, needs_class_prediction
@@ -102,6 +104,24 @@ def sample_batch(data, settings: TrainSettings, step: int, rank: int = 0, world_
     )
 
 
+@contextlib.contextmanager
+def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global RNGs (CPU, and `device`'s when it is a CUDA device) for the block, then put back
+    the state they had: modules that draw from them (the mapper's `nn.Dropout`) give the same masks for
+    the same seed, whatever ran before in the process (other prompts, other runs), and nothing outside
+    the block sees a changed random state. Gradient checkpointing's recomputation restores the RNG
+    state of the forward pass itself (torch.utils.checkpoint's preserve_rng_state)."""
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        for index in devices:  # not torch.manual_seed: that would re-seed every GPU, outside the fork too
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
 class MapperTrainer:
     """Runs `TrainSettings` on a prepared training set through a frozen diffusion backend."""
 
@@ -115,8 +135,10 @@ class MapperTrainer:
         trainable: nn.Module | None = None,
         rank: int = 0,
         world_size: int = 1,
+        writer: str = "a mapper training",
     ) -> None:
         self.mapper, self.backend, self.data, self.settings = mapper, backend, data, settings
+        self.writer = writer  # who trains, for the message a second writer of the run gets
         self.trainable = trainable or mapper  # a DistributedDataParallel wrapper under torchrun
         self.run_dir, self.rank, self.world_size = Path(run_dir), rank, world_size
         self._last_log: float | None = None  # when progress was last logged, and at which step
@@ -198,9 +220,11 @@ class MapperTrainer:
         gradients left in the mapper's (fp32) parameters are unscaled.
         """
         batch = sample_batch(self.data, self.settings, step, self.rank, self.world_size)
-        generator = torch.Generator().manual_seed(self.settings.seed * 7_919 + step * 101 + self.rank)
+        step_seed = self.settings.seed * 7_919 + step * 101 + self.rank
+        generator = torch.Generator().manual_seed(step_seed)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.step_loss(batch, class_context, generator)
+        with seeded_global_rng(step_seed, self.backend.device):  # the mapper's Dropout draws from the global RNG
+            loss = self.step_loss(batch, class_context, generator)
         if not self._finite_everywhere(loss):
             return loss, None
         self.loss_scale.scaled(loss).backward()
@@ -247,7 +271,20 @@ class MapperTrainer:
         progress: Callable[[int, int, float], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> TrainResult:
-        """Train until `settings.steps`, saving every `checkpoint_every` steps, when stopped, and on any error."""
+        """Train until `settings.steps`, saving every `checkpoint_every` steps, when stopped, and on any error.
+
+        Rank 0 holds the run folder's lock (run_lock.py) throughout: RunLocked when another live process
+        trains in it (the node and the CLI on one run name, two servers sharing an output folder).
+        """
+        with run_lock(self.run_dir, self.writer, enabled=self.rank == 0):
+            return self._run(resume, progress, should_stop)
+
+    def _run(
+        self,
+        resume: bool,
+        progress: Callable[[int, int, float], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> TrainResult:
         settings = self.settings
         check_free_disk(self.run_dir, 2 * state_bytes(self.mapper) + (64 << 20))
         self.identity = self._run_identity()

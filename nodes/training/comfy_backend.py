@@ -169,6 +169,28 @@ def differentiable_attention(func, *args, **kwargs) -> torch.Tensor:
     return attention_pytorch(*args, **kwargs)
 
 
+def dropped_model_patches(model) -> list[str]:
+    """The MODEL's patches training does not run, as "name (count)" for a message; [] when there are none.
+
+    Weight patches (a LoRA from Load LoRA, merged weights) are in the UNet copy (`load_models_gpu` applies
+    them before the copy is taken). What ComfyUI runs around or inside the UNet's forward only while it
+    samples is not: transformer_options' block and attention patches (FreeU's output_block_patch, an
+    attention replacement), `model_function_wrapper`, the MODEL's wrappers, and hook patches (a LoRA hook).
+    """
+    options = getattr(model, "model_options", None) or {}
+    transformer = options.get("transformer_options") or {}
+    dropped = [f"{name} ({len(items)})" for name, items in sorted((transformer.get("patches") or {}).items()) if items]
+    replaced = transformer.get("patches_replace") or {}
+    dropped += [f"{name} replacement ({len(blocks)} block(s))" for name, blocks in sorted(replaced.items()) if blocks]
+    if options.get("model_function_wrapper") is not None:
+        dropped.append("model_function_wrapper")
+    wrappers = {**(transformer.get("wrappers") or {}), **(getattr(model, "wrappers", None) or {})}
+    dropped += [f"{kind} wrapper" for kind, by_key in sorted(wrappers.items()) if any(by_key.values())]
+    if getattr(model, "hook_patches", None):
+        dropped.append(f"hook patches ({len(model.hook_patches)}, e.g. a LoRA hook)")
+    return dropped
+
+
 class ComfyDiffusionBackend:
     """`f2d_core.training.DiffusionBackend` for an SD1.x (eps-prediction) ComfyUI MODEL and CLIP."""
 
@@ -183,6 +205,15 @@ class ComfyDiffusionBackend:
         check_sd1_clip(clip, clip.tokenize(identifier))
         check_trainable_model(model)
         check_trainable_attention()
+        dropped = dropped_model_patches(model)
+        if dropped:
+            log.warning(
+                "Training runs the UNet without these patches of its MODEL: %s. Weight patches (a LoRA from Load "
+                "LoRA) are trained with; attention and block patches, wrappers and hooks run only while sampling, "
+                "so the mapper learns for the UNet without them. Connect the MODEL from before those nodes to "
+                "train for the plain UNet, or keep them knowing they are left out.",
+                ", ".join(dropped),
+            )
         base = model.model
         comfy.model_management.load_models_gpu([model, clip.patcher], force_full_load=True)  # applies patches
         self._frozen = (base.diffusion_model, clip.cond_stage_model.clip_l.transformer.text_model)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ...f2d_core.errors import DatasetError
+from ...f2d_core.training.run_identity import existing_spelling
 
 ALLOW_ENV = "F2D_ALLOW_OUTSIDE_INPUT"
 ALLOW_FILE = Path("face2diffusion") / "allowed_training_folders.txt"
@@ -53,4 +54,5 @@ def training_folder(folder: str) -> Path:
             f"Name the folder of training photos inside ComfyUI's input folder {base} (e.g. 'faces'), not the "
             "input folder itself: it holds every image uploaded to this server."
         )
-    return check_outside_input(base / Path(folder).expanduser(), base, Path(folder_paths.get_user_directory()))
+    path = existing_spelling(base / Path(folder).expanduser())  # "Zo\u00eb" typed, "Zoe\u0308" on disk (macOS)
+    return check_outside_input(path, base, Path(folder_paths.get_user_directory()))

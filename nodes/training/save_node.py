@@ -62,7 +62,10 @@ class F2DSaveMapper(io.ComfyNode):
         }
         path = save_f2d_safetensors(folder / f"{stem}.safetensors", mapper=trained_mapper.mapper, metadata=metadata)
         workflow = {"workflow": (cls.hidden.extra_pnginfo or {}).get("workflow"), "prompt": cls.hidden.prompt}
-        atomic_write(folder / f"{stem}.workflow.json", lambda tmp: tmp.write_text(json.dumps(workflow, indent=1)))
+        atomic_write(
+            folder / f"{stem}.workflow.json",
+            lambda tmp: tmp.write_text(json.dumps(workflow, indent=1), encoding="utf-8"),
+        )
         if note:
             log.info("Save F2D Mapper: %s", note)
         return io.NodeOutput(str(path), ui={"text": [str(path)]})

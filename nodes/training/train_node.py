@@ -188,7 +188,9 @@ class F2DTrainMapper(io.ComfyNode):
                 )
                 dtype = dtype_name(backend.training_dtype)
                 mapper = starting_mapper(f2d_model, start_from, seed).to(backend.device)
-                trainer = MapperTrainer(mapper, backend, dataset, settings, run_dir)
+                trainer = MapperTrainer(
+                    mapper, backend, dataset, settings, run_dir, writer="Train F2D Mapper (ComfyUI)"
+                )
                 result = trainer.run(
                     resume=resume,
                     progress=_Reporter(cls.hidden.unique_id, steps),

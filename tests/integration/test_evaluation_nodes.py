@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from PIL import Image
@@ -237,6 +238,34 @@ def test_a_batch_without_any_face_scores_zero_and_best_of_n_keeps_it(comfy_serve
     best = history["outputs"]["22"]["text"][0]
     assert best.startswith("best 2 of 2 by identity") and "kept the whole batch in its order" in best
     assert len(comfy_server.output_images(history, "23")) == 2
+
+
+def test_faces_found_but_none_like_the_reference_are_not_called_no_face(comfy_server, comfy_models_dir) -> None:
+    """A reference with a white texture and images of a black-textured face, scored by a linear stand-in
+    recogniser (the IResNet one's embeddings all lie within 50 degrees of each other): the faces are found,
+    their similarity is negative and clipped to 0; Best of N says so instead of "no face found"."""
+    folder = comfy_models_dir / "insightface" / "models" / "f2d_linear_recognizer"
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(si.build_recognition_model(), str(folder / "w600k_r50.onnx"))
+    white, black = (si.face_photo(np.full((64, 64, 3), value, np.uint8)) for value in (255, 0))
+    names = {
+        k: comfy_server.upload_image(Image.fromarray(v), f"f2d_eval_{k}.png") for k, v in (("a", white), ("k", black))
+    }
+    graph = scoring_graph(names, batch=("k", "k"))
+    graph["2"]["inputs"]["recognition_model"] = "f2d_linear_recognizer/w600k_r50.onnx"
+    del graph["9"]["inputs"]["f2d_face"]
+    graph["9"]["inputs"]["reference_images"] = ["30", 0]  # the white-textured photo
+    graph["22"] = {
+        "class_type": "F2DBestOfN",
+        "inputs": {"images": graph["9"]["inputs"]["images"], "keep": 1, "rank_by": "identity",
+                   "identity_scores": ["9", 0]},
+    }  # fmt: skip
+    history = comfy_server.run(graph, timeout=300)
+    text = history["outputs"]["9"]["text"][0]
+    assert table_column(text, 0) == [0.0, 0.0] and "faces found in 100% of images" in text
+    best = history["outputs"]["22"]["text"][0]
+    assert "faces found in 2 of 2 image(s), but none looks like the reference" in best, best
+    assert "no face found" not in best and "kept the whole batch in its order" in best
 
 
 def test_several_reference_people_each_find_their_own_face(comfy_server, uploaded) -> None:

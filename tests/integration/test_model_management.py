@@ -201,3 +201,23 @@ def _check_detector_replacement_is_loaded(comfy_server: ComfyServer, pack_dir, p
 
     after = _conditioning(comfy_server, graph, ["5", 0], "mm_detector_after")
     assert (after - before).abs().amax() > 1e-4, "the replaced detector file was not loaded again"
+
+
+def test_unload_models_releases_the_onnxruntime_detectors_session(comfy_server, photo):
+    """An onnxruntime detector's session holds device memory torch's memory management cannot see: "Unload
+    models" (POST /free with unload_models only, the node cache kept) releases it, and the next queue opens it
+    again and gives the same conditioning."""
+    graph = encode_face_graph(photo)
+    graph["2"]["inputs"]["detector_device"] = "onnxruntime"
+    first = _conditioning(comfy_server, graph, ["5", 0], "mm_onnx_before_unload")
+    released = ": onnxruntime session released"
+    before = comfy_server.log_text().count(released)
+    comfy_server.free(unload_models=True, free_memory=False)
+    deadline = time.monotonic() + 30
+    while comfy_server.log_text().count(released) == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert comfy_server.log_text().count(released) == before + 1
+    same_photo = comfy_server.upload_image(Image.fromarray(si.face_photo(load_rgb(ASTRONAUT))), "f2d_mm_face_2.png")
+    graph["3"]["inputs"]["image"] = same_photo  # a new input: Encode Face runs again, on the kept loader's detector
+    again = _conditioning(comfy_server, graph, ["5", 0], "mm_onnx_after_unload")
+    torch.testing.assert_close(again, first, atol=0, rtol=0)

@@ -141,6 +141,19 @@ def test_saved_face_gives_the_same_conditioning_without_the_photo(comfy_server, 
     torch.testing.assert_close(_conditioning(comfy_server, loaded, ["3", 0], "loaded"), direct)
 
 
+def test_a_name_composed_or_decomposed_saves_one_persons_faces(comfy_server, comfy_models_dir, photos):
+    """ "Zoe" with a diaeresis typed composed (NFC: Windows, Linux) and decomposed (NFD: macOS) names one
+    person: the second save is that person's next file, not a file of a new "Zoe_" person."""
+    faces = comfy_models_dir / "face2diffusion" / "faces"
+    for name in ("Zo\u00eb_nfc_test", "Zoe\u0308_nfc_test"):
+        graph = encode_face_graph(photos["a"])
+        graph["6"] = {"class_type": "F2DSaveFace", "inputs": {"f2d_face": ["4", 0], "name": name}}
+        del graph["5"]  # the face and its file only
+        comfy_server.run(graph)
+    saved = sorted(p.name for p in faces.glob("*_nfc_test_*.safetensors"))
+    assert saved == ["Zo\u00eb_nfc_test_00001.safetensors", "Zo\u00eb_nfc_test_00002.safetensors"], saved
+
+
 def test_expression_reference_changes_the_face_words_only(comfy_server, photos):
     graph = encode_face_graph(photos["a"])
     graph["6"] = {"class_type": "LoadImage", "inputs": {"image": photos["b"]}}

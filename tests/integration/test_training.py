@@ -208,3 +208,63 @@ def test_a_photo_added_to_the_folder_is_prepared_when_the_same_graph_is_queued_a
     assert "2 of 2 files usable" in _text_output(shrunk, "6") and "(2 from the cache, 0 computed)" in _text_output(
         shrunk, "6"
     )
+
+
+def test_os_and_nas_litter_in_a_training_folder_is_neither_a_photo_nor_a_bad_one(comfy_server):
+    """A folder unzipped on a Mac (__MACOSX/ with a copy of each photo's resource fork), kept on a Synology
+    (@eaDir/<photo>/ thumbnails) and opened on Windows (Thumbs.db, desktop.ini): only the two photos count."""
+    folder = Path(comfy_server.input_dir) / "f2d_littered_folder"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, source in enumerate((ASTRONAUT, ALIGNED_CROP)):  # shaded: photos no other test has cached
+        Image.fromarray(si.face_photo(load_rgb(source), shade=13)).save(folder / f"person_{i}.png")
+    (folder / "__MACOSX").mkdir(exist_ok=True)
+    (folder / "__MACOSX" / "person_0.png").write_bytes((folder / "person_0.png").read_bytes())
+    (folder / "@eaDir" / "person_0.png").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(si.face_photo(load_rgb(GROUP), shade=13)).save(folder / "@eaDir" / "SYNOPHOTO_THUMB_M.jpg")
+    (folder / "Thumbs.db").write_bytes(bytes(range(256)))
+    (folder / "desktop.ini").write_text("[.ShellClassInfo]\r\n")
+    graph = training_graph(folder.name, "littered")
+    del graph["4"]  # the dataset and its report only
+    report = _text_output(comfy_server.run(graph, timeout=TIMEOUT), "6")
+    assert "2 of 2 files usable" in report, report
+    for litter in ("__MACOSX", "@eaDir", "Thumbs.db", "desktop.ini"):
+        assert litter not in report
+
+
+def test_the_same_seed_trains_the_same_mapper_bit_for_bit(comfy_server, comfy_models_dir, photo_folder):
+    """Two runs of one graph under two run names (same seed 0, data and CPU): the same losses and the same
+    saved mapper, bit for bit, though other prompts ran between them (the mapper's dropout used the
+    process's global random state, which the trainer never seeded)."""
+    saved = []
+    for run in ("seeded_a", "seeded_b"):
+        graph = training_graph(photo_folder, run, 3, learning_rate=1e-3, checkpoint_every=1, save_as=f"f2d_{run}")
+        graph["4"]["inputs"]["loss"] = "reconstruction"
+        comfy_server.run(graph, timeout=TIMEOUT)
+        saved.append(load_file(str(comfy_models_dir / "face2diffusion" / f"f2d_{run}.safetensors")))
+    assert _state(comfy_server, "seeded_a")[1] == _state(comfy_server, "seeded_b")[1]
+    assert saved[0].keys() == saved[1].keys()
+    assert all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])
+
+
+def test_a_folder_made_on_a_mac_is_found_by_its_name_typed_elsewhere(comfy_server):
+    """The folder on disk is "Zoe" + combining diaeresis (NFD, as macOS writes names); the graph names it
+    composed (NFC, as Windows and Linux type it): the same folder is read, not "does not exist"."""
+    folder = Path(comfy_server.input_dir) / "f2d_Zoe\u0308_photos"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, source in enumerate((ASTRONAUT, ALIGNED_CROP)):  # the litter test's photos: prepared once
+        Image.fromarray(si.face_photo(load_rgb(source), shade=13)).save(folder / f"person_{i}.png")
+    graph = training_graph("f2d_Zo\u00eb_photos", "nfc")
+    del graph["4"]  # the dataset and its report only
+    report = _text_output(comfy_server.run(graph, timeout=TIMEOUT), "6")
+    assert "2 of 2 files usable" in report, report
+
+
+def test_a_model_patch_training_cannot_run_is_named_in_a_warning(comfy_server, photo_folder):
+    """Core's FreeU patches the MODEL's output blocks (transformer_options' output_block_patch), which only
+    sampling runs: training says it leaves the patch out instead of dropping it silently."""
+    graph = training_graph(photo_folder, "freeu", steps=1)
+    graph["9"] = {"class_type": "FreeU", "inputs": {"model": ["1", 0], "b1": 1.1, "b2": 1.2, "s1": 0.9, "s2": 0.2}}
+    graph["4"]["inputs"]["model"] = ["9", 0]
+    comfy_server.run(graph, timeout=TIMEOUT)
+    log_text = comfy_server.log_text()
+    assert "Training runs the UNet without these patches of its MODEL: output_block_patch (1)." in log_text

@@ -5,7 +5,10 @@ ComfyUI can show that was made with drawn placeholders, never a photo."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from io import BytesIO
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from tests.support.comfy_fixtures import PACK_DIR_NAME
 from tests.support.comfy_server import ComfyServer
 from tests.support.photos import ALIGNED_CROP, ASTRONAUT, load_rgb
 from tests.support.workflow_files import (
+    API_DIR,
     GROUP_TEMPLATE_SIZE,
     PLACEHOLDER_FILES,
     TEMPLATE_TITLES,
@@ -385,3 +389,44 @@ def test_best_of_4_workflow_saves_the_whole_batch(comfy_server: ComfyServer, upl
         del graph[scoring]
     history = comfy_server.run(graph, timeout=600)
     assert len(comfy_server.output_images(history, batch_save)) == api["8"]["inputs"]["batch_size"] == 4
+
+
+# ---- a non-UTF-8 locale (LANG=C, LC_ALL=C: containers, cron, ssh without a locale) ---------------
+
+RUN_WORKFLOW = Path(__file__).resolve().parents[2] / "cli" / "run_workflow.py"
+
+
+def _c_locale_run(path: Path, server: ComfyServer) -> subprocess.CompletedProcess[str]:
+    """cli/run_workflow.py as a user under LC_ALL=C runs it: Python's UTF-8 mode off, files decoded as ASCII."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONIOENCODING", "PYTHONUTF8")}
+    env.update(LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    command = [sys.executable, str(RUN_WORKFLOW), str(path), "--server", server.url, "--timeout", "300"]
+    return subprocess.run(
+        command, env=env, capture_output=True, timeout=360, check=False, encoding="ascii", errors="replace"
+    )
+
+
+def test_run_workflow_reads_every_bundled_workflow_under_the_c_locale(comfy_server: ComfyServer):
+    """Every bundled file holds a non-ASCII title ("Encode Face \\u2192 S*"): under LC_ALL=C each API copy is
+    read and validated by the server (which refuses the real model names the test server lacks), each UI
+    copy is read and refused as the UI format, never a UnicodeDecodeError traceback."""
+    assert any("\u2192" in (API_DIR / f"{name}.json").read_text(encoding="utf-8") for name in NAMES)
+    for name in NAMES:
+        api = _c_locale_run(API_DIR / f"{name}.json", comfy_server)
+        assert api.returncode == 2 and "The server rejected the graph" in api.stderr, (name, api.stderr[-2000:])
+        ui = _c_locale_run(ui_path(name), comfy_server)
+        assert ui.returncode == 2 and "is a UI-format workflow" in ui.stderr, (name, ui.stderr[-2000:])
+        assert "Traceback" not in api.stderr + ui.stderr
+
+
+def test_run_workflow_runs_a_bundled_workflow_to_images_under_the_c_locale(
+    comfy_server: ComfyServer, uploaded: dict[str, str], tmp_path: Path
+):
+    graph = prepare_for_test(load_api("f2d_portrait"), uploaded, "f2d_portrait")
+    path = tmp_path / "portrait.json"
+    path.write_text(json.dumps(graph, ensure_ascii=False), encoding="utf-8")  # the arrow stays a UTF-8 byte sequence
+    assert "\u2192".encode() in path.read_bytes()
+    done = _c_locale_run(path, comfy_server)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"^output images node \S+ \(SaveImage\): output/", done.stdout, re.M), done.stdout[-3000:]
+    assert done.stdout.rstrip().endswith("done")

@@ -32,7 +32,7 @@ from ...faces.alignment import ARCFACE_TEMPLATE_112, align_faces, similarity_tra
 from ...faces.face_detection import FaceDetector, pick_face
 from ...training.data.builder import _corners_in_photo, face_window
 from ...training.data.cache import OK, SKIPPED, CachedSample, SampleCache, settings_digest, sha256_hex
-from ...training.data.files import UnreadableImage, decode_photo, list_folder, listing_fingerprint
+from ...training.data.files import UnreadableImage, decode_photo, is_user_entry, list_folder, listing_fingerprint
 from ...training.data.report import EMPTY_IDENTITY, FACE_TOO_SMALL, NO_FACE, NO_IDENTITY, UNREADABLE
 from ...training.data.settings import detector_identity
 from . import record_file as rf
@@ -53,7 +53,8 @@ LAYOUT = "identity folder"
 
 @dataclass
 class FolderPlan:
-    """An identity folder as listed: every visible subfolder (sorted) and every file, and where its cache is."""
+    """An identity folder as listed: every subfolder (sorted; hidden ones and OS litter such as __MACOSX left
+    out) and every file, and where its cache is."""
 
     folder: Path
     identities: list[str]
@@ -74,7 +75,7 @@ def plan_folder(folder: Path, cache_dir: Path | None) -> FolderPlan:
     identities = sorted(
         d.name
         for d in folder.iterdir()
-        if d.is_dir() and not d.name.startswith(".") and (excluded is None or d.resolve() != excluded)
+        if d.is_dir() and is_user_entry(d.name) and (excluded is None or d.resolve() != excluded)
     )
     if not identities:
         raise DatasetError(
@@ -344,7 +345,9 @@ def open_identity_folder(
         "report": json.loads(report.to_json()),
     }
     text = json.dumps(pack, indent=1)
-    atomic_write(path / PACK_FILE, lambda tmp: tmp.write_text(text))  # last: a pack without it is incomplete
+    atomic_write(
+        path / PACK_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8")
+    )  # last: a pack without it is incomplete
     images, _, _, _ = open_crop_pack(path)
     return images, names, report, path
 
@@ -354,7 +357,7 @@ def open_crop_pack(path: Path) -> tuple[RecordImages, list[str], FaceDataReport,
 
     Raises DatasetError (RecordFileError) or ValueError/KeyError when it is not a complete pack.
     """
-    pack = json.loads((path / PACK_FILE).read_text())
+    pack = json.loads((path / PACK_FILE).read_text(encoding="utf-8"))
     if pack.get("format") != PACK_FORMAT or pack.get("version") != PACK_VERSION:
         raise ValueError(f"not a version {PACK_VERSION} {PACK_FORMAT} pack")
     names = list(pack["identities"])

@@ -155,7 +155,7 @@ def read_property(folder: Path) -> tuple[int, int, int]:
     if not path.is_file():
         raise RecordFileError(_missing(folder, PROPERTY_FILE))
     try:
-        text = path.read_text(errors="replace").strip()
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
     except OSError as exc:
         raise RecordFileError(f"{path} cannot be read: {exc.strerror or exc}") from None
     try:
@@ -367,7 +367,7 @@ def write_record_folder(folder: Path, items: Iterable[tuple[bytes, int]], num_cl
                 rec.write(frame(IR_HEADER.pack(0, float(label), count - 1, 0) + image))
             rec.flush()
             os.fsync(rec.fileno())
-        (tmp / PROPERTY_FILE).write_text(f"{num_classes},112,112\n")
+        (tmp / PROPERTY_FILE).write_text(f"{num_classes},112,112\n", encoding="utf-8")
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
         fsync_folder(folder.parent)

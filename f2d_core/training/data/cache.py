@@ -146,5 +146,5 @@ class SampleCache:
         if self._settings_written or self.dir is None:
             return
         text = json.dumps(self.settings, indent=1, sort_keys=True, default=str)
-        atomic_write(self.dir / "settings.json", lambda tmp: tmp.write_text(text))
+        atomic_write(self.dir / "settings.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
         self._settings_written = True

@@ -1,7 +1,10 @@
 """A training folder's files: photos directly in it or one subfolder per person, sorted; decoding that never raises.
 
 Hidden files and folders (a name starting with ".") are ignored, so a cache kept inside the folder
-(`.f2d_cache`) is never read as photos. Files are sorted by their path relative to the folder.
+(`.f2d_cache`) is never read as photos; so is what operating systems and NAS tools leave in photo folders
+under plain names (LITTER_NAMES: macOS zip archives' `__MACOSX/`, Synology's `@eaDir/`, Windows'
+`Thumbs.db` and `desktop.ini`): never a photo, never counted as a bad one.
+Files are sorted by their path relative to the folder.
 """
 
 from __future__ import annotations
@@ -22,6 +25,23 @@ from .report import NESTED_FOLDER, NOT_IMAGE
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# Lower-case names of OS and tool litter that is not dot-prefixed: macOS's zip resource forks (__MACOSX),
+# Synology's thumbnail folders (@eaDir) and recycle bin (#recycle), Windows' thumbnail caches (Thumbs.db,
+# ehthumbs.db), folder settings (desktop.ini), recycle bin and volume information.
+LITTER_NAMES = frozenset(
+    {
+        "__macosx",
+        "@eadir",
+        "#recycle",
+        "thumbs.db",
+        "ehthumbs.db",
+        "ehthumbs_vista.db",
+        "desktop.ini",
+        "$recycle.bin",
+        "system volume information",
+    }
+)
+LITTER_SUFFIXES = ("@synoeastream", "@synoresource")  # Synology's extended-attribute companions of a file
 ASPECT_TOLERANCE = 0.01  # a mask of another size is resized when its aspect ratio is this close
 
 
@@ -39,8 +59,15 @@ class FolderEntry:
     skip: str | None = None  # a reason code when the file cannot be a photo
 
 
+def is_user_entry(name: str) -> bool:
+    """Whether a file or folder name in a training or identity folder is the user's: not hidden (".") and
+    not OS or tool litter (LITTER_NAMES, LITTER_SUFFIXES; compared case-insensitively, as Windows names are)."""
+    lower = name.lower()
+    return not name.startswith(".") and lower not in LITTER_NAMES and not lower.endswith(LITTER_SUFFIXES)
+
+
 def _visible(path: Path) -> bool:
-    return not path.name.startswith(".")
+    return is_user_entry(path.name)
 
 
 def _entry(path: Path, folder: Path, person: str) -> FolderEntry:
@@ -101,7 +128,7 @@ def tree_fingerprint(folder: Path) -> str:
 
 
 def _visible_below(path: Path, folder: Path) -> bool:
-    return not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    return all(is_user_entry(part) for part in path.relative_to(folder).parts)
 
 
 def _open(data: bytes) -> Image.Image:

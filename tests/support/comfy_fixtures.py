@@ -35,6 +35,7 @@ from tests.support import (
 )
 from tests.support.comfy_server import ComfyServer
 from tests.support.tiny_models import TinyModels, build_tiny_models
+from tests.support.tiny_sdxl import TinySDXL, build_tiny_sdxl
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,22 @@ def tiny_models(comfyui_path: Path, comfy_models_root: Path, tmp_path_factory: p
         _link_or_copy(path, comfy_models_root / path.relative_to(build_dir))
     log.info("tiny models: %.1f s%s, %s", models.build_seconds, " (cached)" if models.cached else "", models.sizes)
     return models
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(
+    comfyui_path: Path, comfy_models_root: Path, tmp_path_factory: pytest.TempPathFactory, tiny_models: TinyModels
+) -> TinySDXL:
+    """The tiny SDXL (`checkpoints/f2d_tiny_sdxl.safetensors` + its te_options sidecar), built once per session (or
+    reused from F2D_TEST_MODEL_CACHE) and linked into the server's models dir, where the server lists it (ComfyUI
+    re-reads a folder whose mtime changed). Load it with the probe node F2DTestTinySDXLCheckpointLoader."""
+    cache = os.environ.get("F2D_TEST_MODEL_CACHE")
+    build_dir = Path(cache) if cache else tiny_models.models_dir
+    sdxl = build_tiny_sdxl(build_dir, comfyui_path)
+    for path in (sdxl.checkpoint, sdxl.te_options):
+        _link_or_copy(path, comfy_models_root / path.relative_to(build_dir))
+    log.info("tiny SDXL: %.1f s%s", sdxl.build_seconds, " (cached)" if sdxl.cached else "")
+    return sdxl
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,7 @@ MODEL_FOLDERS = (
     "insightface",
     "face_recognition",
     "clip_scoring",
+    "embeddings",
 )
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 

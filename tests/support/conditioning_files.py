@@ -12,11 +12,12 @@ from safetensors import safe_open
 
 @dataclass
 class SavedEntry:
-    """One conditioning entry: its tensor [1, 77k, 768], its mask (or None) and its plain options."""
+    """One conditioning entry: its tensor [1, 77k, 768 | 2048], its mask (or None) and its plain options."""
 
     cond: torch.Tensor
     mask: torch.Tensor | None
     options: dict
+    pooled: torch.Tensor | None = None  # SDXL's pooled_output [1, 1280]
 
 
 def read_conditioning(path: Path) -> list[SavedEntry]:
@@ -29,6 +30,7 @@ def read_conditioning(path: Path) -> list[SavedEntry]:
                 cond=f.get_tensor(f"cond_{i}"),
                 mask=f.get_tensor(f"mask_{i}") if f"mask_{i}" in names else None,
                 options=options,
+                pooled=f.get_tensor(f"pooled_{i}") if f"pooled_{i}" in names else None,
             )
             for i, options in enumerate(entries)
         ]

@@ -73,6 +73,8 @@ class F2DTestSaveConditioning:
         for i, (_, options) in enumerate(conditioning):
             if options.get("mask") is not None:
                 tensors[f"mask_{i}"] = options["mask"].detach().float().cpu().clone()
+            if options.get("pooled_output") is not None:
+                tensors[f"pooled_{i}"] = options["pooled_output"].detach().float().cpu().clone()
             entries.append({k: v for k, v in options.items() if isinstance(v, (bool, int, float, str))})
             entries[-1]["tensor_options"] = sorted(k for k, v in options.items() if hasattr(v, "shape"))
             entries[-1]["cond_dtype"] = str(conditioning[i][0].dtype)
@@ -81,4 +83,36 @@ class F2DTestSaveConditioning:
         return {"ui": {"text": [os.path.basename(path)]}}
 
 
-NODE_CLASS_MAPPINGS = {"F2DTestSaveConditioning": F2DTestSaveConditioning}
+class F2DTestTinySDXLCheckpointLoader:
+    """CheckpointLoaderSimple for the tiny SDXL: passes the `te_model_options` of its `.te_options.json` sidecar
+    (tiny text towers; the stock loader cannot build them). Embeddings are looked up as the stock loader does."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"ckpt_name": (folder_paths.get_filename_list("checkpoints"),)}}
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, ckpt_name):
+        import comfy.sd
+
+        path = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
+        sidecar = path.removesuffix(".safetensors") + ".te_options.json"
+        with open(sidecar) as f:
+            te_options = json.load(f)
+        out = comfy.sd.load_checkpoint_guess_config(
+            path,
+            output_vae=True,
+            output_clip=True,
+            embedding_directory=folder_paths.get_folder_paths("embeddings"),
+            te_model_options=te_options,
+        )
+        return out[:3]
+
+
+NODE_CLASS_MAPPINGS = {
+    "F2DTestSaveConditioning": F2DTestSaveConditioning,
+    "F2DTestTinySDXLCheckpointLoader": F2DTestTinySDXLCheckpointLoader,
+}

@@ -84,22 +84,25 @@ def prediction_type(model_sampling) -> str:
     return kind.__name__
 
 
-def check_trainable_model(model) -> None:
-    """Refuse what CGDR mapper training cannot use: a UNet that is not text-to-image or not eps-predicting."""
+def check_trainable_model(model, family: str = "SD1.x", examples: str = "SD1.4 or SD1.5") -> None:
+    """Refuse what CGDR mapper training cannot use: a UNet that is not text-to-image or not eps-predicting.
+
+    family / examples name the model family in the messages ("SDXL", "SDXL base 1.0").
+    """
     base = model.model
     channels = base.model_config.unet_config.get("in_channels", 4)
     if channels != 4:
         raise F2DError(
-            f"Mapper training needs a text-to-image SD1.x UNet (4 latent input channels); this MODEL's UNet takes "
+            f"Mapper training needs a text-to-image {family} UNet (4 latent input channels); this MODEL's UNet takes "
             f"{channels} (an inpainting or instruct-pix2pix checkpoint). Train with its base checkpoint (e.g. "
-            "SD1.5): the mapper it gives also works with the inpainting checkpoint."
+            f"{examples.split(' or ')[-1]}): the mapper it gives also works with the inpainting checkpoint."
         )
     predicts = prediction_type(model.get_model_object("model_sampling"))
     if predicts != "eps":
         raise F2DError(
-            f"Mapper training needs an eps-prediction SD1.x model (the CGDR loss compares predicted noise); this "
+            f"Mapper training needs an eps-prediction {family} model (the CGDR loss compares predicted noise); this "
             f"MODEL predicts {predicts} (a v-prediction checkpoint, or a ModelSamplingDiscrete node set to it). "
-            "Train with an eps-prediction checkpoint such as SD1.4 or SD1.5."
+            f"Train with an eps-prediction checkpoint such as {examples}."
         )
 
 

@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 
 from .errors import WeightFileError
 from .file_writes import write_atomically
-from .identity.mapper import F2DMapper
+from .identity.mapper import ExpressionMixing, F2DMapper
+from .identity.mapper_xl import DEFAULT_POOLED_SOURCE, POOLED_SOURCES, F2DMapperXL
 from .identity.msid_encoder import MSIDEncoder
 from .weight_files import StateDict, load_into, read_weights
 
@@ -24,6 +25,9 @@ MAPPER_PREFIX = "mapper."
 FORMAT_NAME = "face2diffusion"
 MSID_WHAT = "the F2D MSID encoder (msid.pt)"
 MAPPER_WHAT = "the F2D mapper (mapping.pt)"
+MAPPER_XL_WHAT = "the F2D SDXL mapper"
+SDXL_MAPPER_KEY = "heads.g."  # a mapper with a bigG head is for SDXL; `i2t_first.` at the top is SD1.x
+FAMILY_NAMES = {"sd1": "SD1.x", "sdxl": "SDXL"}
 
 
 @dataclass
@@ -31,7 +35,7 @@ class F2DModels:
     """The two trained parts of Face2Diffusion and where they came from."""
 
     msid: MSIDEncoder
-    mapper: F2DMapper
+    mapper: F2DMapper | F2DMapperXL
     sources: dict[str, str]
 
 
@@ -55,12 +59,27 @@ _PARTS = {  # prefix in a combined file -> (model, what it is, what a file holdi
 }
 
 
+def mapper_family(part: StateDict) -> str:
+    """ "sdxl" for a mapper state dict with a bigG head (`heads.g.*`), else "sd1"."""
+    return "sdxl" if any(k.startswith(SDXL_MAPPER_KEY) for k in part) else "sd1"
+
+
 def _load_part(weights: tuple[StateDict, dict[str, str]], path: Path | str, prefix: str):
-    """One part of a read weight file, checked and loaded."""
+    """One part of a read weight file, checked and loaded; a mapper as F2DMapper or F2DMapperXL by its keys."""
     model_type, what, lacking = _PARTS[prefix]
     part = _part(*weights, prefix)
     if not part:
         raise WeightFileError(f"{path} is a Face2Diffusion file without {lacking}.")
+    if prefix == MAPPER_PREFIX and mapper_family(part) == "sdxl":
+        pooled = weights[1].get("pooled_source", DEFAULT_POOLED_SOURCE)
+        if pooled not in POOLED_SOURCES:
+            raise WeightFileError(
+                f"{path}: metadata pooled_source is {pooled!r}, expected one of {POOLED_SOURCES}; the file is damaged "
+                "or from a newer version of the pack."
+            )
+        mapper = load_into(F2DMapperXL, part, path, MAPPER_XL_WHAT)
+        mapper.pooled_source = pooled
+        return mapper
     return load_into(model_type, part, path, what)
 
 
@@ -69,9 +88,19 @@ def load_msid(path: Path | str) -> MSIDEncoder:
     return _load_part(read_weights(path), path, MSID_PREFIX)
 
 
-def load_mapper(path: Path | str) -> F2DMapper:
-    """The mapper from `mapping.pt`, a trained mapper, or a combined `.safetensors`."""
-    return _load_part(read_weights(path), path, MAPPER_PREFIX)
+def load_mapper(path: Path | str, family: str | None = None) -> F2DMapper | F2DMapperXL:
+    """The mapper from `mapping.pt`, a trained mapper, or a combined `.safetensors`: an `F2DMapper` (SD1.x) or,
+    for a file with `mapper.heads.g.*` keys, an `F2DMapperXL` (SDXL).
+
+    With `family` ("sd1" / "sdxl"), a mapper of the other family raises WeightFileError naming both.
+    """
+    mapper = _load_part(read_weights(path), path, MAPPER_PREFIX)
+    if family is not None and mapper.family != family:
+        raise WeightFileError(
+            f"{path} is an {FAMILY_NAMES[mapper.family]} F2D mapper, but an {FAMILY_NAMES[family]} one is needed "
+            f"here: choose a mapper trained for {FAMILY_NAMES[family]}."
+        )
+    return mapper
 
 
 def load_f2d_models(msid_path: Path | str, mapper_path: Path | str | None = None) -> F2DModels:
@@ -106,10 +135,13 @@ def sha256_of(path: Path | str) -> str:
 def save_f2d_safetensors(
     path: Path | str,
     msid: MSIDEncoder | None = None,
-    mapper: F2DMapper | None = None,
+    mapper: ExpressionMixing | None = None,
     metadata: dict[str, object] | None = None,
 ) -> Path:
     """Write the given parts into one `.safetensors` (keys `msid.*`, `mapper.*`), atomically.
+
+    An SDXL mapper (`F2DMapperXL`) adds the metadata `format_version 2`, `family sdxl`, `s_star_space token`
+    and its `pooled_source` (shared docs sdxl.md 2.5); SD1.x files stay version 1 and unchanged.
 
     Raises `file_writes.WriteFailed` when it cannot be written; a previous file of that name is then intact.
     """
@@ -119,6 +151,9 @@ def save_f2d_safetensors(
             for k, v in module.state_dict().items():
                 tensors[prefix + k] = v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype)
     meta = {"format": FORMAT_NAME, "format_version": "1"}
+    if isinstance(mapper, F2DMapperXL):
+        meta |= {"format_version": "2", "family": mapper.family, "s_star_space": mapper.s_star_space}
+        meta["pooled_source"] = mapper.pooled_source
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
     path = Path(path)
     what = "mapper" if msid is None else "Face2Diffusion weights"

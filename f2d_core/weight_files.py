@@ -45,6 +45,7 @@ _SIGNATURES: tuple[tuple[str, str], ...] = (
     ("text_model.", "a CLIP text encoder"),
     ("input_hint_block.", "a ControlNet"),
     ("norms.layer_", "the F2D MSID encoder (msid.pt)"),
+    ("heads.g.i2t_first.", "an F2D SDXL mapper"),
     ("i2t_first.", "the F2D mapper (mapping.pt)"),
     ("null_exp", "the F2D mapper (mapping.pt)"),
     ("final_layers.", "a Deep3DFaceRecon expression model"),

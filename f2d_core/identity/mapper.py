@@ -28,14 +28,18 @@ class WordMLP(nn.Module):
         return self.fc_out(x)
 
 
-class F2DMapper(nn.Module):
-    """Key-compatible with the official `mapping.pt`: `i2t_first`, `i2t_last`, `null_exp`."""
+class ExpressionMixing(nn.Module):
+    """The learned neutral expression `null_exp` [64] and the mapper input `[idvec, expression]` built from it.
 
-    def __init__(self, id_dim: int = IDVEC_DIM, hidden_dim: int = IDVEC_DIM, word_dim: int = WORD_DIM) -> None:
+    Shared by the SD1.x mapper (`F2DMapper`) and the SDXL one (`mapper_xl.F2DMapperXL`).
+    """
+
+    family = "sd1"  # the base-model family the mapper's S* is for
+    s_star_space = "token+position"  # official: S* replaces token + position embedding
+
+    def __init__(self) -> None:
         super().__init__()
         self.null_exp = nn.Parameter(torch.zeros(EXPRESSION_DIM))
-        self.i2t_first = WordMLP(id_dim + EXPRESSION_DIM, hidden_dim, word_dim)
-        self.i2t_last = WordMLP(id_dim + EXPRESSION_DIM, hidden_dim, word_dim)
 
     def mixed_expression(
         self, batch: int, expression: torch.Tensor | None, strength: float | torch.Tensor
@@ -52,6 +56,22 @@ class F2DMapper(nn.Module):
             strength = strength[:, None]
         return expression.to(null) * strength + null * (1 - strength)
 
+    def mapper_input(
+        self, idvec: torch.Tensor, expression: torch.Tensor | None, strength: float | torch.Tensor
+    ) -> torch.Tensor:
+        """[B, 1600]: identity vectors [B, 1536] followed by the mixed expression [B, 64]."""
+        exp = self.mixed_expression(idvec.shape[0], expression, strength)
+        return torch.cat([idvec, exp.to(idvec.dtype)], dim=-1)
+
+
+class F2DMapper(ExpressionMixing):
+    """Key-compatible with the official `mapping.pt`: `i2t_first`, `i2t_last`, `null_exp`."""
+
+    def __init__(self, id_dim: int = IDVEC_DIM, hidden_dim: int = IDVEC_DIM, word_dim: int = WORD_DIM) -> None:
+        super().__init__()
+        self.i2t_first = WordMLP(id_dim + EXPRESSION_DIM, hidden_dim, word_dim)
+        self.i2t_last = WordMLP(id_dim + EXPRESSION_DIM, hidden_dim, word_dim)
+
     def forward(
         self,
         idvec: torch.Tensor,
@@ -59,6 +79,5 @@ class F2DMapper(nn.Module):
         strength: float | torch.Tensor = 1.0,
     ) -> torch.Tensor:
         """S* [B, 2, 768] from identity vectors [B, 1536] and optional expressions [B, 64]."""
-        exp = self.mixed_expression(idvec.shape[0], expression, strength)
-        x = torch.cat([idvec, exp.to(idvec.dtype)], dim=-1)
+        x = self.mapper_input(idvec, expression, strength)
         return torch.stack([self.i2t_first(x), self.i2t_last(x)], dim=1)

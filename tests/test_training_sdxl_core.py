@@ -7,6 +7,9 @@ output depends on the noisy latent, the context, the pooled vector and the size 
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -164,3 +167,29 @@ def test_family_and_pooled_source_are_part_of_the_run_identity():
     ]
     old = '{"dataset": "%s", "global_batch_size": 8, "loss": "cgdr", "seed": 0, "start_mapper": "%s", "world_size": 1}'
     assert RunIdentity.from_json(old % ("d" * 64, "m" * 64)) == sd1  # a state saved before SDXL: an SD1 run
+
+
+BUILDER, TRAIN_NODE, START = (
+    "f2d_core/training/data/builder.py",
+    "nodes/training/train_node.py",
+    "nodes/training/starting_mapper.py",
+)
+SDXL_BACKEND, SD1_BACKEND = "nodes/training/comfy_backend_sdxl.py", "nodes/training/comfy_backend.py"
+SDXL_TRAINING_MESSAGES = [  # (quoted in docs/troubleshooting.md, what the code says, where)
+    ("The VAE produced NaN or infinite latents (an SDXL VAE running in fp16 overflows)", None, BUILDER),
+    ("This training set was made with another VAE", None, TRAIN_NODE),
+    ("The starting mapper is for SD1.x but the MODEL to train is SDXL", "but the MODEL to train is", START),
+    ("This MODEL is the SDXL refiner", None, SDXL_BACKEND),
+    ("Mapper training needs an eps-prediction SDXL model", "needs an eps-prediction {family} model", SD1_BACKEND),
+    ("The MODEL is SDXL but the CLIP is", None, SDXL_BACKEND),
+    ("The CLIP is SDXL's but the MODEL is", None, SDXL_BACKEND),
+    ("micro_batch 3 must divide the batch", "must divide the batch of", "f2d_core/training/trainer.py"),
+]
+
+
+def test_troubleshooting_quotes_the_sdxl_training_messages():
+    repo = Path(__file__).resolve().parents[1]
+    page = re.sub(r"\s+", " ", (repo / "docs" / "troubleshooting.md").read_text())
+    for quoted, in_code, source in SDXL_TRAINING_MESSAGES:
+        assert quoted in page, quoted
+        assert (in_code or quoted) in (repo / source).read_text(), f"{source} no longer says {quoted!r}"

@@ -183,14 +183,20 @@ class MapperTrainer:
     def family(self) -> str:
         return getattr(self.backend, "family", "sd1")
 
-    def _identity_cond(self, batch: Batch, class_cond: TextCond) -> TextCond:
-        """The S* prompt's conditioning for `batch`; gradients reach the mapper through the text encoder."""
+    def _identity_cond(self, batch: Batch, class_cond: TextCond, dropout_seed: int) -> TextCond:
+        """The S* prompt's conditioning for `batch`; gradients reach the mapper through the text encoder.
+
+        The mapper's dropout draws from the global RNG seeded with `dropout_seed` (and restored after),
+        so a step is a function of (seed, step, rank): a resumed run, the node and the CLI repeat it.
+        """
         device = self.backend.device
-        s_star = self.trainable(
-            batch.idvec.to(device),
-            None if batch.expression is None else batch.expression.to(device),
-            batch.keep_expression.to(device),
-        )
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(dropout_seed)
+            s_star = self.trainable(
+                batch.idvec.to(device),
+                None if batch.expression is None else batch.expression.to(device),
+                batch.keep_expression.to(device),
+            )
         from_identity = self.settings.pooled_source == "identity_prompt"
         cond = self.backend.text_context(self.settings.prompt, s_star, pooled=from_identity)
         if class_cond.pooled is not None and not from_identity:  # SDXL, D5: y from the class prompt, no gradient
@@ -198,11 +204,11 @@ class MapperTrainer:
         return cond
 
     def _chunk_loss(
-        self, batch: Batch, noise: torch.Tensor, timesteps: torch.Tensor, class_cond: TextCond
+        self, batch: Batch, noise: torch.Tensor, timesteps: torch.Tensor, class_cond: TextCond, dropout_seed: int
     ) -> torch.Tensor:
         """The loss of one micro-batch (a mean over its samples)."""
         device = self.backend.device
-        cond = self._identity_cond(batch, class_cond)
+        cond = self._identity_cond(batch, class_cond, dropout_seed)
         latents, timesteps = batch.latents.to(device), timesteps.to(device)
         noisy = self.backend.noisy_latents(latents, noise.to(device), timesteps)
         sizes = batch.size_ids.to(device)
@@ -233,7 +239,8 @@ class MapperTrainer:
         parts = self.micro_batches(len(batch))
         total = torch.zeros((), device=self.backend.device)
         for i, rows in enumerate(parts):
-            loss = self._chunk_loss(batch.part(rows), noise[rows], timesteps[rows], class_cond)
+            dropout_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            loss = self._chunk_loss(batch.part(rows), noise[rows], timesteps[rows], class_cond, dropout_seed)
             if len(parts) > 1:
                 loss = loss * ((rows.stop - rows.start) / len(batch))
             if backward:

@@ -186,6 +186,11 @@ class ComfySDXLBackend(ComfyDiffusionBackend):
         return self.unet(x_in, t, context=context, y=y, transformer_options=options).float()
 
 
+def model_family(model) -> str:
+    """ "sdxl" for an SDXL base or refiner MODEL, else "sd1" (what the trainer's SD1 backend then checks)."""
+    return "sdxl" if isinstance(model.model, (comfy.model_base.SDXL, comfy.model_base.SDXLRefiner)) else "sd1"
+
+
 def make_backend(model, clip, **options) -> ComfyDiffusionBackend:
     """The training backend of MODEL's family: SDXL (`ComfySDXLBackend`) or SD1.x (`ComfyDiffusionBackend`).
 

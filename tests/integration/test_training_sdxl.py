@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import re
+import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
+import torch
+
+from f2d_core.checkpoints import load_mapper
+from f2d_core.identity.mapper_xl import F2DMapperXL
+from f2d_core.training.data.cache import module_fingerprint
+from tests.integration.test_cli import TRAIN_MAPPER, _metadata, _output, _rank_hashes, run_cli, write_face_photos
+from tests.integration.test_sdxl import sdxl_loader
 from tests.support.comfy_library_run import run_library_script
+from tests.support.comfy_server import ComfyServer
+from tests.support.f2d_graphs import PACK, Graph, loader
 from tests.support.tiny_sdxl import TinySDXL
 
 SCRIPTS = Path(__file__).resolve().parent / "library_scripts"
+NO_EXPRESSION = "(none: null_exp only)"
 
 
 def test_sdxl_backend_matches_comfyui_text_y_and_micro_batches(comfyui_path, tiny_sdxl: TinySDXL, tmp_path):
@@ -30,3 +45,127 @@ def test_sdxl_backend_matches_comfyui_text_y_and_micro_batches(comfyui_path, tin
     micro = result["micro_batch"]
     assert abs(micro["loss_micro"] - micro["loss_full"]) <= 1e-6 * abs(micro["loss_full"]), micro
     assert micro["grad_scale"] > 0 and micro["grad_rel_diff"] < 1e-5, micro
+
+
+# ---- the training graph, the CLI and torchrun on the tiny SDXL --------------------------------------------
+
+FOLDER = "f2d_sdxl_train_faces"
+STEPS, LR = 3, 1e-3
+TRAIN_TIMEOUT = 900
+
+
+def sdxl_training_graph(run_name: str, steps: int = STEPS, save_as: str | None = None, **train: Any) -> Graph:
+    """Probe loader (tiny SDXL) + Load MSID Encoder -> F2D Training Dataset -> Train F2D Mapper ("4") [-> Save]."""
+    graph: Graph = {
+        "1": sdxl_loader(),
+        "2": loader(),
+        "3": {
+            "class_type": "F2DTrainingDataset",
+            "inputs": {
+                "f2d_model": ["2", 0],
+                "vae": ["1", 2],
+                "folder": FOLDER,
+                "face_parser": "79999_iter.pth",
+                "expression_model": NO_EXPRESSION,
+                "crop_size": 64,
+                "flip": True,
+                "face_index": 0,
+            },
+        },
+        "4": {
+            "class_type": "F2DTrainMapper",
+            "inputs": {
+                "model": ["1", 0],
+                "clip": ["1", 1],
+                "dataset": ["3", 0],
+                "f2d_model": ["2", 0],
+                "start_from": "scratch",
+                "steps": steps,
+                "batch_size": 2,
+                "learning_rate": LR,
+                "loss": "cgdr",
+                "expression_dropout": 0.2,
+                "shuffle_identities": False,
+                "seed": 0,
+                "checkpoint_every": 1000,
+                "run_name": run_name,
+                "resume": True,
+                "gradient_checkpointing": False,
+                "micro_batch": 1,
+                "vae": ["1", 2],
+                **train,
+            },
+        },
+    }
+    if save_as is not None:
+        graph["5"] = {"class_type": "F2DSaveMapper", "inputs": {"trained_mapper": ["4", 0], "name": save_as}}
+    return graph
+
+
+@pytest.fixture(scope="module")
+def sdxl_faces(comfy_server: ComfyServer) -> Path:
+    folder = Path(comfy_server.input_dir) / FOLDER
+    write_face_photos(folder, count=2)
+    return folder
+
+
+def _cli_argv(tiny_sdxl: TinySDXL, comfyui_path, models_dir: Path, folder: Path, run_dir: Path, out: Path) -> list:
+    models = models_dir / "face2diffusion"
+    argv = ["--comfyui", comfyui_path, "--checkpoint", tiny_sdxl.checkpoint, "--te-model-options", tiny_sdxl.te_options]
+    argv += ["--msid", models / "msid.pt", "--from-scratch", "--insightface-root", models_dir / "insightface"]
+    argv += ["--pack", PACK, "--folder", folder, "--crop-size", "64", "--face-parser", models / "79999_iter.pth"]
+    argv += ["--batch-size", "2", "--micro-batch", "1", "--lr", str(LR), "--run-dir", run_dir, "--out", out, "--cpu"]
+    return argv
+
+
+def test_sdxl_training_graph_lowers_the_loss_and_the_cli_resumed_run_repeats_it(
+    comfy_server, comfyui_path, comfy_models_dir, tiny_sdxl: TinySDXL, sdxl_faces, tmp_path
+):
+    """S6 + H1 + resume: the node trains 3 steps from scratch (loss falls, both heads and null_exp move); the CLI
+    trains 2 steps, is run again to 3 (a resume) and gives the node's mapper."""
+    comfy_server.run(sdxl_training_graph("sdxl_node", save_as="f2d_sdxl_trained"), timeout=TRAIN_TIMEOUT)
+    saved = comfy_models_dir / "face2diffusion" / "f2d_sdxl_trained.safetensors"
+    node_mapper = load_mapper(saved)
+    meta = _metadata(saved)
+    settings = json.loads(meta["training_settings"])
+    assert (meta["family"], meta["pooled_source"], meta["trained_steps"]) == ("sdxl", "class_prompt", "3")
+    assert settings["family"] == "sdxl" and settings["micro_batch"] == 1
+    assert settings["run_identity"]["family"] == "sdxl"
+    assert settings["eval_loss_end"] < settings["eval_loss_start"], settings
+    with torch.random.fork_rng(devices=[]):  # what "scratch" starts from (before its anchors)
+        torch.manual_seed(0)
+        start = F2DMapperXL()
+    trained = node_mapper.state_dict()
+    for key in ("heads.l.i2t_first.fc_out.bias", "heads.g.i2t_last.layers.0.0.weight", "null_exp"):
+        assert not torch.equal(trained[key], start.state_dict()[key]), key
+
+    run_dir, out = tmp_path / "run", tmp_path / "cli_sdxl.safetensors"
+    argv = [
+        sys.executable,
+        TRAIN_MAPPER,
+        *_cli_argv(tiny_sdxl, comfyui_path, comfy_models_dir, sdxl_faces, run_dir, out),
+    ]
+    first = run_cli([*argv, "--steps", "2"], timeout=TRAIN_TIMEOUT)
+    assert first.returncode == 0, _output(first)
+    second = run_cli([*argv, "--steps", "3"], timeout=TRAIN_TIMEOUT)
+    assert second.returncode == 0, _output(second)
+    assert re.search(r"^Resuming from .*training_state.safetensors at step 2$", second.stderr, re.M), _output(second)
+    cli_mapper = load_mapper(out)
+    assert cli_mapper.family == "sdxl" and _metadata(out)["family"] == "sdxl"
+    diff = max((cli_mapper.state_dict()[k] - v).abs().max().item() for k, v in trained.items())
+    assert diff <= 1e-6, f"node and resumed CLI differ by {diff}"
+
+
+def test_sdxl_train_mapper_on_two_cpu_ranks(comfyui_path, comfy_models_dir, tiny_sdxl: TinySDXL, sdxl_faces, tmp_path):
+    """H2: torchrun, 2 gloo ranks, global batch 2: the ranks agree and the file holds rank 0's SDXL mapper."""
+    run_dir, out = tmp_path / "run", tmp_path / "ddp_sdxl.safetensors"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", TRAIN_MAPPER]
+    argv += _cli_argv(tiny_sdxl, comfyui_path, comfy_models_dir, sdxl_faces, run_dir, out)
+    done = run_cli([*argv, "--steps", "2"], timeout=TRAIN_TIMEOUT)
+    assert done.returncode == 0, _output(done)
+    hashes = _rank_hashes(done.stderr)
+    assert set(hashes) == {"0", "1"} and hashes["0"] == hashes["1"] and hashes["0"][1] == "2", _output(done)
+    assert module_fingerprint(load_mapper(out)) == hashes["0"][0]
+    settings = json.loads(_metadata(out)["training_settings"])
+    assert (settings["global_batch_size"], settings["batch_size"], settings["world_size"]) == (2, 1, 2)
+    assert settings["family"] == "sdxl" and settings["micro_batch"] == 1

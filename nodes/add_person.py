@@ -9,7 +9,7 @@ from ..f2d_core.conditioning.identity_start import DEFAULT_CLASS_NOUN
 from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER
 from ..f2d_core.conditioning.regions import MAX_PEOPLE, person_mask
 from .apply_tokens import s_star_for_prompt
-from .face_conditioning import face_conditioning, identifier_check, identifier_inputs
+from .face_conditioning import AS_TRAINED, face_conditioning, identifier_check, identifier_inputs, pooled_source_for
 from .sockets import F2DExpression, F2DExpressionSocket, F2DFace, F2DFaceSocket
 
 
@@ -31,7 +31,9 @@ class F2DAddPerson(io.ComfyNode):
                     tooltip="The scene prompt's CLIPTextEncode, or the previous Add F2D Person: passed on unchanged, "
                     "with this person's conditioning added.",
                 ),
-                io.Clip.Input("clip", tooltip="The CLIP of an SD1.x checkpoint."),
+                io.Clip.Input(
+                    "clip", tooltip="The CLIP of the checkpoint the face is for: SD1.x, or SDXL (base or refiner)."
+                ),
                 io.Latent.Input("latent", tooltip="The latent that is sampled: masks are checked against its size."),
                 F2DFaceSocket.Input("f2d_face", tooltip="This person, from Encode Face \u2192 S* or Load F2D Face."),
                 io.String.Input(
@@ -100,11 +102,13 @@ class F2DAddPerson(io.ComfyNode):
         identifier: str = DEFAULT_IDENTIFIER,
         identity_start: float = 0.0,
         class_noun: str = DEFAULT_CLASS_NOUN,
+        pooled_source: str = AS_TRAINED,
     ) -> io.NodeOutput:
         mask = person_mask(masks, person, tuple(latent["samples"].shape[-2:]))
         region = {"mask": mask, "set_area_to_bounds": False, "mask_strength": strength}
         s_star = s_star_for_prompt(f2d_face, expression, expression_strength)
+        pooled = pooled_source_for(f2d_face.face.pooled_source, pooled_source)
         person_conditioning = face_conditioning(
-            clip, text, s_star, identifier.strip(), identity_start, class_noun, region
+            clip, text, s_star, identifier.strip(), identity_start, class_noun, region, pooled
         )
         return io.NodeOutput(conditioning + person_conditioning)

@@ -10,7 +10,7 @@ from ..f2d_core.conditioning.identity_start import DEFAULT_CLASS_NOUN
 from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER
 from ..f2d_core.errors import F2DError
 from .clip_tokens import clip_skip_warning
-from .face_conditioning import face_conditioning, identifier_check, identifier_inputs
+from .face_conditioning import AS_TRAINED, face_conditioning, identifier_check, identifier_inputs, pooled_source_for
 from .sockets import F2DExpression, F2DExpressionSocket, F2DFace, F2DFaceSocket
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,12 @@ class F2DApplyTokens(io.ComfyNode):
             display_name="Apply F2D Tokens",
             category="face2diffusion",
             description="Encodes the prompt like CLIPTextEncode, with the person's S* in place of the identifier "
-            "(e.g. 'a photo of f l as a knight'). Works with any SD1.x checkpoint, LoRA and ControlNet.",
+            "(e.g. 'a photo of f l as a knight'). Works with any SD1.x checkpoint, LoRA and ControlNet; with a face "
+            "from an SDXL F2D mapper, with any SDXL checkpoint (both text towers) and the SDXL refiner.",
             inputs=[
-                io.Clip.Input("clip", tooltip="The CLIP of an SD1.x checkpoint."),
+                io.Clip.Input(
+                    "clip", tooltip="The CLIP of the checkpoint the face is for: SD1.x, or SDXL (base or refiner)."
+                ),
                 io.String.Input(
                     "text",
                     multiline=True,
@@ -87,9 +90,13 @@ class F2DApplyTokens(io.ComfyNode):
         identifier: str = DEFAULT_IDENTIFIER,
         identity_start: float = 0.0,
         class_noun: str = DEFAULT_CLASS_NOUN,
+        pooled_source: str = AS_TRAINED,
     ) -> io.NodeOutput:
         s_star = s_star_for_prompt(f2d_face, expression, expression_strength)
-        conditioning = face_conditioning(clip, text, s_star, identifier.strip(), identity_start, class_noun)
+        pooled = pooled_source_for(f2d_face.face.pooled_source, pooled_source)
+        conditioning = face_conditioning(
+            clip, text, s_star, identifier.strip(), identity_start, class_noun, pooled_source=pooled
+        )
         warning = clip_skip_warning(clip)
         if warning:
             log.warning("Apply F2D Tokens: %s", warning)

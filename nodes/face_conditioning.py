@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import torch
 from comfy_api.latest import io
 
 from ..f2d_core.conditioning.identity_start import DEFAULT_CLASS_NOUN, class_prompt, timestep_ranges
 from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER, find_identifier
 from ..f2d_core.errors import PromptError
+from ..f2d_core.identity.mapper_xl import POOLED_SOURCES
+from ..f2d_core.identity.s_star_family import SStar, s_star_family
 from .clip_tokens import identifier_ids, special_tokens, tokens_with_face
+
+AS_TRAINED = "as trained"
+POOLED_SOURCE_OPTIONS = [AS_TRAINED, *POOLED_SOURCES]
 
 
 def class_noun_tokens(clip, text: str, identifier: str, class_noun: str) -> dict:
@@ -25,26 +29,42 @@ def class_noun_tokens(clip, text: str, identifier: str, class_noun: str) -> dict
 def face_conditioning(
     clip,
     text: str,
-    s_star: torch.Tensor,
+    s_star: SStar,
     identifier: str,
     identity_start: float = 0.0,
     class_noun: str = DEFAULT_CLASS_NOUN,
     region: dict | None = None,
+    pooled_source: str | None = None,
 ) -> list:
     """CONDITIONING of `text` with S* at the identifier, as CLIPTextEncode returns it.
 
     identity_start > 0 adds the class-noun prompt for sampling fractions [0, identity_start) and moves
     S* to [identity_start, 1]; at 0 the result is exactly the S* encoding. `region` ({"mask", "mask_strength",
     "set_area_to_bounds"}) is set on every entry, as ConditioningSetMask does.
+
+    SDXL (`s_star` a per-tower dict): with `pooled_source` "class_prompt" every S* entry's `pooled_output`
+    [1, 1280] is the class prompt's (the prompt with the class noun in place of the identifier), so identity
+    reaches the UNet through cross-attention only (shared docs sdxl.md D5); "identity_prompt" or None keeps
+    ComfyUI's own pooled vector of the S* prompt.
     """
     class_range, face_range = timestep_ranges(identity_start)
     region = region or {}
     tokens = tokens_with_face(clip, text, s_star, identifier)
     face = clip.encode_from_tokens_scheduled(tokens, add_dict={**region, **face_range})
-    if class_range is None:
+    pooled_from_class = s_star_family(s_star) == "sdxl" and pooled_source == "class_prompt"
+    if class_range is None and not pooled_from_class:
         return face
     class_tokens = class_noun_tokens(clip, text, identifier, class_noun)
-    return clip.encode_from_tokens_scheduled(class_tokens, add_dict={**region, **class_range}) + face
+    class_cond = clip.encode_from_tokens_scheduled(class_tokens, add_dict={**region, **(class_range or {})})
+    if pooled_from_class:
+        pooled = class_cond[0][1]["pooled_output"]
+        face = [[cond, {**options, "pooled_output": pooled}] for cond, options in face]
+    return face if class_range is None else class_cond + face
+
+
+def pooled_source_for(face_pooled_source: str | None, choice: str) -> str | None:
+    """The pooled-vector source to use: the face's (as its mapper was trained) unless `choice` overrides it."""
+    return face_pooled_source if choice == AS_TRAINED else choice
 
 
 def identifier_check(identifier: str) -> bool | str:
@@ -82,5 +102,14 @@ def identifier_inputs() -> list:
             optional=True,
             tooltip="The word that stands in for the identifier until identity_start, e.g. 'person', 'woman', "
             "'man', 'child'.",
+        ),
+        io.Combo.Input(
+            "pooled_source",
+            options=POOLED_SOURCE_OPTIONS,
+            default=AS_TRAINED,
+            optional=True,
+            tooltip="SDXL only (ignored for SD1.x): where SDXL's pooled text vector comes from. 'as trained' = what "
+            "the mapper was trained with; class_prompt = the prompt with the class noun in place of the person "
+            "(identity only through the words); identity_prompt = the prompt with the person (ComfyUI's own).",
         ),
     ]

@@ -8,7 +8,8 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..f2d_core.identity.face_file import load_face, save_face
+from ..f2d_core.identity.face_file import load_face, save_embedding, save_face
+from ..f2d_core.identity.s_star_family import s_star_family
 from .encode_face import crops_as_image
 from .model_paths import FACES_FOLDER
 from .sockets import F2DFace, F2DFaceSocket, F2DModel, F2DModelSocket
@@ -34,20 +35,34 @@ class F2DSaveFace(io.ComfyNode):
             inputs=[
                 F2DFaceSocket.Input("f2d_face", tooltip="From Encode Face (the face as S*)."),
                 io.String.Input("name", default="person", tooltip="File name; a counter is appended."),
+                io.Boolean.Input(
+                    "also_save_embedding",
+                    default=True,
+                    optional=True,
+                    tooltip="SDXL faces only: also write models/embeddings/<name>.safetensors (clip_l / clip_g), an "
+                    "ordinary ComfyUI embedding usable as embedding:<name> in any SDXL prompt without the pack. "
+                    "With a class_prompt mapper its pooled vector then differs from Apply F2D Tokens'. SD1.x faces "
+                    "have no embedding file (their S* depends on the identifier's position).",
+                ),
             ],
             outputs=[],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, f2d_face: F2DFace, name: str) -> io.NodeOutput:
+    def execute(cls, f2d_face: F2DFace, name: str, also_save_embedding: bool = True) -> io.NodeOutput:
         stem = re.sub(r"[^\w\-. ]", "_", name).strip(" .") or "person"
         directory = Path(folder_paths.get_folder_paths(FACES_FOLDER)[0])
         path = _next_free(directory, stem)
         save_face(path, f2d_face.face)
         preview = ui.PreviewImage(crops_as_image(f2d_face.face.crops), cls=cls).as_dict()
         # The name written (with its counter), shown under the node; the page then lists it in Load F2D Face.
-        return io.NodeOutput(ui={**preview, "text": [f"saved as {path.name}"]})
+        text = f"saved as {path.name}"
+        if also_save_embedding and s_star_family(f2d_face.face.s_star) == "sdxl":
+            embedding = Path(folder_paths.get_folder_paths("embeddings")[0]) / path.name
+            save_embedding(embedding, f2d_face.face)
+            text += f"; embedding:{embedding.stem} in SDXL prompts"
+        return io.NodeOutput(ui={**preview, "text": [text]})
 
 
 class F2DLoadFace(io.ComfyNode):

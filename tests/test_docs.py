@@ -86,6 +86,18 @@ QUOTED = [
     ("(a training checkpoint holding it as", None, "f2d_core/weight_files.py"),
     ("replaced this run's earlier mapper", None, "f2d_core/training/mapper_output.py"),
     ("choose an identifier of exactly 2", "choose an identifier of exactly", "f2d_core/conditioning/injection.py"),
+    (
+        "This F2D face is for SDXL (made with an SDXL F2D mapper), but this CLIP is",
+        "(made with an SDXL F2D mapper), but this CLIP is",
+        "nodes/clip_tokens.py",
+    ),
+    ("F2D mapper, but an SD1.x one is needed here", "F2D mapper, but an ", "f2d_core/checkpoints.py"),
+    (
+        "has the wrong width for the SDXL text tower",
+        "has the wrong width for the ",
+        "f2d_core/identity/s_star_family.py",
+    ),
+    ("SDXL's S\\* is made for the penultimate layer", "SDXL's S* is made for the", "nodes/clip_tokens.py"),
 ]
 
 

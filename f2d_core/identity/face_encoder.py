@@ -16,6 +16,7 @@ from ..errors import F2DError, NoFaceError
 from ..faces.alignment import align_faces, to_msid_input
 from ..faces.face_detection import DetectedFace, FaceDetector, OnMissing, detect_faces
 from ..images import ImageLike, as_labeled_images
+from .s_star_family import SStar, map_s_star, s_star_tensors
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,12 @@ POOLING_MODES: tuple[str, ...] = ("normalized_mean", "mean")
 class EncodedFace:
     """S* of one person and what produced it (for previews, saving and reuse)."""
 
-    s_star: torch.Tensor  # [2, 768] float32, CPU
+    s_star: SStar  # SD1.x: [2, 768]; SDXL: {"l": [2, 768], "g": [2, 1280]}; float32, CPU
     idvec: torch.Tensor  # [1536] pooled identity vector
     crops: torch.Tensor  # [N, 3, 112, 112] in [0, 1]: the aligned faces that were used
     faces: list[DetectedFace | None] = field(default_factory=list)  # per input image; None = skipped
     settings: dict[str, object] = field(default_factory=dict)
+    pooled_source: str | None = None  # SDXL: where the pooled vector comes from, as the mapper was trained
 
 
 def face_box_masks(faces: Sequence[DetectedFace | None], height: int, width: int) -> torch.Tensor:
@@ -44,14 +46,14 @@ def face_box_masks(faces: Sequence[DetectedFace | None], height: int, width: int
     return masks
 
 
-def check_finite_s_star(s_star: torch.Tensor, what: str = "S*") -> torch.Tensor:
-    """Return `s_star` (any shape) unchanged, or raise F2DError when it holds NaN or infinity.
+def check_finite_s_star(s_star: SStar, what: str = "S*") -> SStar:
+    """Return `s_star` (any shape, or a per-tower dict) unchanged, or raise F2DError when it holds NaN or infinity.
 
     A non-finite S* would silently turn the whole prompt's conditioning into NaN (a black or noise
     image). It comes from half-precision overflow in the MSID encoder or mapper, or from a damaged
     weights file.
     """
-    finite = torch.isfinite(s_star)
+    finite = torch.cat([torch.isfinite(t).flatten() for t in s_star_tensors(s_star).values()])
     if bool(finite.all()):
         return s_star
     bad = int((~finite).sum())
@@ -125,10 +127,9 @@ class FaceEncoder:
         raise ValueError(f"pooling must be one of {POOLING_MODES}, not {pooling!r}")
 
     @torch.inference_mode()
-    def s_star(
-        self, idvec: torch.Tensor, expression: torch.Tensor | None = None, strength: float = 1.0
-    ) -> torch.Tensor:
-        """S* [..., 2, 768] float32 on the CPU from identity vector(s) [..., 1536] and an optional expression [64].
+    def s_star(self, idvec: torch.Tensor, expression: torch.Tensor | None = None, strength: float = 1.0) -> SStar:
+        """S* [..., 2, 768] float32 on the CPU from identity vector(s) [..., 1536] and an optional expression [64];
+        with an SDXL mapper a dict {"l": [..., 2, 768], "g": [..., 2, 1280]}.
 
         Raises F2DError when the result is not finite (`check_finite_s_star`).
         """
@@ -138,9 +139,14 @@ class FaceEncoder:
         idvec = idvec.reshape(-1, idvec.shape[-1]).to(device, self.dtype)
         if expression is not None:
             expression = expression.reshape(-1, expression.shape[-1]).expand(idvec.shape[0], -1).to(device)
-        out = self.mapper(idvec, expression, strength).float().cpu()
+        out = map_s_star(self.mapper(idvec, expression, strength), lambda t: t.float().cpu())
         check_finite_s_star(out, f"S* (mapped in {str(self.dtype).removeprefix('torch.')})")
-        return out[0] if single else out
+        return map_s_star(out, lambda t: t[0]) if single else out
+
+    @property
+    def pooled_source(self) -> str | None:
+        """The SDXL mapper's pooled-vector source ("class_prompt" / "identity_prompt"); None for SD1.x."""
+        return getattr(self.mapper, "pooled_source", None)
 
     def encode(
         self,
@@ -180,4 +186,5 @@ class FaceEncoder:
             crops=crops.float().cpu(),
             faces=faces,
             settings=settings,
+            pooled_source=self.pooled_source,
         )

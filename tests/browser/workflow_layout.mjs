@@ -75,7 +75,23 @@ torchrun --nproc_per_node 4 custom_nodes/comfyui-face2diffusion/cli/train_mapper
   --run-dir runs/paper --out models/face2diffusion/f2d_mapper_paper.safetensors
 \`\`\``;
 
+const SDXL_NOTE = `## Face2Diffusion on SDXL: files to put in place
+- \`ComfyUI/models/face2diffusion/\`: **msid.pt** from the official release (github.com/mapooon/Face2Diffusion)
+  and an **SDXL F2D mapper** (\`.safetensors\`): none has been released yet; train one
+  (docs/sdxl.md in the node pack) and choose it as *mapper_file*
+- \`ComfyUI/models/insightface/models/buffalo_l/\`: the insightface **buffalo_l** pack
+- \`ComfyUI/models/checkpoints/\`: any SDXL checkpoint (base 1.0 or a fine-tune)
+
+Write **f l** in the prompt where the person goes; \`(f l:1.2)\` weights work. Save F2D Face also writes the
+face as an embedding, usable as \`embedding:name\` in any SDXL prompt.`;
+
 export const LAYOUTS = {
+  f2d_sdxl_portrait: {
+    notes: { files: SDXL_NOTE },
+    noteSize: { files: WIDE_NOTE },
+    columns: portraitColumns(),
+    groups: [FACE_GROUP, PROMPT_GROUP, { title: "Generate (Euler a, 30 steps, CFG 7, 1024×1024)", nodes: [8, 9, 10, 11] }],
+  },
   f2d_portrait: {
     notes: { files: note() },
     noteSize: { files: WIDE_NOTE },

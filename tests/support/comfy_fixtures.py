@@ -207,6 +207,23 @@ def tiny_sdxl(
     return sdxl
 
 
+SDXL_TEST_MAPPER = "f2d_test_sdxl_mapper.safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_mapper(tiny_sdxl: TinySDXL, comfy_models_root: Path) -> Path:
+    """A seeded SDXL mapper (F2DMapperXL, pooled source class_prompt) in face2diffusion/ (SDXL_TEST_MAPPER),
+    next to the tiny SDXL; its S* are random words, enough to check where they go."""
+    from f2d_core.checkpoints import save_f2d_safetensors
+    from f2d_core.identity.mapper_xl import F2DMapperXL
+
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    mapper = F2DMapperXL(pooled_source="class_prompt")
+    torch.random.set_rng_state(generator_state)
+    return save_f2d_safetensors(comfy_models_root / "face2diffusion" / SDXL_TEST_MAPPER, mapper=mapper)
+
+
 @pytest.fixture(scope="session")
 def comfy_models_dir(comfy_models_root: Path, tiny_models: TinyModels) -> Path:
     """The session's models dir: tiny SD1.5 models plus everything MODEL_WRITERS write."""

@@ -63,17 +63,27 @@ MODEL_SUBSTITUTES: dict[tuple[str, str], dict[str, str]] = {
     ("CheckpointLoaderSimple", "ckpt_name"): {
         "v1-5-pruned-emaonly.safetensors": "f2d_tiny_sd15.safetensors",
         "sd-v1-5-inpainting.ckpt": "f2d_tiny_sd15_inpaint.safetensors",
+        "sd_xl_base_1.0.safetensors": "f2d_tiny_sdxl.safetensors",
     },
     ("ControlNetLoader", "control_net_name"): {
         "control_v11p_sd15_openpose.pth": "f2d_tiny_controlnet_sd15.safetensors",
     },
     ("F2DLoadMSIDEncoder", "msid_file"): {"msid.pt": "msid.pt"},
-    ("F2DLoadMSIDEncoder", "mapper_file"): {"mapping.pt": "mapping.pt"},
+    ("F2DLoadMSIDEncoder", "mapper_file"): {
+        "mapping.pt": "mapping.pt",
+        "f2d_sdxl_mapper.safetensors": "f2d_test_sdxl_mapper.safetensors",
+    },
     ("F2DLoadMSIDEncoder", "insightface_pack"): {"buffalo_l": "buffalo_l"},
     ("F2DExpressionReference", "expression_model"): {"epoch_20.pth": "epoch_20.pth"},
     ("F2DTrainingDataset", "face_parser"): {"79999_iter.pth": "79999_iter.pth"},
     ("F2DTrainingDataset", "expression_model"): {"epoch_20.pth": "epoch_20.pth"},
     ("F2DLoadFaceRecognizer", "recognition_model"): {"buffalo_l/w600k_r50.onnx": "buffalo_l/w600k_r50.onnx"},
+}
+
+# Test models the stock loader cannot load: (node type, test model) -> the test probe node that loads it (the tiny
+# SDXL's 3-layer text towers need its te_options sidecar, tests/support/tiny_sdxl.py).
+LOADER_SUBSTITUTES: dict[tuple[str, str], str] = {
+    ("CheckpointLoaderSimple", "f2d_tiny_sdxl.safetensors"): "F2DTestTinySDXLCheckpointLoader",
 }
 
 # What a LoadImage feeds decides which test input it gets: (consumer type, consumer input) -> role.
@@ -243,6 +253,7 @@ def substitute_models(graph: Graph, workflow: str = "workflow") -> Graph:
                     f"test substitute covers; add it to MODEL_SUBSTITUTES in {__name__}."
                 )
             node["inputs"][name] = table[value]
+            node["class_type"] = LOADER_SUBSTITUTES.get((node["class_type"], table[value]), node["class_type"])
     return graph
 
 

@@ -1,0 +1,105 @@
+"""Library script (run by tests/support/comfy_library_run.py): SDXL S* on the refiner and on fine-tuned text towers.
+
+On the tiny SDXL (its file and te_options sidecar), loaded as ComfyUI loads a checkpoint, with fp32 towers:
+1. `refiner`: a tiny refiner built in memory from the SDXL file's bigG weights (refiner prefix) and a seeded
+   refiner UNet (`refiner_unet_config`), which ComfyUI detects as SDXLRefiner. The SDXL face's S* goes into its
+   bigG list only: the conditioning [1, 77, 1280] equals the g half (columns 768:) of the SDXL conditioning; the
+   l list is left as tokenized; the pooled vector equals the SDXL one.
+2. `fine_tuned`: the same checkpoint with other text-tower weights (a Pony / Illustrious-style fine-tune): S* is
+   injected the same way, the conditioning equals that checkpoint's own `embedding:face` encode exactly, and
+   differs from the base checkpoint's.
+3. Family checks on real objects: an SD1.x face on the refiner is refused naming both.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import comfy.ops
+import comfy.sd
+import comfy.utils
+import torch
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+from comfyui_face2diffusion.f2d_core.errors import PromptError
+from comfyui_face2diffusion.nodes.clip_tokens import clip_skip_warning, tokens_with_face
+from safetensors.torch import save_file
+
+PROMPT = "a photo of f l as a knight"
+L_PREFIX, G_PREFIX, REFINER_G = (
+    "conditioner.embedders.0.transformer.",
+    "conditioner.embedders.1.model.",
+    "conditioner.embedders.0.model.",
+)
+
+
+def _encode(clip, tokens):
+    out = clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
+    return out["cond"], out["pooled_output"]
+
+
+def _seeded_unet(config: dict) -> dict[str, torch.Tensor]:
+    with torch.device("meta"):
+        unet = UNetModel(**config, device="meta", operations=comfy.ops.disable_weight_init)
+    g = torch.Generator().manual_seed(0)
+    return {
+        "model.diffusion_model." + k: (torch.rand(v.shape, generator=g) - 0.5).mul(0.02).half()
+        for k, v in unet.state_dict().items()
+    }
+
+
+def main(checkpoint: str, te_options: str, refiner_unet_config: dict, embeddings_dir: str) -> dict:
+    options = json.loads(Path(te_options).read_text())
+    fp32 = {**options, "dtype": torch.float32}
+    sd = comfy.utils.load_torch_file(checkpoint)
+    g = torch.Generator().manual_seed(1)
+    face = {"l": torch.randn(2, 768, generator=g), "g": torch.randn(2, 1280, generator=g)}
+    save_file({"clip_l": face["l"], "clip_g": face["g"]}, str(Path(embeddings_dir) / "face.safetensors"))
+
+    _, base_clip, _, _ = comfy.sd.load_state_dict_guess_config(
+        dict(sd), output_vae=False, output_model=False, embedding_directory=embeddings_dir, te_model_options=fp32
+    )
+    base_cond, base_pooled = _encode(base_clip, tokens_with_face(base_clip, PROMPT, face, "f l"))
+
+    # 1. The refiner: bigG at the refiner's prefix, a refiner UNet.
+    refiner_sd = {REFINER_G + k.removeprefix(G_PREFIX): v for k, v in sd.items() if k.startswith(G_PREFIX)}
+    refiner_sd |= _seeded_unet(refiner_unet_config)
+    refiner, refiner_clip, _, _ = comfy.sd.load_state_dict_guess_config(
+        refiner_sd,
+        output_vae=False,
+        te_model_options={"clip_g_model_config": options["clip_g_model_config"], "dtype": torch.float32},
+    )
+    plain_tokens = refiner_clip.tokenize(PROMPT)
+    tokens = tokens_with_face(refiner_clip, PROMPT, face, "f l")
+    cond, pooled = _encode(refiner_clip, tokens)
+    try:
+        tokens_with_face(refiner_clip, PROMPT, torch.randn(2, 768), "f l")
+        sd1_on_refiner = "accepted"
+    except PromptError as e:
+        sd1_on_refiner = str(e)
+
+    # 2. Fine-tuned towers: every text weight moved.
+    tuned = dict(sd)
+    for k, v in sd.items():
+        if k.startswith((L_PREFIX, G_PREFIX)) and v.ndim == 2:
+            tuned[k] = (v.float() * 1.1 + 0.01 * torch.randn(v.shape, generator=g)).half()
+    _, tuned_clip, _, _ = comfy.sd.load_state_dict_guess_config(
+        tuned, output_vae=False, output_model=False, embedding_directory=embeddings_dir, te_model_options=fp32
+    )
+    tuned_cond, tuned_pooled = _encode(tuned_clip, tokens_with_face(tuned_clip, PROMPT, face, "f l"))
+    ti_cond, ti_pooled = _encode(tuned_clip, tuned_clip.tokenize("a photo of embedding:face as a knight"))
+    tuned_clip.clip_layer(-1)
+    return {
+        "refiner_model": type(refiner.model).__name__,
+        "refiner_clip": type(refiner_clip.cond_stage_model).__name__,
+        "refiner_cond_shape": list(cond.shape),
+        "refiner_equals_g_half": bool(torch.equal(cond, base_cond[..., 768:])),
+        "refiner_pooled_equals_sdxl": bool(torch.equal(pooled, base_pooled)),
+        "refiner_l_untouched": tokens["l"] == plain_tokens["l"],
+        "refiner_g_has_s_star": [torch.is_tensor(e[0]) for e in tokens["g"][0][4:6]],
+        "sd1_face_on_refiner": sd1_on_refiner,
+        "tuned_equals_its_embedding": bool(torch.equal(tuned_cond, ti_cond) and torch.equal(tuned_pooled, ti_pooled)),
+        "tuned_differs_from_base": bool((tuned_cond - base_cond).abs().max() > 1e-3),
+        "clip_skip_default": clip_skip_warning(base_clip),
+        "clip_skip_last": clip_skip_warning(tuned_clip),
+    }

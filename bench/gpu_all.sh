@@ -7,7 +7,7 @@
 # peak memory at 512² for batch 8 and 32 in bf16), the peak GPU memory while training builds its UNet
 # copy from the loaded fp16 UNet, the old way and the new side by side (torch.cuda.max_memory_allocated),
 # and one MSID encoder training step (ViT-S, MS1MV3's 93K classes, batch 256 and 1024: images/s and MFU in
-# bf16 against a plain fp32 loop), and SDXL training at 1024² (bench/gpu_sdxl.sh: micro-batching against the
+# bf16 against a plain fp32 loop), and SDXL training at 1024² (bench/gpu_sdxl_training.sh: micro-batching against the
 # whole batch on the full-size SDXL UNet, max_memory_allocated). The full-size random checkpoint is written
 # once to WORK_DIR. Each part writes JSON and a log to OUT_DIR; a part that fails does not stop the others;
 # the five SD1.5/MSID parts are capped at 130 s and the SDXL one at 100 s (750 s in all, as the five at 150 s
@@ -30,5 +30,5 @@ run detection python bench/detection.py --device cuda --repeats 15
 run training python bench/gpu_training.py --device cuda --work-dir "$WORK_DIR" --json "$OUT_DIR/training.json"
 run training_peak python bench/training_peak_memory.py --device cuda --work-dir "$WORK_DIR" --json "$OUT_DIR/training_peak.json"
 run msid_training python bench/msid_train_step.py --device cuda --batch 256 1024 --json "$OUT_DIR/msid_training.json"
-WORK_DIR="$WORK_DIR" bash bench/gpu_sdxl.sh "$OUT_DIR" 100 || status=1
+WORK_DIR="$WORK_DIR" bash bench/gpu_sdxl_training.sh "$OUT_DIR" 100 || status=1
 exit $status

@@ -338,6 +338,8 @@ def save_output(args: argparse.Namespace, result, settings, ranks: Ranks, data) 
         "trainer": "cli/train_mapper.py",
         "training_dtype": args.training_dtype,
         "family": result.identity.family if result.identity else "sd1",
+        "eval_loss_start": result.eval_loss_start,
+        "eval_loss_end": result.eval_loss_end,
         "run_identity": asdict(result.identity) if result.identity else None,
         **data.settings,
     }

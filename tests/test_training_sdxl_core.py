@@ -193,3 +193,16 @@ def test_troubleshooting_quotes_the_sdxl_training_messages():
     for quoted, in_code, source in SDXL_TRAINING_MESSAGES:
         assert quoted in page, quoted
         assert (in_code or quoted) in (repo / source).read_text(), f"{source} no longer says {quoted!r}"
+
+
+def test_a_step_is_a_function_of_seed_and_step_dropout_included(tmp_path):
+    """The mapper's dropout is seeded per step: a resumed run, the node and the CLI repeat a step exactly."""
+    grads = []
+    for i in range(2):
+        torch.manual_seed(0)
+        mapper = F2DMapper().train()
+        trainer = MapperTrainer(mapper, StandInBackend("sd1"), _data(), TrainSettings(batch_size=2), tmp_path)
+        torch.rand(7 + i)  # whatever the global RNG did before differs
+        trainer.gradients(4, trainer.backend.text_context("A photo of a person"))
+        grads.append(torch.cat([p.grad.flatten() for p in mapper.parameters() if p.grad is not None]))
+    assert torch.equal(grads[0], grads[1])

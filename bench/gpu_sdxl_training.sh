@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The SDXL training check on a lent GPU, called by bench/gpu_all.sh (or alone):
-#   COMFYUI_PATH=/path/to/ComfyUI bash bench/gpu_sdxl.sh [OUT_DIR] [SECONDS]
+#   COMFYUI_PATH=/path/to/ComfyUI bash bench/gpu_sdxl_training.sh [OUT_DIR] [SECONDS]
 # One SDXL CGDR step at 1024² on the full-size SDXL UNet (2.57 B parameters, seeded random weights, bf16):
 # the whole batch of 8 against micro-batches of 2 (time and torch.cuda.max_memory_allocated, ratios), then
 # the global batch of 32 in micro-batches of 4, and of 8 with gradient checkpointing. Capped at SECONDS

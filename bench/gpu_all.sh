@@ -7,11 +7,16 @@
 # peak memory at 512² for batch 8 and 32 in bf16), the peak GPU memory while training builds its UNet
 # copy from the loaded fp16 UNet, the old way and the new side by side (torch.cuda.max_memory_allocated),
 # and one MSID encoder training step (ViT-S, MS1MV3's 93K classes, batch 256 and 1024: images/s and MFU in
-# bf16 against a plain fp32 loop), and SDXL training at 1024² (bench/gpu_sdxl_training.sh: micro-batching against the
-# whole batch on the full-size SDXL UNet, max_memory_allocated). The full-size random checkpoint is written
-# once to WORK_DIR. Each part writes JSON and a log to OUT_DIR; a part that fails does not stop the others;
-# the five SD1.5/MSID parts are capped at 130 s and the SDXL one at 100 s (750 s in all, as the five at 150 s
-# were), so the whole run fits one 15-minute GPU loan with the machine's start.
+# bf16 against a plain fp32 loop). The full-size random checkpoint is written once to WORK_DIR. Each part
+# writes JSON and a log to OUT_DIR; a part that
+# fails does not stop the others. The sixth part, sdxl, is SDXL F2D inference on full-size SDXL shapes (seeded
+# random weights made on the GPU, no file): embedding-file parity in ComfyUI's text dtype, the text-encode time
+# and the KSampler time at 1024x1024 with F2D against plain conditioning (bench/gpu_sdxl.py). The seventh,
+# sdxl_training, is one SDXL CGDR step at 1024² on the full-size SDXL UNet (random weights, bf16): the whole batch
+# of 8 against micro-batches of 2 (time and torch.cuda.max_memory_allocated), then the global batch of 32 in
+# micro-batches of 4, and of 8 with checkpointing (bench/sdxl_train_step.py). The five parts above are capped at
+# 113 s each, sdxl at 85 s and sdxl_training at 100 s: 750 s in all, so the whole run fits one 15-minute GPU loan
+# with the machine's start.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-gpu_results}}
@@ -20,15 +25,17 @@ mkdir -p "$OUT_DIR" "$WORK_DIR"
 export PYTHONUNBUFFERED=1
 status=0
 run() {
-  local name=$1; shift
-  printf '\n== %s: %s\n' "$name" "$*"
-  timeout 130 "$@" 2>&1 | tee "$OUT_DIR/$name.log" || status=1
+  local name=$1 cap=$2; shift 2
+  printf '\n== %s (at most %s s): %s\n' "$name" "$cap" "$*"
+  timeout "$cap" "$@" 2>&1 | tee "$OUT_DIR/$name.log" || status=1
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT_DIR/gpu.txt"
-run encode python bench/gpu_encode.py --device cuda --batch 256 --json "$OUT_DIR/encode.json"
-run detection python bench/detection.py --device cuda --repeats 15
-run training python bench/gpu_training.py --device cuda --work-dir "$WORK_DIR" --json "$OUT_DIR/training.json"
-run training_peak python bench/training_peak_memory.py --device cuda --work-dir "$WORK_DIR" --json "$OUT_DIR/training_peak.json"
-run msid_training python bench/msid_train_step.py --device cuda --batch 256 1024 --json "$OUT_DIR/msid_training.json"
-WORK_DIR="$WORK_DIR" bash bench/gpu_sdxl_training.sh "$OUT_DIR" 100 || status=1
+run encode 113 python bench/gpu_encode.py --device cuda --batch 256 --json "$OUT_DIR/encode.json"
+run detection 113 python bench/detection.py --device cuda --repeats 15
+run training 113 python bench/gpu_training.py --device cuda --work-dir "$WORK_DIR" --json "$OUT_DIR/training.json"
+run training_peak 113 python bench/training_peak_memory.py --device cuda --work-dir "$WORK_DIR" --json "$OUT_DIR/training_peak.json"
+run msid_training 113 python bench/msid_train_step.py --device cuda --batch 256 1024 --json "$OUT_DIR/msid_training.json"
+run sdxl 85 python bench/gpu_sdxl.py --device cuda --json "$OUT_DIR/sdxl.json"
+run sdxl_training 100 python bench/sdxl_train_step.py --device cuda --full-unet --resolution 1024 --gpu-plan \
+  --steps 2 --work-dir "$WORK_DIR/sdxl_training" --json "$OUT_DIR/sdxl_training.json"
 exit $status

@@ -70,7 +70,7 @@ def _random(shape: tuple[int, ...], key: str, device: torch.device, g: torch.Gen
 
 def full_sdxl_state_dict(device: torch.device) -> dict[str, torch.Tensor]:
     """Full-size SDXL checkpoint keys (UNet, TAESD-XL, CLIP-L and bigG), fp16 on `device`."""
-    g = torch.Generator(device=device).manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0) if device.type != "meta" else None
     with torch.device("meta"):
         unet = UNetModel(**FULL_SDXL_UNET, device="meta", operations=comfy.ops.disable_weight_init)
         taesd = comfy.taesd.taesd.TAESD()

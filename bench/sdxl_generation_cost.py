@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--models-dir", type=Path, default=os.environ.get("F2D_TEST_MODEL_CACHE"))
+    parser.add_argument("--regimes", nargs="+", choices=["new seed", "new prompt"], default=["new seed", "new prompt"])
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -93,7 +94,7 @@ def main() -> None:
         photo = server.upload_image(face, "bench_sdxl_face.png")
         common = {"checkpoint": "unused", "size": args.size, "steps": args.steps}
         results = {"size": args.size, "steps": args.steps, "rounds": args.rounds, "checkpoint": SDXL_CHECKPOINT}
-        for regime in ("new seed", "new prompt"):
+        for regime in args.regimes:
             results[regime] = r = measure(server, photo, regime, args.rounds, **common)
             log.info("%-10s  F2D %.3f s  plain %.3f s  ratio %.4f", regime, r["f2d_s"], r["plain_s"], r["ratio"])
     if args.json:

@@ -79,6 +79,7 @@ def _load_part(weights: tuple[StateDict, dict[str, str]], path: Path | str, pref
             )
         mapper = load_into(F2DMapperXL, part, path, MAPPER_XL_WHAT)
         mapper.pooled_source = pooled
+        mapper.text_encoder_fingerprint = weights[1].get("text_encoder_fingerprint")
         return mapper
     return load_into(model_type, part, path, what)
 
@@ -154,6 +155,8 @@ def save_f2d_safetensors(
     if isinstance(mapper, F2DMapperXL):
         meta |= {"format_version": "2", "family": mapper.family, "s_star_space": mapper.s_star_space}
         meta["pooled_source"] = mapper.pooled_source
+        if mapper.text_encoder_fingerprint:
+            meta["text_encoder_fingerprint"] = mapper.text_encoder_fingerprint
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
     path = Path(path)
     what = "mapper" if msid is None else "Face2Diffusion weights"

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from ..f2d_core.conditioning.identity_start import DEFAULT_CLASS_NOUN
 from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER
 from ..f2d_core.errors import F2DError
-from .clip_tokens import clip_skip_warning
+from .clip_tokens import clip_skip_warning, fine_tuned_towers_warning
 from .face_conditioning import AS_TRAINED, face_conditioning, identifier_check, identifier_inputs, pooled_source_for
 from .sockets import F2DExpression, F2DExpressionSocket, F2DFace, F2DFaceSocket
 
@@ -97,7 +97,8 @@ class F2DApplyTokens(io.ComfyNode):
         conditioning = face_conditioning(
             clip, text, s_star, identifier.strip(), identity_start, class_noun, pooled_source=pooled
         )
-        warning = clip_skip_warning(clip)
+        warnings = [w for w in (clip_skip_warning(clip), fine_tuned_towers_warning(clip, f2d_face.face.settings)) if w]
+        warning = "; ".join(warnings) or None
         if warning:
             log.warning("Apply F2D Tokens: %s", warning)
         # The text is sent even when empty, so that the node's message clears once clip skip is gone.

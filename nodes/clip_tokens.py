@@ -14,6 +14,7 @@ from ..f2d_core.conditioning.injection import equal_chunk_counts, inject_s_star
 from ..f2d_core.errors import PromptError
 from ..f2d_core.identity.face_encoder import check_finite_s_star
 from ..f2d_core.identity.s_star_family import FAMILY_LABELS, SStar, check_s_star_widths, s_star_family
+from ..f2d_core.identity.text_fingerprint import METADATA_KEY, fingerprint_keys, text_encoder_fingerprint
 
 LAST_LAYER = -1  # CLIP Set Last Layer's stop_at_clip_layer for no clip skip
 SDXL_LAYER = -2  # SDXL's towers are read at the penultimate layer (comfy/sdxl_clip.py); None means the same
@@ -151,6 +152,44 @@ def tokens_with_face(clip, text: str, s_star: SStar, identifier: str) -> dict:
         empty = clip.tokenize("")
         tokens |= equal_chunk_counts({t: tokens[t] for t in towers}, {t: empty[t][0] for t in towers})
     return tokens
+
+
+_FINGERPRINTS: dict[tuple[int, object], str] = {}  # (id of the CLIP's patcher, its patches' uuid) -> fingerprint
+
+
+def clip_text_fingerprint(clip) -> str:
+    """`text_encoder_fingerprint` of an SDXL CLIP's towers as its next encode uses them (after `load_model`, which
+    applies weight patches such as a text-encoder LoRA); cached per patcher and patch set."""
+    clip.load_model()
+    key = (id(clip.patcher), getattr(clip.patcher, "patches_uuid", None))
+    if key not in _FINGERPRINTS:
+        tensors = {}
+        for tower in ("l", "g"):
+            model = getattr(clip.cond_stage_model, f"clip_{tower}", None)
+            if model is None:
+                continue
+            weights = model.transformer.text_model
+            layers = len(weights.encoder.layers)
+            state = dict(weights.named_parameters())
+            tensors |= {f"{tower}/{k}": state[k] for k in fingerprint_keys(layers)}
+        _FINGERPRINTS.clear()  # one CLIP at a time is the common case; never grows
+        _FINGERPRINTS[key] = text_encoder_fingerprint(tensors)
+    return _FINGERPRINTS[key]
+
+
+def fine_tuned_towers_warning(clip, settings: dict) -> str | None:
+    """A warning when the face's mapper was trained with other text-encoder weights than this CLIP's (a fine-tune
+    that retrained them, or a text-encoder LoRA), else None; None too when the mapper recorded no fingerprint."""
+    trained = settings.get(METADATA_KEY)
+    if not trained or type(clip.cond_stage_model).__name__ != "SDXLClipModel":
+        return None
+    if clip_text_fingerprint(clip) == trained:
+        return None
+    return (
+        "this checkpoint's text encoders differ from the ones the mapper was trained with (a Pony / Illustrious / "
+        "NoobAI-style fine-tune, or a text-encoder LoRA); likeness may drop: train or fine-tune the mapper on this "
+        "checkpoint."
+    )
 
 
 def clip_skip_warning(clip) -> str | None:

@@ -55,11 +55,28 @@ def face_conditioning(
     if class_range is None and not pooled_from_class:
         return face
     class_tokens = class_noun_tokens(clip, text, identifier, class_noun)
-    class_cond = clip.encode_from_tokens_scheduled(class_tokens, add_dict={**region, **(class_range or {})})
+    class_cond = None
+    if class_range is not None:
+        class_cond = clip.encode_from_tokens_scheduled(class_tokens, add_dict={**region, **class_range})
     if pooled_from_class:
-        pooled = class_cond[0][1]["pooled_output"]
+        pooled = class_cond[0][1]["pooled_output"] if class_cond else class_pooled(clip, class_tokens)
         face = [[cond, {**options, "pooled_output": pooled}] for cond, options in face]
-    return face if class_range is None else class_cond + face
+    return face if class_cond is None else class_cond + face
+
+
+def class_pooled(clip, class_tokens: dict):
+    """SDXL's pooled vector [1, 1280] of the class prompt, as `clip.encode_from_tokens` makes it, from the bigG tower
+    and the first 77-token window alone: ComfyUI's pooled is bigG's, of the first window only (comfy/sdxl_clip.py,
+    comfy/sd1_clip.py), so CLIP-L and later windows need not run. With CLIP hooks (scheduled text-encoder LoRAs)
+    the whole scheduled encode runs instead, so the hooks apply as ComfyUI applies them."""
+    if getattr(clip, "use_clip_schedule", False) or getattr(clip, "apply_hooks_to_conds", None):
+        return clip.encode_from_tokens_scheduled(class_tokens)[0][1]["pooled_output"]
+    model = clip.cond_stage_model
+    model.reset_clip_options()
+    if clip.layer_idx is not None:
+        model.set_clip_options({"layer": clip.layer_idx})
+    clip.load_model()
+    return model.clip_g.encode_token_weights(class_tokens["g"][:1])[1]
 
 
 def pooled_source_for(face_pooled_source: str | None, choice: str) -> str | None:

@@ -97,6 +97,7 @@ QUOTED = [
         "has the wrong width for the ",
         "f2d_core/identity/s_star_family.py",
     ),
+    ("text encoders differ from the ones the mapper was trained with", None, "nodes/clip_tokens.py"),
     ("SDXL's S\\* is made for the penultimate layer", "SDXL's S* is made for the", "nodes/clip_tokens.py"),
 ]
 

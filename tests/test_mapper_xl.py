@@ -73,6 +73,7 @@ def test_l_head_warm_start_reproduces_official_s_star_at_training_positions():
 
 def test_sdxl_mapper_file_round_trip_and_family_dispatch(tmp_path):
     mapper = _seeded_xl(pooled_source="identity_prompt")
+    mapper.text_encoder_fingerprint = "ab" * 32
     path = save_f2d_safetensors(tmp_path / "xl.safetensors", mapper=mapper)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
@@ -81,6 +82,7 @@ def test_sdxl_mapper_file_round_trip_and_family_dispatch(tmp_path):
     assert meta["pooled_source"] == "identity_prompt"
     loaded = load_mapper(path)
     assert isinstance(loaded, F2DMapperXL) and loaded.pooled_source == "identity_prompt"
+    assert loaded.text_encoder_fingerprint == "ab" * 32
     saved, back = mapper.state_dict(), loaded.state_dict()
     assert saved.keys() == back.keys() and all(torch.equal(saved[k], back[k]) for k in saved)
     # The SD1 mapper still loads as before, and asking for the other family names both.

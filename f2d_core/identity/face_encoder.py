@@ -179,6 +179,9 @@ class FaceEncoder:
             "msid": self.sources.get("msid", ""),
             "mapper": self.sources.get("mapper", ""),
         }
+        fingerprint = getattr(self.mapper, "text_encoder_fingerprint", None)
+        if fingerprint:  # SDXL: the towers the mapper was trained with, for Apply's fine-tune warning
+            settings["text_encoder_fingerprint"] = fingerprint
         log.info("Encoded S* from %d of %d image(s) (%s)", len(used), len(faces), pooling)
         return EncodedFace(
             s_star=self.s_star(idvec, expression, strength),

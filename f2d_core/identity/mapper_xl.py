@@ -73,6 +73,7 @@ class F2DMapperXL(ExpressionMixing):
         for t, w in widths.items():
             self.anchor.register_buffer(t, torch.zeros(WORDS, w))
         self.pooled_source = pooled_source
+        self.text_encoder_fingerprint: str | None = None  # of the towers it was trained with (text_fingerprint.py)
 
     @property
     def widths(self) -> dict[str, int]:

@@ -150,34 +150,6 @@ def test_sdxl_injection_equals_textual_inversion(sdxl_server, photos, embeddings
     assert not torch.equal(trained.pooled, ours.pooled)
 
 
-def test_apply_f2d_tokens_on_sdxl_samples(sdxl_server, photos):
-    graph = _faces_graph(photos)
-    graph |= {
-        "10": _apply("a", PROMPT),
-        "11": _encode(""),
-        "12": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "13": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["1", 0],
-                "seed": 0,
-                "steps": 2,
-                "cfg": 5.0,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "positive": ["10", 0],
-                "negative": ["11", 0],
-                "latent_image": ["12", 0],
-                "denoise": 1.0,
-            },
-        },
-        "14": {"class_type": "VAEDecode", "inputs": {"samples": ["13", 0], "vae": ["1", 2]}},
-        "15": {"class_type": "PreviewImage", "inputs": {"images": ["14", 0]}},
-    }
-    (image,) = sdxl_server.output_images(sdxl_server.run(graph, timeout=300), "15")
-    assert image.size == (64, 64)
-
-
 def test_sdxl_regions_carry_their_own_person(sdxl_server, photos, embeddings):
     """Two people with Add F2D Person == plain regional prompts (ConditioningSetMask) with their embeddings."""
     graph = _faces_graph(photos)
@@ -260,5 +232,7 @@ def test_refiner_takes_the_g_half_and_fine_tuned_towers_take_s_star(tiny_sdxl: T
     assert result["refiner_g_has_s_star"] == [True, True]
     assert "which is for SD1.x, but this CLIP is the SDXL refiner" in result["sd1_face_on_refiner"]
     assert result["tuned_equals_its_embedding"] and result["tuned_differs_from_base"]
+    assert result["fine_tune_warning_base"] is None
+    assert "text encoders differ from the ones the mapper was trained with" in result["fine_tune_warning_tuned"]
     assert result["clip_skip_default"] is None
     assert "SDXL's S* is made for the penultimate layer (-2" in result["clip_skip_last"]

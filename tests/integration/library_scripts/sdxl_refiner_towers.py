@@ -7,7 +7,7 @@ On the tiny SDXL (its file and te_options sidecar), loaded as ComfyUI loads a ch
    l list is left as tokenized; the pooled vector equals the SDXL one.
 2. `fine_tuned`: the same checkpoint with other text-tower weights (a Pony / Illustrious-style fine-tune): S* is
    injected the same way, the conditioning equals that checkpoint's own `embedding:face` encode exactly, and
-   differs from the base checkpoint's.
+   differs from the base checkpoint's; a face whose mapper recorded the base towers' fingerprint warns there only.
 3. Family checks on real objects: an SD1.x face on the refiner is refused naming both.
 """
 
@@ -22,7 +22,12 @@ import comfy.utils
 import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from comfyui_face2diffusion.f2d_core.errors import PromptError
-from comfyui_face2diffusion.nodes.clip_tokens import clip_skip_warning, tokens_with_face
+from comfyui_face2diffusion.nodes.clip_tokens import (
+    clip_skip_warning,
+    clip_text_fingerprint,
+    fine_tuned_towers_warning,
+    tokens_with_face,
+)
 from safetensors.torch import save_file
 
 PROMPT = "a photo of f l as a knight"
@@ -88,6 +93,7 @@ def main(checkpoint: str, te_options: str, refiner_unet_config: dict, embeddings
     )
     tuned_cond, tuned_pooled = _encode(tuned_clip, tokens_with_face(tuned_clip, PROMPT, face, "f l"))
     ti_cond, ti_pooled = _encode(tuned_clip, tuned_clip.tokenize("a photo of embedding:face as a knight"))
+    trained_with = {"text_encoder_fingerprint": clip_text_fingerprint(base_clip)}  # as a mapper trained on the base
     tuned_clip.clip_layer(-1)
     return {
         "refiner_model": type(refiner.model).__name__,
@@ -100,6 +106,8 @@ def main(checkpoint: str, te_options: str, refiner_unet_config: dict, embeddings
         "sd1_face_on_refiner": sd1_on_refiner,
         "tuned_equals_its_embedding": bool(torch.equal(tuned_cond, ti_cond) and torch.equal(tuned_pooled, ti_pooled)),
         "tuned_differs_from_base": bool((tuned_cond - base_cond).abs().max() > 1e-3),
+        "fine_tune_warning_base": fine_tuned_towers_warning(base_clip, trained_with),
+        "fine_tune_warning_tuned": fine_tuned_towers_warning(tuned_clip, trained_with),
         "clip_skip_default": clip_skip_warning(base_clip),
         "clip_skip_last": clip_skip_warning(tuned_clip),
     }

@@ -14,6 +14,7 @@ from ...f2d_core.checkpoints import FAMILY_NAMES
 from ...f2d_core.errors import F2DError
 from ...f2d_core.identity.mapper import ExpressionMixing, F2DMapper
 from ...f2d_core.identity.mapper_xl import F2DMapperXL, class_anchors, warm_start_l_head
+from ...f2d_core.identity.text_fingerprint import fingerprint_keys, text_encoder_fingerprint
 from ..clip_tokens import identifier_ids
 
 START_FROM = ("f2d_model mapper", "scratch", "CLIP-L head of the f2d_model mapper (SDXL)")
@@ -63,8 +64,10 @@ def starting_mapper(
         check_mapper_family(source, family)
         mapper = _seeded(F2DMapperXL, seed, pooled_source=pooled_source)
         mapper.load_state_dict(_copy(source))
+        mapper.text_encoder_fingerprint = towers_fingerprint(backend)
         return mapper
     mapper = _seeded(F2DMapperXL, seed, pooled_source=pooled_source)
+    mapper.text_encoder_fingerprint = towers_fingerprint(backend)
     noun = identifier_ids(backend.clip, class_prompt.split()[-1])[0]
     tables = {t: tower.text_model.embeddings.token_embedding.weight for t, tower in backend.towers.items()}
     mapper.init_from_anchors({t: class_anchors(table, noun) for t, table in tables.items()})
@@ -77,6 +80,17 @@ def starting_mapper(
         official.load_state_dict(_copy(source))  # never the user's loaded mapper itself
         warm_start_l_head(mapper, official, position)
     return mapper
+
+
+def towers_fingerprint(backend) -> str:
+    """The `text_encoder_fingerprint` of the towers the SDXL mapper trains with (the backend's copies, as loaded):
+    Apply F2D Tokens warns when a CLIP's towers differ (a fine-tuned checkpoint's)."""
+    tensors = {}
+    for tower, model in backend.towers.items():
+        weights = model.text_model
+        state = dict(weights.named_parameters())
+        tensors |= {f"{tower}/{k}": state[k] for k in fingerprint_keys(len(weights.encoder.layers))}
+    return text_encoder_fingerprint(tensors)
 
 
 def _copy(source: ExpressionMixing) -> dict[str, torch.Tensor]:

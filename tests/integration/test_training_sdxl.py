@@ -142,6 +142,7 @@ def test_sdxl_training_graph_lowers_the_loss_resumes_exactly_and_encode_face_loa
     assert (meta["family"], meta["pooled_source"], meta["trained_steps"]) == ("sdxl", "class_prompt", "3")
     assert settings["family"] == "sdxl" and settings["micro_batch"] == 1
     assert settings["run_identity"]["family"] == "sdxl"
+    assert len(meta["text_encoder_fingerprint"]) == 64  # the towers it was trained with
     assert settings["eval_loss_end"] < settings["eval_loss_start"], settings
     with torch.random.fork_rng(devices=[]):  # what "scratch" starts from (before its anchors)
         torch.manual_seed(0)

@@ -11,11 +11,14 @@
 # writes JSON and a log to OUT_DIR; a part that
 # fails does not stop the others. The sixth part, sdxl, is SDXL F2D inference on full-size SDXL shapes (seeded
 # random weights made on the GPU, no file): embedding-file parity in ComfyUI's text dtype, the text-encode time
-# and the KSampler time at 1024x1024 with F2D against plain conditioning (bench/gpu_sdxl.py). Last,
-# bench/gpu_robustness.py checks the GPU-only failure classes (fp16 in the identity embedding and the margin
-# softmax, memory released after an out-of-memory error, a state resumed on another device, a second GPU, NCCL
-# peer-to-peer). Caps: the five timed parts 110 s each, sdxl 90 s, the checks 90 s (730 s in all), so the whole
-# run fits one 15-minute GPU loan with the machine's start.
+# and the KSampler time at 1024x1024 with F2D against plain conditioning (bench/gpu_sdxl.py). The seventh,
+# sdxl_training, is one SDXL CGDR step at 1024² on the full-size SDXL UNet (random weights, bf16): the whole batch
+# of 8 against micro-batches of 2 (time and torch.cuda.max_memory_allocated), then the global batch of 32 in
+# micro-batches of 4, and of 8 with checkpointing (bench/sdxl_train_step.py). Then bench/gpu_robustness.py checks
+# the GPU-only failure classes (fp16 in the identity embedding and the margin softmax, memory released after an
+# out-of-memory error, a state resumed on another device, a second GPU, NCCL peer-to-peer). Caps: the five timed
+# parts 95 s each, sdxl 80 s, sdxl_training 100 s, the checks 70 s (725 s in all), so the whole run fits one
+# 15-minute GPU loan with the machine's start.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-gpu_results}}
@@ -29,11 +32,13 @@ run() {
   timeout "$cap" "$@" 2>&1 | tee "$OUT_DIR/$name.log" || status=1
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT_DIR/gpu.txt"
-run encode 110 python bench/gpu_encode.py --device cuda --batch 256 --json "$OUT_DIR/encode.json"
-run detection 110 python bench/detection.py --device cuda --repeats 15
-run training 110 python bench/gpu_training.py --device cuda --work-dir "$WORK_DIR" --json "$OUT_DIR/training.json"
-run training_peak 110 python bench/training_peak_memory.py --device cuda --work-dir "$WORK_DIR" --json "$OUT_DIR/training_peak.json"
-run msid_training 110 python bench/msid_train_step.py --device cuda --batch 256 1024 --json "$OUT_DIR/msid_training.json"
-run sdxl 90 python bench/gpu_sdxl.py --device cuda --json "$OUT_DIR/sdxl.json"
-run robustness 90 python bench/gpu_robustness.py --device cuda --json "$OUT_DIR/robustness.json"
+run encode 95 python bench/gpu_encode.py --device cuda --batch 256 --json "$OUT_DIR/encode.json"
+run detection 95 python bench/detection.py --device cuda --repeats 15
+run training 95 python bench/gpu_training.py --device cuda --work-dir "$WORK_DIR" --json "$OUT_DIR/training.json"
+run training_peak 95 python bench/training_peak_memory.py --device cuda --work-dir "$WORK_DIR" --json "$OUT_DIR/training_peak.json"
+run msid_training 95 python bench/msid_train_step.py --device cuda --batch 256 1024 --json "$OUT_DIR/msid_training.json"
+run sdxl 80 python bench/gpu_sdxl.py --device cuda --json "$OUT_DIR/sdxl.json"
+run sdxl_training 100 python bench/sdxl_train_step.py --device cuda --full-unet --resolution 1024 --gpu-plan \
+  --steps 2 --work-dir "$WORK_DIR/sdxl_training" --json "$OUT_DIR/sdxl_training.json"
+run robustness 70 python bench/gpu_robustness.py --device cuda --json "$OUT_DIR/robustness.json"
 exit $status

@@ -14,6 +14,7 @@ import time
 import comfy.sd
 import torch
 from comfyui_face2diffusion.f2d_core.identity.mapper import F2DMapper
+from comfyui_face2diffusion.f2d_core.training.backend import TextCond
 from comfyui_face2diffusion.f2d_core.training.data.dataset import TrainingSet
 from comfyui_face2diffusion.f2d_core.training.data.report import DatasetReport
 from comfyui_face2diffusion.f2d_core.training.losses import denoising_loss
@@ -60,13 +61,15 @@ def main(checkpoint: str, batch: int, resolution: int, steps: int, gradient_chec
             trainer.optimizer.zero_grad(set_to_none=True)
             dev = backend.device
             s_star = mapper(b.idvec.to(dev), b.expression.to(dev), b.keep_expression.to(dev))
-            context = backend.text_context(settings.prompt, s_star)
+            context = backend.text_context(settings.prompt, s_star).context
             latents = b.latents.to(dev)
             noise = torch.randn(latents.shape, generator=g).to(dev)
             t = torch.randint(0, 1000, (len(latents),), generator=g).to(dev)
             noisy = backend.noisy_latents(latents, noise, t)
             both = backend.predict_noise(
-                torch.cat([noisy, noisy]), torch.cat([t, t]), torch.cat([context, class_context.expand_as(context)])
+                torch.cat([noisy, noisy]),
+                torch.cat([t, t]),
+                TextCond(torch.cat([context, class_context.context.expand_as(context)])),
             )
             eps_hat, eps_class = both.chunk(2)
             denoising_loss("cgdr", eps_hat, noise, b.masks.to(dev), eps_class.detach()).backward()

@@ -24,6 +24,15 @@ continues from the saved state (the same dataset, starting mapper, loss, batch, 
 processes; a changed --lr or --weight-decay is used). Ctrl-C (SIGINT) or SIGTERM saves the state and
 exits with 130. The UNet computes the gradient in --training-dtype (auto: bf16 where the GPU has it,
 else fp32; fp16 only under a loss scale), never in a plain fp16 backward, where it underflows.
+
+SDXL: give an SDXL base checkpoint; the family is read from it (docs/training.md, "SDXL"). The crop
+size defaults to 1024 (512 for SD1.x); start from an SDXL mapper (--mapper), from scratch (S* starts
+at the class noun's word in each text encoder), or with --init-l-from mapping.pt (the official SD1
+mapper's CLIP-L head). --micro-batch splits each rank's batch into passes whose gradients add up to
+the batch's (less memory, no extra compute: use it before --gradient-checkpointing).
+
+    python cli/train_mapper.py --checkpoint $M/checkpoints/sd_xl_base_1.0.safetensors --from-scratch \
+        --micro-batch 4 --batch-size 32 ...the other arguments as above...
 """
 
 from __future__ import annotations
@@ -93,20 +102,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--checkpoint",
         type=Path,
         required=True,
-        help="SD1.x checkpoint file to train for: a .safetensors (a .ckpt is a pickle file, read only under "
-        "torch >= 2.10, the rule the pack keeps for its own .pt files).",
+        help="SD1.x or SDXL base checkpoint file to train for: a .safetensors (a .ckpt is a pickle file, read only "
+        "under torch >= 2.10, the rule the pack keeps for its own .pt files).",
+    )
+    p.add_argument(
+        "--te-model-options",
+        help="JSON passed to ComfyUI's checkpoint loader as te_model_options (for tests and odd checkpoints, "
+        "e.g. text encoders of another depth); a path to a .json file works too.",
     )
     p.add_argument("--msid", type=Path, required=True, help="MSID encoder: msid.pt or a combined .safetensors.")
     start = p.add_mutually_exclusive_group(required=True)
     start.add_argument("--mapper", type=Path, help="Starting mapper: mapping.pt or a trained .safetensors.")
     start.add_argument("--from-scratch", action="store_true", help="Start from a freshly initialised mapper.")
+    start.add_argument(
+        "--init-l-from",
+        type=Path,
+        help="SDXL: start from scratch, with the CLIP-L head copied from this SD1.x mapper (mapping.pt).",
+    )
     p.add_argument("--insightface-root", type=Path, required=True, help="Folder holding models/<pack>/.")
     p.add_argument("--pack", default="buffalo_l", help="insightface pack that finds the faces.")
     p.add_argument("--det-size", type=int, default=640, help="Face detector input size.")
     p.add_argument("--folder", type=Path, required=True, help="Face photos: directly, or one subfolder per person.")
     p.add_argument("--face-parser", type=Path, help="BiSeNet 79999_iter.pth for the face mask (else an ellipse).")
     p.add_argument("--expression-model", type=Path, help="Deep3DFaceRecon epoch_20.pth (else null_exp only).")
-    p.add_argument("--crop-size", type=int, default=512, help="Training crop size (paper: 512).")
+    p.add_argument(
+        "--crop-size", type=int, help="Training crop size (default: 512 for SD1.x as the paper, 1024 for SDXL)."
+    )
     p.add_argument("--no-flip", action="store_true", help="Do not add mirrored views.")
     p.add_argument("--cache-dir", type=Path, help="Prepared-photo cache (default: RUN_DIR/dataset_cache).")
     p.add_argument("--steps", type=int, default=100_000, help="Total steps (paper: 100,000).")
@@ -128,6 +149,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="What the UNet computes the gradient in: auto = bf16 where the GPU has it, else fp32; fp16 = under a "
         "dynamic loss scale.",
+    )
+    p.add_argument("--micro-batch", type=int, default=0, help="Samples per pass of each rank (0 = its whole batch).")
+    p.add_argument(
+        "--pooled-source",
+        choices=["class_prompt", "identity_prompt"],
+        default="class_prompt",
+        help="SDXL: the pooled text vector from 'A photo of a person' or from the prompt with S*.",
+    )
+    p.add_argument(
+        "--size-conditioning",
+        choices=["source", "target"],
+        default="source",
+        help="SDXL: original size = the face's size in its photo (source) or the crop size (target).",
     )
     p.add_argument("--run-dir", type=Path, required=True, help="Resumable state; an existing one is continued.")
     p.add_argument("--out", type=Path, required=True, help="The trained mapper (.safetensors).")
@@ -191,7 +225,12 @@ def _load_optional(path: Path | None, loader, device: torch.device):
     return None if path is None else loader(path).to(device)
 
 
-def prepare_training_set(args: argparse.Namespace, vae, ranks: Ranks):
+def crop_size(args: argparse.Namespace, family: str) -> int:
+    """--crop-size, or the family's default: 1024 for SDXL (docs/sdxl.md 3.4), 512 for SD1.x (the paper)."""
+    return args.crop_size or (1024 if family == "sdxl" else 512)
+
+
+def prepare_training_set(args: argparse.Namespace, vae, ranks: Ranks, family: str = "sd1"):
     """The training set: each rank prepares its share into the cache, rank 0 packs it, every rank maps it."""
     checkpoints = pack_module("f2d_core.checkpoints")
     detection = pack_module("f2d_core.faces.face_detection")
@@ -216,7 +255,7 @@ def prepare_training_set(args: argparse.Namespace, vae, ranks: Ranks):
         "cache_dir": args.cache_dir or args.run_dir / "dataset_cache",
         "face_parser": parser,
         "expression_model": regressor,
-        "crop_size": args.crop_size,
+        "crop_size": crop_size(args, family),
         "flip": not args.no_flip,
     }
     if not ranks.distributed:
@@ -262,16 +301,33 @@ class StopRequest:
         return bool(flag.item())
 
 
-def starting_mapper(args: argparse.Namespace):
-    """The mapper to train: from --mapper, or freshly initialised from --seed."""
-    if args.mapper is not None:
-        return pack_module("f2d_core.checkpoints").load_mapper(args.mapper)
-    torch.manual_seed(args.seed)
-    return pack_module("f2d_core.identity.mapper").F2DMapper()
+def starting_mapper(args: argparse.Namespace, backend, settings):
+    """The mapper to train: from --mapper, freshly initialised from --seed, or with --init-l-from's CLIP-L head."""
+    start = pack_module("nodes.training.starting_mapper")
+    source_path = args.mapper or args.init_l_from
+    source = None if source_path is None else pack_module("f2d_core.checkpoints").load_mapper(source_path)
+    choice = start.START_FROM[0] if args.mapper else start.L_HEAD if args.init_l_from else start.START_FROM[1]
+    return start.starting_mapper(backend, source, choice, args.seed, settings.pooled_source, settings.class_prompt)
 
 
-def load_checkpoint(path: Path):
-    """MODEL, CLIP and VAE of an SD1.x checkpoint, loaded as ComfyUI's CheckpointLoaderSimple does."""
+def te_model_options(value: str | None) -> dict:
+    """--te-model-options as a dict: JSON text, or the path of a JSON file."""
+    if not value:
+        return {}
+    import json
+
+    text = Path(value).read_text() if Path(value).is_file() else value
+    try:
+        options = json.loads(text)
+    except ValueError as e:
+        raise SystemExit(f"--te-model-options is neither JSON nor a JSON file: {e}") from None
+    if not isinstance(options, dict):
+        raise SystemExit("--te-model-options must be a JSON object.")
+    return options
+
+
+def load_checkpoint(path: Path, te_options: dict | None = None):
+    """MODEL, CLIP and VAE of an SD1.x or SDXL checkpoint, loaded as ComfyUI's CheckpointLoaderSimple does."""
     import comfy.sd
     import folder_paths
 
@@ -287,7 +343,11 @@ def load_checkpoint(path: Path):
             f"torch to {safe} or newer."
         )
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
-        str(path), output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings")
+        str(path),
+        output_vae=True,
+        output_clip=True,
+        embedding_directory=folder_paths.get_folder_paths("embeddings"),
+        te_model_options=te_options or {},
     )
     return model, clip, vae
 
@@ -298,11 +358,14 @@ def save_output(args: argparse.Namespace, result, settings, ranks: Ranks, data) 
         **asdict(settings),
         "global_batch_size": args.batch_size,
         "world_size": ranks.world_size,
-        "start_from": "scratch" if args.from_scratch else args.mapper.name,
+        "start_from": "scratch" if args.from_scratch else (args.mapper or args.init_l_from).name,
         "checkpoint": args.checkpoint.name,
         "run_dir": str(args.run_dir),
         "trainer": "cli/train_mapper.py",
         "training_dtype": args.training_dtype,
+        "family": result.identity.family if result.identity else "sd1",
+        "eval_loss_start": result.eval_loss_start,
+        "eval_loss_end": result.eval_loss_end,
         "run_identity": asdict(result.identity) if result.identity else None,
         **data.settings,
     }
@@ -320,7 +383,7 @@ def save_output(args: argparse.Namespace, result, settings, ranks: Ranks, data) 
 def train(args: argparse.Namespace, ranks: Ranks) -> int:
     """Load, prepare, train, save; the exit code."""
     trainer_module = pack_module("f2d_core.training.trainer")
-    backend_module = pack_module("nodes.training.comfy_backend")
+    backend_module = pack_module("nodes.training.comfy_backend_sdxl")
     fingerprint = pack_module("f2d_core.training.data.cache").module_fingerprint
     settings = trainer_module.TrainSettings(
         steps=args.steps,
@@ -334,21 +397,24 @@ def train(args: argparse.Namespace, ranks: Ranks) -> int:
         checkpoint_every=args.checkpoint_every,
         max_bad_steps=args.max_bad_steps,
         max_zero_gradient_steps=args.max_zero_gradient_steps,
+        micro_batch=args.micro_batch,
+        pooled_source=args.pooled_source,
+        size_conditioning=args.size_conditioning,
     )
     if ranks.device.type == "cpu" and not args.cpu:
         reason = f"PyTorch {torch.__version__} sees no CUDA GPU (pass --cpu to train on the CPU on purpose)"
         log.warning("%s", pack_module("f2d_core.training.placement").cpu_training_warning(ranks.device, True, reason))
     if ranks.rank == 0:  # before hours of training, not after
         pack_module("f2d_core.training.mapper_output").check_mapper_destination(args.out, overwrite=True)
-    model, clip, vae = load_checkpoint(args.checkpoint)
-    data = prepare_training_set(args, vae, ranks)
-    backend = backend_module.ComfyDiffusionBackend(
+    model, clip, vae = load_checkpoint(args.checkpoint, te_model_options(args.te_model_options))
+    data = prepare_training_set(args, vae, ranks, backend_module.model_family(model))
+    backend = backend_module.make_backend(
         model,
         clip,
         gradient_checkpointing=args.gradient_checkpointing,
         training_dtype=TRAINING_DTYPE_FLAGS[args.training_dtype],
     )
-    mapper = starting_mapper(args).to(backend.device)
+    mapper = starting_mapper(args, backend, settings).to(backend.device)
     trainable = mapper
     start_process_group(ranks, args.dist_timeout)
     if ranks.distributed:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
-from f2d_core.errors import DatasetError
+from f2d_core.errors import DatasetError, F2DError
 from f2d_core.faces.expression_model import expression_codes, load_expression_model
 from f2d_core.faces.face_detection import FaceDetector
 from f2d_core.faces.face_parsing import load_face_parser
@@ -32,7 +32,7 @@ from f2d_core.training.data.dataset import (
     prepare_dataset,
     prepare_share,
 )
-from f2d_core.training.data.ffhq_crop import ffhq_crop, mirror_landmarks, shrink_factor
+from f2d_core.training.data.ffhq_crop import ffhq_crop, ffhq_matrix, mirror_landmarks, shrink_factor, source_side
 from f2d_core.training.data.files import decode_photo
 from f2d_core.training.run_identity import dataset_digest, names_only_dataset_digest
 from tests.support import synthetic_bisenet, synthetic_deep3d
@@ -408,8 +408,8 @@ def test_the_set_is_one_packed_file_that_safetensors_reads_and_ranks_map(small, 
     for name in ("idvec", "latents", "masks"):  # mapped from the file, not read into memory
         assert _mapped_file(getattr(first, name)) == str(first.path.resolve())
     on_disk = load_file(str(first.path))  # plain safetensors
-    assert set(on_disk) == {"idvec", "latents", "masks"} and on_disk["latents"].dtype == torch.float16
-    for name in ("idvec", "latents", "masks"):
+    assert set(on_disk) == {"idvec", "latents", "masks", "source_side"} and on_disk["latents"].dtype == torch.float16
+    for name in ("idvec", "latents", "masks", "source_side"):
         assert torch.equal(on_disk[name], getattr(first, name))
     opened = open_training_set(first.path)  # what another rank does: the files, persons and report come along
     assert opened.files == first.files and opened.person == first.person
@@ -545,3 +545,34 @@ def test_a_file_of_several_frames_is_its_first_frame_in_training_and_identity_fo
     assert Image.open(io.BytesIO(buffer.getvalue())).n_frames == 2
     decoded = decode_photo(buffer.getvalue()).astype(int)
     assert np.abs(decoded - first).mean() < 2 < np.abs(decoded - second).mean(), kind
+
+
+# --- SDXL: the face's size in the photo, and a VAE that overflows ----------------------------------------
+
+
+def test_source_side_is_the_ffhq_quad_side_in_photo_pixels_for_both_views(small, encoder, detector, tmp_path):
+    data, _, _ = _cached_run(small, encoder, detector, tmp_path / "cache")
+    assert data.source_side is not None and data.source_side.shape == (3, 2)
+    for i, name in enumerate(data.files):
+        rgb, kps = _photo_and_kps(small, name, detector)
+        # The crop shrinks the quad by S / side: |det| of the photo -> crop matrix is (S / side)^2.
+        det = torch.linalg.det(ffhq_matrix(kps, SIZE)[0, :, :2].double()).abs()
+        side = SIZE / det.sqrt()
+        assert data.source_side[i, 0].item() == pytest.approx(side.item(), rel=1e-5)
+        assert data.source_side[i, 1].item() == data.source_side[i, 0].item()  # the mirrored photo: same face size
+        mirrored = source_side(mirror_landmarks(kps, rgb.shape[1]))
+        assert mirrored.item() == pytest.approx(side.item(), rel=1e-5)
+    # the faces are squares of side 128 in 320-pixel photos: the quad is a bit larger than the face
+    assert 100 < data.source_side.min() and data.source_side.max() < 400
+    again = open_training_set(data.path)  # packed with the set, read back by every rank
+    assert torch.equal(again.source_side, data.source_side)
+
+
+def test_non_finite_latents_are_refused_with_the_vae_hint(small, encoder, detector, tmp_path):
+    def fp16_sdxl_vae(images: torch.Tensor) -> torch.Tensor:
+        latents = stand_in_vae(images)
+        latents[0, 0, 0, 0] = float("nan")  # what the SDXL VAE's overflow in fp16 gives
+        return latents
+
+    with pytest.raises(F2DError, match=r"NaN or infinite latents .*--fp32-vae or --bf16-vae.*fp16-fix SDXL VAE"):
+        _prepare(small, encoder, detector, tmp_path / "cache", encode_latents=fp16_sdxl_vae, latent_key="fp16")

@@ -1,7 +1,8 @@
 """What makes a resumable state belong to a run: a resume with another identity would mix two runs.
 
 The identity is what the saved mapper and optimizer moments were computed from: the dataset, the
-starting mapper, the loss, the global batch, the seed and the number of processes. Everything else
+starting mapper, the loss, the global batch, the seed, the number of processes, the model family
+(SD1.x or SDXL) and, for SDXL, where the pooled vector comes from. Everything else
 (learning rate, weight decay, steps, dropout, ...) is a hyper-parameter the user may change between
 sessions; the current value wins.
 """
@@ -23,6 +24,8 @@ IDENTITY_LABELS = {
     "global_batch_size": "batch size",
     "seed": "seed",
     "world_size": "number of processes (world size)",
+    "family": "model family",
+    "pooled_source": "pooled_source",
 }
 _DIGESTS = ("dataset", "start_mapper")  # shown shortened
 
@@ -37,6 +40,8 @@ class RunIdentity:
     global_batch_size: int
     seed: int
     world_size: int
+    family: str = "sd1"  # states saved before SDXL training record neither: they are SD1 runs
+    pooled_source: str = ""  # SDXL only (docs/sdxl.md D5); "" for SD1
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -44,7 +49,7 @@ class RunIdentity:
     @classmethod
     def from_json(cls, text: str) -> RunIdentity:
         values = json.loads(text)
-        return cls(**{f.name: values[f.name] for f in fields(cls)})
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
     def differences(self, saved: RunIdentity) -> list[str]:
         """'loss (saved run: cgdr, now: reconstruction)' for every field that differs."""

@@ -17,11 +17,12 @@ from ..conditioning.injection import DEFAULT_IDENTIFIER
 from ..errors import F2DError
 from ..identity.mapper import F2DMapper
 from ..run_lock import run_lock
-from .backend import DiffusionBackend
+from .backend import POOLED_SOURCES, DiffusionBackend, TextCond
 from .data.cache import module_fingerprint
 from .losses import LOSSES, denoising_loss, needs_class_prediction
 from .precision import LossScale, dtype_name
 from .run_identity import RunIdentity, dataset_digest, names_only_dataset_digest
+from .size_conditioning import SIZE_CONDITIONINGS, size_ids
 from .state_file import STATE_FILE, check_free_disk, load_state, save_state, state_bytes
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,22 @@ class TrainSettings:
     class_prompt: str = "A photo of a person"
     max_bad_steps: int = 10
     max_zero_gradient_steps: int = 10  # stop when the mapper's gradient is exactly zero this many steps in a row
+    pooled_source: str = "class_prompt"  # SDXL: pooled vector of the class prompt or of the S* prompt (D5)
+    size_conditioning: str = "source"  # SDXL: original size = the face's size in the photo, or the crop's
+    micro_batch: int = 0  # samples per forward/backward (gradients accumulated); 0 = the whole batch at once
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise F2DError(f"loss must be one of {LOSSES}, not {self.loss!r}")
+        if self.pooled_source not in POOLED_SOURCES:
+            raise F2DError(f"pooled_source must be one of {POOLED_SOURCES}, not {self.pooled_source!r}")
+        if self.size_conditioning not in SIZE_CONDITIONINGS:
+            raise F2DError(f"size_conditioning must be one of {SIZE_CONDITIONINGS}, not {self.size_conditioning!r}")
+        if self.micro_batch < 0 or (self.micro_batch and self.batch_size % self.micro_batch):
+            raise F2DError(
+                f"micro_batch {self.micro_batch} must divide the batch of {self.batch_size} samples per process "
+                "(0 = the whole batch in one pass)."
+            )
         if min(self.steps, self.batch_size, self.checkpoint_every, self.max_zero_gradient_steps) < 1:
             raise F2DError("steps, batch_size, checkpoint_every and max_zero_gradient_steps must be at least 1")
         if not 0 <= self.expression_dropout <= 1:
@@ -83,6 +96,22 @@ class Batch:
     keep_expression: torch.Tensor  # [B] 1 = use the expression, 0 = null_exp (dropout)
     latents: torch.Tensor  # [B, 4, h, w]
     masks: torch.Tensor  # [B, 1, h, w]
+    size_ids: torch.Tensor  # [B, 6] SDXL size conditioning (size_conditioning.size_ids); unused by SD1
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def part(self, rows: slice) -> Batch:
+        """The samples `rows` of this batch (a micro-batch)."""
+        expression = None if self.expression is None else self.expression[rows]
+        return Batch(
+            self.idvec[rows],
+            expression,
+            self.keep_expression[rows],
+            self.latents[rows],
+            self.masks[rows],
+            self.size_ids[rows],
+        )
 
 
 def sample_batch(data, settings: TrainSettings, step: int, rank: int = 0, world_size: int = 1) -> Batch:
@@ -95,12 +124,16 @@ def sample_batch(data, settings: TrainSettings, step: int, rank: int = 0, world_
     targets = picks.tolist()
     refs = [data.reference_index(i, generator) if settings.shuffle_identities else i for i in targets]
     has_expression = data.expression is not None
+    crop_size = data.latents.shape[-1] * 8
+    source_side = getattr(data, "source_side", None)  # [N, V] photo pixels; sets without it: the crop size
+    sides = torch.full((len(targets),), float(crop_size)) if source_side is None else source_side[targets, view]
     return Batch(
         idvec=data.idvec[refs, view],
         expression=data.expression[refs, view] if has_expression else None,
         keep_expression=(~drop).float() if has_expression else torch.zeros(len(refs)),
         latents=data.latents[targets, view].float(),  # stored float16 / uint8 (shared memory map): per batch
         masks=data.masks[targets, view].float(),
+        size_ids=size_ids(sides.float(), crop_size, settings.size_conditioning),
     )
 
 
@@ -167,25 +200,76 @@ class MapperTrainer:
                 self.loss_scale,
             )
 
-    def step_loss(self, batch: Batch, class_context: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-        """Loss of one batch; gradients reach the mapper through the text encoder and the UNet."""
+    @property
+    def family(self) -> str:
+        return getattr(self.backend, "family", "sd1")
+
+    def _identity_cond(self, batch: Batch, class_cond: TextCond, dropout_seed: int) -> TextCond:
+        """The S* prompt's conditioning for `batch`; gradients reach the mapper through the text encoder.
+
+        The mapper's dropout draws from the global RNG seeded with `dropout_seed` (and restored after),
+        so a step is a function of (seed, step, rank): a resumed run, the node and the CLI repeat it.
+        """
         device = self.backend.device
-        s_star = self.trainable(
-            batch.idvec.to(device),
-            None if batch.expression is None else batch.expression.to(device),
-            batch.keep_expression.to(device),
-        )
-        context = self.backend.text_context(self.settings.prompt, s_star)
-        latents = batch.latents.to(device)
-        noise = torch.randn(latents.shape, generator=generator).to(device)
-        timesteps = torch.randint(0, NUM_TIMESTEPS, (latents.shape[0],), generator=generator).to(device)
-        noisy = self.backend.noisy_latents(latents, noise, timesteps)
+        with seeded_global_rng(dropout_seed, device):
+            s_star = self.trainable(
+                batch.idvec.to(device),
+                None if batch.expression is None else batch.expression.to(device),
+                batch.keep_expression.to(device),
+            )
+        from_identity = self.settings.pooled_source == "identity_prompt"
+        cond = self.backend.text_context(self.settings.prompt, s_star, pooled=from_identity)
+        if class_cond.pooled is not None and not from_identity:  # SDXL, D5: y from the class prompt, no gradient
+            cond = cond.with_pooled(class_cond.pooled.expand(len(batch), -1))
+        return cond
+
+    def _chunk_loss(
+        self, batch: Batch, noise: torch.Tensor, timesteps: torch.Tensor, class_cond: TextCond, dropout_seed: int
+    ) -> torch.Tensor:
+        """The loss of one micro-batch (a mean over its samples)."""
+        device = self.backend.device
+        cond = self._identity_cond(batch, class_cond, dropout_seed)
+        latents, timesteps = batch.latents.to(device), timesteps.to(device)
+        noisy = self.backend.noisy_latents(latents, noise.to(device), timesteps)
+        sizes = batch.size_ids.to(device)
         eps_class = None
-        if class_context is not None:
+        if needs_class_prediction(self.settings.loss):
             with torch.no_grad():
-                eps_class = self.backend.predict_noise(noisy, timesteps, class_context.expand(len(latents), -1, -1))
-        eps_hat = self.backend.predict_noise(noisy, timesteps, context)
-        return denoising_loss(self.settings.loss, eps_hat, noise, batch.masks.to(device), eps_class)
+                eps_class = self.backend.predict_noise(noisy, timesteps, class_cond.expand(len(batch)), sizes)
+        eps_hat = self.backend.predict_noise(noisy, timesteps, cond, sizes)
+        return denoising_loss(self.settings.loss, eps_hat, noise.to(device), batch.masks.to(device), eps_class)
+
+    def micro_batches(self, size: int) -> list[slice]:
+        """The rows of each micro-batch of a batch of `size` samples (one slice without micro-batching)."""
+        step = self.settings.micro_batch or size
+        return [slice(i, min(i + step, size)) for i in range(0, size, step)]
+
+    def step_loss(
+        self, batch: Batch, class_cond: TextCond, generator: torch.Generator, backward: bool = False
+    ) -> torch.Tensor:
+        """Loss of one batch (detached); with `backward`, its gradient accumulated into the mapper.
+
+        Noise and timesteps are drawn for the whole batch first, then sliced into micro-batches, so
+        the loss and the gradient are the whole batch's up to the order of the sums (docs/sdxl.md 3.2):
+        each micro-batch's mean loss is weighted by its share of the batch. Under DDP, only the last
+        micro-batch's backward all-reduces the gradients. The backward runs under `self.loss_scale`.
+        """
+        noise = torch.randn(batch.latents.shape, generator=generator)
+        timesteps = torch.randint(0, NUM_TIMESTEPS, (len(batch),), generator=generator)
+        parts = self.micro_batches(len(batch))
+        total = torch.zeros((), device=self.backend.device)
+        for i, rows in enumerate(parts):
+            dropout_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            loss = self._chunk_loss(batch.part(rows), noise[rows], timesteps[rows], class_cond, dropout_seed)
+            if len(parts) > 1:
+                loss = loss * ((rows.stop - rows.start) / len(batch))
+            if backward:
+                last = i == len(parts) - 1
+                no_sync = getattr(self.trainable, "no_sync", None)
+                with contextlib.nullcontext() if last or no_sync is None else no_sync():
+                    self.loss_scale.scaled(loss).backward()
+            total = total + loss.detach()
+        return total
 
     def _log_progress(self, step: int, loss: float, grad_norm: float) -> None:
         """Log the first step, then at most every LOG_EVERY_SECONDS, and the last (rank 0 only)."""
@@ -196,7 +280,7 @@ class MapperTrainer:
             log.info("step %d/%d: loss %.5f, grad norm %.3g%s", step, self.settings.steps, loss, grad_norm, rate)
             self._last_log, self._last_step = now, step
 
-    def evaluate(self, class_context: torch.Tensor | None) -> float:
+    def evaluate(self, class_context: TextCond) -> float:
         """Loss of the fixed evaluation batch (no expression dropout, mapper in eval mode, no gradients)."""
         batch = sample_batch(self.data, replace(self.settings, expression_dropout=0.0), EVAL_STEP)
         was_training = self.mapper.training
@@ -213,25 +297,24 @@ class MapperTrainer:
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         return bool(finite.item())
 
-    def gradients(self, step: int, class_context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def gradients(self, step: int, class_context: TextCond) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Loss of `step`'s batch and the mapper's gradient norm (None when the loss is not finite on some rank).
 
-        The backward runs in the backend's training dtype; in fp16 under `self.loss_scale`, and the
-        gradients left in the mapper's (fp32) parameters are unscaled.
+        The backward runs in the backend's training dtype, one micro-batch at a time; in fp16 under
+        `self.loss_scale`, and the gradients left in the mapper's (fp32) parameters are unscaled.
         """
         batch = sample_batch(self.data, self.settings, step, self.rank, self.world_size)
         step_seed = self.settings.seed * 7_919 + step * 101 + self.rank
         generator = torch.Generator().manual_seed(step_seed)
         self.optimizer.zero_grad(set_to_none=True)
-        with seeded_global_rng(step_seed, self.backend.device):  # the mapper's Dropout draws from the global RNG
-            loss = self.step_loss(batch, class_context, generator)
+        loss = self.step_loss(batch, class_context, generator, backward=True)
         if not self._finite_everywhere(loss):
+            self.optimizer.zero_grad(set_to_none=True)
             return loss, None
-        self.loss_scale.scaled(loss).backward()
         self.loss_scale.unscale_(self.mapper.parameters())
         return loss, torch.nn.utils.clip_grad_norm_(self.mapper.parameters(), float("inf"))
 
-    def _train_step(self, step: int, class_context: torch.Tensor | None) -> tuple[float, float] | None:
+    def _train_step(self, step: int, class_context: TextCond) -> tuple[float, float] | None:
         """One optimizer step: (loss, gradient norm); None (and no update) when the loss or gradient is not finite."""
         loss, grad_norm = self.gradients(step, class_context)
         if grad_norm is None:
@@ -263,6 +346,8 @@ class MapperTrainer:
             global_batch_size=self.settings.batch_size * self.world_size,
             seed=self.settings.seed,
             world_size=self.world_size,
+            family=self.family,
+            pooled_source=self.settings.pooled_source if self.family == "sdxl" else "",
         )
 
     def run(
@@ -310,10 +395,8 @@ class MapperTrainer:
             scale = f" under a loss scale of {self.loss_scale.scale:g}" if self.loss_scale.enabled else ""
             log.info("training in %s%s on %s", dtype_name(self.training_dtype), scale, self.backend.device)
         self.mapper.train()
-        class_context = None
-        if needs_class_prediction(settings.loss):
-            with torch.no_grad():
-                class_context = self.backend.text_context(settings.class_prompt).detach()
+        with torch.no_grad():  # the class prompt: CGDR's class branch, and SDXL's pooled vector (D5)
+            class_context = self.backend.text_context(settings.class_prompt, pooled=True).detach()
         eval_start = self.evaluate(class_context)
         bad_steps, zero_steps, status, grad_norms = 0, 0, "completed", []
         try:

@@ -35,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ...f2d_core.conditioning.injection import DEFAULT_IDENTIFIER, find_identifier
 from ...f2d_core.errors import F2DError
+from ...f2d_core.training.backend import TextCond
 from ...f2d_core.training.data.cache import module_fingerprint
 from ...f2d_core.training.placement import cpu_training_warning
 from ...f2d_core.training.precision import dtype_name, resolve_training_dtype
@@ -83,22 +84,25 @@ def prediction_type(model_sampling) -> str:
     return kind.__name__
 
 
-def check_trainable_model(model) -> None:
-    """Refuse what CGDR mapper training cannot use: a UNet that is not text-to-image or not eps-predicting."""
+def check_trainable_model(model, family: str = "SD1.x", examples: str = "SD1.4 or SD1.5") -> None:
+    """Refuse what CGDR mapper training cannot use: a UNet that is not text-to-image or not eps-predicting.
+
+    family / examples name the model family in the messages ("SDXL", "SDXL base 1.0").
+    """
     base = model.model
     channels = base.model_config.unet_config.get("in_channels", 4)
     if channels != 4:
         raise F2DError(
-            f"Mapper training needs a text-to-image SD1.x UNet (4 latent input channels); this MODEL's UNet takes "
+            f"Mapper training needs a text-to-image {family} UNet (4 latent input channels); this MODEL's UNet takes "
             f"{channels} (an inpainting or instruct-pix2pix checkpoint). Train with its base checkpoint (e.g. "
-            "SD1.5): the mapper it gives also works with the inpainting checkpoint."
+            f"{examples.split(' or ')[-1]}): the mapper it gives also works with the inpainting checkpoint."
         )
     predicts = prediction_type(model.get_model_object("model_sampling"))
     if predicts != "eps":
         raise F2DError(
-            f"Mapper training needs an eps-prediction SD1.x model (the CGDR loss compares predicted noise); this "
+            f"Mapper training needs an eps-prediction {family} model (the CGDR loss compares predicted noise); this "
             f"MODEL predicts {predicts} (a v-prediction checkpoint, or a ModelSamplingDiscrete node set to it). "
-            "Train with an eps-prediction checkpoint such as SD1.4 or SD1.5."
+            f"Train with an eps-prediction checkpoint such as {examples}."
         )
 
 
@@ -194,6 +198,8 @@ def dropped_model_patches(model) -> list[str]:
 class ComfyDiffusionBackend:
     """`f2d_core.training.DiffusionBackend` for an SD1.x (eps-prediction) ComfyUI MODEL and CLIP."""
 
+    family = "sd1"
+
     def __init__(
         self,
         model,
@@ -252,8 +258,9 @@ class ComfyDiffusionBackend:
         occurrences = find_identifier(chunks, identifier_ids(self.clip, self.identifier), special_tokens(self.clip))
         return ids, [pos for occurrence in occurrences for _, pos in occurrence]
 
-    def text_context(self, prompt: str, s_star: torch.Tensor | None = None) -> torch.Tensor:
-        """Last-layer CLIP-L states [B, 77, 768]; S* replaces token + position embedding at the identifier."""
+    def text_context(self, prompt: str, s_star: torch.Tensor | None = None, pooled: bool = False) -> TextCond:
+        """Last-layer CLIP-L states [B, 77, 768] (no pooled vector: SD1 has none); S* [B, 2, 768] replaces
+        token + position embedding at the identifier."""
         ids, positions = self._token_ids(prompt)
         embeddings = self.text_model.embeddings
         x = embeddings.token_embedding(ids[None], out_dtype=torch.float32)
@@ -264,7 +271,7 @@ class ComfyDiffusionBackend:
             x = x.expand(s_star.shape[0], -1, -1).clone()
             for k, pos in enumerate(positions):
                 x[:, pos] = s_star[:, k % 2].to(x.dtype)
-        return self._encode(x)
+        return TextCond(self._encode(x))
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         """The text transformer without in-place adds, stopping at the clip-skip layer like ComfyUI."""
@@ -286,10 +293,16 @@ class ComfyDiffusionBackend:
         x0 = self.latent_format.process_in(latents.float())
         return self.model_sampling.noise_scaling(sigma, noise.float(), x0)
 
-    def predict_noise(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """The UNet's eps for z_t (what `apply_model` computes before turning it into x0)."""
+    def unet_inputs(self, noisy: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(x_in in the training dtype, the model's timestep, fresh transformer_options) for z_t."""
         sigma = self.model_sampling.sigma(timesteps)
         x_in = self.model_sampling.calculate_input(sigma, noisy).to(self.training_dtype)
         t = self.model_sampling.timestep(sigma).float()
-        options = {"optimized_attention_override": differentiable_attention}  # a fresh dict: the UNet writes in it
-        return self.unet(x_in, t, context=context.to(self.training_dtype), transformer_options=options).float()
+        return x_in, t, {"optimized_attention_override": differentiable_attention}  # a fresh dict: the UNet writes
+
+    def predict_noise(
+        self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: TextCond, size_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The UNet's eps for z_t (what `apply_model` computes before turning it into x0); size_ids unused."""
+        x_in, t, options = self.unet_inputs(noisy, timesteps)
+        return self.unet(x_in, t, context=cond.context.to(self.training_dtype), transformer_options=options).float()

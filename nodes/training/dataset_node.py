@@ -91,7 +91,12 @@ class F2DTrainingDataset(io.ComfyNode):
                     "with its neutral expression only.",
                 ),
                 io.Int.Input(
-                    "crop_size", default=512, min=64, max=1024, step=64, tooltip="Training crop size (paper: 512)."
+                    "crop_size",
+                    default=512,
+                    min=64,
+                    max=1024,
+                    step=64,
+                    tooltip="Training crop size (paper: 512; SDXL: 1024, or 768 / 512 for less compute).",
                 ),
                 io.Boolean.Input(
                     "flip", default=True, tooltip="Add the mirror image of each photo (the paper's only augmentation)."

@@ -13,35 +13,37 @@ from comfy_api.latest import io
 from server import PromptServer
 
 from ...f2d_core.errors import F2DError
-from ...f2d_core.identity.mapper import F2DMapper
+from ...f2d_core.training.backend import POOLED_SOURCES
+from ...f2d_core.training.data.cache import module_fingerprint
 from ...f2d_core.training.losses import LOSSES
 from ...f2d_core.training.precision import TRAINING_DTYPES, dtype_name
+from ...f2d_core.training.size_conditioning import SIZE_CONDITIONINGS
 from ...f2d_core.training.trainer import MapperTrainer, TrainSettings
 from ..model_paths import training_run_dir
 from ..out_of_memory import OUT_OF_MEMORY, released_out_of_memory
 from ..out_of_memory import summary as memory_error_summary
 from ..sockets import F2DDatasetSocket, F2DModel, F2DModelSocket, F2DTrainedMapperSocket, TrainedMapper
-from .comfy_backend import ComfyDiffusionBackend
+from .comfy_backend_sdxl import make_backend
+from .starting_mapper import START_FROM, starting_mapper
 
 log = logging.getLogger(__name__)
 
-START_FROM = ("f2d_model mapper", "scratch")
 PROGRESS_EVENT = "f2d.training.progress"
+SDXL_SMALL_CROP = 768  # an SDXL run on smaller crops is warned: SDXL generates at 1024 (docs/sdxl.md 3.4)
 
 
-def starting_mapper(f2d_model: F2DModel, start_from: str, seed: int) -> F2DMapper:
-    """A trainable mapper: a copy of the loaded one (e.g. the official mapping.pt), or initialised from `seed`.
-
-    A scratch mapper is a function of the seed, so the same run identity (and its resume) is found again.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        mapper = F2DMapper()
-    if start_from == "f2d_model mapper":
-        mapper.load_state_dict(
-            {k: v.detach().clone().float().cpu() for k, v in f2d_model.encoder.mapper.state_dict().items()}
+def check_dataset_vae(dataset, vae) -> None:
+    """F2DError when the training set's latents were made by another VAE than `vae` (another base model's)."""
+    key = dataset.settings.get("latent_key")
+    if vae is None or key is None:
+        return
+    ours = f"vae:{module_fingerprint(vae.first_stage_model)}"
+    if key != ours:
+        raise F2DError(
+            f"This training set was made with another VAE ({key[:16]}...) than the one given ({ours[:16]}...): a "
+            "dataset made for another base model (SD1.x latents for SDXL or the reverse) teaches the mapper "
+            "nothing. Connect the same checkpoint's VAE to F2D Training Dataset and prepare the set again."
         )
-    return mapper
 
 
 class _Reporter:
@@ -74,14 +76,18 @@ class F2DTrainMapper(io.ComfyNode):
             "regularization; the UNet, text encoder and VAE stay frozen. Saves a resumable state every "
             "checkpoint_every steps in output/face2diffusion_training/<run_name>; interrupting saves too.",
             inputs=[
-                io.Model.Input("model", tooltip="The SD1.x model to train for (SD1.4 in the paper)."),
+                io.Model.Input(
+                    "model", tooltip="The SD1.x (SD1.4 in the paper) or SDXL base model to train the mapper for."
+                ),
                 io.Clip.Input("clip", tooltip="Its CLIP."),
                 F2DDatasetSocket.Input("dataset", tooltip="From F2D Training Dataset."),
                 F2DModelSocket.Input("f2d_model", tooltip="Gives the starting mapper."),
                 io.Combo.Input(
                     "start_from",
                     options=list(START_FROM),
-                    tooltip="Fine-tune the loaded mapper (e.g. the official mapping.pt) or train from scratch.",
+                    tooltip="Fine-tune the loaded mapper (e.g. the official mapping.pt) or train from scratch. SDXL: "
+                    "from scratch, S* starts at the class noun's word in each text encoder; the third choice also "
+                    "starts the CLIP-L head from a loaded SD1.x mapper.",
                 ),
                 io.Int.Input("steps", default=1000, min=1, max=10_000_000, tooltip="Total steps (paper: 100,000)."),
                 io.Int.Input("batch_size", default=8, min=1, max=256, tooltip="Photos per step (paper: 32)."),
@@ -138,6 +144,39 @@ class F2DTrainMapper(io.ComfyNode):
                     "ComfyUI's fp16 UNet is never used as is: its gradient underflows to zero; 'fp16 + loss "
                     "scaling' keeps fp16 and scales the loss instead.",
                 ),
+                io.Int.Input(
+                    "micro_batch",
+                    default=0,
+                    min=0,
+                    max=256,
+                    optional=True,
+                    tooltip="Photos per forward/backward pass, gradients summed over the batch (0 = the whole "
+                    "batch at once). Same update, less memory, no extra compute: lower it before turning on "
+                    "gradient checkpointing (SDXL at 1024: 4 to 8 on 24 GB).",
+                ),
+                io.Combo.Input(
+                    "pooled_source",
+                    options=list(POOLED_SOURCES),
+                    default="class_prompt",
+                    optional=True,
+                    tooltip="SDXL only: the pooled text vector comes from 'A photo of a person' (identity only "
+                    "through the words) or from the prompt with S* (ComfyUI's plain behaviour). Saved with the "
+                    "mapper; Apply F2D Tokens follows it.",
+                ),
+                io.Combo.Input(
+                    "size_conditioning",
+                    options=list(SIZE_CONDITIONINGS),
+                    default="source",
+                    optional=True,
+                    tooltip="SDXL only: 'source' tells the UNet each face's size in its photo (a small face is "
+                    "labelled low resolution); 'target' says every crop is sharp at the crop size.",
+                ),
+                io.Vae.Input(
+                    "vae",
+                    optional=True,
+                    tooltip="The model's VAE: when given, a training set made with another VAE (another base "
+                    "model) is refused.",
+                ),
             ],
             outputs=[F2DTrainedMapperSocket.Output(display_name="trained_mapper")],
             hidden=[io.Hidden.unique_id],
@@ -164,7 +203,12 @@ class F2DTrainMapper(io.ComfyNode):
         resume: bool,
         gradient_checkpointing: bool,
         training_dtype: str = "auto",
+        micro_batch: int = 0,
+        pooled_source: str = "class_prompt",
+        size_conditioning: str = "source",
+        vae=None,
     ) -> io.NodeOutput:
+        check_dataset_vae(dataset, vae)
         settings = TrainSettings(
             steps=steps,
             batch_size=batch_size,
@@ -174,6 +218,9 @@ class F2DTrainMapper(io.ComfyNode):
             shuffle_identities=shuffle_identities,
             seed=seed,
             checkpoint_every=checkpoint_every,
+            micro_batch=micro_batch,
+            pooled_source=pooled_source,
+            size_conditioning=size_conditioning,
         )
         run_dir = training_run_dir(run_name)
         note = dataset.shuffle_note() if shuffle_identities else ""
@@ -183,11 +230,18 @@ class F2DTrainMapper(io.ComfyNode):
         out_of_memory = None
         try:
             with torch.inference_mode(False):
-                backend = ComfyDiffusionBackend(
+                backend = make_backend(
                     model, clip, gradient_checkpointing=gradient_checkpointing, training_dtype=training_dtype
                 )
                 dtype = dtype_name(backend.training_dtype)
-                mapper = starting_mapper(f2d_model, start_from, seed).to(backend.device)
+                source = f2d_model.encoder.mapper
+                mapper = starting_mapper(backend, source, start_from, seed, pooled_source, settings.class_prompt)
+                mapper = mapper.to(backend.device)
+                crop = dataset.latents.shape[-1] * 8
+                if backend.family == "sdxl" and crop < SDXL_SMALL_CROP:
+                    log.warning(
+                        "SDXL mapper trained on %d-pixel crops: SDXL generates at 1024 (use 768 or 1024).", crop
+                    )
                 trainer = MapperTrainer(
                     mapper, backend, dataset, settings, run_dir, writer="Train F2D Mapper (ComfyUI)"
                 )
@@ -196,6 +250,7 @@ class F2DTrainMapper(io.ComfyNode):
                     progress=_Reporter(cls.hidden.unique_id, steps),
                     should_stop=comfy.model_management.processing_interrupted,
                 )
+            backend_family = backend.family
         except OUT_OF_MEMORY as e:  # let its frames (the training copies) go before anything else
             out_of_memory = memory_error_summary(e)
         finally:
@@ -235,6 +290,7 @@ class F2DTrainMapper(io.ComfyNode):
                 "eval_loss_start": result.eval_loss_start,
                 "eval_loss_end": result.eval_loss_end,
                 "training_dtype": dtype,
+                "family": backend_family,
                 "run_identity": asdict(result.identity) if result.identity else None,
                 **dataset.settings,
             },

@@ -85,6 +85,35 @@ const SDXL_NOTE = `## Face2Diffusion on SDXL: files to put in place
 Write **f l** in the prompt where the person goes; \`(f l:1.2)\` weights work. Save F2D Face also writes the
 face as an embedding, usable as \`embedding:name\` in any SDXL prompt.`;
 
+const SDXL_TRAINING_NOTE = `## Train an SDXL F2D mapper (CGDR at 1024², two text encoders)
+No SDXL mapper has been released: this graph trains one from scratch (S* starts at the word
+"person" in both SDXL text encoders). **Photos** go in \`ComfyUI/input/faces/\` as for SD1.x.
+
+**Model files**
+- \`models/checkpoints/\`: **sd_xl_base_1.0.safetensors** (an eps-prediction SDXL base; not the refiner)
+- \`models/face2diffusion/\`: **msid.pt**, **mapping.pt** (only loaded; *start_from* "CLIP-L head of the
+  f2d_model mapper" starts the SDXL mapper's CLIP-L head from it), **79999_iter.pth**, **epoch_20.pth**
+- \`models/insightface/models/buffalo_l/\`
+
+**Settings**: crops of 1024 (768 or 512 are cheaper), batch 8 in micro-batches of 2 (same update,
+less memory: about 17 GB in bf16 at 1024² by the design's estimate); raise *micro_batch* on a bigger
+GPU, turn on *gradient_checkpointing* only when micro-batch 1 does not fit. The VAE input refuses a
+training set made with another model's VAE. The paper's 100K x 32 at 1024² is about 48 H100-hours (an
+estimate). The result, \`models/face2diffusion/f2d_sdxl_mapper_trained.safetensors\`, is a *mapper_file*
+of Load MSID Encoder; Encode Face then gives SDXL S*.
+
+**Headless / several GPUs** (from the ComfyUI folder):
+\`\`\`
+torchrun --nproc_per_node 8 custom_nodes/comfyui-face2diffusion/cli/train_mapper.py \\
+  --comfyui . --checkpoint models/checkpoints/sd_xl_base_1.0.safetensors \\
+  --msid models/face2diffusion/msid.pt --from-scratch \\
+  --insightface-root models/insightface --pack buffalo_l --folder input/faces \\
+  --face-parser models/face2diffusion/79999_iter.pth \\
+  --expression-model models/face2diffusion/epoch_20.pth \\
+  --steps 100000 --batch-size 32 --micro-batch 4 --lr 1e-5 \\
+  --run-dir runs/sdxl --out models/face2diffusion/f2d_sdxl_mapper.safetensors
+\`\`\``;
+
 export const LAYOUTS = {
   f2d_sdxl_portrait: {
     notes: { files: SDXL_NOTE },
@@ -306,6 +335,24 @@ widens each face's mask (hair, ears). The rest of the template is kept.`),
       { title: "Your photos → training set", nodes: [3, 6] },
       { title: "Models", nodes: [1, 2] },
       { title: "Train (CGDR)", nodes: [4] },
+      { title: "Save + loss", nodes: [5, 7, 8] },
+    ],
+  },
+  f2d_train_sdxl_mapper: {
+    notes: { files: SDXL_TRAINING_NOTE },
+    noteSize: { files: [1240, 420] },
+    sizes: { 4: [340, 0], 5: [420, 150], 6: [380, 330], 7: [170, 0], 8: [420, 280] },
+    seedControl: { 4: "fixed" }, // a resumed run must see the same batches
+    columns: [
+      [3, { id: 1, below: [3, 6] }, 2],
+      [6, { id: "files", free: true, below: [4, 8] }],
+      [4],
+      [5, 7, 8],
+    ],
+    groups: [
+      { title: "Your photos → training set (1024² crops)", nodes: [3, 6] },
+      { title: "Models (SDXL base)", nodes: [1, 2] },
+      { title: "Train (CGDR, SDXL)", nodes: [4] },
       { title: "Save + loss", nodes: [5, 7, 8] },
     ],
   },

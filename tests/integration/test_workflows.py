@@ -47,6 +47,7 @@ from tests.support.workflow_files import (
 )
 
 TRAINING = "f2d_train_mapper"
+TRAINING_SDXL = "f2d_train_sdxl_mapper"  # trained on the tiny SDXL in tests/integration/test_training_sdxl.py
 GENERATION = [
     "f2d_controlnet_pose",
     "f2d_expression",
@@ -104,7 +105,7 @@ def _nodes_of(graph: dict, class_type: str) -> dict[str, dict]:
 
 
 def test_the_workflows_are_bundled_in_both_formats_with_thumbnails():
-    assert NAMES == sorted([*GENERATION, TRAINING, BEST_OF_4])
+    assert NAMES == sorted([*GENERATION, TRAINING, TRAINING_SDXL, BEST_OF_4])
     for name in NAMES:
         assert ui_path(name).is_file(), f"{name}: UI workflow missing"
         assert thumbnail_path(name).is_file(), f"{name}: thumbnail missing"
@@ -314,6 +315,23 @@ def test_training_workflow_trains_with_the_papers_settings(object_info: dict):
     ui_trainer = next(node for node in load_ui(TRAINING)["nodes"] if str(node["id"]) == trainer_id)
     seed_at = widget_positions(object_info["F2DTrainMapper"])["seed"]
     assert ui_trainer["widgets_values"][seed_at + 1] == "fixed"
+
+
+def test_sdxl_training_workflow_trains_at_1024_in_micro_batches_from_scratch():
+    """The SD1.x training graph with an SDXL base: 1024² crops, micro-batches before checkpointing, the VAE check."""
+    graph, sd1 = load_api(TRAINING_SDXL), load_api(TRAINING)
+    assert {k: n["class_type"] for k, n in graph.items()} == {k: n["class_type"] for k, n in sd1.items()}
+    ((_, dataset),) = _nodes_of(graph, "F2DTrainingDataset").items()
+    ((_, trainer),) = _nodes_of(graph, "F2DTrainMapper").items()
+    (checkpoint,) = _nodes_of(graph, "CheckpointLoaderSimple").values()
+    assert checkpoint["inputs"]["ckpt_name"] == "sd_xl_base_1.0.safetensors" and dataset["inputs"]["crop_size"] == 1024
+    assert {k: trainer["inputs"][k] for k in PAPER_TRAINING} == PAPER_TRAINING
+    wanted = {"start_from": "scratch", "batch_size": 8, "micro_batch": 2, "gradient_checkpointing": False}
+    assert {k: trainer["inputs"][k] for k in wanted} == wanted
+    assert trainer["inputs"]["vae"] == dataset["inputs"]["vae"] == ["1", 2]
+    (note,) = [node for node in load_ui(TRAINING_SDXL)["nodes"] if node["type"] == "MarkdownNote"]
+    for needed in ("sd_xl_base_1.0.safetensors", "micro_batch", "torchrun", "--micro-batch", "48 H100-hours"):
+        assert needed in note["widgets_values"][0], needed
 
 
 def test_training_workflow_note_says_where_everything_goes():

@@ -155,7 +155,12 @@ class SampleBuilder:
         if tuple(latents.shape[2:]) != (h, h):
             raise F2DError(
                 f"encode_latents returned latents of {tuple(latents.shape)} for {self.crop_size}-pixel images; "
-                f"F2D training needs an SD1.x VAE, which downsamples 8x to {h}x{h}."
+                f"F2D training needs an SD VAE (SD1.x or SDXL), which downsamples 8x to {h}x{h}."
+            )
+        if not torch.isfinite(latents).all():
+            raise F2DError(
+                "The VAE produced NaN or infinite latents (an SDXL VAE running in fp16 overflows): restart ComfyUI "
+                "with --fp32-vae or --bf16-vae, or load the fp16-fix SDXL VAE, then prepare the training set again."
             )
         return latents.detach().float().cpu()
 

@@ -24,6 +24,7 @@ from ...faces.face_parsing import FaceParser
 from ...identity.face_encoder import FaceEncoder
 from .builder import LatentEncoder, SampleBuilder
 from .cache import OK
+from .ffhq_crop import source_side
 from .files import IMAGE_SUFFIXES, list_folder
 from .masks import check_mask_list
 from .packed import PackedSetError, compact_row
@@ -116,7 +117,7 @@ def prepare_dataset(
     person = [run.entries[i].person for i in usable]
     settings = {**run.cache.settings, "mask_source": run.plan.describe(), "views": run.builder.views}
     settings["cache"] = run.cache.digest
-    rows = (compact_row(run.tensors(i)) for i in usable)
+    rows = (compact_row(_with_source_side(run, i)) for i in usable)
     try:
         if run.cache.dir is None:
             _check_latent_shapes(run, rows := list(rows))
@@ -226,6 +227,18 @@ def _run(
     return run
 
 
+def _with_source_side(run: FolderRun, index: int) -> dict[str, torch.Tensor]:
+    """A usable entry's tensors plus `source_side` [V]: its face's FFHQ quad side in photo pixels.
+
+    Computed from the landmarks the cache keeps with every sample, so older caches need no new
+    encode; the mirrored view has the same side.
+    """
+    tensors = run.tensors(index)
+    kps = torch.tensor(run.results[index].face["kps"], dtype=torch.float64)[None]
+    side = source_side(kps).float().expand(tensors["idvec"].shape[0]).clone()
+    return {**tensors, "source_side": side}
+
+
 def _check_latent_shapes(run: FolderRun, rows: list[dict[str, torch.Tensor]]) -> None:
     """PackedSetError when the rows' latents differ in shape (one latent_key used for two VAEs)."""
     shapes = sorted({tuple(r["latents"].shape) for r in rows})
@@ -253,6 +266,6 @@ def _packed(
         return write_training_set(path, rows, names, person, run.report, settings, keys)
     except OSError as exc:
         log.warning("Could not write the packed training set %s (%s): keeping it in memory.", path, exc)
-        rows = [compact_row(run.tensors(i)) for i in usable]
+        rows = [compact_row(_with_source_side(run, i)) for i in usable]
         _check_latent_shapes(run, rows)
         return stack_training_set(rows, names, person, run.report, settings, keys)

@@ -58,6 +58,16 @@ def ffhq_quad(lm5: torch.Tensor) -> torch.Tensor:
     return torch.stack([c - x - y, c - x + y, c + x + y, c + x - y], dim=1)
 
 
+def source_side(lm5: torch.Tensor) -> torch.Tensor:
+    """The FFHQ quad's side [B] (float64) in photo pixels, for landmarks [B, 5, 2]: the photo's own resolution
+    of what a crop shows (a crop of any size S shrinks it by S / side; a mirrored photo gives the same side).
+
+    SDXL's "original size" conditioning of a training crop (docs/sdxl.md section 3.3).
+    """
+    quad = ffhq_quad(torch.as_tensor(lm5))
+    return (quad[:, 3] - quad[:, 0]).norm(dim=-1)
+
+
 def crop_corners(size: int) -> torch.Tensor:
     """The crop's outer corners [4, 2] in quad order, in pixel-centre coordinates."""
     lo, hi = -0.5, size - 0.5

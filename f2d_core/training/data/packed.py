@@ -4,7 +4,8 @@ Every training process (every DDP rank) maps the same file, so the operating sys
 of the data in its page cache for all of them instead of one copy per process. Tensors, one row per
 usable photo in sorted file order: `idvec` float32 [N, V, 1536], `expression` float32 [N, V, 64]
 (only with an expression model), `latents` float16 [N, V, C, h, w], `masks` uint8 [N, V, 1, h, w]
-in {0, 1}. The metadata carries the file names, persons, settings and report as JSON.
+in {0, 1}, `source_side` float32 [N, V] (the face's FFHQ quad side in photo pixels, SDXL's size
+conditioning). The metadata carries the file names, persons, settings and report as JSON.
 
 The file is plain safetensors (https://github.com/huggingface/safetensors: an 8-byte little-endian
 header length, a JSON header with each tensor's dtype, shape and byte range, then the raw data), so
@@ -26,8 +27,14 @@ import torch
 from ...atomic_io import atomic_write
 
 SET_FORMAT = "f2d-training-set"
-SET_VERSION = "2"  # bump when the layout or the metadata changes: old files are then rebuilt (2: content keys)
-ROW_DTYPES = {"idvec": torch.float32, "expression": torch.float32, "latents": torch.float16, "masks": torch.uint8}
+SET_VERSION = "3"  # bump when the layout or the metadata changes: old files are then rebuilt (3: source_side)
+ROW_DTYPES = {
+    "idvec": torch.float32,
+    "expression": torch.float32,
+    "latents": torch.float16,
+    "masks": torch.uint8,
+    "source_side": torch.float32,
+}
 _SAFETENSORS_DTYPES = {
     torch.float32: ("F32", np.float32),
     torch.float16: ("F16", np.float16),

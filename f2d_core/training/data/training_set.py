@@ -43,6 +43,7 @@ class TrainingSet:
     settings: dict[str, object] = field(default_factory=dict)
     path: Path | None = None  # the packed file the tensors map; None when they are in memory
     keys: list[str] = field(default_factory=list)  # content key per sample: sha256 of the photo's bytes and its mask
+    source_side: torch.Tensor | None = None  # [N, V] float32: the face's FFHQ quad side in photo pixels (SDXL)
 
     def __post_init__(self) -> None:
         self._groups: dict[str, list[int]] = {}
@@ -117,6 +118,7 @@ def open_training_set(path: Path, report: DatasetReport | None = None) -> Traini
         settings=settings,
         path=Path(path),
         keys=keys,
+        source_side=tensors.get("source_side"),
     )
 
 
@@ -175,4 +177,5 @@ def stack_training_set(
         report=report,
         settings=settings,
         keys=list(keys or []),
+        source_side=torch.stack([r["source_side"] for r in rows]) if "source_side" in rows[0] else None,
     )

@@ -23,8 +23,14 @@ FoundationTokens = list[tuple[torch.Tensor, torch.Tensor]]  # per pair: (keys [m
 class FoundationCache:
     """Recorded FD keys/values, full ([pairs, N, D]) until `gather`, then per pair in-mask only."""
 
-    def __init__(self, storage_device: torch.device | str | None = None) -> None:
+    def __init__(
+        self, storage_device: torch.device | str | None = None, budget_bytes: int | None = None
+    ) -> None:
+        """storage_device: where records go (None: where they were computed). budget_bytes: once the records
+        would exceed it, later ones go to the CPU instead (a GPU's memory is kept for sampling)."""
         self.storage_device = storage_device
+        self.budget_bytes = budget_bytes
+        self._held = 0
         self._full: dict[CacheKey, list[tuple[torch.Tensor, torch.Tensor, tuple[int, int]]]] = defaultdict(list)
         self._gathered: dict[CacheKey, list[FoundationTokens]] = {}
         self._next: dict[CacheKey, int] = defaultdict(int)
@@ -33,6 +39,11 @@ class FoundationCache:
     def record(self, key: CacheKey, keys: torch.Tensor, values: torch.Tensor, hw: tuple[int, int]) -> None:
         """Store one call's FD rows: keys, values [pairs, N, D] at layer resolution hw = (h, w)."""
         device = self.storage_device or keys.device
+        size = keys.nbytes + values.nbytes
+        if self.budget_bytes is not None and self._held + size > self.budget_bytes:
+            device = "cpu"
+        else:
+            self._held += size
         self._full[key].append((keys.detach().to(device, copy=True), values.detach().to(device, copy=True), hw))
 
     def gather(self, masks: LayerMasks) -> None:

@@ -74,6 +74,11 @@ class FasaPatch:
         self.kinds = {COND} if self.style_fidelity == 1.0 else {COND, UNCOND}
         self.stats = PatchStats()
 
+    def __deepcopy__(self, memo: dict) -> FasaPatch:
+        """The same object: ComfyUI deep-copies model options when it clones a model during sampling, and the
+        recorded foundation keys must reach the run that replays them."""
+        return self
+
     def _plain_reason(self, q: torch.Tensor, eo: dict) -> tuple[str | None, tuple[int, int]]:
         """Why this call stays plain (None: FASA applies), and the layer's (h, w)."""
         h, w = (int(s) for s in eo["activations_shape"][-2:])

@@ -23,9 +23,7 @@ FoundationTokens = list[tuple[torch.Tensor, torch.Tensor]]  # per pair: (keys [m
 class FoundationCache:
     """Recorded FD keys/values, full ([pairs, N, D]) until `gather`, then per pair in-mask only."""
 
-    def __init__(
-        self, storage_device: torch.device | str | None = None, budget_bytes: int | None = None
-    ) -> None:
+    def __init__(self, storage_device: torch.device | str | None = None, budget_bytes: int | None = None) -> None:
         """storage_device: where records go (None: where they were computed). budget_bytes: once the records
         would exceed it, later ones go to the CPU instead (a GPU's memory is kept for sampling)."""
         self.storage_device = storage_device

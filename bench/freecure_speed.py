@@ -8,6 +8,7 @@ side by side in one process (interleaved rounds), with peak memory and the ratio
 - plain F2D: one KSampler run (batch k: 2 UNet rows a step per image, cond + uncond).
 - straightforward FreeCure: FreeCure's order: [PD, FD] sampled, parsed, [PD, FD] sampled again with FASA (4x).
 - fast FreeCure: FD alone recording its attention keys, parsed, PD alone with the cached FD keys (about 2x).
+- fast FreeCure + APG: then asymmetric prompt guidance (gamma 0.5: half the steps inverted at CFG 1, re-run).
 The fast route's output is compared with the straightforward one (max abs latent difference, euler).
 The attribute mask is fixed (the top 30 % of the image) so FASA does full work on random test weights.
 """
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.support import synthetic_bisenet
 from tests.support.comfy_library_run import run_library_script
-from tests.support.tiny_models import build_tiny_models, write_full_sd15_checkpoint
+from tests.support.tiny_models import build_tiny_models, import_comfy, write_full_sd15_checkpoint
 
 
 def main() -> None:
@@ -51,6 +52,7 @@ def main() -> None:
         checkpoint = args.checkpoint
     elif args.full_sd15:
         checkpoint = work / "sd15_random.safetensors"
+        import_comfy(args.comfyui)
         write_full_sd15_checkpoint(checkpoint)
     else:
         checkpoint = build_tiny_models(work / "models", args.comfyui).checkpoint

@@ -11,11 +11,13 @@ import comfy.model_management
 import comfy.sd
 import psutil
 import torch
+from comfyui_face2diffusion.f2d_core.conditioning.identity_start import class_prompt
 from comfyui_face2diffusion.f2d_core.faces.face_parsing import load_face_parser
+from comfyui_face2diffusion.f2d_core.freecure.apg import template_prompt
 from comfyui_face2diffusion.f2d_core.freecure.attributes import parse_attribute_list
-from comfyui_face2diffusion.nodes import freecure_model, freecure_run
+from comfyui_face2diffusion.nodes import freecure_apg, freecure_model, freecure_run
 
-PROMPT = "a photo of f l with blonde curly hair, wearing sunglasses"
+PROMPT = "a photo of f l with blonde curly hair, wearing sunglasses, laughing"
 
 
 class PeakMemory:
@@ -65,8 +67,8 @@ def main(
     mask_fraction: float = 0.3,
 ) -> dict:
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(checkpoint, output_vae=True, output_clip=True)[:3]
-    parser = load_face_parser(parser_path)
     device = comfy.model_management.get_torch_device()
+    parser = load_face_parser(parser_path).to(device)  # on the sampling device, as the node's model management puts it
     positive = clip.encode_from_tokens_scheduled(clip.tokenize(PROMPT))  # S* changes values, not cost
     negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
     foundation = freecure_run.foundation_conditioning(clip, positive, PROMPT, "f l", "woman")
@@ -92,7 +94,22 @@ def main(
 
         return arm
 
-    arms = {"plain F2D": plain, "straightforward FreeCure": run("straightforward"), "fast FreeCure": run("fast")}
+    fd_text = class_prompt(PROMPT, "f l", "woman")
+    template = freecure_apg.text_conditioning(clip, positive, template_prompt(fd_text))
+
+    def fast_apg() -> dict:
+        out = run("fast")()
+        out["refined"], _ = freecure_apg.run_apg(
+            model, out["refined"], template, foundation, negative, steps, 7.0, "normal", 0.5
+        )
+        return out
+
+    arms = {
+        "plain F2D": plain,
+        "straightforward FreeCure": run("straightforward"),
+        "fast FreeCure": run("fast"),
+        "fast FreeCure + APG": fast_apg,
+    }
     plain()  # warm-up: model load, first-call overheads
     times: dict[str, list[float]] = {name: [] for name in arms}
     peaks: dict[str, int] = dict.fromkeys(arms, 0)

@@ -27,6 +27,7 @@ from ..f2d_core.freecure.foundation_cache import FoundationCache
 from ..f2d_core.freecure.gating import SigmaWindow
 from ..f2d_core.freecure.masks import LayerMasks, attribute_mask, quarter_resolution
 from ..f2d_core.freecure.patch import FasaPatch
+from .freecure_apg import text_conditioning
 from .freecure_model import cache_budget, ksample, masked_attention, patched, plain_attention_for, up_block_layers
 
 log = logging.getLogger(__name__)
@@ -97,15 +98,7 @@ def foundation_conditioning(clip, positive: list, text: str, identifier: str, cl
     """The foundation (FD) branch's conditioning: every positive entry with its text encoding replaced by that
     of the prompt with the class noun for the identifier ('f l with red hair' -> 'woman with red hair').
     Everything else on the entries (ControlNet, timestep ranges) stays, so both branches get the same control."""
-    encoded = clip.encode_from_tokens_scheduled(clip.tokenize(class_prompt(text, identifier, class_noun)))
-    cond, extras = encoded[0][0], encoded[0][1]
-    out = []
-    for tensor, options in positive:
-        entry = dict(options)
-        if "pooled_output" in extras:
-            entry["pooled_output"] = extras["pooled_output"]
-        out.append([cond.to(tensor.dtype), entry])
-    return out
+    return text_conditioning(clip, positive, class_prompt(text, identifier, class_noun))
 
 
 def _repeat_tokens(t: torch.Tensor, length: int) -> torch.Tensor:

@@ -8,12 +8,14 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from ..f2d_core.conditioning.identity_start import DEFAULT_CLASS_NOUN
+from ..f2d_core.conditioning.identity_start import DEFAULT_CLASS_NOUN, class_prompt
 from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER
 from ..f2d_core.faces.face_parsing import load_face_parser
+from ..f2d_core.freecure.apg import template_prompt
 from ..f2d_core.freecure.attributes import parse_attribute_list
 from .apply_tokens import s_star_for_prompt
 from .face_conditioning import face_conditioning, identifier_check
+from .freecure_apg import APG_MODES, run_apg, text_conditioning
 from .freecure_model import LAYER_CHOICES
 from .freecure_run import ROUTES, FasaSettings, Sampling, foundation_conditioning, run_freecure
 from .model_cache import load_weight_file
@@ -130,6 +132,32 @@ class F2DFreeCureSampler(io.ComfyNode):
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, optional=True),
                 io.Combo.Input("layers", options=list(LAYER_CHOICES), default=LAYER_CHOICES[0], optional=True),
                 io.Combo.Input(
+                    "apg",
+                    options=list(APG_MODES),
+                    default="auto",
+                    optional=True,
+                    tooltip="Asymmetric prompt guidance for expressions ('laughing', 'angry'): the result is "
+                    "partly un-sampled with the prompt without those words and sampled again with them (about "
+                    "0.75x a KSampler more). auto: on when the prompt has expression words and no Expression "
+                    "Reference is connected.",
+                ),
+                io.Float.Input(
+                    "apg_gamma",
+                    default=0.5,
+                    min=0.05,
+                    max=1.0,
+                    step=0.05,
+                    optional=True,
+                    tooltip="Fraction of the schedule APG re-runs (the paper: 0.5, stable 0.5-0.6).",
+                ),
+                io.Boolean.Input(
+                    "apg_keep_identity",
+                    default=False,
+                    optional=True,
+                    tooltip="APG with the person's S* in both prompts (a deviation from the paper, which uses "
+                    "text alone): keeps the likeness when the re-run part is large.",
+                ),
+                io.Combo.Input(
                     "route",
                     options=list(ROUTES),
                     default="auto",
@@ -144,6 +172,11 @@ class F2DFreeCureSampler(io.ComfyNode):
                 io.Latent.Output(display_name="foundation", tooltip="The foundation images (no identity)."),
                 io.Mask.Output(display_name="mask", tooltip="Where FASA looked in each foundation image."),
                 io.String.Output(display_name="report"),
+                io.Conditioning.Output(
+                    display_name="positive",
+                    tooltip="The person's prompt as Apply F2D Tokens encodes it: a KSampler with it (same seed) "
+                    "gives the image without FreeCure, for comparison.",
+                ),
             ],
         )
 
@@ -180,12 +213,15 @@ class F2DFreeCureSampler(io.ComfyNode):
         start_percent: float = 0.0,
         end_percent: float = 1.0,
         layers: str = LAYER_CHOICES[0],
+        apg: str = "auto",
+        apg_gamma: float = 0.5,
+        apg_keep_identity: bool = False,
         route: str = "auto",
     ) -> io.NodeOutput:
         identifier = identifier.strip()
         choice = parse_attribute_list(attributes, text)
+        s_star = s_star_for_prompt(f2d_face, expression, expression_strength)
         if positive is None:
-            s_star = s_star_for_prompt(f2d_face, expression, expression_strength)
             positive = face_conditioning(clip, text, s_star, identifier, identity_start, class_noun)
         foundation = foundation_conditioning(clip, positive, text, identifier, class_noun)
         parser = load_weight_file(load_face_parser, face_parser, PARSER_HOW_TO_GET)  # held while it runs
@@ -206,13 +242,32 @@ class F2DFreeCureSampler(io.ComfyNode):
             result.report.append(
                 f"Note: the face parser has no class for {', '.join(choice.unparsed)}: connect an attribute_mask."
             )
+        samples = result.refined
+        if apg == "on" or (apg == "auto" and choice.expressions and expression is None):
+            fd_text = class_prompt(text, identifier, class_noun)
+            if apg_keep_identity:
+                template = face_conditioning(
+                    clip, template_prompt(text), s_star, identifier, identity_start, class_noun
+                )
+                target = positive
+            else:
+                template = text_conditioning(clip, positive, template_prompt(fd_text))
+                target = foundation
+            samples, line = run_apg(model, samples, template, target, negative, steps, cfg, scheduler, apg_gamma)
+            result.report.append(f"{line}: '{template_prompt(fd_text)}' -> '{fd_text}'")
+            if not choice.expressions:
+                result.report.append("Note: APG is on but the prompt has no expression word; it only re-samples.")
+        elif choice.expressions:
+            why = "an Expression Reference is connected" if expression is not None else "apg is off"
+            result.report.append(f"APG off ({why}); expression words: {', '.join(choice.expressions)}")
         report = "\n".join(result.report)
         log.info("%s", report)
         out = {k: v for k, v in latent_image.items() if k != "samples"}
         return io.NodeOutput(
-            {**out, "samples": result.refined},
+            {**out, "samples": samples},
             {**out, "samples": result.foundation},
             result.masks,
             report,
+            positive,
             ui={"text": [report]},
         )

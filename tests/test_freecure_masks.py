@@ -56,3 +56,16 @@ def test_sigma_window():
     assert window.contains(10.0) and window.contains(1.0) and not window.contains(0.5) and not window.contains(11)
     with pytest.raises(ValueError, match="empty"):
         SigmaWindow(high=1.0, low=2.0)
+
+
+def test_apg_template_drops_the_expression_words_and_the_schedule_split():
+    from f2d_core.freecure.apg import inversion_sigmas, start_index, template_prompt
+
+    assert template_prompt("a photo of woman with red hair, laughing") == "a photo of woman with red hair"
+    assert template_prompt("a photo of man, angry, wearing a hat") == "a photo of man, wearing a hat"
+    assert template_prompt("a smiling woman") == "a woman"
+    assert start_index(30, 0.5) == 15 and start_index(4, 0.5) == 2 and start_index(3, 1.0) == 0
+    with pytest.raises(ValueError, match="apg_gamma"):
+        start_index(30, 0.0)
+    sigmas = torch.tensor([14.6, 7.0, 3.0, 1.0, 0.0])
+    assert torch.allclose(inversion_sigmas(sigmas, 2), torch.tensor([0.0, 1.0, 3.0]) + 1e-4)

@@ -293,4 +293,32 @@ widens each face's mask (hair, ears). The rest of the template is kept.`),
       { title: "Save + loss", nodes: [5, 7, 8] },
     ],
   },
+  f2d_freecure: {
+    notes: {
+      files: note(`**F2D FreeCure: hair, glasses and expression from the prompt** (FreeCure, NeurIPS 2025).
+The sampler first draws the prompt with *woman* (the class noun) instead of **f l**: the foundation image,
+which follows the text. The face parser (**79999_iter.pth** of face-parsing.PyTorch in
+\`models/face2diffusion/\`) finds there the attributes the prompt names (hair, glasses, eyes, hat, earrings...);
+then the person is drawn again, its self-attention also looking at those regions of the foundation image.
+Expression words (*laughing*) get asymmetric prompt guidance (APG). The report lists what was found.
+
+**Cost**: about 2x a KSampler (2.75x with APG); the plain KSampler beside it is only for the comparison.`),
+    },
+    noteSize: { files: [750, 300] },
+    sizes: { 6: [400, 0], 12: [260, 0], 18: [340, 220] },
+    columns: [
+      [1, { id: 2, below: ["files"] }, 3],
+      [{ id: "files", free: true }, { id: 4, align: 2 }, 5],
+      [{ id: 7, align: 2 }, 8],
+      [{ id: 6, below: ["files"] }],
+      [9, 10, 11, 14, 16],
+      [12, 13, 15, 17, 18],
+    ],
+    groups: [
+      FACE_GROUP,
+      { title: "FreeCure", nodes: [7, 8, 6] },
+      { title: "Before | after (the plain sampler is only for the comparison)", nodes: [9, 10, 11, 12, 13] },
+      { title: "What FreeCure saw", nodes: [14, 15, 16, 17, 18] },
+    ],
+  },
 };

@@ -311,8 +311,8 @@ Expression words (*laughing*) get asymmetric prompt guidance (APG). The report l
       [{ id: "files", free: true }, { id: 4, align: 2 }, 5],
       [{ id: 7, align: 2 }, 8],
       [{ id: 6, below: ["files"] }],
-      [9, 10, 11, 14, 16],
-      [12, 13, 15, 17, 18],
+      [9, 10, 11, { id: 14, below: [11, 13] }, 16],
+      [12, 13, { id: 15, below: [11, 13] }, 17, 18],
     ],
     groups: [
       FACE_GROUP,

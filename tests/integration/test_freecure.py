@@ -142,3 +142,23 @@ def test_regional_people_get_a_clear_message(comfy_server, face_photo):
     graph["10"] = _freecure("a photo of f l", "euler", positive=["15", 0])
     with pytest.raises(ExecutionFailed, match="one person's prompt"):
         _run(comfy_server, graph, {"refined": ["10", 0]})
+
+
+def test_apg_reruns_the_expression_and_stays_off_with_an_expression_reference(comfy_server, face_photo):
+    """'laughing' turns APG on in auto (the latent changes against apg off); an Expression Reference turns it off."""
+    text = "a photo of f l laughing"
+    graph = _graph(face_photo, text, batch=1)
+    graph["10"] = _freecure(text, "euler", apg="off")
+    graph["11"] = _freecure(text, "euler", apg="auto")
+    graph["12"] = {
+        "class_type": "F2DExpressionReference",
+        "inputs": {"f2d_model": ["2", 0], "image": ["3", 0], "expression_model": "epoch_20.pth", "face_index": 0,
+                   "strength": 1.0},
+    }  # fmt: skip
+    graph["13"] = _freecure(text, "euler", apg="auto", expression=["12", 0])
+    latents, history = _run(comfy_server, graph, {"off": ["10", 0], "auto": ["11", 0], "reference": ["13", 0]})
+    assert not torch.equal(latents["off"], latents["auto"])
+    assert "APG: inverted 1 of 2 steps" in _report(history, "11")
+    assert "'a photo of person' -> 'a photo of person laughing'" in _report(history, "11")
+    assert "APG off (apg is off); expression words: laughing" in _report(history, "10")
+    assert "APG off (an Expression Reference is connected)" in _report(history, "13")

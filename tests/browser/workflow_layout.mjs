@@ -302,24 +302,34 @@ which follows the text. The face parser (**79999_iter.pth** of face-parsing.PyTo
 then the person is drawn again, its self-attention also looking at those regions of the foundation image.
 Expression words (*laughing*) get asymmetric prompt guidance (APG). The report lists what was found.
 
-**Cost**: about 2x a KSampler (2.75x with APG); the plain KSampler beside it is only for the comparison.`),
+**Cost**: about 2x a KSampler in UNet work (2.75x with APG); the plain KSampler is only for the comparison.`),
     },
     noteSize: { files: [600, 390] },
-    sizes: { 5: [170, 0], 6: [400, 0], 12: [260, 0], 18: [300, 170] },
+    sizes: {
+      5: [170, 0],
+      6: [400, 0],
+      7: [250, 150],
+      8: [250, 0],
+      12: [220, 0],
+      13: [220, 200],
+      14: [220, 0],
+      15: [220, 220],
+      18: [400, 150],
+    },
     columns: [
       [1, { id: 2, below: ["files"] }, 3],
       [{ id: "files", free: true }, { id: 4, align: 2 }, 5],
       [{ id: 7, align: 2 }, 8],
-      [6],
-      [9, 10, 11, { id: 14, below: [11, 13] }],
-      [12, 13, { id: 15, below: [11, 13] }, 18],
+      [6, 18],
+      [9, 10, 11, 12, 13],
+      [14, 15],
     ],
     groups: [
       FACE_GROUP,
       { title: "Negative prompt, size", nodes: [7, 8] },
-      { title: "FreeCure", nodes: [6] },
-      { title: "Before | after (the plain sampler: comparison only)", nodes: [9, 10, 11, 12, 13] },
-      { title: "What FreeCure saw", nodes: [14, 15, 18] },
+      { title: "FreeCure", nodes: [6, 18] },
+      { title: "Before | after", nodes: [9, 10, 11, 12, 13] },
+      { title: "Foundation", nodes: [14, 15] },
     ],
   },
 };

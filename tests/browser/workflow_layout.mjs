@@ -312,8 +312,6 @@ Expression words (*laughing*) get asymmetric prompt guidance (APG). The report l
       8: [250, 0],
       12: [220, 0],
       13: [220, 200],
-      14: [220, 0],
-      15: [220, 220],
       18: [400, 150],
     },
     columns: [
@@ -322,14 +320,12 @@ Expression words (*laughing*) get asymmetric prompt guidance (APG). The report l
       [{ id: 7, align: 2 }, 8],
       [6, 18],
       [9, 10, 11, 12, 13],
-      [14, 15],
     ],
     groups: [
       FACE_GROUP,
       { title: "Negative prompt, size", nodes: [7, 8] },
       { title: "FreeCure", nodes: [6, 18] },
       { title: "Before | after", nodes: [9, 10, 11, 12, 13] },
-      { title: "Foundation", nodes: [14, 15] },
     ],
   },
 };

@@ -121,7 +121,7 @@ def test_templates_are_titled_for_people_portrait_first():
 
 def test_freecure_workflow_saves_before_and_after_side_by_side(comfy_server: ComfyServer, uploaded: dict[str, str]):
     """The plain F2D image (KSampler on the sampler's own `positive`, same seed) and FreeCure's, stitched into
-    one saved image; the foundation image, the mask and the report are shown."""
+    one saved image; the report is shown."""
     api = load_api(FREECURE)
     (sampler,) = _nodes_of(api, "F2DFreeCureSampler").values()
     (plain,) = _nodes_of(api, "KSampler").values()

@@ -310,6 +310,8 @@ Expression words (*laughing*) get asymmetric prompt guidance (APG). The report l
       6: [400, 0],
       7: [250, 150],
       8: [250, 0],
+      10: [220, 0],
+      11: [220, 0],
       12: [220, 0],
       13: [220, 200],
       18: [400, 150],

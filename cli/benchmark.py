@@ -7,7 +7,8 @@
         --recognizer ComfyUI/models/insightface/models/buffalo_l/w600k_r50.onnx \\
         --clip ComfyUI/models/clip_scoring/CLIP-ViT-H-14-laion2B-s32B-b79K --out benchmark/
 
-For every setting (official, identity_start, expression, pooling), face photo (one per person) and
+For every setting (official, identity_start, expression, pooling, freecure; `--freecure-omegas 0.5 1.0 2.0`
+sweeps its mask weight), face photo (one per person) and
 prompt (default: the paper's 40), it generates `--seeds` images (paper: 4) with the paper's sampler
 (Euler ancestral, 30 steps, CFG 7, 512x512, empty negative) plus one "A photo of f l" image per face
 for directional CLIP. It writes `images/`, `results.csv` (one row per image), `results.md` (the
@@ -35,7 +36,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from cli.benchmark_graph import SETTINGS, Models, Sampling, generation_graph  # noqa: E402
+from cli.benchmark_graph import (  # noqa: E402
+    FREECURE,
+    SETTINGS,
+    Models,
+    Sampling,
+    freecure_omega,
+    freecure_settings,
+    generation_graph,
+)
 from cli.benchmark_server import ComfyClient, ServerError  # noqa: E402
 from cli.help_format import DefaultsHelp  # noqa: E402
 from cli.server_address import server_address  # noqa: E402
@@ -144,6 +153,18 @@ def available_settings(client: ComfyClient, wanted: list[str], models: Models) -
                 "(it comes with the several-people nodes of a newer pack version)"
             )
             continue
+        if freecure_omega(setting) is not None:
+            if not client.has_input("F2DFreeCureSampler", "mask_weight"):
+                log.warning("skipping setting %r: this server's pack has no F2D FreeCure Sampler", setting)
+                continue
+            if models.face_parser not in client.combo_options("F2DFreeCureSampler", "face_parser"):
+                log.warning(
+                    "skipping setting %r: %s is not in the server's models/face2diffusion (BiSeNet 79999_iter.pth of "
+                    "face-parsing.PyTorch)",
+                    setting,
+                    models.face_parser,
+                )
+                continue
         if setting == "expression" and models.expression_model not in client.combo_options(
             "F2DExpressionReference", "expression_model"
         ):
@@ -238,16 +259,26 @@ def write_report(rows: list[dict], out: Path, note: str) -> None:
     log.info("%s", text)
 
 
+def expand_settings(settings: list[str], omegas: list[float]) -> list[str]:
+    """'freecure' becomes one setting per omega of the sweep ([0.5] keeps the plain name 'freecure')."""
+    if omegas == [0.5]:
+        return list(settings)
+    out = []
+    for setting in settings:
+        out += freecure_settings(omegas) if setting == FREECURE else [setting]
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     faces = face_photos(args.faces)
     prompts = read_prompts(args.prompts)
     if args.seeds < 1:
         raise UsageError("--seeds must be at least 1 (the paper: 4)")
-    models = Models(args.checkpoint, args.msid, args.mapper, args.pack, args.expression_model)
+    models = Models(args.checkpoint, args.msid, args.mapper, args.pack, args.expression_model, args.face_parser)
     sampling = Sampling(args.size, args.steps, args.cfg)
     client = ComfyClient(args.server)
     check_models(client, models)
-    settings = available_settings(client, args.settings, models)
+    settings = available_settings(client, expand_settings(args.settings, args.freecure_omegas), models)
     if not settings:
         raise UsageError("none of the chosen settings can run on this server (see the messages above)")
     scorer = Scorer(args, faces)
@@ -306,6 +337,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS, help="Settings to compare.")
     p.add_argument("--identity-start", type=float, default=0.2, help="identity_start of that setting.")
+    p.add_argument(
+        "--freecure-omegas",
+        type=float,
+        nargs="+",
+        default=[0.5],
+        help="Mask weights of the freecure setting; several = a sweep, one row each (e.g. 0.5 1.0 2.0).",
+    )
+    p.add_argument(
+        "--face-parser", default="79999_iter.pth", help="BiSeNet face parser as the server lists it (freecure setting)."
+    )
     p.add_argument("--insightface-root", type=Path, required=True, help="Folder holding models/<pack>/ (scoring).")
     p.add_argument("--recognizer", type=Path, required=True, help="ArcFace ONNX, e.g. .../buffalo_l/w600k_r50.onnx.")
     p.add_argument("--clip", type=Path, help="CLIP folder (transformers or open_clip); without it identity only.")

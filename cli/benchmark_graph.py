@@ -7,6 +7,9 @@ Settings (what each changes against "official"):
   `identity_start` input, which comes with the several-people nodes).
 - expression: the photo's own expression (Expression Reference, Deep3DFaceRecon) at strength 1.
 - pooling: the photo and its mirror image pooled with normalized_mean.
+- freecure (freecure_omega<w> with an omega sweep): the F2D FreeCure Sampler in place of the KSampler
+  (FreeCure's FASA on the prompt's attributes and APG on its expression words; mask weight omega, default
+  0.5 as FreeCure's F2D example, 2.0 in its paper). The paper's Table 1 column "F2D + FreeCure".
 """
 
 from __future__ import annotations
@@ -15,7 +18,22 @@ from dataclasses import dataclass
 from typing import Any
 
 Graph = dict[str, dict[str, Any]]
-SETTINGS = ("official", "identity_start", "expression", "pooling")
+SETTINGS = ("official", "identity_start", "expression", "pooling", "freecure")
+FREECURE = "freecure"
+
+
+def freecure_settings(omegas: list[float]) -> list[str]:
+    """The setting names of an omega sweep: [0.5, 2.0] -> ['freecure_omega0.5', 'freecure_omega2']."""
+    return [f"{FREECURE}_omega{w:g}" for w in omegas]
+
+
+def freecure_omega(setting: str, default: float = 0.5) -> float | None:
+    """The mask weight of a FreeCure setting (`default` for plain 'freecure'), None for other settings."""
+    if setting == FREECURE:
+        return default
+    if setting.startswith(f"{FREECURE}_omega"):
+        return float(setting.removeprefix(f"{FREECURE}_omega"))
+    return None
 
 
 @dataclass(frozen=True)
@@ -38,6 +56,7 @@ class Models:
     mapper: str = "mapping.pt"
     pack: str = "buffalo_l"
     expression_model: str = "epoch_20.pth"
+    face_parser: str = "79999_iter.pth"
 
 
 def generation_graph(
@@ -52,7 +71,8 @@ def generation_graph(
     identity_start: float = 0.2,
 ) -> Graph:
     """The graph for `batch` images of `prompt` with the face in `face_image` (an uploaded input name)."""
-    if setting not in SETTINGS:
+    omega = freecure_omega(setting)
+    if setting not in SETTINGS and omega is None:
         raise ValueError(f"unknown setting {setting!r}; choose from {', '.join(SETTINGS)}")
     graph: Graph = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": models.checkpoint}},
@@ -91,7 +111,14 @@ def generation_graph(
         "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}},
         "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": prefix}},
     }  # fmt: skip
-    if setting == "identity_start":
+    if omega is not None:
+        del graph["5"]  # the sampler encodes the prompt itself (and its foundation twin)
+        sampler = graph["8"]["inputs"]
+        del sampler["denoise"], sampler["positive"]
+        sampler.update(clip=["1", 1], vae=["1", 2], f2d_face=["4", 0], text=prompt, face_parser=models.face_parser,
+                       attributes="auto", mask_weight=omega)  # fmt: skip
+        graph["8"]["class_type"] = "F2DFreeCureSampler"
+    elif setting == "identity_start":
         graph["5"]["inputs"]["identity_start"] = identity_start
     elif setting == "expression":
         graph["11"] = {

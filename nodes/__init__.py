@@ -14,6 +14,7 @@ from .expression_reference import F2DExpressionReference
 from .face_files import F2DLoadFace, F2DSaveFace
 from .face_masks import F2DFaceMasks
 from .face_similarity import F2DFaceSimilarity
+from .freecure_sampler import F2DFreeCureSampler
 from .load_encoder import F2DLoadMSIDEncoder
 from .model_paths import register_model_folders
 from .region_layout import F2DRegionLayout
@@ -37,6 +38,7 @@ NODES: list[type[io.ComfyNode]] = [
     F2DLoadCLIPScorer,
     F2DCLIPScore,
     F2DBestOfN,
+    F2DFreeCureSampler,
 ]
 for _node in NODES:
     with_linked_value_checks(_node)  # linked widget values are checked (or a seed folded) when a node runs

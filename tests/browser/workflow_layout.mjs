@@ -356,4 +356,41 @@ widens each face's mask (hair, ears). The rest of the template is kept.`),
       { title: "Save + loss", nodes: [5, 7, 8] },
     ],
   },
+  f2d_freecure: {
+    notes: {
+      files: note(`**F2D FreeCure: hair, glasses and expression from the prompt** (FreeCure, NeurIPS 2025).
+The sampler first draws the prompt with *woman* (the class noun) instead of **f l**: the foundation image,
+which follows the text. The face parser (**79999_iter.pth** of face-parsing.PyTorch in
+\`models/face2diffusion/\`) finds there the attributes the prompt names (hair, glasses, eyes, hat, earrings...);
+then the person is drawn again, its self-attention also looking at those regions of the foundation image.
+Expression words (*laughing*) get asymmetric prompt guidance (APG). The report lists what was found.
+
+**Cost**: about 2x a KSampler in UNet work (2.75x with APG); the plain KSampler is only for the comparison.`),
+    },
+    noteSize: { files: [600, 390] },
+    sizes: {
+      5: [170, 0],
+      6: [400, 0],
+      7: [250, 150],
+      8: [250, 0],
+      10: [220, 0],
+      11: [220, 0],
+      12: [220, 0],
+      13: [220, 200],
+      18: [400, 150],
+    },
+    columns: [
+      [1, { id: 2, below: ["files"] }, 3],
+      [{ id: "files", free: true }, { id: 4, align: 2 }, 5],
+      [{ id: 7, align: 2 }, 8],
+      [6, 18],
+      [9, 10, 11, 12, 13],
+    ],
+    groups: [
+      FACE_GROUP,
+      { title: "Negative prompt, size", nodes: [7, 8] },
+      { title: "FreeCure", nodes: [6, 18] },
+      { title: "Before | after", nodes: [9, 10, 11, 12, 13] },
+    ],
+  },
 };

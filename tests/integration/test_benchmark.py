@@ -135,3 +135,22 @@ def test_the_expression_settings_graph_runs(comfy_server, inputs) -> None:
     assert graph["5"]["inputs"]["expression"] == ["11", 0]
     history = comfy_server.run(graph, timeout=600)
     assert [image.size for image in comfy_server.output_images(history, "10")] == [(64, 64)]
+
+
+def test_the_freecure_omega_sweep_expands_and_its_graph_runs(comfy_server, inputs) -> None:
+    """`--freecure-omegas 0.5 1.0 2.0` gives one setting (one Table 1 row) per omega; such a setting's graph
+    samples with the F2D FreeCure Sampler at that mask weight, on the server."""
+    from cli.benchmark import expand_settings
+    from cli.benchmark_graph import Models, Sampling, generation_graph
+
+    assert expand_settings(["official", "freecure"], [0.5]) == ["official", "freecure"]
+    assert expand_settings(["official", "freecure"], [0.5, 1.0, 2.0]) == [
+        "official", "freecure_omega0.5", "freecure_omega1", "freecure_omega2",
+    ]  # fmt: skip
+    face = comfy_server.upload_image(inputs["faces"] / "alice.png", "f2d_bench_freecure_face.png")
+    prompt = "A photo of f l with red hair, wearing sunglasses"
+    graph = generation_graph("freecure_omega2", face, prompt, 0, 1, Models(CHECKPOINT), Sampling(64, 1), "bench_fc")
+    assert graph["8"]["class_type"] == "F2DFreeCureSampler" and graph["8"]["inputs"]["mask_weight"] == 2.0
+    assert "5" not in graph and graph["9"]["inputs"]["samples"] == ["8", 0]
+    history = comfy_server.run(graph, timeout=600)
+    assert [image.size for image in comfy_server.output_images(history, "10")] == [(64, 64)]

@@ -65,6 +65,7 @@ LATENT_SIZES = {"f2d_two_people": (768, 512), "f2d_sdxl_portrait": (1024, 1024)}
 # Nodes whose `text` is a prompt with the identifier.
 PROMPTING_NODES = ("F2DApplyTokens", "F2DAddPerson")
 BEST_OF_4 = "f2d_best_of_4"
+FREECURE = "f2d_freecure"
 NAMES = workflow_names()
 PAPER_SAMPLING = {"sampler_name": "euler_ancestral", "steps": 30, "cfg": 7}
 # The training workflow's settings: the paper's where the node has them, a consumer GPU's for the rest.
@@ -105,7 +106,7 @@ def _nodes_of(graph: dict, class_type: str) -> dict[str, dict]:
 
 
 def test_the_workflows_are_bundled_in_both_formats_with_thumbnails():
-    assert NAMES == sorted([*GENERATION, TRAINING, TRAINING_SDXL, BEST_OF_4])
+    assert NAMES == sorted([*GENERATION, TRAINING, TRAINING_SDXL, BEST_OF_4, FREECURE])
     for name in NAMES:
         assert ui_path(name).is_file(), f"{name}: UI workflow missing"
         assert thumbnail_path(name).is_file(), f"{name}: thumbnail missing"
@@ -123,6 +124,26 @@ def test_templates_are_titled_for_people_portrait_first():
     for title in titles:
         # "-" and "_" read as spaces in the browser's description; the rest is unsafe in a Windows file name.
         assert re.fullmatch(r"\d\d [A-Z][A-Za-z0-9 ]+", title), title
+
+
+def test_freecure_workflow_saves_before_and_after_side_by_side(comfy_server: ComfyServer, uploaded: dict[str, str]):
+    """The plain F2D image (KSampler on the sampler's own `positive`, same seed) and FreeCure's, stitched into
+    one saved image; the report is shown."""
+    api = load_api(FREECURE)
+    (sampler,) = _nodes_of(api, "F2DFreeCureSampler").values()
+    (plain,) = _nodes_of(api, "KSampler").values()
+    assert {k: plain["inputs"][k] for k in ("seed", "steps", "cfg", "sampler_name", "scheduler")} == {
+        k: sampler["inputs"][k] for k in ("seed", "steps", "cfg", "sampler_name", "scheduler")
+    }
+    assert {"hair", "sunglasses", "laughing"} <= set(sampler["inputs"]["text"].replace(",", " ").split())
+    graph = prepare_for_test(api, uploaded, FREECURE)
+    history = comfy_server.run(graph, timeout=600)
+    (save_id,) = _nodes_of(graph, "SaveImage")
+    (saved,) = comfy_server.output_images(history, save_id)
+    assert saved.size == (128, 64)  # before | after
+    (report_id,) = _nodes_of(graph, "PreviewAny")
+    report = "\n".join(history["outputs"][report_id]["text"])
+    assert "route fast" in report and "APG:" in report
 
 
 @pytest.mark.parametrize("name", GENERATION)

@@ -76,6 +76,7 @@ MODEL_SUBSTITUTES: dict[tuple[str, str], dict[str, str]] = {
     ("F2DLoadMSIDEncoder", "insightface_pack"): {"buffalo_l": "buffalo_l"},
     ("F2DExpressionReference", "expression_model"): {"epoch_20.pth": "epoch_20.pth"},
     ("F2DTrainingDataset", "face_parser"): {"79999_iter.pth": "79999_iter.pth"},
+    ("F2DFreeCureSampler", "face_parser"): {"79999_iter.pth": "79999_iter.pth"},
     ("F2DTrainingDataset", "expression_model"): {"epoch_20.pth": "epoch_20.pth"},
     ("F2DLoadFaceRecognizer", "recognition_model"): {"buffalo_l/w600k_r50.onnx": "buffalo_l/w600k_r50.onnx"},
 }

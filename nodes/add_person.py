@@ -10,12 +10,10 @@ from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER
 from ..f2d_core.conditioning.regions import MAX_PEOPLE, person_mask
 from .apply_tokens import s_star_for_prompt
 from .face_conditioning import (
-    AS_TRAINED,
     checked_identifier,
     face_conditioning,
     identifier_check,
     identifier_inputs,
-    pooled_source_for,
 )
 from .sockets import F2DExpression, F2DExpressionSocket, F2DFace, F2DFaceSocket
 
@@ -109,12 +107,11 @@ class F2DAddPerson(io.ComfyNode):
         identifier: str = DEFAULT_IDENTIFIER,
         identity_start: float = 0.0,
         class_noun: str = DEFAULT_CLASS_NOUN,
-        pooled_source: str = AS_TRAINED,
     ) -> io.NodeOutput:
         mask = person_mask(masks, person, tuple(latent["samples"].shape[-2:]))
         region = {"mask": mask, "set_area_to_bounds": False, "mask_strength": strength}
         s_star = s_star_for_prompt(f2d_face, expression, expression_strength)
-        pooled = pooled_source_for(f2d_face.face.pooled_source, pooled_source)
+        pooled = f2d_face.face.pooled_source  # as the mapper was trained, or F2D Pooled Source's choice
         person_conditioning = face_conditioning(
             clip, text, s_star, checked_identifier(identifier), identity_start, class_noun, region, pooled
         )

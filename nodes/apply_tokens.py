@@ -11,12 +11,10 @@ from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER
 from ..f2d_core.errors import F2DError
 from .clip_tokens import clip_skip_warning, fine_tuned_towers_warning
 from .face_conditioning import (
-    AS_TRAINED,
     checked_identifier,
     face_conditioning,
     identifier_check,
     identifier_inputs,
-    pooled_source_for,
 )
 from .sockets import F2DExpression, F2DExpressionSocket, F2DFace, F2DFaceSocket
 
@@ -97,10 +95,9 @@ class F2DApplyTokens(io.ComfyNode):
         identifier: str = DEFAULT_IDENTIFIER,
         identity_start: float = 0.0,
         class_noun: str = DEFAULT_CLASS_NOUN,
-        pooled_source: str = AS_TRAINED,
     ) -> io.NodeOutput:
         s_star = s_star_for_prompt(f2d_face, expression, expression_strength)
-        pooled = pooled_source_for(f2d_face.face.pooled_source, pooled_source)
+        pooled = f2d_face.face.pooled_source  # as the mapper was trained, or F2D Pooled Source's choice
         conditioning = face_conditioning(
             clip, text, s_star, checked_identifier(identifier), identity_start, class_noun, pooled_source=pooled
         )

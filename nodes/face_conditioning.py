@@ -7,12 +7,8 @@ from comfy_api.latest import io
 from ..f2d_core.conditioning.identity_start import DEFAULT_CLASS_NOUN, class_prompt, timestep_ranges
 from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER, find_identifier
 from ..f2d_core.errors import PromptError
-from ..f2d_core.identity.mapper_xl import POOLED_SOURCES
 from ..f2d_core.identity.s_star_family import SStar, s_star_family
 from .clip_tokens import identifier_ids, special_tokens, tokens_with_face
-
-AS_TRAINED = "as trained"
-POOLED_SOURCE_OPTIONS = [AS_TRAINED, *POOLED_SOURCES]
 
 
 def class_noun_tokens(clip, text: str, identifier: str, class_noun: str) -> dict:
@@ -79,11 +75,6 @@ def class_pooled(clip, class_tokens: dict):
     return model.clip_g.encode_token_weights(class_tokens["g"][:1])[1]
 
 
-def pooled_source_for(face_pooled_source: str | None, choice: str) -> str | None:
-    """The pooled-vector source to use: the face's (as its mapper was trained) unless `choice` overrides it."""
-    return face_pooled_source if choice == AS_TRAINED else choice
-
-
 def identifier_check(identifier: str | None) -> bool | str:
     """`validate_inputs` of the nodes that take an identifier: True, or why it cannot be used.
 
@@ -134,14 +125,5 @@ def identifier_inputs() -> list:
             optional=True,
             tooltip="The word that stands in for the identifier until identity_start, e.g. 'person', 'woman', "
             "'man', 'child'.",
-        ),
-        io.Combo.Input(
-            "pooled_source",
-            options=POOLED_SOURCE_OPTIONS,
-            default=AS_TRAINED,
-            optional=True,
-            tooltip="SDXL only (ignored for SD1.x): where SDXL's pooled text vector comes from. 'as trained' = what "
-            "the mapper was trained with; class_prompt = the prompt with the class noun in place of the person "
-            "(identity only through the words); identity_prompt = the prompt with the person (ComfyUI's own).",
         ),
     ]

@@ -62,11 +62,18 @@ def _faces_graph(photos: dict[str, str], mapper: str = SDXL_MAPPER) -> dict:
                 "pooling": "normalized_mean",
             },
         }
+        # The same face with the pooled vector of the prompt with the person (ComfyUI's own), not its mapper's.
+        graph[f"p{key}"] = {
+            "class_type": "F2DPooledSource",
+            "inputs": {"f2d_face": [f"4{key}", 0], "pooled_source": "identity_prompt"},
+        }
     return graph
 
 
-def _apply(face: str, text: str, clip: list | None = None, **extra) -> dict:
-    inputs = {"clip": clip or ["1", 1], "text": text, "f2d_face": [f"4{face}", 0]}
+def _apply(face: str, text: str, clip: list | None = None, pooled_source: str | None = None, **extra) -> dict:
+    """Apply F2D Tokens with face a or b; pooled_source "identity_prompt" takes it through F2D Pooled Source."""
+    source = f"p{face}" if pooled_source == "identity_prompt" else f"4{face}"
+    inputs = {"clip": clip or ["1", 1], "text": text, "f2d_face": [source, 0]}
     return {"class_type": "F2DApplyTokens", "inputs": inputs | extra}
 
 
@@ -189,12 +196,11 @@ def test_sdxl_regions_carry_their_own_person(sdxl_server, photos, embeddings):
                 "conditioning": previous,
                 "clip": ["1", 1],
                 "latent": ["5", 0],
-                "f2d_face": [f"4{key}", 0],
+                "f2d_face": [f"p{key}", 0],  # through F2D Pooled Source: the identity prompt's pooled vector
                 "text": prompts[key],
                 "masks": ["11", 0],
                 "person": n,
                 "strength": 1.0 + 0.5 * (n - 1),
-                "pooled_source": "identity_prompt",
             },
         }
         previous = [f"2{n}", 0]

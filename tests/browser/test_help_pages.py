@@ -42,7 +42,7 @@ def test_every_node_has_a_help_page_naming_its_inputs_and_outputs(comfy_server: 
     assert sorted(p.stem for p in DOCS.glob("*.md")) == sorted(nodes)
     problems = []
     for node_id, info in nodes.items():
-        page = (DOCS / f"{node_id}.md").read_text()
+        page = (DOCS / f"{node_id}.md").read_text(encoding="utf-8")
         title = info["display_name"].replace("*", "\\*")
         if not page.startswith(f"# {title}\n"):
             problems.append(f"{node_id}.md does not start with '# {title}'")
@@ -54,7 +54,7 @@ def test_every_node_has_a_help_page_naming_its_inputs_and_outputs(comfy_server: 
             problems.append(f"{node_id}.md does not describe {missing}")
     assert not problems, "\n".join(problems)
     for node_id in nodes:
-        page = (DOCS / f"{node_id}.md").read_text()
+        page = (DOCS / f"{node_id}.md").read_text(encoding="utf-8")
         for picture in PICTURE.findall(page):
             assert (DOCS / picture).is_file(), f"{node_id}.md shows {picture}, which is not in js/docs"
 
@@ -62,8 +62,8 @@ def test_every_node_has_a_help_page_naming_its_inputs_and_outputs(comfy_server: 
 def test_help_pages_and_pictures_are_served_where_the_frontend_fetches_them(comfy_server: ComfyServer) -> None:
     for page in DOCS.glob("*.md"):
         response = comfy_server._get(f"/extensions/{PACK_DIR_NAME}/docs/{page.name}")
-        assert response.text == page.read_text(), page.name
-        for picture in PICTURE.findall(page.read_text()):
+        assert response.content.decode("utf-8") == page.read_text(encoding="utf-8"), page.name
+        for picture in PICTURE.findall(page.read_text(encoding="utf-8")):
             served = comfy_server._get(f"/extensions/{PACK_DIR_NAME}/docs/{picture}")
             assert served.content == (DOCS / picture).read_bytes()
             assert Image.open(BytesIO(served.content)).format == "PNG"
@@ -83,7 +83,7 @@ def test_node_library_help_panel_shows_the_page(comfy_server: ComfyServer) -> No
     config_path = artifacts_dir / "help_config.json"
     config_path.write_text(json.dumps(config))
     run_node("check_help.mjs", str(config_path))
-    report = json.loads((artifacts_dir / "help_report.json").read_text())
+    report = json.loads((artifacts_dir / "help_report.json").read_text(encoding="utf-8"))
     assert {"path": f"/extensions/{PACK_DIR_NAME}/docs/F2DEncodeFace.md", "status": 200} in report["fetched"]
     assert report["heading"] == "Encode Face \u2192 S*"
     assert report["headings"][:2] == ["Inputs", "Outputs"]

@@ -198,6 +198,7 @@ def test_face_named_in_any_script_round_trips_and_a_read_only_folder_is_a_clear_
         subprocess.run(["chattr", "-i", str(folder)], check=True)
     assert error.node_type == "F2DSaveFace"
     assert (
-        "Could not write" in error.exception_message and "writable or choose another folder" in error.exception_message
+        "Could not write the face file" in error.exception_message
+        and "choose a writable folder" in error.exception_message
     )
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing partial, nothing changed

@@ -110,9 +110,11 @@ def extra(comfyui_path: Path, comfy_models_dir: Path) -> Iterator[tuple[ComfySer
     base.chmod(0o755)
     models = base / "models"
     shutil.copytree(comfy_models_dir, models, copy_function=os.link)
-    for folder in [models, *models.rglob("*")]:
-        if folder.is_dir():
-            folder.chmod(0o755)  # pytest makes its folders private; a user's are readable
+    for path in [models, *models.rglob("*")]:  # pytest makes its folders private; a user's are readable
+        if path.is_dir():
+            path.chmod(0o755)
+        elif path.is_file() and not path.is_symlink():  # and safetensors >= 0.8 writes its files 0600
+            path.chmod(path.stat().st_mode | 0o444)
     odd_entries(models)
     pack = read_only_pack_copy(base / "pack" / PACK_DIR_NAME)
     (base / "pack").chmod(0o555)

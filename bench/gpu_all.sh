@@ -17,12 +17,13 @@
 # straightforward two-stage port, the fast route and fast + APG, 512x512, 30 steps, on the full-size SD1.5
 # checkpoint written by the training part). Last, bench/gpu_robustness.py checks the GPU-only failure classes
 # (fp16 in the identity embedding and the margin softmax, memory released after an out-of-memory error, a state
-# resumed on another device, a second GPU, NCCL peer-to-peer). Each part writes JSON and a log to OUT_DIR; a
-# part that fails does not stop the others.
+# resumed on another device, a second GPU, NCCL peer-to-peer, FreeCure's FASA in fp16/bf16 through ComfyUI's SDPA
+# against float64, an SDXL face on text towers in fp16/fp32/bf16/fp8). Each part writes JSON and a log to OUT_DIR;
+# a part that fails does not stop the others.
 # One device command may run 600 s and a loan is 15 minutes in all, so run it as two calls (names after OUT_DIR
 # choose the parts; none: all):
 #   bash bench/gpu_all.sh OUT encode detection training training_peak msid_training freecure  # 5x80+100 = 500 s
-#   bash bench/gpu_all.sh OUT sdxl sdxl_training robustness                                    # 80+100+60 = 240 s
+#   bash bench/gpu_all.sh OUT sdxl sdxl_training robustness                                    # 80+100+180 = 360 s
 # (freecure uses the checkpoint the training part writes, so they share a call.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -51,5 +52,6 @@ run sdxl_training 100 python bench/sdxl_train_step.py --device cuda --full-unet 
   --steps 2 --work-dir "$WORK_DIR/sdxl_training" --json "$OUT_DIR/sdxl_training.json"
 run freecure 100 python bench/freecure_speed.py --gpu --checkpoint "$WORK_DIR/sd15_full_random.safetensors" \
   --size 512 --steps 30 --rounds 2 --json "$OUT_DIR/freecure.json"
-run robustness 60 python bench/gpu_robustness.py --device cuda --json "$OUT_DIR/robustness.json"
+run robustness 180 python bench/gpu_robustness.py --device cuda --work-dir "$WORK_DIR/robustness" \
+  --json "$OUT_DIR/robustness.json"
 exit $status

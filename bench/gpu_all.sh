@@ -17,8 +17,9 @@
 # straightforward two-stage port, the fast route and fast + APG, 512x512, 30 steps, on the full-size SD1.5
 # checkpoint written by the training part). Last, bench/gpu_robustness.py checks the GPU-only failure classes
 # (fp16 in the identity embedding and the margin softmax, memory released after an out-of-memory error, a state
-# resumed on another device, a second GPU, NCCL peer-to-peer). Each part writes JSON and a log to OUT_DIR; a
-# part that fails does not stop the others.
+# resumed on another device, a second GPU, NCCL peer-to-peer, FreeCure's FASA in fp16/bf16 through ComfyUI's SDPA
+# against float64, an SDXL face on text towers in fp16/fp32/bf16/fp8). Each part writes JSON and a log to OUT_DIR;
+# a part that fails does not stop the others.
 # One device command may run 600 s and a loan is 15 minutes in all (the machine's start included), so the
 # script runs in ONE call within a time budget (GPU_ALL_BUDGET_S, default 570 s): each part gets its own cap,
 # cut down so that every later part still has its floor (the least time worth starting it); when the budget
@@ -36,8 +37,8 @@ export PYTHONUNBUFFERED=1
 status=0
 BUDGET_S=${GPU_ALL_BUDGET_S:-570}
 # name cap floor (seconds), in run order; the floors of later parts are held back from earlier parts' caps.
-PLAN=(encode:70:30 detection:60:25 training:80:50 training_peak:60:35 msid_training:70:35 freecure:90:60
-  sdxl:70:40 sdxl_training:100:60 robustness:50:25)
+PLAN=(encode:60:30 detection:50:25 training:80:50 training_peak:60:35 msid_training:60:35 freecure:90:60
+  sdxl:70:40 sdxl_training:100:60 robustness:150:60)
 chosen() { [ ${#PARTS[@]} -eq 0 ] || [[ " ${PARTS[*]} " == *" $1 "* ]]; }
 floor_after() {  # the floors of the chosen parts after part $1
   local seen=0 sum=0 entry name
@@ -81,5 +82,6 @@ run freecure python bench/freecure_speed.py --gpu "${SD15_FULL[@]}" \
 run sdxl python bench/gpu_sdxl.py --device cuda --json "$OUT_DIR/sdxl.json"
 run sdxl_training python bench/sdxl_train_step.py --device cuda --full-unet --resolution 1024 --gpu-plan \
   --steps 2 --work-dir "$WORK_DIR/sdxl_training" --json "$OUT_DIR/sdxl_training.json"
-run robustness python bench/gpu_robustness.py --device cuda --json "$OUT_DIR/robustness.json"
+run robustness python bench/gpu_robustness.py --device cuda --work-dir "$WORK_DIR/robustness" \
+  --json "$OUT_DIR/robustness.json"
 exit $status

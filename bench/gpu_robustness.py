@@ -1,6 +1,7 @@
 """The GPU-only failure classes of issue 18, checked on a lent GPU (bench/gpu_all.sh runs this part).
 
-    python bench/gpu_robustness.py --device cuda --json gpu_robustness.json
+    COMFYUI_PATH=/path/to/ComfyUI python bench/gpu_robustness.py --device cuda --json gpu_robustness.json
+    COMFYUI_PATH=... python bench/gpu_robustness.py --device cpu   # smoke run: the checks that can run on a CPU
 
 Each check prints one line and records {"ok": bool, ...measured values} in the JSON; a check that cannot
 run on this machine (one GPU, no second rank) records {"skipped": why}. The exit status is 1 when a check
@@ -23,6 +24,16 @@ fails. Checks, each capped by what it allocates (a few GiB at most):
 - nccl_peer_to_peer: with two GPUs, whether they can reach each other's memory directly
   (torch.cuda.can_device_access_peer) and whether NCCL_P2P_DISABLE is set: consumer GeForce cards without
   working P2P hang NCCL's first collective; docs/troubleshooting.md says to set NCCL_P2P_DISABLE=1.
+- fasa_half (needs COMFYUI_PATH): FreeCure's FASA in fp16 and bf16 through ComfyUI's own attention_pytorch on the
+  device (its SDPA backend priority, cuDNN first, included) at SD1.5's 512x512 layer shapes, both routes' code,
+  omega 0.5 / 2 / 10 / -10, against FreeCure's formulation in float64 (bench/gpu_fasa_precision_worker.py): finite,
+  the rows FASA leaves alone equal to plain attention bit for bit, and the worst error, relative to the largest
+  output, at most FASA_TOLERANCE (fp16 0.01, bf16 0.05), reported next to plain attention's own error in that dtype.
+- sdxl_text_dtypes (needs COMFYUI_PATH): an SDXL face on the tiny SDXL's towers loaded under --fp16-text-enc,
+  --fp32-text-enc, --bf16-text-enc and --fp8_e4m3fn-text-enc on the device
+  (tests/integration/library_scripts/sdxl_text_dtypes.py): S* spliced in equals the embedding file exactly (cond
+  and pooled), and a mapper trained on the fp16 towers is not reported as trained on other text encoders.
+On a CPU (`--device cpu`) the CUDA-only checks are skipped and the two above run on smaller shapes: a smoke run.
 """
 
 from __future__ import annotations
@@ -49,10 +60,16 @@ from f2d_core.identity.mapper import F2DMapper
 from f2d_core.identity.msid_encoder import MSIDEncoder
 from f2d_core.msid_training.margin_softmax import ShardedMarginSoftmax
 from f2d_core.training.state_file import load_state, save_state
+from tests.support.comfy_library_run import run_library_script
+from tests.support.tiny_sdxl import build_tiny_sdxl
 
 log = logging.getLogger("f2d.gpu_robustness")
+REPO_ROOT = Path(__file__).resolve().parent.parent
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 GIB = 2**30
+FASA_TOLERANCE = {"float16": 0.01, "bfloat16": 0.05}  # worst |FASA - float64| / max |float64|, per dtype
+CPU_FASA_LAYERS = {"16x16": [16, 16, 320], "8x8": [8, 8, 640]}  # the smoke run's shapes
+TEXT_DTYPES = ("fp16", "fp32", "bf16", "fp8_e4m3fn")
 
 
 def _crops(count: int, device: torch.device) -> torch.Tensor:
@@ -194,6 +211,35 @@ def check_nccl_peer_to_peer(device: torch.device) -> dict:
     return {"ok": True, "names": names, "peer_access": peer, "NCCL_P2P_DISABLE": os.environ.get("NCCL_P2P_DISABLE")}
 
 
+def check_fasa_half(device: torch.device, comfyui: Path, work_dir: Path) -> dict:
+    smoke = {} if device.type == "cuda" else {"layers": CPU_FASA_LAYERS, "omegas": [0.5, 10.0]}
+    r = run_library_script(
+        REPO_ROOT / "bench" / "gpu_fasa_precision_worker.py", comfyui, library_cpu=device.type != "cuda", **smoke
+    )
+    ok = all(
+        r[d]["finite"] and r[d]["untouched_rows_plain"] and r[d]["fasa_relative_error"] <= tolerance
+        for d, tolerance in FASA_TOLERANCE.items()
+    )
+    return {"ok": ok, "tolerance": FASA_TOLERANCE, **r}
+
+
+def check_sdxl_text_dtypes(device: torch.device, comfyui: Path, work_dir: Path) -> dict:
+    tiny = build_tiny_sdxl(work_dir / "tiny_sdxl", comfyui)
+    embeddings = work_dir / "sdxl_text_dtypes_embeddings"
+    embeddings.mkdir(parents=True, exist_ok=True)
+    r = run_library_script(
+        REPO_ROOT / "tests" / "integration" / "library_scripts" / "sdxl_text_dtypes.py",
+        comfyui,
+        library_cpu=device.type != "cuda",
+        checkpoint=str(tiny.checkpoint),
+        te_options=str(tiny.te_options),
+        embeddings_dir=str(embeddings),
+    )
+    ok = all(r[t]["finite"] and r[t]["parity_max_abs"] == 0.0 and r[t]["warning"] is None for t in TEXT_DTYPES)
+    ok &= r["fp16"]["fingerprint"] == r["fp32"]["fingerprint"] == r["trained_fingerprint"]
+    return {"ok": ok, **r}
+
+
 CHECKS = {
     "fp16_identity": check_fp16_identity,
     "margin_softmax_half": check_margin_softmax_half,
@@ -201,36 +247,52 @@ CHECKS = {
     "state_across_devices": check_state_across_devices,
     "second_gpu": check_second_gpu,
     "nccl_peer_to_peer": check_nccl_peer_to_peer,
+    "fasa_half": check_fasa_half,
+    "sdxl_text_dtypes": check_sdxl_text_dtypes,
 }
+WITH_COMFYUI = {"fasa_half", "sdxl_text_dtypes"}  # run ComfyUI as a library; also on a CPU (smoke run)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", default="cuda", help="cuda (the checks), or cpu (a smoke run of the ComfyUI ones)")
+    parser.add_argument("--comfyui", type=Path, default=os.environ.get("COMFYUI_PATH"), help="ComfyUI checkout")
+    parser.add_argument("--work-dir", type=Path, default=None, help="Where the tiny SDXL is built (default: temp).")
     parser.add_argument("--json", type=Path, help="Write the results here.")
     parser.add_argument("--only", nargs="*", choices=sorted(CHECKS), help="Run these checks only.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device(args.device)
-    if device.type != "cuda" or not torch.cuda.is_available():
-        log.error("these checks need a CUDA GPU (--device cuda)")
+    if device.type not in ("cuda", "cpu") or (device.type == "cuda" and not torch.cuda.is_available()):
+        log.error("these checks need a CUDA GPU (--device cuda), or --device cpu for a smoke run")
         return 1
-    results = {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__}
+    cuda = device.type == "cuda"
+    results = {"gpu": torch.cuda.get_device_name(device) if cuda else "", "torch": torch.__version__}
     failed = False
-    for name in args.only or CHECKS:
-        start = time.perf_counter()
-        try:
-            result = CHECKS[name](device)
-        except Exception as error:  # a check that crashes is a failed check; the others still run
-            result = {"ok": False, "error": f"{type(error).__name__}: {error}"}
-        result["seconds"] = round(time.perf_counter() - start, 2)
-        results[name] = result
-        failed |= result.get("ok") is False
-        log.info("%s: %s", name, json.dumps(result))
-        gc.collect()
-        torch.cuda.empty_cache()
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    with tempfile.TemporaryDirectory(prefix="f2d_gpu_robustness_") as temporary:
+        work_dir = args.work_dir or Path(temporary)
+        for name in args.only or CHECKS:
+            start = time.perf_counter()
+            try:
+                if name in WITH_COMFYUI and not args.comfyui:
+                    result = {"skipped": "needs ComfyUI: set COMFYUI_PATH or pass --comfyui"}
+                elif name in WITH_COMFYUI:
+                    result = CHECKS[name](device, args.comfyui, work_dir)
+                elif not cuda:
+                    result = {"skipped": "needs CUDA"}
+                else:
+                    result = CHECKS[name](device)
+            except Exception as error:  # a check that crashes is a failed check; the others still run
+                result = {"ok": False, "error": f"{type(error).__name__}: {error}"[-4000:]}
+            result["seconds"] = round(time.perf_counter() - start, 2)
+            results[name] = result
+            failed |= result.get("ok") is False
+            log.info("%s: %s", name, json.dumps(result))
+            if args.json:  # after each check: a run cut short by its time cap keeps what it measured
+                args.json.write_text(json.dumps(results, indent=1))
+            gc.collect()
+            if cuda:
+                torch.cuda.empty_cache()
     return 1 if failed else 0
 
 

@@ -8,6 +8,8 @@ token keys (the refiner's tokens look like SDXL's).
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..f2d_core.conditioning.injection import equal_chunk_counts, inject_s_star
@@ -15,6 +17,8 @@ from ..f2d_core.errors import PromptError
 from ..f2d_core.identity.face_encoder import check_finite_s_star
 from ..f2d_core.identity.s_star_family import FAMILY_LABELS, SStar, check_s_star_widths, s_star_family
 from ..f2d_core.identity.text_fingerprint import METADATA_KEY, fingerprint_keys, text_encoder_fingerprint
+
+log = logging.getLogger(__name__)
 
 LAST_LAYER = -1  # CLIP Set Last Layer's stop_at_clip_layer for no clip skip
 SDXL_LAYER = -2  # SDXL's towers are read at the penultimate layer (comfy/sdxl_clip.py); None means the same
@@ -154,12 +158,13 @@ def tokens_with_face(clip, text: str, s_star: SStar, identifier: str) -> dict:
     return tokens
 
 
-_FINGERPRINTS: dict[tuple[int, object], str] = {}  # (id of the CLIP's patcher, its patches' uuid) -> fingerprint
+_FINGERPRINTS: dict[tuple[int, object], str | None] = {}  # (id of the CLIP's patcher, its patches' uuid) -> it
 
 
-def clip_text_fingerprint(clip) -> str:
+def clip_text_fingerprint(clip) -> str | None:
     """`text_encoder_fingerprint` of an SDXL CLIP's towers as its next encode uses them (after `load_model`, which
-    applies weight patches such as a text-encoder LoRA); cached per patcher and patch set."""
+    applies weight patches such as a text-encoder LoRA); cached per patcher and patch set. None for towers in bf16
+    or fp8 (--bf16-text-enc, --fp8_e4m3fn-text-enc): they have no fingerprint to compare."""
     clip.load_model()
     key = (id(clip.patcher), getattr(clip.patcher, "patches_uuid", None))
     if key not in _FINGERPRINTS:
@@ -183,7 +188,11 @@ def fine_tuned_towers_warning(clip, settings: dict) -> str | None:
     trained = settings.get(METADATA_KEY)
     if not trained or type(clip.cond_stage_model).__name__ != "SDXLClipModel":
         return None
-    if clip_text_fingerprint(clip) == trained:
+    current = clip_text_fingerprint(clip)
+    if current is None:
+        log.info("the text encoders run in bf16 or fp8: whether they are the mapper's is not checked")
+        return None
+    if current == trained:
         return None
     return (
         "this checkpoint's text encoders differ from the ones the mapper was trained with (a Pony / Illustrious / "

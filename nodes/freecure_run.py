@@ -239,30 +239,36 @@ def run_freecure(
     t0 = time.perf_counter()
     if route == "fast":
         cache = FoundationCache(budget_bytes=cache_budget(model))
-        recorder = FasaPatch("record", cache=cache, **common)
-        fd = ksample(patched(model, recorder, layers), s.seed, s.steps, s.cfg, s.sampler_name, s.scheduler,
-                     foundation, negative, latent)  # fmt: skip
-        seconds["foundation"] = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        masks, shown, lines = foundation_masks(vae, parser, fd, choice, external_mask)
-        recorded = cache.nbytes
-        cache.gather(masks)
-        seconds["masks"] = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        fasa = FasaPatch("cached", masks=masks, cache=cache, **common)
-        refined = ksample(patched(model, fasa, layers), s.seed, s.steps, s.cfg, s.sampler_name, s.scheduler,
-                          positive, negative, latent)  # fmt: skip
-        seconds["personalised"] = time.perf_counter() - t2
-        lines.append(
-            f"foundation keys cached: {recorded / 2**20:.1f} MiB over {cache.calls} layer calls, "
-            f"{cache.nbytes / 2**20:.1f} MiB inside the masks"
-        )
-        if cache.misses:
+        # Released however the stages end. After an error (out of memory) ComfyUI's executor keeps the traceback,
+        # and with it this frame, in a reference cycle until its next gc.collect (execution.py:567, main.py:232)
+        # and unloads models meanwhile (execution.py:579-582); a cancel's traceback lives to the prompt's end.
+        try:
+            recorder = FasaPatch("record", cache=cache, **common)
+            fd = ksample(patched(model, recorder, layers), s.seed, s.steps, s.cfg, s.sampler_name, s.scheduler,
+                         foundation, negative, latent)  # fmt: skip
+            seconds["foundation"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            masks, shown, lines = foundation_masks(vae, parser, fd, choice, external_mask)
+            recorded = cache.nbytes
+            cache.gather(masks)
+            seconds["masks"] = time.perf_counter() - t1
+            t2 = time.perf_counter()
+            fasa = FasaPatch("cached", masks=masks, cache=cache, **common)
+            refined = ksample(patched(model, fasa, layers), s.seed, s.steps, s.cfg, s.sampler_name, s.scheduler,
+                              positive, negative, latent)  # fmt: skip
+            seconds["personalised"] = time.perf_counter() - t2
             lines.append(
-                f"Warning: {cache.misses} layer calls of the personalised run found no recorded foundation step "
-                "(a sampler whose steps depend on the image?); they stayed plain: use route 'straightforward'."
+                f"foundation keys cached: {recorded / 2**20:.1f} MiB over {cache.calls} layer calls, "
+                f"{cache.nbytes / 2**20:.1f} MiB inside the masks"
             )
-        result = FreeCureResult(refined, fd, shown, route, lines, seconds, patch_stats=fasa.stats)
+            if cache.misses:
+                lines.append(
+                    f"Warning: {cache.misses} layer calls of the personalised run found no recorded foundation step "
+                    "(a sampler whose steps depend on the image?); they stayed plain: use route 'straightforward'."
+                )
+            result = FreeCureResult(refined, fd, shown, route, lines, seconds, patch_stats=fasa.stats)
+        finally:
+            cache.clear()
     else:
         batch = pair_latent(latent)
         conds = pair_conditioning(positive, foundation, pairs)

@@ -57,8 +57,9 @@ def attend_with_foundation(
 
     q, k, v: [P, N, heads*dim] (the PD rows' own projections). foundation_keys[i], foundation_values[i]:
     [m_i, heads*dim], m_i >= 1, the in-mask FD tokens of row i. Returns [P, N, heads*dim] in q's dtype:
-    softmax([q k^T, q K_FD^T + omega] / sqrt(dim)) [v; V_FD]. Rows with fewer tokens than max(m_i) are
-    padded with -inf bias (weight exactly 0). One `attention` call for all P rows.
+    softmax([q k^T, q K_FD^T] / sqrt(dim) + [0, omega]) [v; V_FD] (omega added to the scaled logits, as SDPA adds
+    its float mask and FreeCure its bias). Rows with fewer tokens than max(m_i) are padded with -inf bias (weight
+    exactly 0; never a whole row, so no NaN in any dtype). One `attention` call for all P rows.
     """
     rows, n_tokens, width = q.shape
     m_max = max(int(t.shape[0]) for t in foundation_keys)

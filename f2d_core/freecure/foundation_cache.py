@@ -54,6 +54,14 @@ class FoundationCache:
         self._full.clear()
         self.rewind()
 
+    def clear(self) -> None:
+        """Drop every record now (their memory goes back to the allocator), e.g. when sampling stops early: a
+        patch or a traceback that still refers to this cache then holds nothing."""
+        self._full.clear()
+        self._gathered.clear()
+        self._held = 0
+        self.rewind()
+
     def rewind(self) -> None:
         """Replay from the first recorded call again."""
         self._next.clear()

@@ -252,21 +252,24 @@ class MapperTrainer:
         Noise and timesteps are drawn for the whole batch first, then sliced into micro-batches, so
         the loss and the gradient are the whole batch's up to the order of the sums (docs/sdxl.md 3.2):
         each micro-batch's mean loss is weighted by its share of the batch. Under DDP, only the last
-        micro-batch's backward all-reduces the gradients. The backward runs under `self.loss_scale`.
+        micro-batch's backward all-reduces the gradients: the others run forward and backward inside
+        `no_sync()`, since DDP decides at the forward whether the next backward synchronizes (PyTorch's
+        `DistributedDataParallel.no_sync`: "The forward pass should be included inside the context manager").
+        The backward runs under `self.loss_scale`.
         """
         noise = torch.randn(batch.latents.shape, generator=generator)
         timesteps = torch.randint(0, NUM_TIMESTEPS, (len(batch),), generator=generator)
         parts = self.micro_batches(len(batch))
         total = torch.zeros((), device=self.backend.device)
+        no_sync = getattr(self.trainable, "no_sync", None)
         for i, rows in enumerate(parts):
             dropout_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-            loss = self._chunk_loss(batch.part(rows), noise[rows], timesteps[rows], class_cond, dropout_seed)
-            if len(parts) > 1:
-                loss = loss * ((rows.stop - rows.start) / len(batch))
-            if backward:
-                last = i == len(parts) - 1
-                no_sync = getattr(self.trainable, "no_sync", None)
-                with contextlib.nullcontext() if last or no_sync is None else no_sync():
+            last = i == len(parts) - 1
+            with contextlib.nullcontext() if not backward or last or no_sync is None else no_sync():
+                loss = self._chunk_loss(batch.part(rows), noise[rows], timesteps[rows], class_cond, dropout_seed)
+                if len(parts) > 1:
+                    loss = loss * ((rows.stop - rows.start) / len(batch))
+                if backward:
                     self.loss_scale.scaled(loss).backward()
             total = total + loss.detach()
         return total

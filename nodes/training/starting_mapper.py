@@ -82,9 +82,10 @@ def starting_mapper(
     return mapper
 
 
-def towers_fingerprint(backend) -> str:
+def towers_fingerprint(backend) -> str | None:
     """The `text_encoder_fingerprint` of the towers the SDXL mapper trains with (the backend's copies, as loaded):
-    Apply F2D Tokens warns when a CLIP's towers differ (a fine-tuned checkpoint's)."""
+    Apply F2D Tokens warns when a CLIP's towers differ (a fine-tuned checkpoint's). None (nothing recorded) for
+    towers loaded in bf16 or fp8, which have none."""
     tensors = {}
     for tower, model in backend.towers.items():
         weights = model.text_model

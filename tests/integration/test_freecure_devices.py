@@ -1,0 +1,27 @@
+"""FreeCure against ComfyUI's memory handling: what the fast route's recorded foundation keys hold after a cancel.
+
+ComfyUI as a library on the CPU (tests/support/comfy_library_run.py); on a GPU the same records sit in VRAM (up to
+a quarter of the free memory), so what a failed run leaves held is what the next prompt cannot use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.support.comfy_library_run import run_library_script
+
+SCRIPTS = Path(__file__).parent / "library_scripts"
+
+
+def test_a_cancelled_fast_route_holds_no_recorded_keys_while_comfyui_handles_the_cancel(
+    comfyui_path, tiny_models, comfy_models_dir
+):
+    result = run_library_script(
+        SCRIPTS / "freecure_cancel.py",
+        comfyui_path,
+        checkpoint=str(tiny_models.checkpoint),
+        parser_path=str(comfy_models_dir / "face2diffusion" / "79999_iter.pth"),
+    )
+    assert result["interrupted"] and result["steps_seen"] == 2
+    assert result["caches"] == 1  # the traceback ComfyUI keeps still reaches the cache...
+    assert result["held_bytes"] == 0 and result["held_calls"] == 0  # ...but it holds nothing any more

@@ -21,7 +21,7 @@ from comfy_api.latest import io
 from ..f2d_core.errors import F2DError
 from ..f2d_core.identity.norm_match import NORM_MATCH_MODES, SETTINGS_KEY, match_anchor_norms
 from ..f2d_core.identity.s_star_family import s_star_family
-from .sockets import F2DFace, F2DFaceSocket
+from .sockets import F2DFace, sdxl_face_option_schema
 
 
 class F2DNormMatch(io.ComfyNode):
@@ -29,25 +29,21 @@ class F2DNormMatch(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="F2DNormMatch",
-            display_name="F2D Norm Match (SDXL)",
-            category="face2diffusion",
-            description="SDXL only: the same face with each of its two words rescaled to the length of the anchor its "
-            "mapper started from (UniID's normalized rescaling, in the text encoders' input space). The direction, "
-            "i.e. the identity, is kept. An inference-time experiment: mappers are trained without it. Connect it "
-            "between the face and Apply F2D Tokens / Add F2D Person.",
-            inputs=[
-                F2DFaceSocket.Input("f2d_face", tooltip="An SDXL face (from an SDXL mapper with anchors)."),
-                io.Combo.Input(
-                    "norm_match",
-                    options=list(NORM_MATCH_MODES),
-                    default=NORM_MATCH_MODES[0],
-                    tooltip="anchor = each word takes its anchor's length (anchor.l / anchor.g in the mapper file); "
-                    "off = the face as it comes in (to compare).",
-                ),
-            ],
-            outputs=[F2DFaceSocket.Output()],
+        return sdxl_face_option_schema(
+            "F2DNormMatch",
+            "F2D Norm Match (SDXL)",
+            "SDXL only: the same face with each of its two words rescaled to the length of the anchor its mapper "
+            "started from (UniID's normalized rescaling, in the text encoders' input space). The direction, i.e. the "
+            "identity, is kept. An inference-time experiment: mappers are trained without it. Connect it between the "
+            "face and Apply F2D Tokens / Add F2D Person.",
+            "An SDXL face (from an SDXL mapper with anchors).",
+            io.Combo.Input(
+                "norm_match",
+                options=list(NORM_MATCH_MODES),
+                default=NORM_MATCH_MODES[0],
+                tooltip="anchor = each word takes its anchor's length (anchor.l / anchor.g in the mapper file); "
+                "off = the face as it comes in (to compare).",
+            ),
         )
 
     @classmethod

@@ -19,7 +19,7 @@ from tests.support import synthetic_insightface as si
 from tests.support.comfy_library_run import run_library_script
 from tests.support.comfy_server import ComfyServer, ExecutionFailed
 from tests.support.conditioning_files import node_failure, saved_conditionings
-from tests.support.f2d_graphs import checkpoint_loader, encode_faces, loader
+from tests.support.f2d_graphs import checkpoint_loader, encode_faces, loader, save_conditioning
 from tests.support.photos import ALIGNED_CROP, ASTRONAUT, load_rgb
 from tests.support.sdxl_mappers import ANCHORED_SDXL_MAPPER, anchored_sdxl_mapper
 from tests.support.tiny_sdxl import TinySDXL, tiny_refiner_unet_config
@@ -27,6 +27,7 @@ from tests.support.tiny_sdxl import TinySDXL, tiny_refiner_unet_config
 SCRIPTS = Path(__file__).parent / "library_scripts"
 SDXL_CKPT = "f2d_tiny_sdxl.safetensors"
 SDXL_MAPPER = "f2d_test_sdxl_mapper.safetensors"
+OTHER_TOWERS_MAPPER = "f2d_test_sdxl_mapper_other_towers.safetensors"
 PROMPT = "a photo of f l as a knight"
 LONG_PROMPT = " ".join(["a"] * 80) + " and f l as a knight"  # the identifier in the second 77-token window
 WIDTH, HEIGHT = 128, 64
@@ -339,3 +340,23 @@ def test_norm_match_without_anchors_is_a_node_error(sdxl_server, photos, mapper:
     error = _failure(sdxl_server, graph, ["10", 0])
     assert error.node_type == "F2DNormMatch" and says in error.exception_message
     assert ("set norm_match to off" if mapper == SDXL_MAPPER else "Remove F2D Norm Match") in error.exception_message
+
+
+def test_fine_tuned_text_encoders_warn(sdxl_server, photos, comfy_models_root):
+    """A mapper that recorded other text-encoder weights than this CLIP's (as one trained on SDXL base, used on a
+    fine-tune that retrained its towers): Apply F2D Tokens works and says so under the node; a mapper that recorded
+    none says nothing. (Matching towers give no warning: test_refiner_takes_the_g_half_and_fine_tuned_towers...)"""
+    mapper = anchored_sdxl_mapper()
+    mapper.text_encoder_fingerprint = "0" * 64  # no real towers hash to this
+    save_f2d_safetensors(comfy_models_root / "face2diffusion" / OTHER_TOWERS_MAPPER, mapper=mapper)
+    texts = {}
+    for name in (OTHER_TOWERS_MAPPER, SDXL_MAPPER):
+        graph = _faces_graph(photos, mapper=name)
+        graph["10"] = _apply("a", PROMPT)
+        history = sdxl_server.run(save_conditioning(graph, ["10", 0], "ft_warning", "99"), timeout=300)
+        (texts[name],) = history["outputs"]["10"]["text"]
+    assert texts[OTHER_TOWERS_MAPPER].startswith(
+        "Warning: this checkpoint's text encoders differ from the ones the mapper was trained with"
+    )
+    assert "train or fine-tune the mapper on this checkpoint" in texts[OTHER_TOWERS_MAPPER]
+    assert texts[SDXL_MAPPER] == ""

@@ -17,6 +17,7 @@ from .face_similarity import F2DFaceSimilarity
 from .freecure_sampler import F2DFreeCureSampler
 from .load_encoder import F2DLoadMSIDEncoder
 from .model_paths import register_model_folders
+from .norm_match import F2DNormMatch
 from .pooled_source import F2DPooledSource
 from .region_layout import F2DRegionLayout
 from .scoring_loaders import F2DLoadCLIPScorer, F2DLoadFaceRecognizer
@@ -29,6 +30,7 @@ NODES: list[type[io.ComfyNode]] = [
     F2DExpressionReference,
     F2DApplyTokens,
     F2DPooledSource,
+    F2DNormMatch,
     F2DSaveFace,
     F2DLoadFace,
     F2DRegionLayout,

@@ -9,6 +9,7 @@ from comfy_api.latest import io
 from ..f2d_core.conditioning.identity_start import DEFAULT_CLASS_NOUN
 from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER
 from ..f2d_core.errors import F2DError
+from ..f2d_core.identity.norm_match import SETTINGS_KEY as NORM_MATCH_KEY
 from .clip_tokens import clip_skip_warning, fine_tuned_towers_warning
 from .face_conditioning import (
     checked_identifier,
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def s_star_for_prompt(face: F2DFace, expression: F2DExpression | None, strength: float):
-    """The face's S*: as encoded (expression from the prompt), or re-mapped with a reference expression."""
+    """The face's S*: as encoded (expression from the prompt), or re-mapped with a reference expression (and
+    rescaled to the anchors again when the face was norm-matched, F2D Norm Match)."""
     if expression is None or strength * expression.strength == 0:
         return face.face.s_star
     if face.encoder is None:
@@ -30,7 +32,8 @@ def s_star_for_prompt(face: F2DFace, expression: F2DExpression | None, strength:
             "This F2D face was loaded from a file without its mapper, so no expression can be mixed in: connect "
             "an F2D model to Load F2D Face."
         )
-    return face.encoder.s_star(face.face.idvec, expression.code, strength * expression.strength)  # on the CPU
+    norm_match = str(face.face.settings.get(NORM_MATCH_KEY, "off"))
+    return face.encoder.s_star(face.face.idvec, expression.code, strength * expression.strength, norm_match)  # CPU
 
 
 class F2DApplyTokens(io.ComfyNode):

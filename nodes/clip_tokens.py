@@ -78,6 +78,7 @@ def check_face_fits_clip(clip, tokens: dict, s_star: SStar) -> tuple[str, ...]:
     face_family = s_star_family(s_star)
     if face_family == "sd1":
         check_sd1_clip(clip, tokens)
+        check_s_star_widths(s_star)
         return ("l",)
     check_s_star_widths(s_star)
     label, towers, fits = clip_family(clip, tokens)

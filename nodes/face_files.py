@@ -14,6 +14,7 @@ from comfy_api.latest import io, ui
 from ..f2d_core.errors import WeightFileError
 from ..f2d_core.identity.face_encoder import EncodedFace, FaceEncoder
 from ..f2d_core.identity.face_file import load_face, save_embedding, save_face
+from ..f2d_core.identity.norm_match import SETTINGS_KEY as NORM_MATCH_KEY
 from ..f2d_core.identity.s_star_family import s_star_family
 from .encode_face import crops_as_image
 from .model_paths import FACES_FOLDER
@@ -26,7 +27,8 @@ def face_for_mapper(face: EncodedFace, encoder: FaceEncoder | None) -> tuple[Enc
     """The loaded face as it is used, and a line saying which mapper made its S*.
 
     With an encoder, S* is mapped again from the saved identity vector by the encoder's (current) mapper, so a
-    face saved with another mapper never mixes with this one; without, S* is used as saved.
+    face saved with another mapper never mixes with this one (a norm-matched face is rescaled to that mapper's
+    anchors); without, S* is used as saved.
     """
     saved_mapper = str(face.settings.get("mapper") or "an unnamed mapper")
     if encoder is None:
@@ -34,7 +36,8 @@ def face_for_mapper(face: EncodedFace, encoder: FaceEncoder | None) -> tuple[Enc
             f"S* as saved, made by the mapper {saved_mapper}; connect an F2D model to map it with that model's mapper"
         )
     mapper = encoder.sources.get("mapper", "")
-    face = dataclasses.replace(face, s_star=encoder.s_star(face.idvec), settings={**face.settings, "mapper": mapper})
+    s_star = encoder.s_star(face.idvec, norm_match=str(face.settings.get(NORM_MATCH_KEY, "off")))
+    face = dataclasses.replace(face, s_star=s_star, settings={**face.settings, "mapper": mapper})
     note = f"S* mapped by the connected F2D model's mapper {mapper} (saved with {saved_mapper})"
     saved_msid, msid = face.settings.get("msid"), encoder.sources.get("msid", "")
     if saved_msid and saved_msid != msid:

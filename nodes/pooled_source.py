@@ -13,7 +13,7 @@ from comfy_api.latest import io
 
 from ..f2d_core.identity.mapper_xl import POOLED_SOURCES
 from ..f2d_core.identity.s_star_family import s_star_family
-from .sockets import F2DFace, F2DFaceSocket
+from .sockets import F2DFace, sdxl_face_option_schema
 
 
 class F2DPooledSource(io.ComfyNode):
@@ -21,23 +21,19 @@ class F2DPooledSource(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="F2DPooledSource",
-            display_name="F2D Pooled Source (SDXL)",
-            category="face2diffusion",
-            description="SDXL only: the same face, with the pooled text vector taken from another prompt than the "
-            "one its mapper was trained with. Connect it between the face and Apply F2D Tokens / Add F2D Person.",
-            inputs=[
-                F2DFaceSocket.Input("f2d_face", tooltip="An SDXL face (from an SDXL mapper)."),
-                io.Combo.Input(
-                    "pooled_source",
-                    options=list(POOLED_SOURCES),
-                    default=POOLED_SOURCES[0],
-                    tooltip="class_prompt = the prompt with the class noun in place of the person (identity only "
-                    "through the words); identity_prompt = the prompt with the person (ComfyUI's own).",
-                ),
-            ],
-            outputs=[F2DFaceSocket.Output()],
+        return sdxl_face_option_schema(
+            "F2DPooledSource",
+            "F2D Pooled Source (SDXL)",
+            "SDXL only: the same face, with the pooled text vector taken from another prompt than the one its mapper "
+            "was trained with. Connect it between the face and Apply F2D Tokens / Add F2D Person.",
+            "An SDXL face (from an SDXL mapper).",
+            io.Combo.Input(
+                "pooled_source",
+                options=list(POOLED_SOURCES),
+                default=POOLED_SOURCES[0],
+                tooltip="class_prompt = the prompt with the class noun in place of the person (identity only "
+                "through the words); identity_prompt = the prompt with the person (ComfyUI's own).",
+            ),
         )
 
     @classmethod

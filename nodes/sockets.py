@@ -52,3 +52,19 @@ class TrainedMapper:
     losses: list[float]
     settings: dict[str, object]
     dataset_report: str = ""
+
+
+def sdxl_face_option_schema(
+    node_id: str, display_name: str, description: str, face_tooltip: str, option: io.Combo.Input
+) -> io.Schema:
+    """The schema of an SDXL-only face -> face node (F2D Pooled Source, F2D Norm Match): an `f2d_face` input, one
+    combo `option`, the same face out. Such options live in their own nodes so SD1.x graphs (and the bundled SD1.x
+    templates, whose widget lists are checked) never carry a widget that does nothing for them."""
+    return io.Schema(
+        node_id=node_id,
+        display_name=display_name,
+        category="face2diffusion",
+        description=description,
+        inputs=[F2DFaceSocket.Input("f2d_face", tooltip=face_tooltip), option],
+        outputs=[F2DFaceSocket.Output()],
+    )

@@ -114,6 +114,13 @@ QUOTED = [
     ),
     ("text encoders differ from the ones the mapper was trained with", None, "nodes/clip_tokens.py"),
     ("SDXL's S\\* is made for the penultimate layer", "SDXL's S* is made for the", "nodes/clip_tokens.py"),
+    (
+        "This face's SDXL mapper cannot be norm-matched: it holds no anchors",
+        "SDXL mapper cannot be norm-matched",
+        "f2d_core/identity/norm_match.py",
+    ),
+    ("Norm matching is for SDXL faces, but this face is for", None, "f2d_core/identity/norm_match.py"),
+    ("F2D Norm Match needs the face's mapper (its anchors)", None, "nodes/norm_match.py"),
 ]
 
 

@@ -17,6 +17,7 @@ from ..faces.alignment import align_faces, to_msid_input
 from ..faces.face_detection import DetectedFace, FaceDetector, OnMissing, detect_faces
 from ..images import ImageLike, as_labeled_images
 from ..progress import Progress
+from .norm_match import mapper_anchors, match_anchor_norms
 from .s_star_family import SStar, map_s_star, s_star_tensors
 
 log = logging.getLogger(__name__)
@@ -147,11 +148,19 @@ class FaceEncoder:
         return check_finite_identity(idvec, self.dtype)
 
     @torch.inference_mode()
-    def s_star(self, idvec: torch.Tensor, expression: torch.Tensor | None = None, strength: float = 1.0) -> SStar:
+    def s_star(
+        self,
+        idvec: torch.Tensor,
+        expression: torch.Tensor | None = None,
+        strength: float = 1.0,
+        norm_match: str = "off",
+    ) -> SStar:
         """S* [..., 2, 768] float32 on the CPU from identity vector(s) [..., 1536] and an optional expression [64];
-        with an SDXL mapper a dict {"l": [..., 2, 768], "g": [..., 2, 1280]}.
+        with an SDXL mapper a dict {"l": [..., 2, 768], "g": [..., 2, 1280]}. `norm_match` "anchor" rescales each
+        SDXL word to its anchor's norm (`norm_match.match_anchor_norms`); "off" (default) leaves it as mapped.
 
-        Raises F2DError when the result is not finite (`check_finite_s_star`).
+        Raises F2DError when the result is not finite (`check_finite_s_star`), or when norm matching does not
+        apply (an SD1.x mapper, or an SDXL mapper without anchors).
         """
         self.prepare()
         device = _weights_device(self.mapper)
@@ -161,7 +170,16 @@ class FaceEncoder:
             expression = expression.reshape(-1, expression.shape[-1]).expand(idvec.shape[0], -1).to(device)
         out = map_s_star(self.mapper(idvec, expression, strength), lambda t: t.float().cpu())
         check_finite_s_star(out, f"S* (mapped in {str(self.dtype).removeprefix('torch.')})")
+        if norm_match == "anchor":
+            out = match_anchor_norms(out, mapper_anchors(self.mapper))
+        elif norm_match != "off":
+            raise ValueError(f"norm_match must be 'anchor' or 'off', not {norm_match!r}")
         return map_s_star(out, lambda t: t[0]) if single else out
+
+    @property
+    def anchors(self) -> dict[str, torch.Tensor] | None:
+        """The SDXL mapper's anchors {"l": [2, 768], "g": [2, 1280]}; None for SD1.x or a mapper without them."""
+        return mapper_anchors(self.mapper)
 
     @property
     def pooled_source(self) -> str | None:

@@ -18,7 +18,15 @@ from safetensors.torch import load_file
 
 from tests.support import synthetic_insightface as si
 from tests.support.comfy_server import ComfyServer, ExecutionFailed
-from tests.support.f2d_graphs import CHECKPOINT, encode_face_graph, loader, save_conditioning, training_graph
+from tests.support.conditioning_files import node_failure
+from tests.support.f2d_graphs import (
+    checkpoint_loader,
+    encode_face,
+    encode_face_graph,
+    loader,
+    save_conditioning,
+    training_graph,
+)
 from tests.support.photos import ALIGNED_CROP, ASTRONAUT, GROUP, load_rgb
 
 RECOGNIZER = "buffalo_l/w600k_r50.onnx"
@@ -38,12 +46,9 @@ def _cond(server: ComfyServer, graph: dict, name: str, source: list | None = Non
 
 
 def _failure(server: ComfyServer, graph: dict) -> ExecutionFailed:
-    save_conditioning(graph, ["5", 0], "gi_never_written", "99")
-    with pytest.raises(ExecutionFailed) as info:
-        server.run(graph, timeout=300)
-    assert server.object_info("F2DEncodeFace")  # the server keeps serving
-    assert "Traceback" not in info.value.exception_message
-    return info.value
+    error = node_failure(server, graph, ["5", 0], "F2DEncodeFace")
+    assert "Traceback" not in error.exception_message
+    return error
 
 
 # --- Widgets fed by links --------------------------------------------------------------------------
@@ -201,16 +206,7 @@ def test_best_of_n_chooses_among_a_whole_image_list(comfy_server, photos):
         "1": loader(),
         "2": {"class_type": "F2DLoadFaceRecognizer", "inputs": {"recognition_model": RECOGNIZER}},
         "3": {"class_type": "LoadImage", "inputs": {"image": photos["a"]}},
-        "4": {
-            "class_type": "F2DEncodeFace",
-            "inputs": {
-                "f2d_model": ["1", 0],
-                "image": ["3", 0],
-                "face_index": 0,
-                "if_no_face": "error",
-                "pooling": "normalized_mean",
-            },
-        },
+        "4": encode_face(["1", 0], ["3", 0]),
     }
     images = _two_photo_batch(graph, photos)
     graph["3d"] = {"class_type": "RebatchImages", "inputs": {"images": images, "batch_size": 1}}
@@ -253,7 +249,7 @@ def test_saved_face_loaded_with_another_mapper_uses_that_mapper(comfy_server, co
 
     (face_file,) = [f for f in comfy_server.combo_options("F2DLoadFace", "face_file") if "gi_mapper_face_" in f]
     loaded = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
+        "1": checkpoint_loader(),
         "2": loader(mapper="gi_other_mapper.pt"),
         "4": {"class_type": "F2DLoadFace", "inputs": {"face_file": face_file, "f2d_model": ["2", 0]}},
         "5": {"class_type": "F2DApplyTokens", "inputs": {"clip": ["1", 1], "text": "a photo of f l",

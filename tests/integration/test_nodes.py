@@ -25,6 +25,7 @@ NODE_IDS = {
     "F2DRegionLayout": "F2D Region Layout",
     "F2DFaceMasks": "F2D Face Masks",
     "F2DAddPerson": "Add F2D Person",
+    "F2DNormMatch": "F2D Norm Match (SDXL)",
 }
 
 

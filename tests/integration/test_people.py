@@ -7,8 +7,6 @@ official parity test_nodes.py pins) and with the same prompt carrying the other 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import requests
@@ -19,8 +17,8 @@ from f2d_core.conditioning.regions import layout_masks
 from tests.support import synthetic_insightface as si
 from tests.support.comfy_fixtures import PACK_DIR_NAME
 from tests.support.comfy_server import ComfyServer, ExecutionFailed
-from tests.support.conditioning_files import SavedEntry, read_conditioning
-from tests.support.f2d_graphs import CHECKPOINT, loader, save_conditioning
+from tests.support.conditioning_files import SavedEntry, node_failure, saved_conditionings
+from tests.support.f2d_graphs import checkpoint_loader, encode_faces, loader
 from tests.support.photos import ALIGNED_CROP, ASTRONAUT, load_rgb
 
 SCENE = "two friends on a beach at sunset"
@@ -48,7 +46,7 @@ def _people_graph(photos: dict[str, str]) -> dict:
     "13" is the chain's output (scene, A left, B right); "20"-"23" are the single-person references.
     """
     graph = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
+        "1": checkpoint_loader(),
         "2": loader(),
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": WIDTH, "height": HEIGHT, "batch_size": 1}},
         "10": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": SCENE}},
@@ -67,18 +65,7 @@ def _people_graph(photos: dict[str, str]) -> dict:
             },
         },
     }
-    for key in ("a", "b"):
-        graph[f"3{key}"] = {"class_type": "LoadImage", "inputs": {"image": photos[key]}}
-        graph[f"4{key}"] = {
-            "class_type": "F2DEncodeFace",
-            "inputs": {
-                "f2d_model": ["2", 0],
-                "image": [f"3{key}", 0],
-                "face_index": 0,
-                "if_no_face": "error",
-                "pooling": "normalized_mean",
-            },
-        }
+    encode_faces(graph, {key: photos[key] for key in ("a", "b")}, ["2", 0])
     common = {"clip": ["1", 1], "latent": ["5", 0], "masks": ["11", 0]}
     graph["12"] = {
         "class_type": "F2DAddPerson",
@@ -117,27 +104,15 @@ def _people_graph(photos: dict[str, str]) -> dict:
     return graph
 
 
-def _saved(server: ComfyServer, graph: dict, sources: dict[str, list]) -> dict[str, list[SavedEntry]]:
-    """Run `graph` with a probe on each source; {name: its entries}."""
-    for k, (name, source) in enumerate(sources.items()):
-        save_conditioning(graph, source, name, f"9{k}")
-    server.run(graph, timeout=300)
-    return {name: read_conditioning(Path(server.output_dir) / f"{name}.safetensors") for name in sources}
-
-
 def _failure(server: ComfyServer, graph: dict, source: list) -> ExecutionFailed:
-    save_conditioning(graph, source, "never_written", "99")
-    with pytest.raises(ExecutionFailed) as info:
-        server.run(graph, timeout=300)
-    assert server.object_info("F2DAddPerson")  # the server keeps serving after the node error
-    return info.value
+    return node_failure(server, graph, source, "F2DAddPerson")
 
 
 @pytest.fixture(scope="module")
 def two_people(comfy_server: ComfyServer, photos: dict[str, str]) -> dict[str, list[SavedEntry]]:
     sources = {"people": ["13", 0], "scene": ["10", 0], "a_alone": ["20", 0], "b_alone": ["21", 0]}
     sources |= {"b_in_a_prompt": ["22", 0], "a_in_b_prompt": ["23", 0]}
-    return _saved(comfy_server, _people_graph(photos), {f"pp_{k}": v for k, v in sources.items()})
+    return saved_conditionings(comfy_server, _people_graph(photos), {f"pp_{k}": v for k, v in sources.items()})
 
 
 def test_scene_prompt_stays_plain_clip_text_encode(two_people):
@@ -175,7 +150,9 @@ def _identity_start_graph(photos: dict[str, str], identity_start: float | None) 
 
 
 def test_identity_start_conditions_with_the_class_noun_first_then_s_star(comfy_server, photos, two_people):
-    saved = _saved(comfy_server, _identity_start_graph(photos, 0.3), {"is_split": ["20", 0], "is_class": ["30", 0]})
+    saved = saved_conditionings(
+        comfy_server, _identity_start_graph(photos, 0.3), {"is_split": ["20", 0], "is_class": ["30", 0]}
+    )
     class_phase, face_phase = saved["is_split"]
     assert torch.equal(class_phase.cond, saved["is_class"][0].cond)  # "f l" -> "woman", plain CLIPTextEncode
     assert (class_phase.options["start_percent"], class_phase.options["end_percent"]) == (0.0, pytest.approx(0.3))
@@ -184,7 +161,7 @@ def test_identity_start_conditions_with_the_class_noun_first_then_s_star(comfy_s
 
 
 def test_identity_start_zero_is_todays_conditioning_bit_for_bit(comfy_server, photos, two_people):
-    saved = _saved(comfy_server, _identity_start_graph(photos, 0.0), {"is_zero": ["20", 0]})
+    saved = saved_conditionings(comfy_server, _identity_start_graph(photos, 0.0), {"is_zero": ["20", 0]})
     ((entry,),) = saved.values()
     (default,) = two_people["pp_a_alone"]  # the same node without the inputs: as before they existed
     assert torch.equal(entry.cond, default.cond) and entry.options == default.options
@@ -198,7 +175,7 @@ def test_people_take_identity_start_per_region(comfy_server, photos, two_people)
         "class_type": "CLIPTextEncode",
         "inputs": {"clip": ["1", 1], "text": "a photo of person wearing a hat"},
     }
-    saved = _saved(comfy_server, graph, {"is_people": ["13", 0], "is_class_b": ["31", 0]})
+    saved = saved_conditionings(comfy_server, graph, {"is_people": ["13", 0], "is_class_b": ["31", 0]})
     _scene, person_a, class_b, face_b = saved["is_people"]
     assert torch.equal(class_b.cond, saved["is_class_b"][0].cond)
     assert torch.equal(face_b.cond, two_people["pp_b_alone"][0].cond)
@@ -332,7 +309,7 @@ def test_two_people_give_the_sampler_the_same_work_as_plain_regional_prompts(com
             "inputs": {"conditioning_1": previous, "conditioning_2": [f"{base + 3}", 0]},
         }
         previous = [f"{base + 4}", 0]
-    (plain,) = _saved(comfy_server, graph, {"plain_regional": previous}).values()
+    (plain,) = saved_conditionings(comfy_server, graph, {"plain_regional": previous}).values()
     people = two_people["pp_people"]
     assert len(plain) == len(people) == 3
     for ours, core in zip(people, plain, strict=True):

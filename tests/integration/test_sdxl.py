@@ -1,5 +1,6 @@
 """SDXL in a real ComfyUI server, on the tiny SDXL (tests/support/tiny_sdxl.py): detection, S* in both towers equal to
-a textual-inversion file, the pooled vector's source, regional people, and every family mismatch named."""
+a textual-inversion file, the pooled vector's source, regional people, every family mismatch named, clip skip,
+the refiner and fine-tuned towers, and norm matching to the mapper's anchors."""
 
 from __future__ import annotations
 
@@ -10,17 +11,23 @@ import pytest
 import torch
 from PIL import Image
 
+from f2d_core.checkpoints import save_f2d_safetensors
+from f2d_core.identity.face_encoder import EncodedFace
+from f2d_core.identity.face_file import load_face
+from f2d_core.identity.norm_match import mapper_anchors
 from tests.support import synthetic_insightface as si
 from tests.support.comfy_library_run import run_library_script
 from tests.support.comfy_server import ComfyServer, ExecutionFailed
-from tests.support.conditioning_files import SavedEntry, read_conditioning
-from tests.support.f2d_graphs import CHECKPOINT, loader, save_conditioning
+from tests.support.conditioning_files import node_failure, saved_conditionings
+from tests.support.f2d_graphs import checkpoint_loader, encode_faces, loader, save_conditioning
 from tests.support.photos import ALIGNED_CROP, ASTRONAUT, load_rgb
+from tests.support.sdxl_mappers import ANCHORED_SDXL_MAPPER, anchored_sdxl_mapper
 from tests.support.tiny_sdxl import TinySDXL, tiny_refiner_unet_config
 
 SCRIPTS = Path(__file__).parent / "library_scripts"
 SDXL_CKPT = "f2d_tiny_sdxl.safetensors"
 SDXL_MAPPER = "f2d_test_sdxl_mapper.safetensors"
+OTHER_TOWERS_MAPPER = "f2d_test_sdxl_mapper_other_towers.safetensors"
 PROMPT = "a photo of f l as a knight"
 LONG_PROMPT = " ".join(["a"] * 80) + " and f l as a knight"  # the identifier in the second 77-token window
 WIDTH, HEIGHT = 128, 64
@@ -49,19 +56,8 @@ def photos(comfy_server: ComfyServer) -> dict[str, str]:
 
 def _faces_graph(photos: dict[str, str], mapper: str = SDXL_MAPPER) -> dict:
     """Tiny SDXL ("1"), Load MSID Encoder with `mapper` ("2"), Encode Face for photos a and b ("4a", "4b")."""
-    graph = {"1": sdxl_loader(), "2": loader(mapper=mapper)}
+    graph = encode_faces({"1": sdxl_loader(), "2": loader(mapper=mapper)}, photos, ["2", 0])
     for key in ("a", "b"):
-        graph[f"3{key}"] = {"class_type": "LoadImage", "inputs": {"image": photos[key]}}
-        graph[f"4{key}"] = {
-            "class_type": "F2DEncodeFace",
-            "inputs": {
-                "f2d_model": ["2", 0],
-                "image": [f"3{key}", 0],
-                "face_index": 0,
-                "if_no_face": "error",
-                "pooling": "normalized_mean",
-            },
-        }
         # The same face with the pooled vector of the prompt with the person (ComfyUI's own), not its mapper's.
         graph[f"p{key}"] = {
             "class_type": "F2DPooledSource",
@@ -81,20 +77,8 @@ def _encode(text: str) -> dict:
     return {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": text}}
 
 
-def _saved(server: ComfyServer, graph: dict, sources: dict[str, list]) -> dict[str, list[SavedEntry]]:
-    """Run `graph` with a probe on each source; {name: its entries}."""
-    for k, (name, source) in enumerate(sources.items()):
-        save_conditioning(graph, source, name, f"9{k}")
-    server.run(graph, timeout=300)
-    return {name: read_conditioning(Path(server.output_dir) / f"{name}.safetensors") for name in sources}
-
-
 def _failure(server: ComfyServer, graph: dict, source: list) -> ExecutionFailed:
-    save_conditioning(graph, source, "never_written", "99")
-    with pytest.raises(ExecutionFailed) as info:
-        server.run(graph, timeout=300)
-    assert server.object_info("F2DApplyTokens")  # the server keeps serving after the node error
-    return info.value
+    return node_failure(server, graph, source, "F2DApplyTokens")
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +134,7 @@ def test_sdxl_injection_equals_textual_inversion(sdxl_server, photos, embeddings
         "20": _apply("a", PROMPT, expression=["19", 0], **ident),
     }
     names = [f"sx_{n}" for n in (*range(10, 19), 20)]
-    saved = _saved(sdxl_server, graph, {name: [name[3:], 0] for name in names})
+    saved = saved_conditionings(sdxl_server, graph, {name: [name[3:], 0] for name in names})
     (ours, ti), (w_ours, w_ti), (l_ours, l_ti) = [
         (saved[f"sx_{a}"][0], saved[f"sx_{b}"][0]) for a, b in ((10, 11), (12, 13), (14, 15))
     ]
@@ -158,6 +142,7 @@ def test_sdxl_injection_equals_textual_inversion(sdxl_server, photos, embeddings
         assert a.cond.shape == b.cond.shape and torch.equal(a.cond, b.cond)
         assert torch.equal(a.pooled, b.pooled)
     assert list(ours.cond.shape) == [1, 77, 2048] and list(l_ours.cond.shape) == [1, 154, 2048]
+    assert list(ours.pooled.shape) == [1, 1280]
     assert not torch.equal(w_ours.cond, ours.cond)
     # Rows before the identifier equal plain CLIPTextEncode; row 4 differs in both towers' halves.
     plain = saved["sx_18"][0].cond
@@ -207,7 +192,7 @@ def test_sdxl_regions_carry_their_own_person(sdxl_server, photos, embeddings):
         graph[f"3{n}"] = _encode(prompts[key].replace("f l", f"embedding:{embeddings[key]}"))
     # identity_start per region: person b with a class-noun phase.
     graph["25"] = {**graph["22"], "inputs": {**graph["22"]["inputs"], "identity_start": 0.3}}
-    saved = _saved(
+    saved = saved_conditionings(
         sdxl_server, graph, {"rg_people": ["22", 0], "rg_a": ["31", 0], "rg_b": ["32", 0], "rg_delayed": ["25", 0]}
     )
     scene_e, a_e, b_e = saved["rg_people"]
@@ -235,21 +220,27 @@ def test_sd1_face_on_sdxl_clip_is_a_node_error(sdxl_server, photos):
 
 def test_sdxl_face_on_sd1_clip_is_a_node_error(sdxl_server, photos):
     graph = _faces_graph(photos)
-    graph["6"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}}
+    graph["6"] = checkpoint_loader()
     graph["10"] = _apply("a", PROMPT, clip=["6", 1])
     error = _failure(sdxl_server, graph, ["10", 0])
     assert "This F2D face is for SDXL (made with an SDXL F2D mapper), but this CLIP is SD1.x" in error.exception_message
 
 
-def test_refiner_takes_the_g_half_and_fine_tuned_towers_take_s_star(tiny_sdxl: TinySDXL, comfyui_path, tmp_path):
-    result = run_library_script(
+@pytest.fixture(scope="module")
+def towers(tiny_sdxl: TinySDXL, comfyui_path, tmp_path_factory) -> dict:
+    """library_scripts/sdxl_refiner_towers.py's report: refiner, fine-tuned towers, clip skip, family refusals."""
+    return run_library_script(
         SCRIPTS / "sdxl_refiner_towers.py",
         comfyui_path,
         checkpoint=str(tiny_sdxl.checkpoint),
         te_options=str(tiny_sdxl.te_options),
         refiner_unet_config=tiny_refiner_unet_config(),
-        embeddings_dir=str(tmp_path),
+        embeddings_dir=str(tmp_path_factory.mktemp("sdxl_embeddings")),
     )
+
+
+def test_refiner_takes_the_g_half_and_fine_tuned_towers_take_s_star(towers: dict):
+    result = towers
     assert (result["refiner_model"], result["refiner_clip"]) == ("SDXLRefiner", "SDXLRefinerClipModel")
     assert result["refiner_cond_shape"] == [1, 77, 1280] and result["refiner_equals_g_half"]
     assert result["refiner_pooled_equals_sdxl"] and result["refiner_l_untouched"]
@@ -258,5 +249,114 @@ def test_refiner_takes_the_g_half_and_fine_tuned_towers_take_s_star(tiny_sdxl: T
     assert result["tuned_equals_its_embedding"] and result["tuned_differs_from_base"]
     assert result["fine_tune_warning_base"] is None
     assert "text encoders differ from the ones the mapper was trained with" in result["fine_tune_warning_tuned"]
-    assert result["clip_skip_default"] is None
-    assert "SDXL's S* is made for the penultimate layer (-2" in result["clip_skip_last"]
+
+
+def test_clip_skip_on_sdxl_warns_only_off_the_trained_layer(towers: dict):
+    """SDXL's towers are read at the penultimate layer: no CLIP Set Last Layer (None) or -2 is that layer; -1 and
+    -3 warn, naming -2."""
+    skip = towers["clip_skip"]
+    assert skip["None"] is None and skip["-2"] is None
+    for layer in ("-1", "-3"):
+        assert skip[layer].startswith(f"clip skip: this CLIP stops at layer {layer} (CLIP Set Last Layer)")
+        assert "SDXL's S* is made for the penultimate layer (-2, SDXL's default)" in skip[layer]
+        assert "Set stop_at_clip_layer to -2" in skip[layer]
+
+
+def test_family_mismatch_errors_name_both_families(towers: dict):
+    """On real CLIP objects, before ComfyUI sees a tensor: each mismatch is a PromptError naming the face's family
+    and the CLIP's; a wrong-width S* names the tower and both widths."""
+    refused = towers["refusals"]
+    sd1_needed = "Apply F2D Tokens needs an SD1.x checkpoint's CLIP (CLIP-L, 768-wide words) for this F2D face, which "
+    assert refused["sd1_face_on_sdxl"].startswith("PromptError: " + sd1_needed)
+    assert "which is for SD1.x, but this CLIP is SDXL" in refused["sd1_face_on_sdxl"]
+    assert "encode the face with an SDXL F2D mapper" in refused["sd1_face_on_sdxl"]
+    assert "which is for SD1.x, but this CLIP is Flux" in refused["sd1_face_on_flux"]
+    sdxl_face = "PromptError: This F2D face is for SDXL (made with an SDXL F2D mapper), but this CLIP is "
+    assert refused["sdxl_face_on_sd1"].startswith(sdxl_face + "SD1.x: connect an SDXL checkpoint's CLIP")
+    assert refused["sdxl_face_on_flux"].startswith(sdxl_face + "Flux: ")
+    assert refused["narrow_g_on_sdxl"] == (
+        "F2DError: S* has the wrong width for the SDXL text tower 'g': expected [2, 1280], found [2, 1024]. Encode "
+        "the face again with a mapper of this family."
+    )
+    assert refused["wide_sd1_face_on_sd1"].startswith(
+        "F2DError: S* has the wrong width for the SD1.x text tower 'l': expected [2, 768], found [2, 1024]."
+    )
+    assert refused["sd1_face_on_sd1"] == refused["sdxl_face_on_sdxl"] == "accepted"
+
+
+@pytest.fixture(scope="module")
+def anchors(sdxl_server: ComfyServer, comfy_models_root: Path) -> dict[str, torch.Tensor]:
+    """The anchored seeded SDXL mapper (as Train F2D Mapper starts one) in face2diffusion/; its anchors."""
+    mapper = anchored_sdxl_mapper()
+    save_f2d_safetensors(comfy_models_root / "face2diffusion" / ANCHORED_SDXL_MAPPER, mapper=mapper)
+    return mapper_anchors(mapper)
+
+
+def _norm_match(face: list, mode: str = "anchor") -> dict:
+    return {"class_type": "F2DNormMatch", "inputs": {"f2d_face": face, "norm_match": mode}}
+
+
+def _last_saved_face(models_root: Path, stem: str) -> EncodedFace:
+    return load_face(max((models_root / "face2diffusion" / "faces").glob(f"{stem}_*.safetensors")))
+
+
+def test_norm_match_gives_the_words_the_anchor_norms(sdxl_server, photos, anchors, comfy_models_root):
+    """F2D Norm Match (anchor): each word of the saved face has its anchor's norm and the plain face's direction,
+    and the face's settings say so; off leaves S* bit-identical; Apply F2D Tokens carries the rescaled words."""
+    graph = _faces_graph(photos, mapper=ANCHORED_SDXL_MAPPER)
+    graph |= {"n": _norm_match(["4a", 0]), "o": _norm_match(["4a", 0], "off")}
+    for node, face, name in (("s1", "4a", "nm_plain"), ("s2", "n", "nm_matched"), ("s3", "o", "nm_off")):
+        graph[node] = {"class_type": "F2DSaveFace", "inputs": {"f2d_face": [face, 0], "name": name}}
+    graph |= {"10": _apply("a", PROMPT), "11": _apply("a", PROMPT)}
+    graph["11"]["inputs"]["f2d_face"] = ["n", 0]
+    saved = saved_conditionings(sdxl_server, graph, {"nm_apply_plain": ["10", 0], "nm_apply_matched": ["11", 0]})
+    plain, matched, off = (_last_saved_face(comfy_models_root, n) for n in ("nm_plain", "nm_matched", "nm_off"))
+    for tower, anchor in anchors.items():
+        words, before = matched.s_star[tower], plain.s_star[tower]
+        torch.testing.assert_close(words.norm(dim=-1), anchor.norm(dim=-1), rtol=1e-6, atol=0)
+        torch.testing.assert_close(
+            words / words.norm(dim=-1, keepdim=True), before / before.norm(dim=-1, keepdim=True), rtol=0, atol=1e-6
+        )
+        assert not torch.allclose(before.norm(dim=-1), anchor.norm(dim=-1), rtol=1e-2)
+        assert torch.equal(off.s_star[tower], before)
+    assert matched.settings["norm_match"] == "anchor" and "norm_match" not in plain.settings | off.settings
+    ours, theirs = saved["nm_apply_matched"][0].cond, saved["nm_apply_plain"][0].cond
+    assert torch.equal(ours[0, :4], theirs[0, :4])
+    assert (ours[0, 4, :768] != theirs[0, 4, :768]).any() and (ours[0, 4, 768:] != theirs[0, 4, 768:]).any()
+
+
+@pytest.mark.parametrize(
+    ("mapper", "says"),
+    [
+        (SDXL_MAPPER, "cannot be norm-matched: it holds no anchors"),
+        ("mapping.pt", "Norm matching is for SDXL faces, but this face is for SD1.x"),
+    ],
+)
+def test_norm_match_without_anchors_is_a_node_error(sdxl_server, photos, mapper: str, says: str):
+    """An SDXL mapper saved without anchors, or an SD1.x face: a node error saying what to do."""
+    graph = _faces_graph(photos, mapper=mapper)
+    graph |= {"n": _norm_match(["4a", 0]), "10": _apply("a", PROMPT)}
+    graph["10"]["inputs"]["f2d_face"] = ["n", 0]
+    error = _failure(sdxl_server, graph, ["10", 0])
+    assert error.node_type == "F2DNormMatch" and says in error.exception_message
+    assert ("set norm_match to off" if mapper == SDXL_MAPPER else "Remove F2D Norm Match") in error.exception_message
+
+
+def test_fine_tuned_text_encoders_warn(sdxl_server, photos, comfy_models_root):
+    """A mapper that recorded other text-encoder weights than this CLIP's (as one trained on SDXL base, used on a
+    fine-tune that retrained its towers): Apply F2D Tokens works and says so under the node; a mapper that recorded
+    none says nothing. (Matching towers give no warning: test_refiner_takes_the_g_half_and_fine_tuned_towers...)"""
+    mapper = anchored_sdxl_mapper()
+    mapper.text_encoder_fingerprint = "0" * 64  # no real towers hash to this
+    save_f2d_safetensors(comfy_models_root / "face2diffusion" / OTHER_TOWERS_MAPPER, mapper=mapper)
+    texts = {}
+    for name in (OTHER_TOWERS_MAPPER, SDXL_MAPPER):
+        graph = _faces_graph(photos, mapper=name)
+        graph["10"] = _apply("a", PROMPT)
+        history = sdxl_server.run(save_conditioning(graph, ["10", 0], "ft_warning", "99"), timeout=300)
+        (texts[name],) = history["outputs"]["10"]["text"]
+    assert texts[OTHER_TOWERS_MAPPER].startswith(
+        "Warning: this checkpoint's text encoders differ from the ones the mapper was trained with"
+    )
+    assert "train or fine-tune the mapper on this checkpoint" in texts[OTHER_TOWERS_MAPPER]
+    assert texts[SDXL_MAPPER] == ""

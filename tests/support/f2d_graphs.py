@@ -24,22 +24,40 @@ def loader(msid: str = "msid.pt", mapper: str = "mapping.pt") -> dict[str, Any]:
     }
 
 
+def checkpoint_loader(ckpt_name: str = CHECKPOINT) -> dict[str, Any]:
+    """CheckpointLoaderSimple on the tiny SD1.5 (MODEL 0, CLIP 1, VAE 2)."""
+    return {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}}
+
+
+def encode_face(f2d_model: list, image: list) -> dict[str, Any]:
+    """Encode Face with its default widgets on `image` (largest face, error when none, normalized mean)."""
+    return {
+        "class_type": "F2DEncodeFace",
+        "inputs": {
+            "f2d_model": f2d_model,
+            "image": image,
+            "face_index": 0,
+            "if_no_face": "error",
+            "pooling": "normalized_mean",
+        },
+    }
+
+
+def encode_faces(graph: Graph, photos: dict[str, str], f2d_model: list) -> Graph:
+    """For each uploaded photo `key: name`, LoadImage ("3<key>") -> Encode Face ("4<key>") into `graph`."""
+    for key, image in photos.items():
+        graph[f"3{key}"] = {"class_type": "LoadImage", "inputs": {"image": image}}
+        graph[f"4{key}"] = encode_face(f2d_model, [f"3{key}", 0])
+    return graph
+
+
 def encode_face_graph(image: str, text: str = "a photo of f l", **loader_files: str) -> Graph:
     """Checkpoint + Load MSID Encoder + LoadImage -> Encode Face -> Apply F2D Tokens (node "5")."""
     return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
+        "1": checkpoint_loader(),
         "2": loader(**loader_files),
         "3": {"class_type": "LoadImage", "inputs": {"image": image}},
-        "4": {
-            "class_type": "F2DEncodeFace",
-            "inputs": {
-                "f2d_model": ["2", 0],
-                "image": ["3", 0],
-                "face_index": 0,
-                "if_no_face": "error",
-                "pooling": "normalized_mean",
-            },
-        },
+        "4": encode_face(["2", 0], ["3", 0]),
         "5": {"class_type": "F2DApplyTokens", "inputs": {"clip": ["1", 1], "text": text, "f2d_face": ["4", 0]}},
     }
 
@@ -63,7 +81,7 @@ def training_graph(
 ) -> Graph:
     """Checkpoint + Load MSID Encoder -> F2D Training Dataset ("3") -> Train F2D Mapper ("4") [-> Save ("5")]."""
     graph: Graph = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
+        "1": checkpoint_loader(),
         "2": loader(),
         "3": {
             "class_type": "F2DTrainingDataset",

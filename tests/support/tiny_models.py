@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,10 +182,13 @@ def random_unet_state_dict(
     return seeded_state_dict(unet_shapes(unet_config), prefix, seed, dtype)
 
 
-def taesd_state_dict(seed: int = 0, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
-    """Seeded TAESD weights under `first_stage_model.`, with the SD1 latent scale ComfyUI uses."""
+def taesd_state_dict(
+    seed: int = 0, dtype: torch.dtype = torch.float16, scale: float = TAESD_SD1_SCALE
+) -> dict[str, torch.Tensor]:
+    """Seeded TAESD weights under `first_stage_model.`, with the latent `scale` ComfyUI's VAELoader sets for the
+    family (SD1's 0.18215 by default; SDXL's 0.13025 for the tiny SDXL)."""
     sd = seeded_state_dict(taesd_shapes(), VAE_PREFIX, seed, dtype)
-    sd[VAE_PREFIX + "vae_scale"] = torch.tensor(TAESD_SD1_SCALE)  # fp32: 0.18215 is not an fp16 number
+    sd[VAE_PREFIX + "vae_scale"] = torch.tensor(scale)  # fp32: neither scale is an fp16 number
     sd[VAE_PREFIX + "vae_shift"] = torch.tensor(0.0)
     return sd
 
@@ -382,13 +385,12 @@ def verification_report(models_dir: Path, formula: dict[str, torch.Tensor] | Non
     }
 
 
-def build_and_verify(models_dir: Path, seed: int, text_encoder_dtype: torch.dtype) -> dict[str, Any]:
-    """Write the models and verify them with one copy of the formula weights (what the subprocess runs)."""
+def timed_build(write: Callable[[], dict[str, int]], verify: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`write()` the files (file -> bytes), then `verify()` them: the builder subprocess's report, with both times."""
     start = time.perf_counter()
-    formula = formula_weights.clip_text_state_dict()
-    sizes = write_tiny_models(models_dir, seed, text_encoder_dtype, formula)
+    sizes = write()
     written = time.perf_counter()
-    verification = verification_report(models_dir, formula)
+    verification = verify()
     return {
         "sizes": sizes,
         "write_seconds": written - start,
@@ -397,22 +399,68 @@ def build_and_verify(models_dir: Path, seed: int, text_encoder_dtype: torch.dtyp
     }
 
 
+def build_and_verify(models_dir: Path, seed: int, text_encoder_dtype: torch.dtype) -> dict[str, Any]:
+    """Write the models and verify them with one copy of the formula weights (what the subprocess runs)."""
+    formula = formula_weights.clip_text_state_dict()
+    return timed_build(
+        lambda: write_tiny_models(models_dir, seed, text_encoder_dtype, formula),
+        lambda: verification_report(models_dir, formula),
+    )
+
+
+def builder_arguments(description: str) -> argparse.ArgumentParser:
+    """The arguments every builder subprocess takes (this module's, tests/support/tiny_sdxl.py's)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--models-dir", type=Path)
+    parser.add_argument("--comfyui-path", type=Path, required=True)
+    parser.add_argument("--report", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def run_builder(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    full: tuple[str, Callable[[Path, int], int]],
+    build: Callable[[argparse.Namespace], dict[str, Any]],
+) -> None:
+    """A builder subprocess's main: import ComfyUI, then, when the option named `full[0]` (e.g. "full_sd15" for
+    --full-sd15 PATH) is given, only `full[1](PATH, seed)`; else `build(arguments)` into --models-dir and its JSON
+    report to --report."""
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import_comfy(a.comfyui_path)
+    option, write_full = full
+    if getattr(a, option) is not None:
+        write_full(getattr(a, option), a.seed)
+        return
+    if a.models_dir is None or a.report is None:
+        parser.error("--models-dir and --report are required to build the models")
+    a.report.write_text(json.dumps(build(a), indent=1))
+
+
 # ---------------------------------------------------------------------------------------------
 # Test-process side: run the subprocess, reuse a build whose stamp matches.
 
 
 @dataclass(frozen=True)
-class TinyModels:
-    """The built models, ComfyUI's verdict on them, and what the build cost."""
+class BuiltModels:
+    """Built (or reused) test models: ComfyUI's verdict on them and what the build cost."""
 
     models_dir: Path
-    checkpoint: Path
-    inpaint_checkpoint: Path
-    controlnet: Path
     sizes: dict[str, int]
     build_seconds: float
     verification: dict[str, Any]
     cached: bool
+
+
+@dataclass(frozen=True)
+class TinyModels(BuiltModels):
+    """The tiny SD1.5 checkpoint, inpainting checkpoint and ControlNet."""
+
+    checkpoint: Path
+    inpaint_checkpoint: Path
+    controlnet: Path
 
 
 def _stamp(seed: int, text_encoder_dtype: str) -> dict[str, Any]:
@@ -432,50 +480,66 @@ def _locked(models_dir: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _run_builder(models_dir: Path, comfyui_path: Path, seed: int, text_encoder_dtype: str) -> dict[str, Any]:
-    """Run `main` in a fresh interpreter and return the report it wrote."""
-    report = models_dir / ".build_report.json"
+def _run_builder(models_dir: Path, comfyui_path: Path, module: str, options: list[str], what: str) -> dict[str, Any]:
+    """Run builder `module`'s `main` (with `options` after the common arguments) in a fresh interpreter and return
+    the report it wrote."""
+    report = models_dir / f".build_report_{module.rsplit('.', 1)[-1]}.json"
     report.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "tests.support.tiny_models", "--models-dir", str(models_dir)]
-    argv += ["--comfyui-path", str(comfyui_path), "--report", str(report), "--seed", str(seed)]
-    argv += ["--text-encoder-dtype", text_encoder_dtype]
+    argv = [sys.executable, "-m", module, "--models-dir", str(models_dir), "--comfyui-path", str(comfyui_path)]
+    argv += ["--report", str(report), *options]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     try:
         done = subprocess.run(
             argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False, timeout=BUILD_TIMEOUT_S
         )
     except subprocess.TimeoutExpired as e:
-        raise RuntimeError(f"building tiny models into {models_dir} took over {BUILD_TIMEOUT_S} s") from e
+        raise RuntimeError(f"building {what} into {models_dir} took over {BUILD_TIMEOUT_S} s") from e
     if done.returncode != 0 or not report.exists():
         raise RuntimeError(
-            f"building tiny models into {models_dir} failed (exit {done.returncode}); "
+            f"building {what} into {models_dir} failed (exit {done.returncode}); "
             f"command: {' '.join(argv)}\n{done.stderr[-8000:]}"
         )
     return json.loads(report.read_text())
+
+
+def stamped_build(
+    models_dir: Path,
+    comfyui_path: Path,
+    module: str,
+    options: list[str],
+    files: list[Path],
+    stamp: tuple[str, dict[str, Any]],
+    what: str,
+) -> BuiltModels:
+    """Build `files` with builder `module` in a ComfyUI subprocess, or reuse them when the stamp file `stamp[0]` in
+    `models_dir` records the build `stamp[1]` and every file exists; under a lock, so sessions sharing a cache build
+    once. `what` names the models in messages."""
+    models_dir = Path(models_dir)
+    stamp_path, want = models_dir / stamp[0], stamp[1]
+    with _locked(models_dir):
+        if stamp_path.exists() and all(f.exists() for f in files):
+            saved = json.loads(stamp_path.read_text())
+            if saved["build"] == want:
+                log.info("%s reused from %s", what, models_dir)
+                return BuiltModels(models_dir, saved["sizes"], saved["build_seconds"], saved["verification"], True)
+        start = time.perf_counter()
+        result = _run_builder(models_dir, comfyui_path, module, options, what)
+        seconds = time.perf_counter() - start
+        stamp_path.write_text(json.dumps({"build": want, "build_seconds": seconds, **result}, indent=1))
+    mib = {k: f"{v / 2**20:.0f} MiB" for k, v in result["sizes"].items()}
+    log.info("%s built in %.1f s (%s)", what, seconds, mib)
+    return BuiltModels(models_dir, result["sizes"], seconds, result["verification"], False)
 
 
 def build_tiny_models(
     models_dir: Path, comfyui_path: Path, seed: int = 0, text_encoder_dtype: str = "float32"
 ) -> TinyModels:
     """Build and verify the tiny models into `models_dir` in a ComfyUI subprocess, or reuse a matching build."""
-    models_dir = Path(models_dir)
-    files = [models_dir / rel for rel in (CHECKPOINT, INPAINT_CHECKPOINT, CONTROLNET)]
-    stamp_path, want = models_dir / STAMP_NAME, _stamp(seed, text_encoder_dtype)
-    with _locked(models_dir):
-        if stamp_path.exists() and all(f.exists() for f in files):
-            stamp = json.loads(stamp_path.read_text())
-            if stamp["build"] == want:
-                log.info("tiny models reused from %s", models_dir)
-                return TinyModels(
-                    models_dir, *files, stamp["sizes"], stamp["build_seconds"], stamp["verification"], True
-                )
-        start = time.perf_counter()
-        result = _run_builder(models_dir, comfyui_path, seed, text_encoder_dtype)
-        seconds = time.perf_counter() - start
-        stamp_path.write_text(json.dumps({"build": want, "build_seconds": seconds, **result}, indent=1))
-    mib = {k: f"{v / 2**20:.0f} MiB" for k, v in result["sizes"].items()}
-    log.info("tiny models built in %.1f s (%s)", seconds, mib)
-    return TinyModels(models_dir, *files, result["sizes"], seconds, result["verification"], False)
+    files = [Path(models_dir) / rel for rel in (CHECKPOINT, INPAINT_CHECKPOINT, CONTROLNET)]
+    options = ["--seed", str(seed), "--text-encoder-dtype", text_encoder_dtype]
+    stamp = (STAMP_NAME, _stamp(seed, text_encoder_dtype))
+    built = stamped_build(models_dir, comfyui_path, "tests.support.tiny_models", options, files, stamp, "tiny models")
+    return TinyModels(**vars(built), checkpoint=files[0], inpaint_checkpoint=files[1], controlnet=files[2])
 
 
 def write_full_sd15_checkpoint(path: Path, seed: int = 0) -> int:
@@ -493,23 +557,15 @@ def main(argv: list[str] | None = None) -> None:
 
     With --full-sd15 PATH it writes only the full-size random SD1.5 checkpoint there.
     """
-    parser = argparse.ArgumentParser(description="Build and verify the tiny SD1.5 test models.")
-    parser.add_argument("--models-dir", type=Path)
-    parser.add_argument("--comfyui-path", type=Path, required=True)
-    parser.add_argument("--report", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = builder_arguments("Build and verify the tiny SD1.5 test models.")
     parser.add_argument("--text-encoder-dtype", default="float32", choices=["float16", "float32"])
     parser.add_argument("--full-sd15", type=Path, help="Write only a full-size random SD1.5 checkpoint here.")
-    a = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    import_comfy(a.comfyui_path)
-    if a.full_sd15 is not None:
-        write_full_sd15_checkpoint(a.full_sd15, a.seed)
-        return
-    if a.models_dir is None or a.report is None:
-        parser.error("--models-dir and --report are required to build the tiny models")
-    result = build_and_verify(a.models_dir, a.seed, getattr(torch, a.text_encoder_dtype))
-    a.report.write_text(json.dumps(result, indent=1))
+    run_builder(
+        parser,
+        argv,
+        ("full_sd15", write_full_sd15_checkpoint),
+        lambda a: build_and_verify(a.models_dir, a.seed, getattr(torch, a.text_encoder_dtype)),
+    )
 
 
 if __name__ == "__main__":

@@ -17,13 +17,8 @@ reused from F2D_TEST_MODEL_CACHE under a stamp, like tests/support/tiny_models.p
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,16 +26,18 @@ from typing import Any
 import torch
 
 from tests.support.tiny_models import (
-    REPO_ROOT,
     UNET_PREFIX,
     VAE_PREFIX,
+    BuiltModels,
     _captured_warnings,
-    _locked,
     _shapes,
-    import_comfy,
+    builder_arguments,
+    run_builder,
     save_safetensors,
     seeded_state_dict,
-    taesd_shapes,
+    stamped_build,
+    taesd_state_dict,
+    timed_build,
     unet_shapes,
 )
 
@@ -50,7 +47,6 @@ SDXL_CHECKPOINT = "checkpoints/f2d_tiny_sdxl.safetensors"
 TE_OPTIONS_SUFFIX = ".te_options.json"
 SPEC_VERSION = 1
 STAMP_NAME = ".f2d_tiny_sdxl.json"
-BUILD_TIMEOUT_S = 900
 
 SDXL_L_PREFIX = "conditioner.embedders.0.transformer."
 SDXL_G_PREFIX = "conditioner.embedders.1.model."
@@ -179,14 +175,6 @@ def sdxl_text_state_dict(
     return sd
 
 
-def taesdxl_state_dict(seed: int = 0, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
-    """Seeded TAESD weights under `first_stage_model.` with SDXL's latent scale."""
-    sd = seeded_state_dict(taesd_shapes(), VAE_PREFIX, seed, dtype)
-    sd[VAE_PREFIX + "vae_scale"] = torch.tensor(TAESDXL_SCALE)  # fp32: 0.13025 is not an fp16 number
-    sd[VAE_PREFIX + "vae_shift"] = torch.tensor(0.0)
-    return sd
-
-
 def sdxl_checkpoint_state_dict(
     unet_config: dict[str, Any] | None = None,
     seed: int = 0,
@@ -196,7 +184,7 @@ def sdxl_checkpoint_state_dict(
     """A whole SDXL checkpoint (UNet, TAESD-XL, both tiny towers); `text_seed` varies only the towers."""
     unet_config = unet_config or tiny_sdxl_unet_config()
     sd = seeded_state_dict(unet_shapes(unet_config), UNET_PREFIX, seed, dtype)
-    sd |= taesdxl_state_dict(seed, dtype)
+    sd |= taesd_state_dict(seed, dtype, TAESDXL_SCALE)
     sd |= sdxl_text_state_dict(seed if text_seed is None else text_seed, dtype)
     return sd
 
@@ -264,92 +252,45 @@ def sdxl_checkpoint_report(path: Path, te_options: dict) -> dict[str, Any]:
 
 def build_and_verify(models_dir: Path, seed: int) -> dict[str, Any]:
     """Write the tiny SDXL and verify it (what the subprocess runs)."""
-    start = time.perf_counter()
-    sizes = write_tiny_sdxl(models_dir, seed)
-    written = time.perf_counter()
-    report = sdxl_checkpoint_report(models_dir / SDXL_CHECKPOINT, TINY_SDXL_TE_OPTIONS)
-    return {
-        "sizes": sizes,
-        "write_seconds": written - start,
-        "verify_seconds": time.perf_counter() - written,
-        "verification": report,
-    }
+    return timed_build(
+        lambda: write_tiny_sdxl(models_dir, seed),
+        lambda: sdxl_checkpoint_report(models_dir / SDXL_CHECKPOINT, TINY_SDXL_TE_OPTIONS),
+    )
 
 
 @dataclass(frozen=True)
-class TinySDXL:
-    """The built tiny SDXL, ComfyUI's verdict on it, and what the build cost."""
+class TinySDXL(BuiltModels):
+    """The tiny SDXL checkpoint and its te_options sidecar."""
 
-    models_dir: Path
     checkpoint: Path
     te_options: Path
-    sizes: dict[str, int]
-    build_seconds: float
-    verification: dict[str, Any]
-    cached: bool
 
 
 def build_tiny_sdxl(models_dir: Path, comfyui_path: Path, seed: int = 0) -> TinySDXL:
     """Build and verify the tiny SDXL into `models_dir` in a ComfyUI subprocess, or reuse a matching build."""
-    models_dir = Path(models_dir)
-    checkpoint = models_dir / SDXL_CHECKPOINT
-    sidecar = te_options_path(checkpoint)
-    stamp_path, want = models_dir / STAMP_NAME, {"spec_version": SPEC_VERSION, "seed": seed}
-    with _locked(models_dir):
-        if stamp_path.exists() and checkpoint.exists() and sidecar.exists():
-            stamp = json.loads(stamp_path.read_text())
-            if stamp["build"] == want:
-                log.info("tiny SDXL reused from %s", models_dir)
-                return TinySDXL(
-                    models_dir, checkpoint, sidecar, stamp["sizes"], stamp["build_seconds"], stamp["verification"], True
-                )
-        start = time.perf_counter()
-        report = models_dir / ".build_sdxl_report.json"
-        report.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "tests.support.tiny_sdxl", "--models-dir", str(models_dir)]
-        argv += ["--comfyui-path", str(comfyui_path), "--report", str(report), "--seed", str(seed)]
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-        done = subprocess.run(
-            argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False, timeout=BUILD_TIMEOUT_S
-        )
-        if done.returncode != 0 or not report.exists():
-            raise RuntimeError(
-                f"building the tiny SDXL into {models_dir} failed (exit {done.returncode}); "
-                f"command: {' '.join(argv)}\n{done.stderr[-8000:]}"
-            )
-        result = json.loads(report.read_text())
-        seconds = time.perf_counter() - start
-        stamp_path.write_text(json.dumps({"build": want, "build_seconds": seconds, **result}, indent=1))
-    log.info("tiny SDXL built in %.1f s (%.0f MiB)", seconds, result["sizes"][SDXL_CHECKPOINT] / 2**20)
-    return TinySDXL(models_dir, checkpoint, sidecar, result["sizes"], seconds, result["verification"], False)
+    checkpoint = Path(models_dir) / SDXL_CHECKPOINT
+    files = [checkpoint, te_options_path(checkpoint)]
+    stamp = (STAMP_NAME, {"spec_version": SPEC_VERSION, "seed": seed})
+    options = ["--seed", str(seed)]
+    built = stamped_build(models_dir, comfyui_path, "tests.support.tiny_sdxl", options, files, stamp, "tiny SDXL")
+    return TinySDXL(**vars(built), checkpoint=files[0], te_options=files[1])
 
 
 def write_full_sdxl_checkpoint(path: Path, seed: int = 0) -> int:
     """A full-size SDXL base on seeded random weights (real UNet and real-width, real-depth towers, fp16); for GPU
     benchmarks: the real shapes and cost, not the behaviour. Needs `import_comfy`."""
     sd = seeded_state_dict(unet_shapes(full_sdxl_unet_config()), UNET_PREFIX, seed, torch.float16)
-    sd |= taesdxl_state_dict(seed)
+    sd |= taesd_state_dict(seed, torch.float16, TAESDXL_SCALE)
     sd |= sdxl_text_state_dict(seed, torch.float16, te_options={})
     return save_safetensors(sd, Path(path), f"sdxl full-size random seed={seed}")
 
 
 def main(argv: list[str] | None = None) -> None:
     """The builder subprocess: write and verify the tiny SDXL, or (--full-sdxl PATH) a full-size random SDXL."""
-    parser = argparse.ArgumentParser(description="Build and verify the tiny SDXL test checkpoint.")
-    parser.add_argument("--models-dir", type=Path)
-    parser.add_argument("--comfyui-path", type=Path, required=True)
-    parser.add_argument("--report", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = builder_arguments("Build and verify the tiny SDXL test checkpoint.")
     parser.add_argument("--full-sdxl", type=Path, help="Write only a full-size random SDXL checkpoint here.")
-    a = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    import_comfy(a.comfyui_path)
-    if a.full_sdxl is not None:
-        write_full_sdxl_checkpoint(a.full_sdxl, a.seed)
-        return
-    if a.models_dir is None or a.report is None:
-        parser.error("--models-dir and --report are required to build the tiny SDXL")
-    a.report.write_text(json.dumps(build_and_verify(a.models_dir, a.seed), indent=1))
+    full = ("full_sdxl", write_full_sdxl_checkpoint)
+    run_builder(parser, argv, full, lambda a: build_and_verify(a.models_dir, a.seed))
 
 
 if __name__ == "__main__":

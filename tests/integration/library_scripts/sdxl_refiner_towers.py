@@ -8,7 +8,10 @@ On the tiny SDXL (its file and te_options sidecar), loaded as ComfyUI loads a ch
 2. `fine_tuned`: the same checkpoint with other text-tower weights (a Pony / Illustrious-style fine-tune): S* is
    injected the same way, the conditioning equals that checkpoint's own `embedding:face` encode exactly, and
    differs from the base checkpoint's; a face whose mapper recorded the base towers' fingerprint warns there only.
-3. Family checks on real objects: an SD1.x face on the refiner is refused naming both.
+3. Clip skip: the warning for CLIP Set Last Layer None, -2, -1, -3 on the SDXL CLIP.
+4. Family checks on real objects, each refused naming both families (or the width) before ComfyUI sees a tensor:
+   an SD1.x face on the SDXL CLIP and on the refiner, an SDXL face on an SD1.x CLIP (CLIP-L alone, the tiny SDXL's
+   CLIP-L weights) and on a Flux CLIP (CLIP-L + a one-layer T5), an SD1.x face on Flux, and wrong-width S*.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ from pathlib import Path
 
 import comfy.ops
 import comfy.sd
+import comfy.sd1_clip
+import comfy.supported_models_base
+import comfy.text_encoders.flux
 import comfy.utils
 import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-from comfyui_face2diffusion.f2d_core.errors import PromptError
+from comfyui_face2diffusion.f2d_core.errors import F2DError, PromptError
 from comfyui_face2diffusion.nodes.clip_tokens import (
     clip_skip_warning,
     clip_text_fingerprint,
@@ -41,6 +47,52 @@ L_PREFIX, G_PREFIX, REFINER_G = (
 def _encode(clip, tokens):
     out = clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
     return out["cond"], out["pooled_output"]
+
+
+def _refusal(clip, s_star) -> str:
+    """The error `tokens_with_face` gives for `s_star` on `clip`, or "accepted"."""
+    try:
+        tokens_with_face(clip, PROMPT, s_star, "f l")
+    except F2DError as e:
+        return f"{type(e).__name__}: {e}"
+    return "accepted"
+
+
+def _clip(tokenizer, model, model_options: dict):
+    """A ComfyUI CLIP object of `model` (fp32, CPU) with `model_options` (tiny tower configs)."""
+    target = comfy.supported_models_base.ClipTarget(tokenizer, model)
+    return comfy.sd.CLIP(target, model_options={**model_options, "dtype": torch.float32})
+
+
+def family_refusals(sd: dict, options: dict, sdxl_clip, face: dict) -> dict[str, str]:
+    """Every family mismatch on real CLIP objects: {case: the error message}."""
+    sd1 = _clip(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel, options)
+    sd1.load_sd({k.removeprefix(L_PREFIX): v for k, v in sd.items() if k.startswith(L_PREFIX)})
+    t5 = {"num_layers": 1, "d_model": 64, "d_ff": 64, "num_heads": 2, "d_kv": 32}
+    flux = _clip(
+        comfy.text_encoders.flux.FluxTokenizer,
+        comfy.text_encoders.flux.FluxClipModel,
+        {"clip_l_model_config": options["clip_l_model_config"], "t5xxl_model_config": t5},
+    )
+    sd1_face = torch.randn(2, 768)
+    return {
+        "sd1_face_on_sdxl": _refusal(sdxl_clip, sd1_face),
+        "sdxl_face_on_sd1": _refusal(sd1, face),
+        "sdxl_face_on_flux": _refusal(flux, face),
+        "sd1_face_on_flux": _refusal(flux, sd1_face),
+        "narrow_g_on_sdxl": _refusal(sdxl_clip, {"l": face["l"], "g": face["g"][:, :1024]}),
+        "wide_sd1_face_on_sd1": _refusal(sd1, torch.randn(2, 1024)),
+        "sd1_face_on_sd1": _refusal(sd1, sd1_face),
+        "sdxl_face_on_sdxl": _refusal(sdxl_clip, face),
+    }
+
+
+def _clip_skip(clip, layer: int | None) -> str | None:
+    """Apply F2D Tokens' clip-skip warning after CLIP Set Last Layer `layer` (None: no such node)."""
+    if layer is not None:
+        clip = clip.clone()
+        clip.clip_layer(layer)  # what CLIPSetLastLayer does (nodes.py)
+    return clip_skip_warning(clip)
 
 
 def _seeded_unet(config: dict) -> dict[str, torch.Tensor]:
@@ -94,8 +146,10 @@ def main(checkpoint: str, te_options: str, refiner_unet_config: dict, embeddings
     tuned_cond, tuned_pooled = _encode(tuned_clip, tokens_with_face(tuned_clip, PROMPT, face, "f l"))
     ti_cond, ti_pooled = _encode(tuned_clip, tuned_clip.tokenize("a photo of embedding:face as a knight"))
     trained_with = {"text_encoder_fingerprint": clip_text_fingerprint(base_clip)}  # as a mapper trained on the base
-    tuned_clip.clip_layer(-1)
+    refusals = family_refusals(sd, options, base_clip, face)
     return {
+        "clip_skip": {str(layer): _clip_skip(base_clip, layer) for layer in (None, -2, -1, -3)},
+        "refusals": refusals,
         "refiner_model": type(refiner.model).__name__,
         "refiner_clip": type(refiner_clip.cond_stage_model).__name__,
         "refiner_cond_shape": list(cond.shape),
@@ -108,6 +162,4 @@ def main(checkpoint: str, te_options: str, refiner_unet_config: dict, embeddings
         "tuned_differs_from_base": bool((tuned_cond - base_cond).abs().max() > 1e-3),
         "fine_tune_warning_base": fine_tuned_towers_warning(base_clip, trained_with),
         "fine_tune_warning_tuned": fine_tuned_towers_warning(tuned_clip, trained_with),
-        "clip_skip_default": clip_skip_warning(base_clip),
-        "clip_skip_last": clip_skip_warning(tuned_clip),
     }

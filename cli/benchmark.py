@@ -59,6 +59,7 @@ from f2d_core.evaluation.face_similarity import identity_scores, largest_face_cr
 from f2d_core.evaluation.paper_prompts import PAPER_PROMPTS, REFERENCE_IMAGE_PROMPT  # noqa: E402
 from f2d_core.evaluation.recognition import load_face_recognizer  # noqa: E402
 from f2d_core.faces.face_detection import FaceDetector  # noqa: E402
+from f2d_core.training.run_identity import run_dir_spelling  # noqa: E402
 
 log = logging.getLogger("f2d.benchmark")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -355,7 +356,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cfg", type=float, default=7.0, help="Classifier-free guidance scale (the paper: 7).")
     p.add_argument("--timeout", type=float, default=3600, help="Seconds one batch may take.")
     p.add_argument("--note", default="", help="A line printed on the plots and the table (e.g. which models).")
-    p.add_argument("--out", type=Path, required=True, help="Output folder (a rerun continues in it).")
+    p.add_argument("--out", type=run_dir_spelling, required=True, help="Output folder (a rerun continues in it).")
     return p.parse_args(argv)
 
 

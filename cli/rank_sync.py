@@ -5,15 +5,21 @@ preparing a few thousand photos takes longer. So the ranks meet before the proce
 the key-value store torchrun's rendezvous gives every rank: each one counts itself in and polls the
 count (`Store.add(key, 0)` and `Store.check` return at once), sleeping between looks, for as long as
 it takes. A rank that fails says so under FAILED, and every waiting rank stops with its message
-instead of waiting forever; a rank that dies outright is seen by torchrun, which ends the others.
+instead of waiting forever, counting itself under HEARD first: torchrun ends every rank as soon as one
+exits with an error, so the failed one waits (a few seconds at most) until the others have said why
+they stop. A rank that dies outright is seen by torchrun, which ends the others.
+`rank_0_holds` uses the same store for the run folder's lock, which only rank 0 takes: the others
+learn at once whether it got it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import NoReturn
 
 import torch.distributed as dist
 
@@ -21,7 +27,9 @@ log = logging.getLogger("f2d.train_mapper")
 
 PREFIX = "f2d/prepare/"
 FAILED = PREFIX + "failed"
+HEARD = PREFIX + "heard"  # how many ranks have reported the failure
 POLL_SECONDS = 0.5
+HEARD_WAIT_S = 10.0  # how long a failed rank waits for the others to report it (they may be busy, not waiting)
 
 
 NO_LIBUV = "without libuv"  # in "use_libuv was requested but PyTorch was build without libuv support"
@@ -61,9 +69,25 @@ class RankSync:
         if self.store.check([FAILED]):
             raise RankFailed(self.store.get(FAILED).decode(errors="replace"))
 
-    def fail(self, message: str) -> None:
-        """Tell the other ranks this one failed (they stop waiting and exit with `message`)."""
+    def fail(self, message: str, wait_s: float = HEARD_WAIT_S) -> float:
+        """Tell the other ranks this one failed: they stop waiting and exit with `message` (`stop`).
+
+        Waits until every other rank has reported it, or `wait_s` seconds (a rank busy preparing its share
+        does not look): torchrun ends the others as soon as this rank exits, perhaps before they would
+        have said why. Returns the seconds waited.
+        """
+        start = time.monotonic()
         self.store.set(FAILED, message)
+        while self.store.add(HEARD, 0) < self.world_size - 1 and time.monotonic() - start < wait_s:
+            time.sleep(self.poll_seconds / 10)
+        return time.monotonic() - start
+
+    def stop(self, failure: RankFailed) -> NoReturn:
+        """Stop this rank because another failed: log why ("[rank N] stopping: <its message>"), tell the
+        failed rank it was heard, exit with code 1 (SystemExit)."""
+        log.error("stopping: %s", failure)
+        self.store.add(HEARD, 1)
+        raise SystemExit(1)
 
     def meet(self, name: str) -> float:
         """Wait until every rank has reached `name`; the seconds waited. RankFailed if one failed."""
@@ -87,3 +111,41 @@ class RankSync:
             self._check_failed()
             time.sleep(self.poll_seconds)
         return self.store.get(key).decode(), time.monotonic() - start
+
+
+@contextlib.contextmanager
+def rank_0_holds(
+    lock: Callable[[], contextlib.AbstractContextManager], sync: RankSync | None, name: str = "run_lock"
+) -> Iterator[None]:
+    """Rank 0 holds `lock()` for the block (e.g. the run folder's lock); the other ranks enter once it has it.
+
+    When rank 0 is refused (RunLocked: another run holds the folder), it logs why, says so under FAILED,
+    waits until the others have logged it too ("[rank N] stopping: <why>", `RankSync.fail`), and exits
+    with code 1, as they do: none waits in a collective until --dist-timeout. `sync` None (one process):
+    just `lock()`, whose error propagates.
+
+    Raises:
+        SystemExit(1): on every rank, when rank 0 could not take the lock (on the others also when rank 0
+            failed earlier and said so).
+        Whatever `lock()` raises, when `sync` is None.
+    """
+    if sync is None:
+        with lock():
+            yield
+        return
+    if sync.rank != 0:
+        try:
+            sync.read(name)
+        except RankFailed as e:
+            sync.stop(e)
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(lock())
+        except Exception as e:
+            log.error("%s", e)  # before the others exit: torchrun then ends this rank at once
+            sync.fail(str(e))
+            raise SystemExit(1) from None
+        sync.publish(name, "held")
+        yield

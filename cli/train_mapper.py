@@ -18,10 +18,11 @@ trainer, the losses and the diffusion backend are the ones the Train F2D Mapper 
 (`nodes.training.comfy_backend` on ComfyUI's own checkpoint loader). Every rank prepares its share
 of the photos (cached in `--cache-dir`) with its own GPU, the ranks wait for each other through
 torchrun's store without a timeout (see rank_sync.py), rank 0 packs the set into one file that all
-ranks memory-map, and only then is the process group (and its `--dist-timeout`) started. Only rank 0
-writes the resumable state in `--run-dir` and the final `--out`; running the same command again
-continues from the saved state (the same dataset, starting mapper, loss, batch, seed and number of
-processes; a changed --lr or --weight-decay is used). Ctrl-C (SIGINT) or SIGTERM saves the state and
+ranks memory-map, and only then is the process group (and its `--dist-timeout`) started. Before all that,
+rank 0 takes `--run-dir`'s lock (run.lock): a run folder another training holds stops every rank at once
+with its message. Only rank 0 writes the resumable state in `--run-dir` and the final `--out`; running
+the same command again continues from the saved state (the same dataset, starting mapper, loss, batch,
+seed and number of processes; a changed --lr or --weight-decay is used). Ctrl-C (SIGINT) or SIGTERM saves the state and
 exits with 130. The UNet computes the gradient in --training-dtype (auto: bf16 where the GPU has it,
 else fp32; fp16 only under a loss scale), never in a plain fp16 backward, where it underflows.
 
@@ -53,15 +54,16 @@ import torch.distributed as dist
 if __package__:
     from .comfy_library import PACK_NAME, ComfyLibraryError, bootstrap, pack_module
     from .help_format import DefaultsHelp
-    from .rank_sync import RankFailed, RankSync, rendezvous_store
+    from .rank_sync import RankFailed, RankSync, rank_0_holds, rendezvous_store
 else:  # run as a script: cli/ is sys.path[0] (comfy_library takes it off before importing ComfyUI)
     from comfy_library import PACK_NAME, ComfyLibraryError, bootstrap, pack_module
     from help_format import DefaultsHelp
-    from rank_sync import RankFailed, RankSync, rendezvous_store
+    from rank_sync import RankFailed, RankSync, rank_0_holds, rendezvous_store
 
 log = logging.getLogger("f2d.train_mapper")
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+WRITER = "cli/train_mapper.py"  # who holds the run's lock, in the other writer's message
 TRAINING_DTYPE_FLAGS = {"auto": "auto", "bf16": "bf16", "fp32": "fp32", "fp16": "fp16 + loss scaling"}
 EXAMPLE = """example (in the ComfyUI folder):
   M=models
@@ -274,7 +276,7 @@ def prepare_training_set(args: argparse.Namespace, vae, ranks: Ranks, family: st
         log.info("waited %.1f s for rank 0 to pack the training set; mapping %s", waited, path or "(in memory)")
         return dataset.open_training_set(Path(path)) if path else dataset.prepare_dataset(*inputs, **options)
     except RankFailed as e:
-        raise SystemExit(f"[rank {ranks.rank}] stopping: {e}") from None
+        sync.stop(e)
     except BaseException as e:  # the others must hear of it instead of waiting forever
         sync.fail(f"rank {ranks.rank} could not prepare the training set: {type(e).__name__}: {e}")
         raise
@@ -361,7 +363,7 @@ def save_output(args: argparse.Namespace, result, settings, ranks: Ranks, data) 
         "start_from": "scratch" if args.from_scratch else (args.mapper or args.init_l_from).name,
         "checkpoint": args.checkpoint.name,
         "run_dir": str(args.run_dir),
-        "trainer": "cli/train_mapper.py",
+        "trainer": WRITER,
         "training_dtype": args.training_dtype,
         "family": result.identity.family if result.identity else "sd1",
         "eval_loss_start": result.eval_loss_start,
@@ -429,7 +431,6 @@ def train(args: argparse.Namespace, ranks: Ranks) -> int:
         trainable=trainable,
         rank=ranks.rank,
         world_size=ranks.world_size,
-        writer="cli/train_mapper.py",
     )
     if ranks.rank == 0:
         log.info(
@@ -470,7 +471,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(ranks.rank, ranks.world_size)
     try:
         bootstrap(args.comfyui, cpu=cpu)
-        return train(args, ranks)
+        spelling = pack_module("f2d_core.training.run_identity").run_dir_spelling  # NFD (macOS) = NFC: one run
+        args.run_dir, args.cache_dir = spelling(args.run_dir), args.cache_dir and spelling(args.cache_dir)
+        run_lock = pack_module("f2d_core.run_lock").run_lock
+        sync = RankSync(ranks.store, ranks.rank, ranks.world_size) if ranks.distributed else None
+        with rank_0_holds(lambda: run_lock(args.run_dir, WRITER), sync):  # before the data: refused at once
+            return train(args, ranks)
     except ComfyLibraryError as e:
         log.error("%s", e)
         return EXIT_USAGE

@@ -13,7 +13,9 @@ replicated (DDP, gradients summed across ranks); the ArcFace class centres are s
 holding C/N of them (model-parallel margin softmax), so Glint360K's 360 K x 1536 centres fit on 8
 GPUs. Loose photos are detected and aligned in shares, each rank with its own detector on its own GPU
 (cuda:LOCAL_RANK), the ranks meeting in torchrun's store (no collective, so no timeout however long it
-takes); rank 0 packs the crops, which the others map. Only then does the process group start.
+takes); rank 0 packs the crops, which the others map. Only then does the process group start. Before
+all that, rank 0 takes --run-dir's lock (run.lock): a run folder another training holds stops every
+rank at once with its message.
 
 The run folder holds the resumable state; running the same command again continues where it stopped
 (the same data, starting weights, loss, margin, scale, Partial FC rate, batch and seed; a changed --lr,
@@ -37,11 +39,11 @@ import torch
 
 if __package__:
     from .help_format import DefaultsHelp
-    from .rank_sync import RankFailed, RankSync
+    from .rank_sync import RankFailed, RankSync, rank_0_holds
     from .train_mapper import Ranks, StopRequest, per_rank_batch, setup_logging, start_process_group, start_ranks
 else:  # run as a script: cli/ is sys.path[0]; f2d_core never imports ComfyUI, so the repository root may go there
     from help_format import DefaultsHelp
-    from rank_sync import RankFailed, RankSync
+    from rank_sync import RankFailed, RankSync, rank_0_holds
     from train_mapper import Ranks, StopRequest, per_rank_batch, setup_logging, start_process_group, start_ranks
 
     sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
@@ -49,10 +51,13 @@ else:  # run as a script: cli/ is sys.path[0]; f2d_core never imports ComfyUI, s
 from f2d_core.errors import F2DError
 from f2d_core.msid_training.arcface_loss import DEFAULT_MARGIN, DEFAULT_SCALE
 from f2d_core.msid_training.trainer import LOSSES, WEIGHT_DECAY, MSIDTrainSettings
+from f2d_core.run_lock import run_lock
+from f2d_core.training.run_identity import run_dir_spelling
 
 log = logging.getLogger("f2d.train_msid")
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+WRITER = "cli/train_msid.py"  # who holds the run's lock, in the other writer's message (the trainer's name)
 DTYPES = ("auto", "bf16", "fp32")
 EXAMPLE = """examples:
   python cli/train_msid.py --data ~/faces_ms1mv3 --out msid_ms1mv3.safetensors --run-dir runs/msid
@@ -78,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="The trained encoder (.safetensors, msid.pt's key layout).")
     p.add_argument(
-        "--run-dir", type=Path, required=True, help="Resumable state; an existing one is continued (see --resume)."
+        "--run-dir",
+        type=run_dir_spelling,
+        required=True,
+        help="Resumable state; an existing one is continued (see --resume).",
     )
     p.add_argument(
         "--resume",
@@ -152,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint-every", type=int, default=2000, help="Save the resumable state every N steps.")
     p.add_argument("--max-steps", type=int, help="Stop (and save) after this many steps in all: a short session.")
-    p.add_argument("--cache-dir", type=Path, help="Aligned-crop cache for photo folders (default: RUN_DIR/cache).")
+    p.add_argument(
+        "--cache-dir", type=run_dir_spelling, help="Aligned-crop cache for photo folders (default: RUN_DIR/cache)."
+    )
     p.add_argument("--insightface-root", type=Path, help="Folder holding models/<pack>/ (to align loose photos).")
     p.add_argument("--pack", default="buffalo_l", help="insightface pack whose detector aligns loose photos.")
     p.add_argument("--det-size", type=int, default=640, help="Face detector input size.")
@@ -199,7 +209,7 @@ def open_data(args: argparse.Namespace, ranks: Ranks):
             detector=detector,
         )
     except RankFailed as e:
-        raise SystemExit(f"[rank {ranks.rank}] stopping: {e}") from None
+        sync.stop(e)
 
 
 def batch_source(data, args: argparse.Namespace, ranks: Ranks):
@@ -315,8 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     ranks = start_ranks(cpu)
     setup_logging(ranks.rank, ranks.world_size)
     log.setLevel(logging.INFO)
+    sync = RankSync(ranks.store, ranks.rank, ranks.world_size) if ranks.distributed else None
     try:
-        return train(args, ranks)
+        with rank_0_holds(lambda: run_lock(args.run_dir, WRITER), sync):  # before the data: refused at once
+            return train(args, ranks)
     except F2DError as e:
         log.error("%s", e)
         return EXIT_FAILED

@@ -97,6 +97,7 @@ QUOTED = [
         "nodes/widget_values.py",
     ),
     ("which is not one of its choices", None, "nodes/widget_values.py"),
+    ("stopping: ", "stopping: %s", "cli/rank_sync.py"),
     ("The identifier linked into this node cannot be used", None, "nodes/face_conditioning.py"),
     ("the image list holds images of different sizes", None, "nodes/image_lists.py"),
     ("this node takes one", None, "nodes/image_lists.py"),

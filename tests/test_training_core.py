@@ -369,3 +369,31 @@ def test_a_run_name_composed_or_decomposed_is_one_run_folder(tmp_path):
     (tmp_path / "Zoe\u0308").mkdir()  # made on a Mac
     assert existing_spelling(tmp_path / "Zo\u00eb") == tmp_path / "Zoe\u0308"
     assert existing_spelling(tmp_path / "nobody") == tmp_path / "nobody"
+
+
+def test_a_run_dir_typed_composed_or_decomposed_is_one_run_for_the_clis(tmp_path):
+    """--run-dir and --cache-dir of cli/train_msid.py, --out of cli/benchmark.py (a rerun continues in it):
+    "Zoe" with a diaeresis typed composed (Windows, Linux) or decomposed (macOS) names one folder, the one
+    that exists in either form, else a new one in NFC (the form of the node's run folders). cli/train_mapper.py
+    does the same after importing ComfyUI (tests/integration/test_run_lock_ranks.py)."""
+    from cli.benchmark import parse_args as benchmark_args
+    from cli.train_msid import parse_args as msid_args
+    from f2d_core.training.run_identity import run_dir_spelling
+
+    composed, decomposed = tmp_path / "Zo\u00eb", tmp_path / "Zoe\u0308"
+
+    def msid(run_dir):
+        return msid_args(
+            ["--data", "d", "--out", "o.safetensors", "--run-dir", str(run_dir), "--cache-dir", str(run_dir)]
+        )
+
+    assert run_dir_spelling(decomposed) == run_dir_spelling(str(composed)) == composed  # new: NFC
+    assert (msid(decomposed).run_dir, msid(decomposed).cache_dir) == (composed, composed)
+    bench = ["--faces", "f", "--checkpoint", "c.safetensors", "--insightface-root", "i", "--recognizer", "r.onnx"]
+    assert benchmark_args([*bench, "--out", str(decomposed)]).out == composed
+    decomposed.mkdir()  # an existing run, made on a Mac: typed composed, it is found
+    assert run_dir_spelling(composed) == decomposed == msid(composed).run_dir
+    assert benchmark_args([*bench, "--out", str(composed)]).out == decomposed
+    # a new run inside that folder: in it (not in a second "Zoe" folder), its own name composed
+    assert run_dir_spelling(composed / "Andr\u00e9") == run_dir_spelling(decomposed / "Andre\u0301")
+    assert run_dir_spelling(composed / "Andr\u00e9") == decomposed / "Andr\u00e9"

@@ -31,7 +31,6 @@ from torch import nn
 
 from ..errors import F2DError
 from ..identity.msid_encoder import MSIDEncoder
-from ..run_lock import run_lock
 from ..training.precision import dtype_name
 from .arcface_loss import DEFAULT_MARGIN, DEFAULT_SCALE
 from .margin_softmax import ShardedMarginSoftmax
@@ -271,13 +270,9 @@ class MSIDTrainer:
         `should_stop` is asked every `stop_check_every` steps (on every rank at the same steps: it may be a
         collective); when it says so, the state is saved and the run ends with status "stopped".
 
-        Rank 0 holds the run folder's lock (f2d_core/run_lock.py) throughout: RunLocked when another live
-        process trains in it.
+        The caller holds the run folder's lock (f2d_core/run_lock.py: rank 0 of cli/train_msid.py, from its
+        start), so that no other live process trains in it.
         """
-        with run_lock(self.run_dir, "cli/train_msid.py", enabled=self.rank == 0):
-            return self._run(should_stop)
-
-    def _run(self, should_stop: Callable[[], bool] | None) -> MSIDTrainResult:
         settings = self.settings
         saved = load_run_state(self.run_dir, self.encoder, self.classifier, self.optimizer, self.identity, self.rank)
         step, losses = (saved.step, saved.losses) if saved else (0, [])

@@ -123,6 +123,22 @@ def existing_spelling(path: Path) -> Path:
     return path
 
 
+def run_dir_spelling(path: str | Path) -> Path:
+    """The run (or output) folder a typed path names, each name in the Unicode normalisation (NFC / NFD) of
+    the folder that exists, and the names of folders still to make in NFC, the form of the node's run
+    folders (`run_folder_name`).
+
+    So "Zo\u00eb" and "Zoe\u0308" typed to a CLI's --run-dir are one run on every file system: the same
+    state resumed, the same run.lock taken; and a new run inside a folder a Mac named goes into that
+    folder, not into a second one spelled the other way. (An argparse `type` too: a str is taken.)
+    """
+    spelled = Path()
+    for name in Path(path).parts:
+        forms = [name, *(unicodedata.normalize(form, name) for form in ("NFC", "NFD"))]
+        spelled = next((spelled / f for f in forms if (spelled / f).exists()), spelled / forms[1])
+    return spelled
+
+
 def free_run_name(run_dir: Path) -> str:
     """The first `<name>_<k>` (k = 2, 3, ...) beside `run_dir` that does not exist yet."""
     k = 2

@@ -16,7 +16,6 @@ from torch import nn
 from ..conditioning.injection import DEFAULT_IDENTIFIER
 from ..errors import F2DError
 from ..identity.mapper import F2DMapper
-from ..run_lock import run_lock
 from .backend import POOLED_SOURCES, DiffusionBackend, TextCond
 from .data.cache import module_fingerprint
 from .losses import LOSSES, denoising_loss, needs_class_prediction
@@ -168,10 +167,8 @@ class MapperTrainer:
         trainable: nn.Module | None = None,
         rank: int = 0,
         world_size: int = 1,
-        writer: str = "a mapper training",
     ) -> None:
         self.mapper, self.backend, self.data, self.settings = mapper, backend, data, settings
-        self.writer = writer  # who trains, for the message a second writer of the run gets
         self.trainable = trainable or mapper  # a DistributedDataParallel wrapper under torchrun
         self.run_dir, self.rank, self.world_size = Path(run_dir), rank, world_size
         self._last_log: float | None = None  # when progress was last logged, and at which step
@@ -361,18 +358,9 @@ class MapperTrainer:
     ) -> TrainResult:
         """Train until `settings.steps`, saving every `checkpoint_every` steps, when stopped, and on any error.
 
-        Rank 0 holds the run folder's lock (run_lock.py) throughout: RunLocked when another live process
-        trains in it (the node and the CLI on one run name, two servers sharing an output folder).
+        The caller holds the run folder's lock (f2d_core/run_lock.py: the node, or rank 0 of the CLI from
+        its start), so that no other live process trains in it.
         """
-        with run_lock(self.run_dir, self.writer, enabled=self.rank == 0):
-            return self._run(resume, progress, should_stop)
-
-    def _run(
-        self,
-        resume: bool,
-        progress: Callable[[int, int, float], None] | None,
-        should_stop: Callable[[], bool] | None,
-    ) -> TrainResult:
         settings = self.settings
         check_free_disk(self.run_dir, 2 * state_bytes(self.mapper) + (64 << 20))
         self.identity = self._run_identity()

@@ -13,6 +13,7 @@ from comfy_api.latest import io
 from server import PromptServer
 
 from ...f2d_core.errors import F2DError
+from ...f2d_core.run_lock import run_lock
 from ...f2d_core.training.backend import POOLED_SOURCES
 from ...f2d_core.training.data.cache import module_fingerprint
 from ...f2d_core.training.losses import LOSSES
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 PROGRESS_EVENT = "f2d.training.progress"
 SDXL_SMALL_CROP = 768  # an SDXL run on smaller crops is warned: SDXL generates at 1024 (docs/sdxl.md 3.4)
+WRITER = "Train F2D Mapper (ComfyUI)"  # who holds the run's lock, in the other writer's message
 
 
 def check_dataset_vae(dataset, vae) -> None:
@@ -229,7 +231,7 @@ class F2DTrainMapper(io.ComfyNode):
         backend = trainer = None
         out_of_memory = None
         try:
-            with torch.inference_mode(False):
+            with torch.inference_mode(False), run_lock(run_dir, WRITER):  # RunLocked: the CLI or another server
                 backend = make_backend(
                     model, clip, gradient_checkpointing=gradient_checkpointing, training_dtype=training_dtype
                 )
@@ -242,9 +244,7 @@ class F2DTrainMapper(io.ComfyNode):
                     log.warning(
                         "SDXL mapper trained on %d-pixel crops: SDXL generates at 1024 (use 768 or 1024).", crop
                     )
-                trainer = MapperTrainer(
-                    mapper, backend, dataset, settings, run_dir, writer="Train F2D Mapper (ComfyUI)"
-                )
+                trainer = MapperTrainer(mapper, backend, dataset, settings, run_dir)
                 result = trainer.run(
                     resume=resume,
                     progress=_Reporter(cls.hidden.unique_id, steps),

@@ -11,6 +11,10 @@
  * and exported with app.graphToPrompt(), exactly as the Export menu entries do.
  *
  *   node tests/browser/export_workflows.mjs --url http://127.0.0.1:8188 --stamp TEXT [--only f2d_portrait]
+ *       [--thumbnail-only]
+ *
+ * --thumbnail-only opens the committed workflows/<title>.json as a user opens the file and writes only its
+ * thumbnail (for a template whose layout was adjusted by hand; the JSON files stay as they are).
  *
  * The server must have this pack loaded; it gets the quiet settings of comfy_page.mjs stored, so use
  * a scratch server: `F2D_EXPORT_WORKFLOWS=1 pytest tests/browser -k export` starts one with test models
@@ -176,17 +180,33 @@ async function setInPage(settings) {
 
 const json = (value) => `${JSON.stringify(value, null, 2)}\n`;
 
-async function exportOne(context, url, name, stamp) {
+/** workflows/<title>.json etc. of `name`, and the title; an error when template_titles.json has none. */
+function titleOf(name) {
+  const title = TITLES[name];
+  if (!title) throw new Error(`no title for ${name} in template_titles.json`);
+  return title;
+}
+
+async function exportOne(context, url, name, stamp, thumbnailOnly) {
   const api = JSON.parse(readFileSync(join(REPO, "workflows", "api", `${name}.json`), "utf8"));
-  const layout = LAYOUTS[name];
-  if (!layout) throw new Error(`no layout for ${name} in workflow_layout.mjs`);
   const { page, errors } = await openComfy(context, url);
   await page.evaluate(({ api, name }) => window.app.loadApiJson(api, name), { api, name });
-  await page.evaluate(arrangeInPage, { layout, minSize: MIN_SIZE, noteSize: NOTE_SIZE });
-  const exported = await page.evaluate(exportInPage);
+  let exported = null;
+  let restore = null;
+  if (thumbnailOnly) {
+    exported = { ui: JSON.parse(readFileSync(join(REPO, "workflows", `${titleOf(name)}.json`), "utf8")) };
+    // The settings first: changed after the committed file is open, the graph view is rebuilt under it and
+    // the frontend logs "Attempted to cleanup event listeners for graph that was never set up".
+    restore = await page.evaluate(setInPage, THUMBNAIL_SETTINGS);
+  } else {
+    const layout = LAYOUTS[name];
+    if (!layout) throw new Error(`no layout for ${name} in workflow_layout.mjs`);
+    await page.evaluate(arrangeInPage, { layout, minSize: MIN_SIZE, noteSize: NOTE_SIZE });
+    exported = await page.evaluate(exportInPage);
+  }
   // Load the export like a user who opens the file, so the thumbnail shows what they will see.
   await page.evaluate(({ ui, name }) => window.app.loadGraphData(ui, true, true, name), { ui: exported.ui, name });
-  const restore = await page.evaluate(setInPage, THUMBNAIL_SETTINGS);
+  restore ??= await page.evaluate(setInPage, THUMBNAIL_SETTINGS);
   await page.evaluate(() => (window.app.extensionManager.focusMode = true));
   await page.addStyleTag({ content: ".comfy-menu-hamburger { display: none !important; }" }); // focus mode's exit
   await page.waitForTimeout(1000); // image previews and DOM widgets settle, the tab bar leaves
@@ -197,11 +217,12 @@ async function exportOne(context, url, name, stamp) {
   await page.close();
   const problems = realErrors(errors);
   if (problems.length) throw new Error(`${name}: the page reported errors:\n${JSON.stringify(problems, null, 1)}`);
-  exported.ui.id = stableId(name); // a fixed workflow id keeps regenerated files diff-free
-  writeFileSync(join(REPO, "workflows", "api", `${name}.json`), json(exported.api));
-  const title = TITLES[name];
-  if (!title) throw new Error(`no title for ${name} in template_titles.json`);
-  writeFileSync(join(REPO, "workflows", `${title}.json`), json(exported.ui));
+  const title = titleOf(name);
+  if (!thumbnailOnly) {
+    exported.ui.id = stableId(name); // a fixed workflow id keeps regenerated files diff-free
+    writeFileSync(join(REPO, "workflows", "api", `${name}.json`), json(exported.api));
+    writeFileSync(join(REPO, "workflows", `${title}.json`), json(exported.ui));
+  }
   writeFileSync(join(REPO, "workflows", `${title}.jpg`), thumbnail);
   return { name, nodes: exported.ui.nodes.length, thumbnailBytes: thumbnail.length };
 }
@@ -232,10 +253,17 @@ function stableId(name) {
 }
 
 async function main() {
-  const options = { url: { type: "string" }, stamp: { type: "string" }, only: { type: "string", multiple: true } };
+  const options = {
+    url: { type: "string" },
+    stamp: { type: "string" },
+    only: { type: "string", multiple: true },
+    "thumbnail-only": { type: "boolean" },
+  };
   const { values } = parseArgs({ options });
   if (!values.url || !values.stamp) {
-    throw new Error("usage: export_workflows.mjs --url http://127.0.0.1:8188 --stamp TEXT [--only NAME]");
+    throw new Error(
+      "usage: export_workflows.mjs --url http://127.0.0.1:8188 --stamp TEXT [--only NAME] [--thumbnail-only]",
+    );
   }
   const url = values.url.replace(/\/$/, "");
   const names =
@@ -247,7 +275,7 @@ async function main() {
   await prepareServer(url);
   const { context, close } = await launch({ viewport: { width: THUMBNAIL.width, height: THUMBNAIL.height } });
   try {
-    for (const name of names) console.log(JSON.stringify(await exportOne(context, url, name, values.stamp)));
+    for (const name of names) console.log(JSON.stringify(await exportOne(context, url, name, values.stamp, values["thumbnail-only"])));
   } finally {
     await close();
   }

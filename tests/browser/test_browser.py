@@ -4,7 +4,9 @@ identifier is and warns before queueing a prompt without it, and the training-lo
 The page is driven by check_workflows.mjs (node + playwright-core + Debian's chromium) against the
 session's server; this file asserts on its report. Load Image nodes show the drawn placeholders of
 placeholders.py (never a photo). Screenshots stay in F2D_ARTIFACTS_DIR (default `artifacts/browser/`).
-`F2D_EXPORT_WORKFLOWS=1` also regenerates workflows/ (UI, API, thumbnails) with export_workflows.mjs.
+`F2D_EXPORT_WORKFLOWS=1` also regenerates workflows/ (UI, API, thumbnails) with export_workflows.mjs
+(`F2D_EXPORT_ONLY=<name>`: one workflow; `F2D_EXPORT_THUMBNAILS_ONLY=1`: the thumbnails of the JSON files as
+they are).
 """
 
 from __future__ import annotations
@@ -144,6 +146,8 @@ def test_export_workflows(comfy_server: ComfyServer, preview_inputs: None):
             assert graph[node_id]["inputs"]["image"] == PLACEHOLDER_FILES[role], f"{name}: LoadImage {node_id}"
     only = os.environ.get("F2D_EXPORT_ONLY")  # one workflow's name: regenerate that one alone
     extra = ["--only", only] if only else []
+    if os.environ.get("F2D_EXPORT_THUMBNAILS_ONLY") == "1":  # the committed JSON files shot, left as they are
+        extra.append("--thumbnail-only")
     out = run_node("export_workflows.mjs", "--url", comfy_server.url, "--stamp", THUMBNAIL_STAMP, *extra)
     exported = [json.loads(line) for line in out.splitlines()]
     assert sorted(entry["name"] for entry in exported) == ([only] if only else NAMES)

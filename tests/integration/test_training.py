@@ -268,3 +268,18 @@ def test_a_model_patch_training_cannot_run_is_named_in_a_warning(comfy_server, p
     comfy_server.run(graph, timeout=TIMEOUT)
     log_text = comfy_server.log_text()
     assert "Training runs the UNet without these patches of its MODEL: output_block_patch (1)." in log_text
+
+
+def test_a_run_the_cli_trains_is_refused_by_the_node_before_it_copies_the_models(comfy_server, photo_folder):
+    """The node holds its run folder's lock itself (the trainer no longer does): with cli/train_mapper.py (here:
+    this test) holding it, Train F2D Mapper is refused at once, naming the holder, and writes no state."""
+    import os
+
+    from f2d_core.run_lock import run_lock
+
+    run_dir = Path(comfy_server.output_dir) / "face2diffusion_training" / "held_by_the_cli"
+    with run_lock(run_dir, "cli/train_mapper.py"), pytest.raises(ExecutionFailed) as refused:
+        comfy_server.run(training_graph(photo_folder, "held_by_the_cli", steps=1), timeout=TIMEOUT)
+    assert refused.value.node_type == "F2DTrainMapper" and refused.value.exception_type.endswith("RunLocked")
+    assert f"is in use by cli/train_mapper.py (pid {os.getpid()} on" in refused.value.exception_message
+    assert sorted(p.name for p in run_dir.iterdir()) == []  # no state, and the holder's lock removed by it

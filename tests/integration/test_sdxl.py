@@ -241,15 +241,21 @@ def test_sdxl_face_on_sd1_clip_is_a_node_error(sdxl_server, photos):
     assert "This F2D face is for SDXL (made with an SDXL F2D mapper), but this CLIP is SD1.x" in error.exception_message
 
 
-def test_refiner_takes_the_g_half_and_fine_tuned_towers_take_s_star(tiny_sdxl: TinySDXL, comfyui_path, tmp_path):
-    result = run_library_script(
+@pytest.fixture(scope="module")
+def refiner_and_flavours(tiny_sdxl: TinySDXL, comfyui_path, tmp_path_factory) -> dict:
+    """sdxl_refiner_towers.py's report: the refiner, fine-tuned towers and the SDXL flavours, in one process."""
+    return run_library_script(
         SCRIPTS / "sdxl_refiner_towers.py",
         comfyui_path,
         checkpoint=str(tiny_sdxl.checkpoint),
         te_options=str(tiny_sdxl.te_options),
         refiner_unet_config=tiny_refiner_unet_config(),
-        embeddings_dir=str(tmp_path),
+        embeddings_dir=str(tmp_path_factory.mktemp("sdxl_embeddings")),
     )
+
+
+def test_refiner_takes_the_g_half_and_fine_tuned_towers_take_s_star(refiner_and_flavours: dict):
+    result = refiner_and_flavours
     assert (result["refiner_model"], result["refiner_clip"]) == ("SDXLRefiner", "SDXLRefinerClipModel")
     assert result["refiner_cond_shape"] == [1, 77, 1280] and result["refiner_equals_g_half"]
     assert result["refiner_pooled_equals_sdxl"] and result["refiner_l_untouched"]
@@ -260,3 +266,24 @@ def test_refiner_takes_the_g_half_and_fine_tuned_towers_take_s_star(tiny_sdxl: T
     assert "text encoders differ from the ones the mapper was trained with" in result["fine_tune_warning_tuned"]
     assert result["clip_skip_default"] is None
     assert "SDXL's S* is made for the penultimate layer (-2" in result["clip_skip_last"]
+
+
+def test_flavours_infer_but_do_not_train(refiner_and_flavours: dict):
+    """T6: v-prediction, EDM v-prediction and Playground EDM SDXL checkpoints and a 9-channel (inpainting) SDXL take
+    S* in their CLIP as the base does, but training refuses them with the eps-only and the inpainting messages; the
+    refiner is refused with "train with the SDXL base"."""
+    flavours = refiner_and_flavours["flavours"]
+    kinds = {"v_pred": "V_PREDICTION", "edm_vpred": "V_PREDICTION_EDM", "playground_edm": "EDM"}
+    for name, model_type in kinds.items():
+        assert flavours[name]["model_type"] == model_type and flavours[name]["applies"], (name, flavours[name])
+        assert "Mapper training needs an eps-prediction SDXL model" in flavours[name]["refusal"], name
+        assert "this MODEL predicts v" in flavours[name]["refusal"], name
+    inpainting = flavours["inpainting"]
+    assert inpainting["in_channels"] == 9 and inpainting["applies"]
+    assert (
+        "needs a text-to-image SDXL UNet (4 latent input channels); this MODEL's UNet takes 9"
+        in (inpainting["refusal"])
+    )
+    assert (
+        "This MODEL is the SDXL refiner: train the SDXL mapper with the SDXL base checkpoint" in (flavours["refiner"])
+    )

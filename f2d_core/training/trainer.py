@@ -168,8 +168,8 @@ def mapper_anchors(mapper: nn.Module) -> dict[str, torch.Tensor]:
     anchor = getattr(mapper, "anchor", None)
     if anchor is None:
         raise F2DError(
-            "anchor_reg pulls S* towards the anchors an SDXL mapper starts at; this mapper is for SD1.x and has "
-            "none. Set anchor_reg to 0 for SD1.x training."
+            "anchor_reg pulls S* towards the anchors an SDXL mapper starts at; "
+            "this mapper is for SD1.x and has none. Set anchor_reg to 0 for SD1.x training."
         )
     anchors = dict(anchor.named_buffers())
     if not anchors or all(not a.any() for a in anchors.values()):

@@ -162,7 +162,8 @@ def test_sdxl_training_graph_lowers_the_loss_resumes_exactly_and_encode_face_loa
 
 
 def test_sdxl_training_refuses_a_mismatched_mapper_and_training_set(comfy_server, tiny_sdxl: TinySDXL, sdxl_faces):
-    """S5: an SD1.x starting mapper for the SDXL MODEL, and an SDXL training set for the SD1.5 MODEL + its VAE."""
+    """S5: an SD1.x starting mapper for the SDXL MODEL, and an SDXL training set for the SD1.5 MODEL + its VAE; an
+    anchor_reg from F2D Training Options for an SD1.x run (no anchors)."""
     sd1_start = sdxl_training_graph("sdxl_wrong_start", steps=1, start_from="f2d_model mapper")
     with pytest.raises(ExecutionFailed) as failure:
         comfy_server.run(sd1_start, timeout=TRAIN_TIMEOUT)
@@ -175,6 +176,17 @@ def test_sdxl_training_refuses_a_mismatched_mapper_and_training_set(comfy_server
     with pytest.raises(ExecutionFailed) as failure:
         comfy_server.run(wrong_set, timeout=TRAIN_TIMEOUT)
     assert "This training set was made with another VAE" in failure.value.exception_message
+    sd1_anchor_reg = sdxl_training_graph("sd1_anchor_reg", steps=1, gradient_checkpointing=True, options=["8", 0])
+    sd1_anchor_reg["7"] = wrong_set["7"]
+    sd1_anchor_reg["4"]["inputs"] |= {"model": ["7", 0], "clip": ["7", 1]}
+    del sd1_anchor_reg["4"]["inputs"]["vae"]
+    sd1_anchor_reg["8"] = {
+        "class_type": "F2DTrainingOptions",
+        "inputs": {"anchor_reg": 0.1, "checkpoint_granularity": "transformer_block"},
+    }
+    with pytest.raises(ExecutionFailed) as failure:  # F2D Training Options reaches the trainer
+        comfy_server.run(sd1_anchor_reg, timeout=TRAIN_TIMEOUT)
+    assert "anchor_reg pulls S* towards the anchors an SDXL mapper starts at" in failure.value.exception_message
     assert comfy_server.object_info("F2DTrainMapper")  # the server keeps serving
 
 

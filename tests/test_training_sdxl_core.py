@@ -191,6 +191,7 @@ SDXL_TRAINING_MESSAGES = [  # (quoted in docs/troubleshooting.md, what the code 
     ("and this SDXL mapper records none", None, "f2d_core/training/trainer.py"),
     ("anchor_reg must be a finite number >= 0", None, "f2d_core/training/trainer.py"),
     ("checkpoint_granularity must be one of", None, SD1_BACKEND),
+    ("--checkpoint-granularity goes with --gradient-checkpointing", None, "cli/train_mapper.py"),
 ]
 
 

@@ -224,8 +224,9 @@ def test_anchor_regularisation_is_the_formula_on_a_hand_computed_case():
     anchors = {"l": torch.tensor([[0.0, 0.0], [0.0, 1.0]]), "g": torch.tensor([[1.0], [3.0]])}
     # l: ||(1, 2)||^2 = 5, ||(0, -1)||^2 = 1 -> mean 3; g: 0 and 4 -> mean 2; summed over the towers: 5
     assert anchor_regularisation(s_star, anchors).item() == 5.0
-    two = {t: torch.cat([v, v + 1]) for t, v in s_star.items()}  # a second sample: l 4+10 and 4+2 -> 10; g 4, 0 -> 2
-    assert anchor_regularisation(two, anchors).item() == (5.0 + 12.0) / 2
+    # a second sample, S* + 1: l ||(2, 3)||^2 = 13, ||(1, 0)||^2 = 1 -> 7; g 1 and 1 -> 1; 8 in all; mean over samples
+    two = {t: torch.cat([v, v + 1]) for t, v in s_star.items()}
+    assert anchor_regularisation(two, anchors).item() == (5.0 + 8.0) / 2
 
 
 def _anchored_mapper(seed: int = 0) -> F2DMapperXL:

@@ -241,8 +241,9 @@ def test_sdxl_train_mapper_on_two_cpu_ranks_micro_batched_as_one_batch(
     records anchor_reg; 2 ranks x micro-batch 1 (per-rank batch 2) train as 2 ranks x one batch of 2 at step 2.
 
     As in H1 (node vs CLI), the UNet sums a batch of 1 and of 2 in other orders and AdamW turns a rounding-level
-    difference of a near-zero gradient into up to one learning-rate step: so the fixed-batch loss after step 2
-    within 1e-6, the same update direction and all but a few coordinates within 1e-6."""
+    difference of a near-zero gradient into up to one learning-rate step: so the fixed-batch loss before training
+    within 1e-6 and after step 2 within 1e-5 (measured: 1.5e-6), the same update direction and all but a few
+    coordinates within 1e-6."""
     paths = {}
     for micro in (1, 0):
         out, done = _torchrun(tiny_sdxl, comfyui_path, comfy_models_dir, sdxl_faces, tmp_path, micro)
@@ -254,7 +255,8 @@ def test_sdxl_train_mapper_on_two_cpu_ranks_micro_batched_as_one_batch(
         assert settings["family"] == "sdxl" and settings["micro_batch"] == micro and settings["anchor_reg"] == 0.5
         paths[micro] = (out, settings)
     (micro_path, micro), (full_path, full) = paths[1], paths[0]
-    assert micro["eval_loss_end"] == pytest.approx(full["eval_loss_end"], rel=1e-6)
+    assert micro["eval_loss_start"] == pytest.approx(full["eval_loss_start"], rel=1e-6)  # before any update
+    assert micro["eval_loss_end"] == pytest.approx(full["eval_loss_end"], rel=1e-5)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         start = torch.cat([v.flatten() for v in F2DMapperXL().state_dict().values()])

@@ -2,13 +2,16 @@
 
     COMFYUI_PATH=/path/to/ComfyUI python bench/sdxl_train_step.py              # tiny SDXL, CPU, 128 px, batch 4
     COMFYUI_PATH=... python bench/sdxl_train_step.py --device cuda --full-unet --resolution 1024 --gpu-plan
+    COMFYUI_PATH=... python bench/sdxl_train_step.py --checkpointing      # none / block / transformer_block
 
 CPU: the step's time is measured with both configurations alternating in one process (medians), and
 the peak memory as each configuration's peak RSS above the process's RSS before its first step, each in
 a process of its own (the CPU allocator has no peak counter). GPU: one process, time and
 torch.cuda.max_memory_allocated per configuration; --gpu-plan runs the 1024² plan (batch 8 whole vs
 micro-batch 2, then the global batch of 32 in micro-batches, with and without checkpointing).
-Reported: seconds per step, samples/s, peak memory, and the ratios micro / full.
+Reported: seconds per step, samples/s, peak memory, and the ratios micro / full. --checkpointing
+compares gradient checkpointing off, at "block" and at "transformer_block" granularity (docs/sdxl.md
+3.5) side by side on the same batch (no micro-batching): ratios against no checkpointing.
 """
 
 from __future__ import annotations
@@ -35,11 +38,12 @@ GPU_PLAN = [
 ]
 
 
-def _ratios(configs: dict, full: str, micro: str) -> dict:
-    out = {"time_micro_over_full": configs[micro]["seconds_per_step"] / configs[full]["seconds_per_step"]}
+def _ratios(configs: dict, full: str, micro: str, label: str = "micro_over_full") -> dict:
+    """Time and peak memory of configuration `micro` over `full`'s (label names the ratio)."""
+    out = {f"time_{label}": configs[micro]["seconds_per_step"] / configs[full]["seconds_per_step"]}
     for key in ("peak_gib", "peak_rss_above_start_mib"):
         if key in configs[full] and key in configs[micro]:
-            out[f"memory_micro_over_full ({key})"] = configs[micro][key] / configs[full][key]
+            out[f"memory_{label} ({key})"] = configs[micro][key] / configs[full][key]
     return out
 
 
@@ -53,6 +57,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--full-unet", action="store_true", help="The full-size SDXL UNet on random weights.")
     parser.add_argument("--gpu-plan", action="store_true", help="The 1024 plan of configurations (GPU).")
+    parser.add_argument(
+        "--checkpointing", action="store_true", help="Compare checkpointing off / block / transformer_block."
+    )
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -74,7 +81,11 @@ def main() -> None:
         {"name": "full", "batch": args.batch, "micro_batch": 0},
         {"name": "micro", "batch": args.batch, "micro_batch": args.micro_batch},
     ]
-    configs = GPU_PLAN if args.gpu_plan else pair
+    granularities = [
+        {"name": name, "batch": args.batch, "micro_batch": 0, "checkpointing": checkpointing}
+        for name, checkpointing in (("none", False), ("block", "block"), ("transformer_block", "transformer_block"))
+    ]
+    configs = GPU_PLAN if args.gpu_plan else granularities if args.checkpointing else pair
 
     def run(cfgs: list[dict], mode: str) -> dict:
         return run_library_script(WORKER, args.comfyui, 3600, library_cpu=cpu, configs=cfgs, mode=mode, **common)
@@ -85,7 +96,10 @@ def main() -> None:
             alone = run([c], "memory")["configs"][c["name"]]
             result["configs"][c["name"]]["peak_rss_above_start_mib"] = alone["peak_rss_above_start_mib"]
     names = [c["name"] for c in configs]
-    result["ratios"] = _ratios(result["configs"], names[0], names[1])
+    if args.checkpointing:
+        result["ratios"] = {name: _ratios(result["configs"], "none", name, f"{name}_over_none") for name in names[1:]}
+    else:
+        result["ratios"] = _ratios(result["configs"], names[0], names[1])
     result["command"] = " ".join(sys.argv)
     print(json.dumps(result, indent=1))
     if args.json:

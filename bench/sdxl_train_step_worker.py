@@ -91,7 +91,8 @@ def main(
     full_unet: bool = False,
     training_dtype: str = "auto",
 ) -> dict:
-    """configs: [{"name", "batch", "micro_batch", "checkpointing"}]; micro_batch 0 = the straightforward step."""
+    """configs: [{"name", "batch", "micro_batch", "checkpointing"}]; micro_batch 0 = the straightforward step;
+    checkpointing: False, True ("block") or a granularity of CHECKPOINT_GRANULARITIES, swapped in per step."""
     options = json.loads(Path(te_options).read_text())
     model, clip, _vae, _ = comfy.sd.load_checkpoint_guess_config(
         checkpoint, output_vae=True, output_clip=True, te_model_options=options
@@ -112,9 +113,9 @@ def main(
         before = _rss_bytes()
         for step in range(steps + 1):  # step 0: warm-up (kernels, allocator), not timed
             for c in configs if step % 2 else configs[::-1]:
-                enable = c.get("checkpointing", False)
+                enable = c.get("checkpointing", False)  # False, True ("block") or a granularity
                 if enable:
-                    enable_gradient_checkpointing(plain_unet)  # idempotent: swaps the blocks' class once
+                    enable_gradient_checkpointing(plain_unet, "block" if enable is True else enable)
                 _sync(device)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)

@@ -30,7 +30,9 @@ SDXL: give an SDXL base checkpoint; the family is read from it (docs/training.md
 size defaults to 1024 (512 for SD1.x); start from an SDXL mapper (--mapper), from scratch (S* starts
 at the class noun's word in each text encoder), or with --init-l-from mapping.pt (the official SD1
 mapper's CLIP-L head). --micro-batch splits each rank's batch into passes whose gradients add up to
-the batch's (less memory, no extra compute: use it before --gradient-checkpointing).
+the batch's (less memory, no extra compute: use it before --gradient-checkpointing, and
+--checkpoint-granularity transformer_block after that). --anchor-reg pulls S* towards the words it
+started at (docs/sdxl.md 2.3); it is recorded with the run and in the mapper's metadata.
 
     python cli/train_mapper.py --checkpoint $M/checkpoints/sd_xl_base_1.0.safetensors --from-scratch \
         --micro-batch 4 --batch-size 32 ...the other arguments as above...
@@ -165,9 +167,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="source",
         help="SDXL: original size = the face's size in its photo (source) or the crop size (target).",
     )
+    p.add_argument(
+        "--anchor-reg",
+        type=float,
+        default=0.0,
+        help="SDXL: adds anchor_reg * mean ||S* - anchor||^2 to the loss, pulling S* towards the words it started "
+        "at (Cross-Initialization's regulariser; 0 = off). Needs a mapper with anchors (--from-scratch, or an SDXL "
+        "mapper trained from scratch).",
+    )
     p.add_argument("--run-dir", type=Path, required=True, help="Resumable state; an existing one is continued.")
     p.add_argument("--out", type=Path, required=True, help="The trained mapper (.safetensors).")
     p.add_argument("--gradient-checkpointing", action="store_true", help="Recompute UNet activations (less memory).")
+    p.add_argument(
+        "--checkpoint-granularity",
+        choices=["block", "transformer_block"],
+        help="With --gradient-checkpointing: recompute each ResBlock and whole SpatialTransformer (block, the "
+        "default) or each transformer block inside them (transformer_block: a smaller peak, for SDXL at 1024).",
+    )
     p.add_argument("--cpu", action="store_true", help="Train on the CPU (automatic without CUDA).")
     p.add_argument(
         "--dist-timeout",
@@ -175,7 +191,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Seconds a DDP collective may wait during training (default: torch's; preparing the photos "
         "happens before the process group starts and has no timeout).",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.checkpoint_granularity and not args.gradient_checkpointing:
+        p.error("--checkpoint-granularity goes with --gradient-checkpointing (without it nothing is recomputed)")
+    return args
 
 
 def setup_logging(rank: int, world_size: int) -> None:
@@ -402,6 +421,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> int:
         micro_batch=args.micro_batch,
         pooled_source=args.pooled_source,
         size_conditioning=args.size_conditioning,
+        anchor_reg=args.anchor_reg,
     )
     if ranks.device.type == "cpu" and not args.cpu:
         reason = f"PyTorch {torch.__version__} sees no CUDA GPU (pass --cpu to train on the CPU on purpose)"
@@ -414,6 +434,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> int:
         model,
         clip,
         gradient_checkpointing=args.gradient_checkpointing,
+        checkpoint_granularity=args.checkpoint_granularity or "block",
         training_dtype=TRAINING_DTYPE_FLAGS[args.training_dtype],
     )
     mapper = starting_mapper(args, backend, settings).to(backend.device)

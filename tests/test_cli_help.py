@@ -88,3 +88,16 @@ def test_train_mapper_refuses_a_ckpt_under_a_torch_that_refuses_the_packs_pickle
     assert done.returncode == 1, done.stderr[-3000:]
     assert "--checkpoint sd.ckpt is a pickle file, and torch 2.9.1+cu128 can be made to run code" in done.stderr
     assert "Give the checkpoint's .safetensors" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_train_mapper_takes_anchor_reg_and_a_granularity_only_with_checkpointing(capsys) -> None:
+    from cli.train_mapper import parse_args
+
+    argv = ["--checkpoint", "sdxl.safetensors", "--msid", "msid.pt", "--from-scratch", "--insightface-root", "."]
+    argv += ["--folder", "faces", "--run-dir", "run", "--out", "out.safetensors", "--anchor-reg", "0.5"]
+    args = parse_args([*argv, "--gradient-checkpointing", "--checkpoint-granularity", "transformer_block"])
+    assert (args.anchor_reg, args.checkpoint_granularity) == (0.5, "transformer_block")
+    assert parse_args(argv).checkpoint_granularity is None  # the backend's default, "block"
+    with pytest.raises(SystemExit):
+        parse_args([*argv, "--checkpoint-granularity", "transformer_block"])
+    assert "--checkpoint-granularity goes with --gradient-checkpointing" in capsys.readouterr().err

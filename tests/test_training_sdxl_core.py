@@ -16,9 +16,11 @@ from torch import nn
 
 from f2d_core.errors import F2DError
 from f2d_core.identity.mapper import F2DMapper
+from f2d_core.identity.mapper_xl import F2DMapperXL
 from f2d_core.training.backend import TextCond
 from f2d_core.training.data.dataset import TrainingSet
 from f2d_core.training.data.report import DatasetReport
+from f2d_core.training.losses import anchor_regularisation
 from f2d_core.training.run_identity import RunIdentity
 from f2d_core.training.size_conditioning import size_ids
 from f2d_core.training.trainer import MapperTrainer, TrainSettings, sample_batch
@@ -111,12 +113,13 @@ def test_a_batch_carries_each_samples_size_conditioning():
     ("family", "pooled_source"), [("sd1", "class_prompt"), ("sdxl", "class_prompt"), ("sdxl", "identity_prompt")]
 )
 def test_micro_batches_equal_one_batch(family, pooled_source, tmp_path):
-    """U9: the gradient of batch 4 equals the accumulated gradients of micro-batches 2 + 2 (and 1 x 4)."""
+    """U9: the gradient of batch 4 equals the accumulated gradients of micro-batches 2 + 2 (and 1 x 4), in training
+    mode: each sample's dropout mask comes from its own seed, whichever micro-batch it falls in."""
     grads, losses = {}, {}
     for micro in (0, 2, 1):
         torch.manual_seed(0)
         mapper = TwoHeads() if family == "sdxl" else F2DMapper()
-        mapper.eval()  # dropout masks are drawn in another order per micro-batch; the gradient itself is exact
+        mapper.train()
         settings = TrainSettings(batch_size=4, micro_batch=micro, pooled_source=pooled_source)
         trainer = MapperTrainer(mapper, StandInBackend(family), _data(), settings, tmp_path / str(micro))
         class_cond = trainer.backend.text_context(settings.class_prompt, pooled=True)
@@ -184,6 +187,11 @@ SDXL_TRAINING_MESSAGES = [  # (quoted in docs/troubleshooting.md, what the code 
     ("The MODEL is SDXL but the CLIP is", None, SDXL_BACKEND),
     ("The CLIP is SDXL's but the MODEL is", None, SDXL_BACKEND),
     ("micro_batch 3 must divide the batch", "must divide the batch of", "f2d_core/training/trainer.py"),
+    ("this mapper is for SD1.x and has none", None, "f2d_core/training/trainer.py"),
+    ("and this SDXL mapper records none", None, "f2d_core/training/trainer.py"),
+    ("anchor_reg must be a finite number >= 0", None, "f2d_core/training/trainer.py"),
+    ("checkpoint_granularity must be one of", None, SD1_BACKEND),
+    ("--checkpoint-granularity goes with --gradient-checkpointing", None, "cli/train_mapper.py"),
 ]
 
 
@@ -206,3 +214,78 @@ def test_a_step_is_a_function_of_seed_and_step_dropout_included(tmp_path):
         trainer.gradients(4, trainer.backend.text_context("A photo of a person"))
         grads.append(torch.cat([p.grad.flatten() for p in mapper.parameters() if p.grad is not None]))
     assert torch.equal(grads[0], grads[1])
+
+
+# ---- anchor_reg (docs/sdxl.md 2.3: lambda * mean_k ||S*_t[k] - A_t[k]||^2, Cross-Init's regulariser) ----------
+
+
+def test_anchor_regularisation_is_the_formula_on_a_hand_computed_case():
+    s_star = {"l": torch.tensor([[[1.0, 2.0], [0.0, 0.0]]]), "g": torch.tensor([[[1.0], [1.0]]])}
+    anchors = {"l": torch.tensor([[0.0, 0.0], [0.0, 1.0]]), "g": torch.tensor([[1.0], [3.0]])}
+    # l: ||(1, 2)||^2 = 5, ||(0, -1)||^2 = 1 -> mean 3; g: 0 and 4 -> mean 2; summed over the towers: 5
+    assert anchor_regularisation(s_star, anchors).item() == 5.0
+    # a second sample, S* + 1: l ||(2, 3)||^2 = 13, ||(1, 0)||^2 = 1 -> 7; g 1 and 1 -> 1; 8 in all; mean over samples
+    two = {t: torch.cat([v, v + 1]) for t, v in s_star.items()}
+    assert anchor_regularisation(two, anchors).item() == (5.0 + 8.0) / 2
+
+
+def _anchored_mapper(seed: int = 0) -> F2DMapperXL:
+    torch.manual_seed(seed)
+    mapper = F2DMapperXL()
+    g = torch.Generator().manual_seed(seed + 1)
+    mapper.init_from_anchors({t: torch.randn(2, w, generator=g) for t, w in mapper.widths.items()})
+    return mapper
+
+
+def test_anchor_reg_adds_lambda_times_the_distance_to_the_anchors_to_the_loss(tmp_path):
+    mapper = _anchored_mapper().eval()
+    data, losses = _data(), {}
+    for reg in (0.0, 0.5):
+        settings = TrainSettings(batch_size=2, anchor_reg=reg, micro_batch=1)
+        trainer = MapperTrainer(mapper, StandInBackend("sdxl"), data, settings, tmp_path)
+        class_cond = trainer.backend.text_context(settings.class_prompt, pooled=True)
+        batch = sample_batch(data, settings, 3)
+        with torch.no_grad():
+            losses[reg] = trainer.step_loss(batch, class_cond, torch.Generator().manual_seed(5)).item()
+            s_star = mapper(batch.idvec, batch.expression, batch.keep_expression)
+    anchors = {t: getattr(mapper.anchor, t) for t in ("l", "g")}
+    expected = sum(((s_star[t] - anchors[t]).square().sum(-1).mean() for t in anchors), torch.tensor(0.0))
+    assert expected.item() > 0
+    assert losses[0.5] - losses[0.0] == pytest.approx(0.5 * expected.item(), rel=1e-5)
+
+
+def test_anchor_reg_keeps_s_star_nearer_the_anchor(tmp_path):
+    """A few steps with lambda > 0 leave S* nearer its anchors than the same steps with lambda = 0."""
+    data, distance = _data(), {}
+    for reg in (0.0, 1.0):
+        mapper = _anchored_mapper()
+        settings = TrainSettings(batch_size=2, learning_rate=1e-3, anchor_reg=reg)
+        trainer = MapperTrainer(mapper, StandInBackend("sdxl"), data, settings, tmp_path / str(reg))
+        class_cond = trainer.backend.text_context(settings.class_prompt, pooled=True)
+        for step in range(4):
+            assert trainer._train_step(step, class_cond) is not None
+        mapper.eval()
+        with torch.no_grad():
+            s_star = mapper(data.idvec[:, 0], data.expression[:, 0])
+        anchors = {t: getattr(mapper.anchor, t) for t in ("l", "g")}
+        distance[reg] = anchor_regularisation(s_star, anchors).item()
+    assert distance[1.0] < 0.5 * distance[0.0], distance
+
+
+def test_anchor_reg_is_refused_without_anchors_and_recorded_with_the_run(tmp_path, caplog):
+    data = _data()
+    with pytest.raises(F2DError, match=r"this mapper is for SD1\.x and has none"):
+        MapperTrainer(F2DMapper(), StandInBackend("sd1"), data, TrainSettings(anchor_reg=0.1), tmp_path)
+    with pytest.raises(F2DError, match="and this SDXL mapper records none"):
+        MapperTrainer(F2DMapperXL(), StandInBackend("sdxl"), data, TrainSettings(anchor_reg=0.1), tmp_path)
+    with pytest.raises(F2DError, match="anchor_reg must be a finite number >= 0"):
+        TrainSettings(anchor_reg=-1.0)
+    MapperTrainer(F2DMapper(), StandInBackend("sd1"), data, TrainSettings(anchor_reg=0.0), tmp_path)  # off: fine
+    run = tmp_path / "run"
+    first = TrainSettings(steps=1, batch_size=2, anchor_reg=0.1, checkpoint_every=1)
+    MapperTrainer(_anchored_mapper(), StandInBackend("sdxl"), data, first, run).run()
+    with caplog.at_level("INFO"):
+        second = TrainSettings(steps=2, batch_size=2, anchor_reg=0.3, checkpoint_every=1)
+        result = MapperTrainer(_anchored_mapper(), StandInBackend("sdxl"), data, second, run).run()
+    assert result.step == 2  # a hyper-parameter like weight_decay (a regulariser too): resumed, the new value used
+    assert "anchor_reg: 0.3 (the saved run used 0.1); the new value is used" in caplog.text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch.nn import functional as F
 
@@ -41,3 +43,19 @@ def denoising_loss(
         target = eps.float() * mask + eps_class.detach().float() * (1 - mask)
         return F.mse_loss(eps_hat, target)
     raise ValueError(f"loss must be one of {LOSSES}, not {kind!r}")
+
+
+def anchor_regularisation(s_star: Mapping[str, torch.Tensor], anchors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """sum over towers t of mean over samples b and words k of ||S*_t[b, k] - A_t[k]||^2, float32 scalar.
+
+    s_star: tower -> [B, 2, D] (SDXL: "l" 768, "g" 1280, token-embedding space); anchors: tower -> [2, D], the
+    anchors the mapper's S* started at (`F2DMapperXL.anchor`). Multiplied by `anchor_reg` (lambda) it is the
+    regulariser of docs/sdxl.md 2.3, `lambda * mean_k ||S*_t[k] - A_t[k]||^2`: Cross-Initialization's pull of
+    the learned embedding towards its initialisation (lyuPang/CrossInitialization train_cross_init.py:418-419,
+    there an unsquared L2 norm). A mean over samples, so micro-batches weighted by their share add up to the
+    batch's. Raises KeyError when a tower of `anchors` has no S*.
+    """
+    terms = [
+        (s_star[t].float() - a.float().to(s_star[t].device)).square().sum(dim=-1).mean() for t, a in anchors.items()
+    ]
+    return torch.stack(terms).sum()

@@ -16,9 +16,9 @@ from torch import nn
 from ..conditioning.injection import DEFAULT_IDENTIFIER
 from ..errors import F2DError
 from ..identity.mapper import F2DMapper
-from .backend import POOLED_SOURCES, DiffusionBackend, TextCond
+from .backend import POOLED_SOURCES, DiffusionBackend, SStar, TextCond
 from .data.cache import module_fingerprint
-from .losses import LOSSES, denoising_loss, needs_class_prediction
+from .losses import LOSSES, anchor_regularisation, denoising_loss, needs_class_prediction
 from .precision import LossScale, dtype_name
 from .run_identity import RunIdentity, dataset_digest, names_only_dataset_digest
 from .size_conditioning import SIZE_CONDITIONINGS, size_ids
@@ -51,6 +51,7 @@ class TrainSettings:
     pooled_source: str = "class_prompt"  # SDXL: pooled vector of the class prompt or of the S* prompt (D5)
     size_conditioning: str = "source"  # SDXL: original size = the face's size in the photo, or the crop's
     micro_batch: int = 0  # samples per forward/backward (gradients accumulated); 0 = the whole batch at once
+    anchor_reg: float = 0.0  # SDXL: lambda of the pull of S* towards the mapper's anchors (docs/sdxl.md 2.3)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -64,6 +65,8 @@ class TrainSettings:
                 f"micro_batch {self.micro_batch} must divide the batch of {self.batch_size} samples per process "
                 "(0 = the whole batch in one pass)."
             )
+        if not (math.isfinite(self.anchor_reg) and self.anchor_reg >= 0):
+            raise F2DError(f"anchor_reg must be a finite number >= 0 (0 = off), not {self.anchor_reg}")
         if min(self.steps, self.batch_size, self.checkpoint_every, self.max_zero_gradient_steps) < 1:
             raise F2DError("steps, batch_size, checkpoint_every and max_zero_gradient_steps must be at least 1")
         if not 0 <= self.expression_dropout <= 1:
@@ -154,6 +157,29 @@ def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+def mapper_anchors(mapper: nn.Module) -> dict[str, torch.Tensor]:
+    """The anchors an SDXL mapper's S* started at (`F2DMapperXL.anchor`): tower -> [2, D], for `anchor_reg`.
+
+    Raises F2DError for a mapper without anchors: an SD1.x mapper (its S* lives in CLIP-L's input space with the
+    position embedding added, where no anchor is defined), or an SDXL mapper whose anchors are all zero (one
+    made without the anchored initialisation, docs/sdxl.md 2.3).
+    """
+    anchor = getattr(mapper, "anchor", None)
+    if anchor is None:
+        raise F2DError(
+            "anchor_reg pulls S* towards the anchors an SDXL mapper starts at; "
+            "this mapper is for SD1.x and has none. Set anchor_reg to 0 for SD1.x training."
+        )
+    anchors = dict(anchor.named_buffers())
+    if not anchors or all(not a.any() for a in anchors.values()):
+        raise F2DError(
+            "anchor_reg pulls S* towards the starting mapper's anchors, and this SDXL mapper records none (its "
+            "anchor tensors are zero). Start from scratch (S* then starts at the class noun's word and records "
+            "it), or set anchor_reg to 0."
+        )
+    return anchors
+
+
 class MapperTrainer:
     """Runs `TrainSettings` on a prepared training set through a frozen diffusion backend."""
 
@@ -179,6 +205,8 @@ class MapperTrainer:
         self.training_dtype: torch.dtype = getattr(backend, "training_dtype", torch.float32)
         self.loss_scale = LossScale(enabled=self.training_dtype == torch.float16)
         self.identity: RunIdentity | None = None  # set when `run` starts, from the mapper it was given
+        if settings.anchor_reg:
+            mapper_anchors(mapper)  # refused now, before any step, when the mapper has none
 
     @property
     def state_path(self) -> Path:
@@ -201,31 +229,48 @@ class MapperTrainer:
     def family(self) -> str:
         return getattr(self.backend, "family", "sd1")
 
-    def _identity_cond(self, batch: Batch, class_cond: TextCond, dropout_seed: int) -> TextCond:
-        """The S* prompt's conditioning for `batch`; gradients reach the mapper through the text encoder.
+    def _s_star(self, batch: Batch, dropout_seeds: list[int]) -> SStar:
+        """S* of each sample, the mapper run per sample with its dropout drawn from its own seed.
 
-        The mapper's dropout draws from the global RNG seeded with `dropout_seed` (and restored after),
-        so a step is a function of (seed, step, rank): a resumed run, the node and the CLI repeat it.
+        The global RNG is seeded with the sample's seed (and restored after), so a step is a function of
+        (seed, step, rank): a resumed run, the node and the CLI repeat it, and a sample's dropout mask does
+        not depend on the micro-batch it falls in (micro-batching gives the whole batch's update).
         """
         device = self.backend.device
-        with seeded_global_rng(dropout_seed, device):
-            s_star = self.trainable(
-                batch.idvec.to(device),
-                None if batch.expression is None else batch.expression.to(device),
-                batch.keep_expression.to(device),
-            )
+        words = []
+        for i, seed in enumerate(dropout_seeds):
+            with seeded_global_rng(seed, device):
+                words.append(
+                    self.trainable(
+                        batch.idvec[i : i + 1].to(device),
+                        None if batch.expression is None else batch.expression[i : i + 1].to(device),
+                        batch.keep_expression[i : i + 1].to(device),
+                    )
+                )
+        if isinstance(words[0], torch.Tensor):
+            return torch.cat(words)
+        return {t: torch.cat([w[t] for w in words]) for t in words[0]}
+
+    def _identity_cond(self, s_star: SStar, class_cond: TextCond) -> TextCond:
+        """The S* prompt's conditioning; gradients reach the mapper through the text encoder."""
         from_identity = self.settings.pooled_source == "identity_prompt"
         cond = self.backend.text_context(self.settings.prompt, s_star, pooled=from_identity)
         if class_cond.pooled is not None and not from_identity:  # SDXL, D5: y from the class prompt, no gradient
-            cond = cond.with_pooled(class_cond.pooled.expand(len(batch), -1))
+            cond = cond.with_pooled(class_cond.pooled.expand(cond.context.shape[0], -1))
         return cond
 
     def _chunk_loss(
-        self, batch: Batch, noise: torch.Tensor, timesteps: torch.Tensor, class_cond: TextCond, dropout_seed: int
+        self,
+        batch: Batch,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+        class_cond: TextCond,
+        dropout_seeds: list[int],
     ) -> torch.Tensor:
-        """The loss of one micro-batch (a mean over its samples)."""
+        """The loss of one micro-batch (a mean over its samples), with the anchor term when anchor_reg > 0."""
         device = self.backend.device
-        cond = self._identity_cond(batch, class_cond, dropout_seed)
+        s_star = self._s_star(batch, dropout_seeds)
+        cond = self._identity_cond(s_star, class_cond)
         latents, timesteps = batch.latents.to(device), timesteps.to(device)
         noisy = self.backend.noisy_latents(latents, noise.to(device), timesteps)
         sizes = batch.size_ids.to(device)
@@ -234,7 +279,12 @@ class MapperTrainer:
             with torch.no_grad():
                 eps_class = self.backend.predict_noise(noisy, timesteps, class_cond.expand(len(batch)), sizes)
         eps_hat = self.backend.predict_noise(noisy, timesteps, cond, sizes)
-        return denoising_loss(self.settings.loss, eps_hat, noise.to(device), batch.masks.to(device), eps_class)
+        loss = denoising_loss(self.settings.loss, eps_hat, noise.to(device), batch.masks.to(device), eps_class)
+        if self.settings.anchor_reg:
+            loss = loss + self.settings.anchor_reg * anchor_regularisation(
+                s_star, dict(self.mapper.anchor.named_buffers())
+            )
+        return loss
 
     def micro_batches(self, size: int) -> list[slice]:
         """The rows of each micro-batch of a batch of `size` samples (one slice without micro-batching)."""
@@ -246,7 +296,8 @@ class MapperTrainer:
     ) -> torch.Tensor:
         """Loss of one batch (detached); with `backward`, its gradient accumulated into the mapper.
 
-        Noise and timesteps are drawn for the whole batch first, then sliced into micro-batches, so
+        Noise, timesteps and each sample's dropout seed are drawn for the whole batch first, then sliced into
+        micro-batches, so
         the loss and the gradient are the whole batch's up to the order of the sums (docs/sdxl.md 3.2):
         each micro-batch's mean loss is weighted by its share of the batch. Under DDP, only the last
         micro-batch's backward all-reduces the gradients: the others run forward and backward inside
@@ -256,14 +307,14 @@ class MapperTrainer:
         """
         noise = torch.randn(batch.latents.shape, generator=generator)
         timesteps = torch.randint(0, NUM_TIMESTEPS, (len(batch),), generator=generator)
+        dropout_seeds = torch.randint(0, 2**62, (len(batch),), generator=generator).tolist()  # one per sample
         parts = self.micro_batches(len(batch))
         total = torch.zeros((), device=self.backend.device)
         no_sync = getattr(self.trainable, "no_sync", None)
         for i, rows in enumerate(parts):
-            dropout_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
             last = i == len(parts) - 1
             with contextlib.nullcontext() if not backward or last or no_sync is None else no_sync():
-                loss = self._chunk_loss(batch.part(rows), noise[rows], timesteps[rows], class_cond, dropout_seed)
+                loss = self._chunk_loss(batch.part(rows), noise[rows], timesteps[rows], class_cond, dropout_seeds[rows])
                 if len(parts) > 1:
                     loss = loss * ((rows.stop - rows.start) / len(batch))
                 if backward:

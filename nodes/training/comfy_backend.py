@@ -23,6 +23,8 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
@@ -43,7 +45,14 @@ from ..clip_tokens import check_sd1_clip, identifier_ids, special_tokens
 
 log = logging.getLogger(__name__)
 
-_CHECKPOINTED_BLOCKS = ("ResBlock", "SpatialTransformer")
+# Gradient checkpointing's granularity -> the UNet classes whose forward is recomputed in backward (docs/sdxl.md
+# 3.5). "block": each ResBlock and whole SpatialTransformer (SDXL's level-3 one holds 10 transformer blocks, the
+# per-sample peak while it is recomputed); "transformer_block": each ResBlock and each BasicTransformerBlock inside
+# the SpatialTransformers (not the SpatialTransformer itself: nested, its blocks would be recomputed twice).
+CHECKPOINT_GRANULARITIES: dict[str, tuple[str, ...]] = {
+    "block": ("ResBlock", "SpatialTransformer"),
+    "transformer_block": ("ResBlock", "BasicTransformerBlock"),
+}
 
 
 def host_copy(module: nn.Module) -> nn.Module:
@@ -131,19 +140,84 @@ def _checkpointed_class(cls: type) -> type:
     return _checkpointed_classes[cls]
 
 
-def enable_gradient_checkpointing(unet: nn.Module) -> int:
-    """Recompute ResBlock / SpatialTransformer activations in backward (less memory, ~30% more compute).
+def check_checkpoint_granularity(granularity: str) -> str:
+    """`granularity` when it is a key of CHECKPOINT_GRANULARITIES; else F2DError naming the choices."""
+    if granularity not in CHECKPOINT_GRANULARITIES:
+        raise F2DError(
+            f"checkpoint_granularity must be one of {tuple(CHECKPOINT_GRANULARITIES)}, not {granularity!r}: "
+            "'block' recomputes each ResBlock and SpatialTransformer, 'transformer_block' each transformer block."
+        )
+    return granularity
 
-    Each block's class is swapped for a checkpointing subclass: unlike a patched `block.forward`
-    (a bound method kept in the block's own __dict__), this makes no reference cycle, so the copy is
-    freed as soon as the last reference goes. Returns the number of blocks.
+
+def enable_gradient_checkpointing(unet: nn.Module, granularity: str = "block") -> int:
+    """Recompute the activations of the `granularity`'s blocks in backward (less memory, ~30% more compute).
+
+    granularity: a key of CHECKPOINT_GRANULARITIES ("block": ResBlock / SpatialTransformer; "transformer_block":
+    ResBlock / BasicTransformerBlock, a smaller recomputed peak). Each block's class is swapped for a
+    checkpointing subclass: unlike a patched `block.forward` (a bound method kept in the block's own __dict__),
+    this makes no reference cycle, so the copy is freed as soon as the last reference goes. Returns the number
+    of blocks. Raises F2DError for an unknown granularity.
     """
+    names = CHECKPOINT_GRANULARITIES[check_checkpoint_granularity(granularity)]
     count = 0
     for block in unet.modules():
-        if type(block).__name__ in _CHECKPOINTED_BLOCKS and not getattr(type(block), "_f2d_checkpointed", False):
+        if type(block).__name__ in names and not getattr(type(block), "_f2d_checkpointed", False):
             block.__class__ = _checkpointed_class(type(block))
             count += 1
     return count
+
+
+@dataclass
+class TrainingCopies:
+    """What `training_copies` gives a backend: its private UNet and text-model copies on the training device."""
+
+    unet: nn.Module  # in the training dtype
+    text_models: list[nn.Module]  # in their loaded dtype (fp32 compute through ComfyUI's manual_cast)
+    training_dtype: torch.dtype
+    device: torch.device
+
+
+def training_copies(
+    model,
+    clip,
+    frozen: Sequence[nn.Module],
+    training_dtype: str = "auto",
+    gradient_checkpointing: bool = False,
+    checkpoint_granularity: str = "block",
+    unet_label: str = "UNet",
+) -> TrainingCopies:
+    """Private trainable copies of `frozen` (the MODEL's UNet first, then CLIP's text models), for either family.
+
+    Loads MODEL and CLIP as ComfyUI does (their weight patches, e.g. a LoRA, applied), copies each module to
+    the CPU in its own dtype (`host_copy`), unloads the user's models, then moves the copies to the device the
+    UNet was on: the UNet in the resolved `training_dtype` (precision.resolve_training_dtype), the text models
+    in theirs. With `gradient_checkpointing`, the UNet copy's blocks of `checkpoint_granularity` recompute in
+    backward. Logs the CPU-training warning (placement.cpu_training_warning) and the dtypes (`unet_label`
+    names the UNet in that line). Raises F2DError for an unknown granularity or training dtype.
+    """
+    check_checkpoint_granularity(checkpoint_granularity)  # before minutes of loading and copying
+    comfy.model_management.load_models_gpu([model, clip.patcher], force_full_load=True)  # applies patches
+    device = next(frozen[0].parameters()).device
+    dtype = resolve_training_dtype(training_dtype, device)
+    copies = [host_copy(m) for m in frozen]
+    # Training runs on the private copies: ComfyUI moves the originals off the device before they arrive.
+    comfy.model_management.unload_all_models()
+    comfy.model_management.soft_empty_cache()
+    unet = to_training_device(copies[0], device, dtype)
+    text_models = [to_training_device(m, device) for m in copies[1:]]
+    del copies
+    if gradient_checkpointing:
+        blocks = enable_gradient_checkpointing(unet, checkpoint_granularity)
+        log.info("gradient checkpointing on %d UNet blocks (%s)", blocks, checkpoint_granularity)
+    device = next(unet.parameters()).device
+    gpu_expected = torch.cuda.is_available() or comfy.model_management.get_torch_device().type != "cpu"
+    warning = cpu_training_warning(device, gpu_expected, _cpu_reason())
+    if warning is not None:
+        log.warning("%s", warning)
+    weights = dtype_name(next(frozen[0].parameters()).dtype)
+    log.info("%s weights in %s; training computes in %s", unet_label, weights, dtype_name(dtype))
+    return TrainingCopies(unet, text_models, dtype, device)
 
 
 _FORWARD_ONLY_ATTENTION = {"attention_sage": "--use-sage-attention", "attention_flash": "--use-flash-attention"}
@@ -207,6 +281,7 @@ class ComfyDiffusionBackend:
         gradient_checkpointing: bool = False,
         identifier: str = DEFAULT_IDENTIFIER,
         training_dtype: str = "auto",
+        checkpoint_granularity: str = "block",
     ) -> None:
         check_sd1_clip(clip, clip.tokenize(identifier))
         check_trainable_model(model)
@@ -221,33 +296,19 @@ class ComfyDiffusionBackend:
                 ", ".join(dropped),
             )
         base = model.model
-        comfy.model_management.load_models_gpu([model, clip.patcher], force_full_load=True)  # applies patches
         self._frozen = (base.diffusion_model, clip.cond_stage_model.clip_l.transformer.text_model)
-        device = next(base.diffusion_model.parameters()).device
-        self.training_dtype = resolve_training_dtype(training_dtype, device)
-        unet, text_model = host_copy(self._frozen[0]), host_copy(self._frozen[1])
-        # Training runs on the private copies: ComfyUI moves the originals off the device before they arrive.
-        comfy.model_management.unload_all_models()
-        comfy.model_management.soft_empty_cache()
-        self.unet = to_training_device(unet, device, self.training_dtype)
-        self.text_model = to_training_device(text_model, device)
-        del unet, text_model
-        if gradient_checkpointing:
-            log.info("gradient checkpointing on %d UNet blocks", enable_gradient_checkpointing(self.unet))
-        self.device = next(self.unet.parameters()).device
-        gpu_expected = torch.cuda.is_available() or comfy.model_management.get_torch_device().type != "cpu"
-        warning = cpu_training_warning(self.device, gpu_expected, _cpu_reason())
-        if warning is not None:
-            log.warning("%s", warning)
-        weights = dtype_name(next(base.diffusion_model.parameters()).dtype)
-        log.info("UNet weights in %s; training computes in %s", weights, dtype_name(self.training_dtype))
+        copies = training_copies(
+            model, clip, self._frozen, training_dtype, gradient_checkpointing, checkpoint_granularity
+        )
+        self.unet, (self.text_model,) = copies.unet, copies.text_models
+        self.training_dtype, self.device = copies.training_dtype, copies.device
         self.model_sampling = model.get_model_object("model_sampling")  # honours ModelSamplingDiscrete patches
         self.latent_format = base.latent_format
         self.clip, self.identifier = clip, identifier
         self.layer_idx = clip.layer_idx  # CLIPSetLastLayer (clip skip) is honoured, as in CLIPTextEncode
 
     def frozen_fingerprint(self) -> str:
-        """Hash of the user's UNet and text encoder weights (not the private copies)."""
+        """Hash of the user's UNet and text encoder weights (SDXL: both towers), not the private copies."""
         return "".join(module_fingerprint(m) for m in self._frozen)
 
     def _token_ids(self, prompt: str) -> tuple[torch.Tensor, list[int]]:

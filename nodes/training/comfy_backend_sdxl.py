@@ -20,26 +20,14 @@ from __future__ import annotations
 import logging
 
 import comfy.model_base
-import comfy.model_management
 import torch
 from comfy.ldm.modules.attention import optimized_attention_for_device
 
 from ...f2d_core.conditioning.injection import DEFAULT_IDENTIFIER, find_identifier
 from ...f2d_core.errors import F2DError
 from ...f2d_core.training.backend import TextCond
-from ...f2d_core.training.data.cache import module_fingerprint
-from ...f2d_core.training.placement import cpu_training_warning
-from ...f2d_core.training.precision import dtype_name, resolve_training_dtype
 from ..clip_tokens import identifier_ids, special_tokens
-from .comfy_backend import (
-    ComfyDiffusionBackend,
-    _cpu_reason,
-    check_trainable_attention,
-    check_trainable_model,
-    enable_gradient_checkpointing,
-    host_copy,
-    to_training_device,
-)
+from .comfy_backend import ComfyDiffusionBackend, check_trainable_attention, check_trainable_model, training_copies
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +60,7 @@ class ComfySDXLBackend(ComfyDiffusionBackend):
         gradient_checkpointing: bool = False,
         identifier: str = DEFAULT_IDENTIFIER,
         training_dtype: str = "auto",
+        checkpoint_granularity: str = "block",
     ) -> None:
         check_sdxl_model(model)
         if type(clip.cond_stage_model).__name__ != "SDXLClipModel":
@@ -81,35 +70,18 @@ class ComfySDXLBackend(ComfyDiffusionBackend):
             )
         check_trainable_attention()
         base = model.model
-        comfy.model_management.load_models_gpu([model, clip.patcher], force_full_load=True)  # applies patches
         towers = clip.cond_stage_model
         self._frozen = (base.diffusion_model, towers.clip_l.transformer, towers.clip_g.transformer)
-        device = next(base.diffusion_model.parameters()).device
-        self.training_dtype = resolve_training_dtype(training_dtype, device)
-        copies = [host_copy(m) for m in self._frozen]
-        comfy.model_management.unload_all_models()
-        comfy.model_management.soft_empty_cache()
-        self.unet = to_training_device(copies[0], device, self.training_dtype)
-        self.towers = {"l": to_training_device(copies[1], device), "g": to_training_device(copies[2], device)}
-        del copies
-        if gradient_checkpointing:
-            log.info("gradient checkpointing on %d UNet blocks", enable_gradient_checkpointing(self.unet))
-        self.device = next(self.unet.parameters()).device
-        gpu_expected = torch.cuda.is_available() or comfy.model_management.get_torch_device().type != "cpu"
-        warning = cpu_training_warning(self.device, gpu_expected, _cpu_reason())
-        if warning is not None:
-            log.warning("%s", warning)
-        weights = dtype_name(next(base.diffusion_model.parameters()).dtype)
-        log.info("SDXL UNet weights in %s; training computes in %s", weights, dtype_name(self.training_dtype))
+        copies = training_copies(
+            model, clip, self._frozen, training_dtype, gradient_checkpointing, checkpoint_granularity, "SDXL UNet"
+        )
+        self.unet, self.towers = copies.unet, dict(zip(TOWERS, copies.text_models, strict=True))
+        self.training_dtype, self.device = copies.training_dtype, copies.device
         self.model_sampling = model.get_model_object("model_sampling")
         self.latent_format = base.latent_format
         self.embedder = base.embedder  # Timestep(256): no weights
         self.clip, self.identifier = clip, identifier
         self.layer_idx = PENULTIMATE if clip.layer_idx is None else clip.layer_idx
-
-    def frozen_fingerprint(self) -> str:
-        """Hash of the user's UNet and both text towers (not the private copies)."""
-        return "".join(module_fingerprint(m) for m in self._frozen)
 
     def _tokens(self, prompt: str) -> tuple[dict[str, torch.Tensor], list[int], int]:
         """Token ids per tower [77], the identifier's positions, and the first end token's position (pooling)."""

@@ -25,6 +25,7 @@ from ..out_of_memory import OUT_OF_MEMORY, released_out_of_memory
 from ..out_of_memory import summary as memory_error_summary
 from ..sockets import F2DDatasetSocket, F2DModel, F2DModelSocket, F2DTrainedMapperSocket, TrainedMapper
 from .comfy_backend_sdxl import make_backend
+from .options_node import F2DTrainingOptionsSocket, TrainingOptions
 from .starting_mapper import START_FROM, starting_mapper
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,11 @@ class F2DTrainMapper(io.ComfyNode):
                     tooltip="The model's VAE: when given, a training set made with another VAE (another base "
                     "model) is refused.",
                 ),
+                F2DTrainingOptionsSocket.Input(
+                    "options",
+                    optional=True,
+                    tooltip="From F2D Training Options: anchor_reg (SDXL) and checkpoint_granularity.",
+                ),
             ],
             outputs=[F2DTrainedMapperSocket.Output(display_name="trained_mapper")],
             hidden=[io.Hidden.unique_id],
@@ -209,8 +215,10 @@ class F2DTrainMapper(io.ComfyNode):
         pooled_source: str = "class_prompt",
         size_conditioning: str = "source",
         vae=None,
+        options: TrainingOptions | None = None,
     ) -> io.NodeOutput:
         check_dataset_vae(dataset, vae)
+        options = options or TrainingOptions()
         settings = TrainSettings(
             steps=steps,
             batch_size=batch_size,
@@ -223,6 +231,7 @@ class F2DTrainMapper(io.ComfyNode):
             micro_batch=micro_batch,
             pooled_source=pooled_source,
             size_conditioning=size_conditioning,
+            anchor_reg=options.anchor_reg,
         )
         run_dir = training_run_dir(run_name)
         note = dataset.shuffle_note() if shuffle_identities else ""
@@ -233,7 +242,11 @@ class F2DTrainMapper(io.ComfyNode):
         try:
             with torch.inference_mode(False), run_lock(run_dir, WRITER):  # RunLocked: the CLI or another server
                 backend = make_backend(
-                    model, clip, gradient_checkpointing=gradient_checkpointing, training_dtype=training_dtype
+                    model,
+                    clip,
+                    gradient_checkpointing=gradient_checkpointing,
+                    checkpoint_granularity=options.checkpoint_granularity,
+                    training_dtype=training_dtype,
                 )
                 dtype = dtype_name(backend.training_dtype)
                 source = f2d_model.encoder.mapper

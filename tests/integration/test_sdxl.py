@@ -228,7 +228,7 @@ def test_sdxl_face_on_sd1_clip_is_a_node_error(sdxl_server, photos):
 
 @pytest.fixture(scope="module")
 def towers(tiny_sdxl: TinySDXL, comfyui_path, tmp_path_factory) -> dict:
-    """library_scripts/sdxl_refiner_towers.py's report: refiner, fine-tuned towers, clip skip, family refusals."""
+    """library_scripts/sdxl_refiner_towers.py's report: refiner, fine-tuned towers, clip skip, refusals, flavours."""
     return run_library_script(
         SCRIPTS / "sdxl_refiner_towers.py",
         comfyui_path,
@@ -360,3 +360,24 @@ def test_fine_tuned_text_encoders_warn(sdxl_server, photos, comfy_models_root):
     )
     assert "train or fine-tune the mapper on this checkpoint" in texts[OTHER_TOWERS_MAPPER]
     assert texts[SDXL_MAPPER] == ""
+
+
+def test_flavours_infer_but_do_not_train(towers: dict):
+    """T6: v-prediction, EDM v-prediction and Playground EDM SDXL checkpoints and a 9-channel (inpainting) SDXL take
+    S* in their CLIP as the base does, but training refuses them with the eps-only and the inpainting messages; the
+    refiner is refused with "train with the SDXL base"."""
+    flavours = towers["flavours"]
+    kinds = {"v_pred": "V_PREDICTION", "edm_vpred": "V_PREDICTION_EDM", "playground_edm": "EDM"}
+    for name, model_type in kinds.items():
+        assert flavours[name]["model_type"] == model_type and flavours[name]["applies"], (name, flavours[name])
+        assert "Mapper training needs an eps-prediction SDXL model" in flavours[name]["refusal"], name
+        assert "this MODEL predicts v" in flavours[name]["refusal"], name
+    inpainting = flavours["inpainting"]
+    assert inpainting["in_channels"] == 9 and inpainting["applies"]
+    assert (
+        "needs a text-to-image SDXL UNet (4 latent input channels); this MODEL's UNet takes 9"
+        in (inpainting["refusal"])
+    )
+    assert (
+        "This MODEL is the SDXL refiner: train the SDXL mapper with the SDXL base checkpoint" in (flavours["refiner"])
+    )

@@ -20,7 +20,7 @@ from tests.support import synthetic_insightface as si
 from tests.support.comfy_library_run import run_library_script
 from tests.support.comfy_server import ComfyServer, ExecutionFailed
 from tests.support.conditioning_files import read_conditioning
-from tests.support.f2d_graphs import CHECKPOINT, PACK, Graph, loader, save_conditioning
+from tests.support.f2d_graphs import CHECKPOINT, PACK, Graph, loader, save_conditioning, training_graph
 from tests.support.photos import ASTRONAUT, load_rgb
 from tests.support.tiny_sdxl import TinySDXL
 
@@ -63,50 +63,17 @@ TRAIN_TIMEOUT = 900
 
 def sdxl_training_graph(run_name: str, steps: int = STEPS, save_as: str | None = None, **train: Any) -> Graph:
     """Probe loader (tiny SDXL) + Load MSID Encoder -> F2D Training Dataset -> Train F2D Mapper ("4") [-> Save]."""
-    graph: Graph = {
-        "1": sdxl_loader(),
-        "2": loader(),
-        "3": {
-            "class_type": "F2DTrainingDataset",
-            "inputs": {
-                "f2d_model": ["2", 0],
-                "vae": ["1", 2],
-                "folder": FOLDER,
-                "face_parser": "79999_iter.pth",
-                "expression_model": NO_EXPRESSION,
-                "crop_size": 64,
-                "flip": True,
-                "face_index": 0,
-            },
-        },
-        "4": {
-            "class_type": "F2DTrainMapper",
-            "inputs": {
-                "model": ["1", 0],
-                "clip": ["1", 1],
-                "dataset": ["3", 0],
-                "f2d_model": ["2", 0],
-                "start_from": "scratch",
-                "steps": steps,
-                "batch_size": 2,
-                "learning_rate": LR,
-                "loss": "cgdr",
-                "expression_dropout": 0.2,
-                "shuffle_identities": False,
-                "seed": 0,
-                "checkpoint_every": 1000,
-                "run_name": run_name,
-                "resume": True,
-                "gradient_checkpointing": False,
-                "micro_batch": 1,
-                "vae": ["1", 2],
-                **train,
-            },
-        },
-    }
-    if save_as is not None:
-        graph["5"] = {"class_type": "F2DSaveMapper", "inputs": {"trained_mapper": ["4", 0], "name": save_as}}
-    return graph
+    train = {"start_from": "scratch", "gradient_checkpointing": False, "micro_batch": 1, "vae": ["1", 2], **train}
+    return training_graph(
+        FOLDER,
+        run_name,
+        steps=steps,
+        learning_rate=LR,
+        save_as=save_as,
+        checkpoint=sdxl_loader(),
+        expression_model=NO_EXPRESSION,
+        **train,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +83,22 @@ def sdxl_faces(comfy_server: ComfyServer) -> Path:
     return folder
 
 
-def _cli_argv(tiny_sdxl: TinySDXL, comfyui_path, models_dir: Path, folder: Path, run_dir: Path, out: Path) -> list:
+def _cli_argv(
+    tiny_sdxl: TinySDXL,
+    comfyui_path,
+    models_dir: Path,
+    folder: Path,
+    run_dir: Path,
+    out: Path,
+    batch: int = 2,
+    micro_batch: int = 1,
+) -> list:
     models = models_dir / "face2diffusion"
     argv = ["--comfyui", comfyui_path, "--checkpoint", tiny_sdxl.checkpoint, "--te-model-options", tiny_sdxl.te_options]
     argv += ["--msid", models / "msid.pt", "--from-scratch", "--insightface-root", models_dir / "insightface"]
     argv += ["--pack", PACK, "--folder", folder, "--crop-size", "64", "--face-parser", models / "79999_iter.pth"]
-    argv += ["--batch-size", "2", "--micro-batch", "1", "--lr", str(LR), "--run-dir", run_dir, "--out", out, "--cpu"]
+    argv += ["--batch-size", batch, "--micro-batch", micro_batch, "--lr", LR]
+    argv += ["--run-dir", run_dir, "--out", out, "--cpu"]
     return argv
 
 
@@ -185,7 +162,8 @@ def test_sdxl_training_graph_lowers_the_loss_resumes_exactly_and_encode_face_loa
 
 
 def test_sdxl_training_refuses_a_mismatched_mapper_and_training_set(comfy_server, tiny_sdxl: TinySDXL, sdxl_faces):
-    """S5: an SD1.x starting mapper for the SDXL MODEL, and an SDXL training set for the SD1.5 MODEL + its VAE."""
+    """S5: an SD1.x starting mapper for the SDXL MODEL, and an SDXL training set for the SD1.5 MODEL + its VAE; an
+    anchor_reg from F2D Training Options for an SD1.x run (no anchors)."""
     sd1_start = sdxl_training_graph("sdxl_wrong_start", steps=1, start_from="f2d_model mapper")
     with pytest.raises(ExecutionFailed) as failure:
         comfy_server.run(sd1_start, timeout=TRAIN_TIMEOUT)
@@ -198,6 +176,17 @@ def test_sdxl_training_refuses_a_mismatched_mapper_and_training_set(comfy_server
     with pytest.raises(ExecutionFailed) as failure:
         comfy_server.run(wrong_set, timeout=TRAIN_TIMEOUT)
     assert "This training set was made with another VAE" in failure.value.exception_message
+    sd1_anchor_reg = sdxl_training_graph("sd1_anchor_reg", steps=1, gradient_checkpointing=True, options=["8", 0])
+    sd1_anchor_reg["7"] = wrong_set["7"]
+    sd1_anchor_reg["4"]["inputs"] |= {"model": ["7", 0], "clip": ["7", 1]}
+    del sd1_anchor_reg["4"]["inputs"]["vae"]
+    sd1_anchor_reg["8"] = {
+        "class_type": "F2DTrainingOptions",
+        "inputs": {"anchor_reg": 0.1, "checkpoint_granularity": "transformer_block"},
+    }
+    with pytest.raises(ExecutionFailed) as failure:  # F2D Training Options reaches the trainer
+        comfy_server.run(sd1_anchor_reg, timeout=TRAIN_TIMEOUT)
+    assert "anchor_reg pulls S* towards the anchors an SDXL mapper starts at" in failure.value.exception_message
     assert comfy_server.object_info("F2DTrainMapper")  # the server keeps serving
 
 
@@ -235,16 +224,67 @@ def test_sdxl_cli_trains_the_nodes_mapper(comfyui_path, comfy_models_dir, tiny_s
     assert ((a - b).abs() > 1e-6).float().mean() < 0.01
 
 
-def test_sdxl_train_mapper_on_two_cpu_ranks(comfyui_path, comfy_models_dir, tiny_sdxl: TinySDXL, sdxl_faces, tmp_path):
-    """H2: torchrun, 2 gloo ranks, global batch 2: the ranks agree and the file holds rank 0's SDXL mapper."""
-    run_dir, out = tmp_path / "run", tmp_path / "ddp_sdxl.safetensors"
+def _torchrun(tiny_sdxl: TinySDXL, comfyui_path, models_dir: Path, folder: Path, work: Path, micro_batch: int):
+    """2 gloo ranks, global batch 4 (2 per rank), 2 steps, anchor_reg 0.5: (the saved mapper's path, the run)."""
+    out = work / f"ddp_sdxl_micro{micro_batch}.safetensors"
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", TRAIN_MAPPER]
-    argv += _cli_argv(tiny_sdxl, comfyui_path, comfy_models_dir, sdxl_faces, run_dir, out)
-    done = run_cli([*argv, "--steps", "2"], timeout=TRAIN_TIMEOUT)
+    argv += _cli_argv(tiny_sdxl, comfyui_path, models_dir, folder, work / f"run{micro_batch}", out, 4, micro_batch)
+    done = run_cli([*argv, "--steps", "2", "--anchor-reg", "0.5"], timeout=TRAIN_TIMEOUT)
     assert done.returncode == 0, _output(done)
-    hashes = _rank_hashes(done.stderr)
-    assert set(hashes) == {"0", "1"} and hashes["0"] == hashes["1"] and hashes["0"][1] == "2", _output(done)
-    assert module_fingerprint(load_mapper(out)) == hashes["0"][0]
-    settings = json.loads(_metadata(out)["training_settings"])
-    assert (settings["global_batch_size"], settings["batch_size"], settings["world_size"]) == (2, 1, 2)
-    assert settings["family"] == "sdxl" and settings["micro_batch"] == 1
+    return out, done
+
+
+def test_sdxl_train_mapper_on_two_cpu_ranks_micro_batched_as_one_batch(
+    comfyui_path, comfy_models_dir, tiny_sdxl: TinySDXL, sdxl_faces, tmp_path
+):
+    """H2 and H3: torchrun, 2 gloo ranks, global batch 4: the ranks agree, the file holds rank 0's SDXL mapper and
+    records anchor_reg; 2 ranks x micro-batch 1 (per-rank batch 2) train as 2 ranks x one batch of 2 at step 2.
+
+    As in H1 (node vs CLI), the UNet sums a batch of 1 and of 2 in other orders and AdamW turns a rounding-level
+    difference of a near-zero gradient into up to one learning-rate step: so the fixed-batch loss before training
+    within 1e-6 and after step 2 within 1e-5 (measured: 1.5e-6), the same update direction and all but a few
+    coordinates within 1e-6."""
+    paths = {}
+    for micro in (1, 0):
+        out, done = _torchrun(tiny_sdxl, comfyui_path, comfy_models_dir, sdxl_faces, tmp_path, micro)
+        hashes = _rank_hashes(done.stderr)
+        assert set(hashes) == {"0", "1"} and hashes["0"] == hashes["1"] and hashes["0"][1] == "2", _output(done)
+        assert module_fingerprint(load_mapper(out)) == hashes["0"][0]
+        settings = json.loads(_metadata(out)["training_settings"])
+        assert (settings["global_batch_size"], settings["batch_size"], settings["world_size"]) == (4, 2, 2)
+        assert settings["family"] == "sdxl" and settings["micro_batch"] == micro and settings["anchor_reg"] == 0.5
+        paths[micro] = (out, settings)
+    (micro_path, micro), (full_path, full) = paths[1], paths[0]
+    assert micro["eval_loss_start"] == pytest.approx(full["eval_loss_start"], rel=1e-6)  # before any update
+    assert micro["eval_loss_end"] == pytest.approx(full["eval_loss_end"], rel=1e-5)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        start = torch.cat([v.flatten() for v in F2DMapperXL().state_dict().values()])
+    a = torch.cat([v.flatten() for v in load_mapper(micro_path).state_dict().values()])
+    b = torch.cat([v.flatten() for v in load_mapper(full_path).state_dict().values()])
+    assert torch.nn.functional.cosine_similarity(a - start, b - start, dim=0) > 0.999
+    assert ((a - b).abs() > 1e-6).float().mean() < 0.01
+
+
+def test_checkpointing_granularities_give_the_uncheckpointed_gradients(comfyui_path, tiny_models, tiny_sdxl: TinySDXL):
+    """docs/sdxl.md 3.5: "block" checkpoints each ResBlock and SpatialTransformer, "transformer_block" each ResBlock
+    and BasicTransformerBlock (not the SpatialTransformers around them); S*'s gradient is the un-checkpointed one
+    at both, on the tiny SD1.5 and the tiny SDXL; make_backend passes the granularity on."""
+    result = run_library_script(
+        SCRIPTS / "train_checkpointing.py",
+        comfyui_path,
+        sd1_checkpoint=str(tiny_models.checkpoint),
+        sdxl_checkpoint=str(tiny_sdxl.checkpoint),
+        te_options=str(tiny_sdxl.te_options),
+    )
+    assert result["sdxl"]["modules"]["BasicTransformerBlock"] == 24  # input side 2 x 2 + 2 x 10
+    for family in ("sd1", "sdxl"):
+        found = result[family]
+        modules, blocks, transformer_blocks = found["modules"], found["block"], found["transformer_block"]
+        assert found["grad_norm"] > 0 and found["plain_unet_swapped"] == {}, family
+        assert blocks["swapped"] == {k: modules[k] for k in ("ResBlock", "SpatialTransformer")}, family
+        assert transformer_blocks["swapped"] == {k: modules[k] for k in ("ResBlock", "BasicTransformerBlock")}, family
+        for granularity in (blocks, transformer_blocks):
+            assert granularity["count"] == sum(granularity["swapped"].values())
+            assert granularity["max_rel_diff"] <= 1e-6, (family, granularity)
+    assert result["sd1_through_make_backend"] == result["sd1"]["transformer_block"]["swapped"]

@@ -78,10 +78,19 @@ def training_graph(
     checkpoint_every: int = 1000,
     crop_size: int = 64,
     save_as: str | None = None,
+    checkpoint: dict[str, Any] | None = None,
+    expression_model: str = "epoch_20.pth",
+    start_from: str = "f2d_model mapper",
+    gradient_checkpointing: bool = True,
+    **train: Any,
 ) -> Graph:
-    """Checkpoint + Load MSID Encoder -> F2D Training Dataset ("3") -> Train F2D Mapper ("4") [-> Save ("5")]."""
+    """Checkpoint + Load MSID Encoder -> F2D Training Dataset ("3") -> Train F2D Mapper ("4") [-> Save ("5")].
+
+    checkpoint: the loader node "1" (MODEL, CLIP, VAE outputs; default the tiny SD1.5's CheckpointLoaderSimple);
+    train: more Train F2D Mapper inputs (micro_batch, vae, ...).
+    """
     graph: Graph = {
-        "1": checkpoint_loader(),
+        "1": checkpoint or checkpoint_loader(),
         "2": loader(),
         "3": {
             "class_type": "F2DTrainingDataset",
@@ -90,7 +99,7 @@ def training_graph(
                 "vae": ["1", 2],
                 "folder": folder,
                 "face_parser": "79999_iter.pth",
-                "expression_model": "epoch_20.pth",
+                "expression_model": expression_model,
                 "crop_size": crop_size,
                 "flip": True,
                 "face_index": 0,
@@ -103,7 +112,7 @@ def training_graph(
                 "clip": ["1", 1],
                 "dataset": ["3", 0],
                 "f2d_model": ["2", 0],
-                "start_from": "f2d_model mapper",
+                "start_from": start_from,
                 "steps": steps,
                 "batch_size": batch_size,
                 "learning_rate": learning_rate,
@@ -114,7 +123,8 @@ def training_graph(
                 "checkpoint_every": checkpoint_every,
                 "run_name": run_name,
                 "resume": True,
-                "gradient_checkpointing": True,
+                "gradient_checkpointing": gradient_checkpointing,
+                **train,
             },
         },
         "6": {"class_type": "PreviewAny", "inputs": {"source": ["3", 1]}},

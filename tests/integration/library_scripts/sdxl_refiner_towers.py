@@ -12,6 +12,10 @@ On the tiny SDXL (its file and te_options sidecar), loaded as ComfyUI loads a ch
 4. Family checks on real objects, each refused naming both families (or the width) before ComfyUI sees a tensor:
    an SD1.x face on the SDXL CLIP and on the refiner, an SDXL face on an SD1.x CLIP (CLIP-L alone, the tiny SDXL's
    CLIP-L weights) and on a Flux CLIP (CLIP-L + a one-layer T5), an SD1.x face on Flux, and wrong-width S*.
+5. `flavours` (T6, docs/sdxl.md section 5): the checkpoint as a v-prediction, EDM v-prediction and Playground
+   EDM SDXL (the keys ComfyUI reads, comfy/supported_models.py `SDXL.model_type`) and with a 9-channel
+   (inpainting) input convolution: S* goes into their CLIP as into the base's (the conditioning is the
+   base's), while `make_backend` refuses to train them (eps only; inpainting), and refuses the refiner.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from comfyui_face2diffusion.nodes.clip_tokens import (
     fine_tuned_towers_warning,
     tokens_with_face,
 )
+from comfyui_face2diffusion.nodes.training.comfy_backend_sdxl import make_backend
 from safetensors.torch import save_file
 
 PROMPT = "a photo of f l as a knight"
@@ -147,7 +152,10 @@ def main(checkpoint: str, te_options: str, refiner_unet_config: dict, embeddings
     ti_cond, ti_pooled = _encode(tuned_clip, tuned_clip.tokenize("a photo of embedding:face as a knight"))
     trained_with = {"text_encoder_fingerprint": clip_text_fingerprint(base_clip)}  # as a mapper trained on the base
     refusals = family_refusals(sd, options, base_clip, face)
+    flavours = _flavours(sd, fp32, base_cond, face)
+    flavours["refiner"] = _training_refusal(refiner, refiner_clip)
     return {
+        "flavours": flavours,
         "clip_skip": {str(layer): _clip_skip(base_clip, layer) for layer in (None, -2, -1, -3)},
         "refusals": refusals,
         "refiner_model": type(refiner.model).__name__,
@@ -163,3 +171,40 @@ def main(checkpoint: str, te_options: str, refiner_unet_config: dict, embeddings
         "fine_tune_warning_base": fine_tuned_towers_warning(base_clip, trained_with),
         "fine_tune_warning_tuned": fine_tuned_towers_warning(tuned_clip, trained_with),
     }
+
+
+FLAVOURS = {  # the keys a checkpoint carries for ComfyUI to load it as that kind of SDXL
+    "v_pred": {"v_pred": torch.tensor([])},
+    "edm_vpred": {"edm_vpred.sigma_max": torch.tensor(120.0), "edm_vpred.sigma_min": torch.tensor(0.002)},
+    "playground_edm": {"edm_mean": torch.zeros(1, 4, 1, 1), "edm_std": torch.ones(1, 4, 1, 1)},
+}
+FIRST_CONV = "model.diffusion_model.input_blocks.0.0.weight"
+
+
+def _training_refusal(model, clip) -> str:
+    """make_backend's F2DError message for MODEL and CLIP ("" when it would train them)."""
+    try:
+        with torch.inference_mode(False):
+            make_backend(model, clip, training_dtype="fp32")
+    except F2DError as refused:
+        return str(refused)
+    return ""
+
+
+def _flavours(sd: dict, te_options: dict, base_cond: torch.Tensor, face: dict) -> dict:
+    """Per flavour: ComfyUI's model type, whether S* conditions its CLIP as the base's, and the training refusal."""
+    conv = sd[FIRST_CONV]
+    inpaint = {FIRST_CONV: torch.cat([conv, 0.01 * torch.ones(conv.shape[0], 5, *conv.shape[2:], dtype=conv.dtype)], 1)}
+    out = {}
+    for name, extra in {**FLAVOURS, "inpainting": inpaint}.items():
+        model, clip, _, _ = comfy.sd.load_state_dict_guess_config(
+            {**sd, **extra}, output_vae=False, te_model_options=te_options
+        )
+        cond, _ = _encode(clip, tokens_with_face(clip, PROMPT, face, "f l"))
+        out[name] = {
+            "model_type": model.model.model_type.name,
+            "in_channels": model.model.model_config.unet_config.get("in_channels"),
+            "applies": bool(torch.equal(cond, base_cond)),
+            "refusal": _training_refusal(model, clip),
+        }
+    return out

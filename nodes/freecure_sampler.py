@@ -208,8 +208,14 @@ class F2DFreeCureSampler(io.ComfyNode):
         identifier = identifier.strip()
         choice = parse_attribute_list(attributes, text)
         s_star = s_star_for_prompt(f2d_face, expression, expression_strength)
+        notes = []
         if positive is None:
             positive = face_conditioning(clip, text, s_star, identifier, identity_start, class_noun)
+        elif identity_start > 0:
+            notes.append(
+                f"Note: positive is connected, so identity_start {identity_start} here is not used: set it on the "
+                "Apply F2D Tokens that makes positive."
+            )
         foundation = foundation_conditioning(clip, positive, text, identifier, class_noun)
         parser = load_weight_file(load_face_parser, face_parser, PARSER_HOW_TO_GET)  # held while it runs
         result = run_freecure(
@@ -225,6 +231,7 @@ class F2DFreeCureSampler(io.ComfyNode):
             choice,
             attribute_mask,
         )
+        result.report += notes
         if choice.unparsed and attribute_mask is None:
             result.report.append(
                 f"Note: the face parser has no class for {', '.join(choice.unparsed)}: connect an attribute_mask."

@@ -4,6 +4,7 @@ side by side in one process (interleaved rounds), with peak memory and the ratio
     COMFYUI_PATH=/path/to/ComfyUI python bench/freecure_speed.py                       # tiny SD1.5, CPU
     COMFYUI_PATH=... python bench/freecure_speed.py --full-sd15 --size 256 --steps 4    # SD1.5-shaped UNet, CPU
     COMFYUI_PATH=... python bench/freecure_speed.py --checkpoint sd15.safetensors --size 512 --steps 30 --gpu
+    COMFYUI_PATH=... python bench/freecure_speed.py --rounds 1 --profile 25   # + where the fast route's time goes
 
 - plain F2D: one KSampler run (batch k: 2 UNet rows a step per image, cond + uncond).
 - straightforward FreeCure: FreeCure's order: [PD, FD] sampled, parsed, [PD, FD] sampled again with FASA (4x).
@@ -11,6 +12,7 @@ side by side in one process (interleaved rounds), with peak memory and the ratio
 - fast FreeCure + APG: then asymmetric prompt guidance (gamma 0.5: half the steps inverted at CFG 1, re-run).
 The fast route's output is compared with the straightforward one (max abs latent difference, euler).
 The attribute mask is fixed (the top 30 % of the image) so FASA does full work on random test weights.
+With --profile N, one more fast-route run under cProfile: its N costliest functions (own time) and its stages.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def main() -> None:
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--gpu", action="store_true", help="run ComfyUI on the GPU")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile one fast run: top N functions")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.comfyui:
@@ -72,6 +75,7 @@ def main() -> None:
         rounds=args.rounds,
         batch=args.batch,
         sampler=args.sampler,
+        profile_rows=args.profile,
     )
     result["checkpoint"] = str(checkpoint)
     print(json.dumps(result, indent=1))

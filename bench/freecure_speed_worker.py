@@ -3,6 +3,9 @@ route, interleaved in one process, with wall time and peak memory per arm. Run t
 
 from __future__ import annotations
 
+import cProfile
+import io
+import pstats
 import statistics
 import threading
 import time
@@ -65,6 +68,7 @@ def main(
     sampler: str = "euler",
     omega: float = 0.5,
     mask_fraction: float = 0.3,
+    profile_rows: int = 0,
 ) -> dict:
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(checkpoint, output_vae=True, output_clip=True)[:3]
     device = comfy.model_management.get_torch_device()
@@ -126,7 +130,9 @@ def main(
             peaks[name] = max(peaks[name], mem.peak)
     base = statistics.median(times["plain F2D"])
     fast, straight = outputs["fast FreeCure"], outputs["straightforward FreeCure"]
+    profile = _profile(run("fast"), profile_rows) if profile_rows > 0 else None
     return {
+        "profile_fast": profile,
         "device": str(device),
         "size": size,
         "steps": steps,
@@ -144,3 +150,16 @@ def main(
         "report_fast": fast["report"],
         "report_straightforward": straight["report"],
     }
+
+
+def _profile(arm, rows: int) -> dict:
+    """One run of `arm` under cProfile: its stage seconds (from the report) and the `rows` functions with the most
+    own time (pstats lines: calls, tottime, percall, cumtime, percall, function)."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    out = arm()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(rows)
+    lines = [line for line in text.getvalue().splitlines() if line.strip()]
+    return {"stages": [line for line in out["report"] if line.startswith("seconds")], "top_tottime": lines}

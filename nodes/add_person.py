@@ -11,11 +11,13 @@ from ..f2d_core.conditioning.regions import MAX_PEOPLE, person_mask
 from .apply_tokens import s_star_for_prompt
 from .face_conditioning import (
     checked_identifier,
+    expression_inputs,
     face_conditioning,
     identifier_check,
     identifier_inputs,
+    prompt_input,
 )
-from .sockets import F2DExpression, F2DExpressionSocket, F2DFace, F2DFaceSocket
+from .sockets import F2DExpression, F2DFace, F2DFaceSocket
 
 
 class F2DAddPerson(io.ComfyNode):
@@ -41,13 +43,7 @@ class F2DAddPerson(io.ComfyNode):
                 ),
                 io.Latent.Input("latent", tooltip="The latent that is sampled: masks are checked against its size."),
                 F2DFaceSocket.Input("f2d_face", tooltip="This person, from Encode Face \u2192 S* or Load F2D Face."),
-                io.String.Input(
-                    "text",
-                    multiline=True,
-                    dynamic_prompts=True,
-                    default=f"a photo of {DEFAULT_IDENTIFIER}",
-                    tooltip=f"This person's prompt, with the identifier ('{DEFAULT_IDENTIFIER}') where they go.",
-                ),
+                prompt_input(f"This person's prompt, with the identifier ('{DEFAULT_IDENTIFIER}') where they go."),
                 io.Mask.Input(
                     "masks",
                     tooltip="The regions: F2D Region Layout, F2D Face Masks, or any MASK (a batch holds one mask per "
@@ -69,17 +65,9 @@ class F2DAddPerson(io.ComfyNode):
                     tooltip="Weight of this person's prompt inside the region against the scene prompt "
                     "(ConditioningSetMask's strength); raise it if the scene washes the person out.",
                 ),
-                F2DExpressionSocket.Input(
-                    "expression", optional=True, tooltip="From Expression Reference: this person's expression."
-                ),
-                io.Float.Input(
-                    "expression_strength",
-                    default=1.0,
-                    min=0.0,
-                    max=1.0,
-                    step=0.05,
-                    optional=True,
-                    tooltip="How much of the reference expression to use; 0 = the prompt decides.",
+                *expression_inputs(
+                    "From Expression Reference: this person's expression.",
+                    "How much of the reference expression to use; 0 = the prompt decides.",
                 ),
                 *identifier_inputs(),
             ],

@@ -13,11 +13,13 @@ from ..f2d_core.identity.norm_match import SETTINGS_KEY as NORM_MATCH_KEY
 from .clip_tokens import clip_skip_warning, fine_tuned_towers_warning
 from .face_conditioning import (
     checked_identifier,
+    expression_inputs,
     face_conditioning,
     identifier_check,
     identifier_inputs,
+    prompt_input,
 )
-from .sockets import F2DExpression, F2DExpressionSocket, F2DFace, F2DFaceSocket
+from .sockets import F2DExpression, F2DFace, F2DFaceSocket
 
 log = logging.getLogger(__name__)
 
@@ -52,31 +54,12 @@ class F2DApplyTokens(io.ComfyNode):
                 io.Clip.Input(
                     "clip", tooltip="The CLIP of the checkpoint the face is for: SD1.x, or SDXL (base or refiner)."
                 ),
-                io.String.Input(
-                    "text",
-                    multiline=True,
-                    dynamic_prompts=True,
-                    default=f"a photo of {DEFAULT_IDENTIFIER}",
-                    tooltip=f"The prompt. Write the identifier ('{DEFAULT_IDENTIFIER}') where the person goes; "
-                    "(f l:1.2) weights work as usual.",
+                prompt_input(
+                    f"The prompt. Write the identifier ('{DEFAULT_IDENTIFIER}') where the person goes; "
+                    "(f l:1.2) weights work as usual."
                 ),
                 F2DFaceSocket.Input("f2d_face", tooltip="From Encode Face (the face as S*) or Load F2D Face."),
-                F2DExpressionSocket.Input(
-                    "expression",
-                    optional=True,
-                    tooltip="From Expression Reference: copy that photo's expression. Without it the "
-                    "expression follows the prompt (the official behaviour).",
-                ),
-                io.Float.Input(
-                    "expression_strength",
-                    default=1.0,
-                    min=0.0,
-                    max=1.0,
-                    step=0.05,
-                    optional=True,
-                    tooltip="How much of the reference expression to use (multiplies the strength set on "
-                    "Expression Reference); 0 = the prompt decides.",
-                ),
+                *expression_inputs(),
                 *identifier_inputs(),
             ],
             outputs=[io.Conditioning.Output()],

@@ -9,6 +9,7 @@ from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER, find_identifie
 from ..f2d_core.errors import PromptError
 from ..f2d_core.identity.s_star_family import SStar, s_star_family
 from .clip_tokens import identifier_ids, special_tokens, tokens_with_face
+from .sockets import F2DExpressionSocket
 
 
 def class_noun_tokens(clip, text: str, identifier: str, class_noun: str) -> dict:
@@ -97,8 +98,38 @@ def checked_identifier(identifier: str) -> str:
     return identifier.strip()
 
 
-def identifier_inputs() -> list:
-    """The `identifier`, `identity_start` and `class_noun` inputs shared by Apply F2D Tokens and Add F2D Person."""
+def prompt_input(tooltip: str, default: str = f"a photo of {DEFAULT_IDENTIFIER}") -> io.String.Input:
+    """The `text` input of the nodes that prompt with the identifier (multiline, dynamic prompts)."""
+    return io.String.Input("text", multiline=True, dynamic_prompts=True, default=default, tooltip=tooltip)
+
+
+def expression_inputs(
+    expression_tooltip: str = "From Expression Reference: copy that photo's expression. Without it the expression "
+    "follows the prompt (the official behaviour).",
+    strength_tooltip: str = "How much of the reference expression to use (multiplies the strength set on "
+    "Expression Reference); 0 = the prompt decides.",
+) -> list:
+    """The optional `expression` and `expression_strength` inputs of the nodes that take an Expression Reference."""
+    return [
+        F2DExpressionSocket.Input("expression", optional=True, tooltip=expression_tooltip),
+        io.Float.Input(
+            "expression_strength",
+            default=1.0,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            optional=True,
+            tooltip=strength_tooltip,
+        ),
+    ]
+
+
+def identifier_inputs(
+    class_noun_tooltip: str = "The word that stands in for the identifier until identity_start, e.g. 'person', "
+    "'woman', 'man', 'child'.",
+) -> list:
+    """The `identifier`, `identity_start` and `class_noun` inputs of the nodes that prompt with the identifier
+    (Apply F2D Tokens, Add F2D Person, F2D FreeCure Sampler)."""
     return [
         io.String.Input(
             "identifier",
@@ -123,7 +154,6 @@ def identifier_inputs() -> list:
             "class_noun",
             default=DEFAULT_CLASS_NOUN,
             optional=True,
-            tooltip="The word that stands in for the identifier until identity_start, e.g. 'person', 'woman', "
-            "'man', 'child'.",
+            tooltip=class_noun_tooltip,
         ),
     ]

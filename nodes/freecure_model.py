@@ -51,21 +51,30 @@ def up_block_layers(model, which: str = LAYER_CHOICES[0]) -> list[LayerKey]:
     return [key for lv, key in found if lv in levels]
 
 
-def plain_attention_for(model):
+class PlainAttention:
     """plain(q, k, v, extra_options): what the layer computes without FreeCure: an attn1_replace patch already
     on the model for that block (chained), else the user's attention backend, called as core calls it."""
-    replaced = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
 
-    def plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eo: dict) -> torch.Tensor:
+    def __init__(self, model) -> None:
+        self.replaced = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+
+    def previous(self, eo: dict):
+        """The attn1_replace patch the model had for this block, or None."""
         block = tuple(eo["block"])
-        previous = replaced.get((*block, eo.get("block_index", 0))) or replaced.get(block)
+        return self.replaced.get((*block, eo.get("block_index", 0))) or self.replaced.get(block)
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eo: dict) -> torch.Tensor:
+        previous = self.previous(eo)
         if previous is not None:
             return previous(q, k, v, eo)
         return comfy_attention.optimized_attention(
             q, k, v, eo["n_heads"], attn_precision=eo["attn_precision"], transformer_options=eo
         )
 
-    return plain
+    def rows_independent(self, eo: dict) -> bool:
+        """True where the backend attends each row on its own (any subset of rows gives those rows' output);
+        a chained patch may read the batch layout (cond_or_uncond), so it always gets the whole batch."""
+        return self.previous(eo) is None
 
 
 def patched(model, patch: FasaPatch, layers: list[LayerKey]):

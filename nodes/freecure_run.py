@@ -28,7 +28,7 @@ from ..f2d_core.freecure.gating import SigmaWindow
 from ..f2d_core.freecure.masks import LayerMasks, attribute_mask, quarter_resolution
 from ..f2d_core.freecure.patch import FasaPatch
 from .freecure_apg import text_conditioning
-from .freecure_model import cache_budget, ksample, masked_attention, patched, plain_attention_for, up_block_layers
+from .freecure_model import PlainAttention, cache_budget, ksample, masked_attention, patched, up_block_layers
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +230,11 @@ def run_freecure(
     window = sigma_window(model, settings)
     route = choose_route(settings.route, sampling.sampler_name)
     latent_hw = tuple(latent["samples"].shape[-2:])
+    plain = PlainAttention(model)
     common = {
-        "pairs": pairs, "plain_attention": plain_attention_for(model), "attention": masked_attention(),
-        "window": window, "omega": settings.omega, "style_fidelity": settings.style_fidelity, "latent_hw": latent_hw,
+        "pairs": pairs, "plain_attention": plain, "attention": masked_attention(), "window": window,
+        "omega": settings.omega, "style_fidelity": settings.style_fidelity, "latent_hw": latent_hw,
+        "rows_independent": plain.rows_independent,
     }  # fmt: skip
     s = sampling
     seconds: dict[str, float] = {}

@@ -14,13 +14,19 @@ from ..f2d_core.faces.face_parsing import load_face_parser
 from ..f2d_core.freecure.apg import template_prompt
 from ..f2d_core.freecure.attributes import parse_attribute_list
 from .apply_tokens import s_star_for_prompt
-from .face_conditioning import face_conditioning, identifier_check
+from .face_conditioning import (
+    expression_inputs,
+    face_conditioning,
+    identifier_check,
+    identifier_inputs,
+    prompt_input,
+)
 from .freecure_apg import APG_MODES, run_apg, text_conditioning
 from .freecure_model import LAYER_CHOICES
 from .freecure_run import ROUTES, FasaSettings, Sampling, foundation_conditioning, run_freecure
 from .model_cache import load_weight_file
 from .model_paths import weight_files
-from .sockets import F2DExpression, F2DExpressionSocket, F2DFace, F2DFaceSocket
+from .sockets import F2DExpression, F2DFace, F2DFaceSocket
 from .training.dataset_node import PARSER_FILE, PARSER_HOW_TO_GET
 
 log = logging.getLogger(__name__)
@@ -44,13 +50,10 @@ class F2DFreeCureSampler(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="The CLIP of the same SD1.x checkpoint."),
                 io.Vae.Input("vae", tooltip="Decodes the foundation image for the face parser."),
                 F2DFaceSocket.Input("f2d_face", tooltip="From Encode Face (the face as S*) or Load F2D Face."),
-                io.String.Input(
-                    "text",
-                    multiline=True,
-                    dynamic_prompts=True,
+                prompt_input(
+                    f"The prompt, with the identifier ('{DEFAULT_IDENTIFIER}') where the person goes, as for Apply "
+                    "F2D Tokens. Its attribute words choose what FreeCure restores.",
                     default=f"a photo of {DEFAULT_IDENTIFIER} with blonde curly hair, wearing sunglasses",
-                    tooltip=f"The prompt, with the identifier ('{DEFAULT_IDENTIFIER}') where the person goes, as for "
-                    "Apply F2D Tokens. Its attribute words choose what FreeCure restores.",
                 ),
                 io.Conditioning.Input("negative", tooltip="The negative prompt (CLIPTextEncode)."),
                 io.Latent.Input("latent_image", tooltip="Empty Latent Image: its batch is the number of images."),
@@ -85,10 +88,7 @@ class F2DFreeCureSampler(io.ComfyNode):
                     tooltip="omega: extra attention to the foundation image's attribute (a logit bias; each of its "
                     "tokens weighs e^omega). FreeCure's F2D example uses 0.5, its paper 2.0.",
                 ),
-                F2DExpressionSocket.Input(
-                    "expression", optional=True, tooltip="From Expression Reference, as on Apply F2D Tokens."
-                ),
-                io.Float.Input("expression_strength", default=1.0, min=0.0, max=1.0, step=0.05, optional=True),
+                *expression_inputs(),
                 io.Conditioning.Input(
                     "positive",
                     optional=True,
@@ -101,22 +101,9 @@ class F2DFreeCureSampler(io.ComfyNode):
                     tooltip="Added to the parsed mask: for what the parser cannot see (a beard, a face mask), from "
                     "any segmentation node. One mask, or one per image.",
                 ),
-                io.String.Input("identifier", default=DEFAULT_IDENTIFIER, optional=True),
-                io.Float.Input(
-                    "identity_start",
-                    default=0.0,
-                    min=0.0,
-                    max=0.99,
-                    step=0.01,
-                    optional=True,
-                    tooltip="As on Apply F2D Tokens: the class noun for this fraction of sampling, then S*.",
-                ),
-                io.String.Input(
-                    "class_noun",
-                    default=DEFAULT_CLASS_NOUN,
-                    optional=True,
-                    tooltip="The foundation prompt's word for the person ('woman', 'man' often give a better "
-                    "foundation image than 'person'); also used by identity_start.",
+                *identifier_inputs(
+                    "The foundation prompt's word for the person ('woman', 'man' often give a better foundation "
+                    "image than 'person'); also used by identity_start."
                 ),
                 io.Float.Input(
                     "style_fidelity",
@@ -221,8 +208,14 @@ class F2DFreeCureSampler(io.ComfyNode):
         identifier = identifier.strip()
         choice = parse_attribute_list(attributes, text)
         s_star = s_star_for_prompt(f2d_face, expression, expression_strength)
+        notes = []
         if positive is None:
             positive = face_conditioning(clip, text, s_star, identifier, identity_start, class_noun)
+        elif identity_start > 0:
+            notes.append(
+                f"Note: positive is connected, so identity_start {identity_start} here is not used: set it on the "
+                "Apply F2D Tokens that makes positive."
+            )
         foundation = foundation_conditioning(clip, positive, text, identifier, class_noun)
         parser = load_weight_file(load_face_parser, face_parser, PARSER_HOW_TO_GET)  # held while it runs
         result = run_freecure(
@@ -238,6 +231,7 @@ class F2DFreeCureSampler(io.ComfyNode):
             choice,
             attribute_mask,
         )
+        result.report += notes
         if choice.unparsed and attribute_mask is None:
             result.report.append(
                 f"Note: the face parser has no class for {', '.join(choice.unparsed)}: connect an attribute_mask."

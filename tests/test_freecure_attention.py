@@ -162,6 +162,42 @@ def test_cached_foundation_route_equals_the_pair_batch(pairs):
     assert cache.misses == 0 and replay.stats.fasa_calls == 1
 
 
+@pytest.mark.parametrize("style_fidelity", [1.0, 0.5])
+def test_cached_route_asks_no_plain_attention_for_the_rows_fasa_replaces(style_fidelity):
+    """With a backend that attends each row on its own (rows_independent), the cached mode computes the plain
+    attention of the unconditional rows only (kept, or blended when style_fidelity < 1), not of the
+    conditional ones FASA overwrites; the output is the same as with the plain output of every row. With no
+    in-mask token it asks for the whole batch at once: the plain output bit for bit."""
+    pairs, h, w, cu = 2, 12, 8, [1, 0]
+    q, k, v = _qkv(len(cu) * pairs, n=h * w, width=320, seed=7)
+    eo = _eo(cu, h, w, 3.0, batch=q.shape[0])
+    asked = []
+
+    def plain(q_, k_, v_, eo_):
+        asked.append(q_)
+        return sdpa(q_, k_, v_, eo_["n_heads"])
+
+    for mask_fraction, want_rows in ((0.3, q[:pairs]), (0.0, q)):
+        patches = []
+        for independent in (None, lambda _: True):
+            cache = FoundationCache()
+            FasaPatch("record", pairs, _plain, sdpa, style_fidelity=style_fidelity, cache=cache)(q, k, v, eo)
+            cache.gather(LayerMasks(_masks(pairs, h, w, seed=2, fraction=mask_fraction)))
+            patches.append(
+                FasaPatch("cached", pairs, plain, sdpa, omega=1.5, style_fidelity=style_fidelity, cache=cache,
+                          rows_independent=independent)
+            )  # fmt: skip
+        every = patches[0](q, k, v, eo)
+        asked.clear()
+        kept = patches[1](q, k, v, eo)
+        assert len(asked) == 1 and torch.equal(asked[0], want_rows)
+        assert (kept - every).abs().max() < 1e-6
+        if mask_fraction == 0.0:
+            assert torch.equal(kept, sdpa(q, k, v, HEADS))
+        else:
+            assert (kept[pairs:] - sdpa(q, k, v, HEADS)[pairs:]).abs().max() > 1e-3  # FASA acted
+
+
 def test_sigma_window_gates_fasa():
     h, w = 8, 8
     q, k, v = _qkv(4, n=64, width=320)

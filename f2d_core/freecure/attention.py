@@ -22,6 +22,8 @@ from ..errors import F2DError
 # attention(q, k, v, heads, mask=...) -> [B, N, heads*dim], e.g. ComfyUI's attention_pytorch: q [B, N, H*D],
 # k and v [B, M, H*D], mask a float bias [B, 1, M] broadcast over heads and queries.
 AttentionFn = Callable[..., torch.Tensor]
+# plain_rows(rows) -> the plain self-attention output [len(rows), N, heads*dim] of those rows (None: all rows).
+PlainRowsFn = Callable[[torch.Tensor | None], torch.Tensor]
 COND, UNCOND = 0, 1  # ComfyUI's cond_or_uncond values
 
 
@@ -168,23 +170,24 @@ def fasa_attention_cached(
     style_fidelity: float,
     attention: AttentionFn,
     plain: torch.Tensor | None = None,
+    plain_rows: PlainRowsFn | None = None,
 ) -> torch.Tensor:
     """FASA on a batch of PD rows only, the FD keys and values coming from a cache of the foundation run.
 
     q, k, v: [B, N, heads*dim], B = len(cond_or_uncond) * pairs, chunk c = [PD_0..PD_{k-1}].
     foundation[c]: for chunk c (its index in cond_or_uncond) a list over pairs of (keys, values), each
     [m_j, heads*dim], the FD tokens inside pair j's mask at this layer and step (no entry: chunk left
-    plain). Same result as `fasa_attention` on the full [PD, FD] batch. Raises FasaLayoutError.
+    plain). plain: the plain output of every row, if already computed. plain_rows(rows): the plain output of
+    the rows `rows` (int64 [r]; None: all rows, the whole batch as given), for a backend that computes each
+    row on its own: then the rows FASA replaces (conditional ones) get no plain attention at all. Neither:
+    attention(q, k, v, heads). Same result as `fasa_attention` on the full [PD, FD] batch; with no in-mask
+    token anywhere, the plain output itself. Raises FasaLayoutError.
     """
     kinds = _changed_kinds(style_fidelity)
     chunks = len(cond_or_uncond)
     if chunks == 0 or q.shape[0] % chunks:
         raise FasaLayoutError(f"FASA got a batch of {q.shape[0]} for cond_or_uncond {list(cond_or_uncond)}.")
     b = q.shape[0] // chunks
-    if plain is None:
-        plain = attention(q, k, v, heads)
-    if omega == float("-inf"):
-        return plain
     targets = []
     for c, kind in enumerate(cond_or_uncond):
         tokens = foundation.get(c)
@@ -193,9 +196,23 @@ def fasa_attention_cached(
         if len(tokens) != b:
             raise FasaLayoutError(f"FASA: chunk {c} has {b} PD rows but the foundation cache {len(tokens)} pairs.")
         for j, (fk, fv) in enumerate(tokens):
-            targets.append((c * b + j, kind, fk.to(q.device), fv.to(q.device)))
-    if not any(t[2].shape[0] for t in targets):
-        return plain
-    out = plain.clone()
-    _apply_rows(out, plain, q, k, v, targets, heads, omega, style_fidelity, attention)
+            if fk.shape[0] > 0:
+                targets.append((c * b + j, kind, fk.to(q.device), fv.to(q.device)))
+    if plain is None and plain_rows is None:
+        plain = attention(q, k, v, heads)
+    if omega == float("-inf") or not targets:  # exp(-inf) = 0: the FD keys carry no weight
+        return plain if plain is not None else plain_rows(None)
+    if plain is not None:
+        out = plain.clone()
+        _apply_rows(out, plain, q, k, v, targets, heads, omega, style_fidelity, attention)
+        return out
+    replaced = {row for row, kind, _, _ in targets if kind == COND}
+    kept = [row for row in range(q.shape[0]) if row not in replaced]
+    if kept:
+        part = plain_rows(torch.tensor(kept, device=q.device))
+        out = part.new_empty((q.shape[0], *part.shape[1:]))
+        out[kept] = part
+    else:
+        out = torch.empty_like(q)
+    _apply_rows(out, out, q, k, v, targets, heads, omega, style_fidelity, attention)  # blends read kept rows
     return out

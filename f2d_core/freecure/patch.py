@@ -60,7 +60,11 @@ class FasaPatch:
         masks: LayerMasks | None = None,
         cache: FoundationCache | None = None,
         latent_hw: tuple[int, int] | None = None,
+        rows_independent: Callable[[dict], bool] | None = None,
     ) -> None:
+        """rows_independent(extra_options): whether plain_attention computes each row on its own at that layer
+        (ComfyUI's attention backends: yes; another node's patch: not known), so that the "cached" mode can
+        leave out the plain attention of the rows FASA replaces. None: never assumed."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "pairs" and masks is None:
@@ -71,6 +75,7 @@ class FasaPatch:
         self.plain_attention, self.attention = plain_attention, attention
         self.window, self.omega, self.style_fidelity = window or SigmaWindow(), float(omega), float(style_fidelity)
         self.masks, self.cache, self.latent_hw = masks, cache, latent_hw
+        self.rows_independent = rows_independent
         self.kinds = {COND} if self.style_fidelity == 1.0 else {COND, UNCOND}
         self.stats = PatchStats()
 
@@ -109,33 +114,50 @@ class FasaPatch:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         eo = extra_options
-        plain = self.plain_attention(q, k, v, eo)
         why, (h, w) = self._plain_reason(q, eo)
         if why is not None:
             self.stats.skip(why)
-            return plain
+            return self.plain_attention(q, k, v, eo)
         cu = list(eo["cond_or_uncond"])
         heads = int(eo["n_heads"])
-        if self.mode == "pairs":
-            out = fasa_attention(
-                q, k, v, heads, cu, self.pairs, self.masks.all_tokens(h, w), self.omega, self.style_fidelity,
-                self.attention, plain,
-            )  # fmt: skip
-        elif self.mode == "record":
-            for c, (kind, ordinal) in enumerate(zip(cu, self._ordinals(cu), strict=True)):
-                if kind in self.kinds:
-                    rows = slice(c * self.pairs, (c + 1) * self.pairs)
-                    self.cache.record(self._key(eo, kind, ordinal), k[rows], v[rows], (h, w))
-            out = plain
-        else:
+        if self.mode == "cached":
             foundation = {}
             for c, (kind, ordinal) in enumerate(zip(cu, self._ordinals(cu), strict=True)):
                 if kind in self.kinds:
                     tokens = self.cache.next(self._key(eo, kind, ordinal))
                     if tokens is not None:
                         foundation[c] = tokens
+            plain, plain_rows = None, None
+            if self.rows_independent is not None and self.rows_independent(eo):
+                plain_rows = self._plain_rows(q, k, v, eo)  # the rows FASA replaces get no plain attention
+            else:
+                plain = self.plain_attention(q, k, v, eo)
             out = fasa_attention_cached(
-                q, k, v, heads, cu, foundation, self.omega, self.style_fidelity, self.attention, plain
+                q, k, v, heads, cu, foundation, self.omega, self.style_fidelity, self.attention, plain, plain_rows
             )
+            self.stats.fasa_calls += 1
+            return out
+        plain = self.plain_attention(q, k, v, eo)
+        if self.mode == "pairs":
+            out = fasa_attention(
+                q, k, v, heads, cu, self.pairs, self.masks.all_tokens(h, w), self.omega, self.style_fidelity,
+                self.attention, plain,
+            )  # fmt: skip
+        else:  # record
+            for c, (kind, ordinal) in enumerate(zip(cu, self._ordinals(cu), strict=True)):
+                if kind in self.kinds:
+                    rows = slice(c * self.pairs, (c + 1) * self.pairs)
+                    self.cache.record(self._key(eo, kind, ordinal), k[rows], v[rows], (h, w))
+            out = plain
         self.stats.fasa_calls += 1
         return out
+
+    def _plain_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eo: dict):
+        """plain_rows(rows) for fasa_attention_cached: the plain attention of some rows (None: the whole batch)."""
+
+        def plain_rows(rows: torch.Tensor | None) -> torch.Tensor:
+            if rows is None:
+                return self.plain_attention(q, k, v, eo)
+            return self.plain_attention(q[rows], k[rows], v[rows], eo)
+
+        return plain_rows

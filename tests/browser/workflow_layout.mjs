@@ -368,6 +368,7 @@ Expression words (*laughing*) get asymmetric prompt guidance (APG). The report l
 **Cost**: about 2x a KSampler in UNet work (2.75x with APG); the plain KSampler is only for the comparison.`),
     },
     noteSize: { files: [600, 390] },
+    seedControl: { 6: "increment", 9: "increment" }, // the plain KSampler keeps FreeCure's seed run after run
     sizes: {
       5: [170, 0],
       6: [400, 0],

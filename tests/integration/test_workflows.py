@@ -126,15 +126,24 @@ def test_templates_are_titled_for_people_portrait_first():
         assert re.fullmatch(r"\d\d [A-Z][A-Za-z0-9 ]+", title), title
 
 
-def test_freecure_workflow_saves_before_and_after_side_by_side(comfy_server: ComfyServer, uploaded: dict[str, str]):
+def test_freecure_workflow_saves_before_and_after_side_by_side(
+    comfy_server: ComfyServer, uploaded: dict[str, str], object_info: dict
+):
     """The plain F2D image (KSampler on the sampler's own `positive`, same seed) and FreeCure's, stitched into
-    one saved image; the report is shown."""
+    one saved image; the report is shown. Both seeds move on together after each run ("increment"), so the
+    "before" stays FreeCure's image without FreeCure (two "randomize" seeds would part after the first run)."""
     api = load_api(FREECURE)
-    (sampler,) = _nodes_of(api, "F2DFreeCureSampler").values()
-    (plain,) = _nodes_of(api, "KSampler").values()
+    ((sampler_id, sampler),) = _nodes_of(api, "F2DFreeCureSampler").items()
+    ((plain_id, plain),) = _nodes_of(api, "KSampler").items()
     assert {k: plain["inputs"][k] for k in ("seed", "steps", "cfg", "sampler_name", "scheduler")} == {
         k: sampler["inputs"][k] for k in ("seed", "steps", "cfg", "sampler_name", "scheduler")
     }
+    ui = {str(node["id"]): node for node in load_ui(FREECURE)["nodes"]}
+    controls = [
+        ui[i]["widgets_values"][widget_positions(object_info[ui[i]["type"]])["seed"] + 1]
+        for i in (sampler_id, plain_id)
+    ]
+    assert controls == ["increment", "increment"]
     assert {"hair", "sunglasses", "laughing"} <= set(sampler["inputs"]["text"].replace(",", " ").split())
     graph = prepare_for_test(api, uploaded, FREECURE)
     history = comfy_server.run(graph, timeout=600)

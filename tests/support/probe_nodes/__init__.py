@@ -143,7 +143,46 @@ class F2DTestTinySDXLCheckpointLoader:
         return out[:3]
 
 
+class _SharperSelfAttention:
+    """An attn1_replace patch that another node could have set: self-attention with the queries scaled (a
+    sharper softmax), through ComfyUI's attention backend. Deep-copied with the model options, as any patch."""
+
+    def __init__(self, scale):
+        self.scale = scale
+
+    def __call__(self, q, k, v, extra_options):
+        from comfy.ldm.modules.attention import optimized_attention
+
+        return optimized_attention(q * self.scale, k, v, extra_options["n_heads"])
+
+
+class F2DTestSharperSelfAttention:
+    """A MODEL clone with `_SharperSelfAttention` as attn1_replace on every up-block transformer (the blocks
+    FreeCure patches): stands for another node that uses the same attn1_replace slots."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "scale": ("FLOAT", {"default": 1.5, "min": 0.0, "max": 10.0})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "testing"
+
+    def patch(self, model, scale):
+        from comfy.ldm.modules.attention import SpatialTransformer
+
+        clone = model.clone()
+        patch = _SharperSelfAttention(scale)
+        for i, block in enumerate(model.get_model_object("diffusion_model").output_blocks):
+            for module in block:
+                if isinstance(module, SpatialTransformer):
+                    for d in range(len(module.transformer_blocks)):
+                        clone.set_model_attn1_replace(patch, "output", i, d)
+        return (clone,)
+
+
 NODE_CLASS_MAPPINGS = {
     "F2DTestSaveConditioning": F2DTestSaveConditioning,
     "F2DTestTinySDXLCheckpointLoader": F2DTestTinySDXLCheckpointLoader,
+    "F2DTestSharperSelfAttention": F2DTestSharperSelfAttention,
 }

@@ -75,7 +75,8 @@ def run_lock(run_dir: Path, what: str, enabled: bool = True) -> Iterator[None]:
     """Hold `run_dir/run.lock` for the block; RunLocked when a live process holds it.
 
     Args:
-        run_dir: the run folder (created if missing).
+        run_dir: the run folder (created if missing, and removed again when the block leaves it empty: a
+            training refused before it wrote anything leaves no run folder behind).
         what: who this writer is, for the other's message (e.g. "cli/train_mapper.py", "Train F2D Mapper").
         enabled: False holds nothing (ranks other than 0, which write no state).
 
@@ -88,6 +89,7 @@ def run_lock(run_dir: Path, what: str, enabled: bool = True) -> Iterator[None]:
         yield
         return
     run_dir = Path(run_dir)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
     mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "what": what}
@@ -123,3 +125,6 @@ def run_lock(run_dir: Path, what: str, enabled: bool = True) -> Iterator[None]:
         if holder and holder.get("pid") == mine["pid"] and holder.get("started") == mine["started"]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        if created:
+            with contextlib.suppress(OSError):  # not empty (the run wrote its state), or already gone
+                run_dir.rmdir()

@@ -96,3 +96,21 @@ def test_two_msid_trainings_on_one_run_dir_the_second_is_refused(tmp_path: Path)
         first.wait(timeout=300)
     assert first.returncode == 130
     assert not (tmp_path / "run" / LOCK_FILE).exists()
+
+
+def test_a_run_refused_before_it_wrote_anything_leaves_no_folder(tmp_path: Path) -> None:
+    """The lock makes the run folder; a block that leaves it empty (a model refused before training) removes it
+    again, while a folder the run wrote into, or one that existed before, stays."""
+    refused = tmp_path / "runs" / "refused"
+    with pytest.raises(ValueError), run_lock(refused, "test"):
+        raise ValueError("this MODEL cannot be trained")
+    assert not refused.exists() and (tmp_path / "runs").is_dir()
+    wrote = tmp_path / "runs" / "wrote"
+    with run_lock(wrote, "test"):
+        (wrote / "state.safetensors").write_bytes(b"x")
+    assert sorted(p.name for p in wrote.iterdir()) == ["state.safetensors"]
+    existing = tmp_path / "runs" / "existing"
+    existing.mkdir()
+    with run_lock(existing, "test"):
+        pass
+    assert existing.is_dir() and not any(existing.iterdir())

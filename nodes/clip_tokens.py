@@ -76,11 +76,10 @@ def check_face_fits_clip(clip, tokens: dict, s_star: SStar) -> tuple[str, ...]:
     (comfy/sd1_clip.py process_tokens).
     """
     face_family = s_star_family(s_star)
+    check_s_star_widths(s_star)
     if face_family == "sd1":
         check_sd1_clip(clip, tokens)
-        check_s_star_widths(s_star)
         return ("l",)
-    check_s_star_widths(s_star)
     label, towers, fits = clip_family(clip, tokens)
     if fits != face_family:
         raise PromptError(

@@ -107,36 +107,31 @@ def run_folder_name(run_name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "run"
 
 
-def existing_spelling(path: Path) -> Path:
-    """`path`, or the same path in the other Unicode normalisation (NFC / NFD) when only that one exists.
+def existing_spelling(path: str | Path, new_names: str | None = None) -> Path:
+    """`path` with each name in the Unicode normalisation (as typed, NFC or NFD) of the folder or file that
+    exists; a name that exists in no form stays as typed, or in the form `new_names` ("NFC") when given.
 
     A folder made on macOS holds decomposed names (NFD); the same name typed on Windows or Linux is
-    composed (NFC). Linux file systems compare bytes, so the typed name misses the folder: this finds it.
+    composed (NFC). Linux file systems compare bytes, so the typed name misses the folder: this finds it,
+    name by name (a parent made on a Mac, a child typed elsewhere).
     """
-    path = Path(path)
-    if path.exists():
-        return path
-    for form in ("NFC", "NFD"):
-        other = Path(unicodedata.normalize(form, str(path)))
-        if other.exists():
-            return other
-    return path
+    spelled = Path()
+    for name in Path(path).parts:
+        forms = [name, *(unicodedata.normalize(form, name) for form in ("NFC", "NFD"))]
+        new = name if new_names is None else unicodedata.normalize(new_names, name)
+        spelled = next((spelled / f for f in forms if (spelled / f).exists()), spelled / new)
+    return spelled
 
 
 def run_dir_spelling(path: str | Path) -> Path:
-    """The run (or output) folder a typed path names, each name in the Unicode normalisation (NFC / NFD) of
-    the folder that exists, and the names of folders still to make in NFC, the form of the node's run
-    folders (`run_folder_name`).
+    """The run (or output) folder a typed path names: `existing_spelling`, with the names of folders still to
+    make in NFC, the form of the node's run folders (`run_folder_name`).
 
     So "Zo\u00eb" and "Zoe\u0308" typed to a CLI's --run-dir are one run on every file system: the same
     state resumed, the same run.lock taken; and a new run inside a folder a Mac named goes into that
     folder, not into a second one spelled the other way. (An argparse `type` too: a str is taken.)
     """
-    spelled = Path()
-    for name in Path(path).parts:
-        forms = [name, *(unicodedata.normalize(form, name) for form in ("NFC", "NFD"))]
-        spelled = next((spelled / f for f in forms if (spelled / f).exists()), spelled / forms[1])
-    return spelled
+    return existing_spelling(path, "NFC")
 
 
 def free_run_name(run_dir: Path) -> str:

@@ -16,6 +16,7 @@ from torch import nn
 from ..conditioning.injection import DEFAULT_IDENTIFIER
 from ..errors import F2DError
 from ..identity.mapper import F2DMapper
+from ..identity.norm_match import mapper_anchors
 from .backend import POOLED_SOURCES, DiffusionBackend, SStar, TextCond
 from .data.cache import module_fingerprint
 from .losses import LOSSES, anchor_regularisation, denoising_loss, needs_class_prediction
@@ -157,27 +158,25 @@ def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def mapper_anchors(mapper: nn.Module) -> dict[str, torch.Tensor]:
-    """The anchors an SDXL mapper's S* started at (`F2DMapperXL.anchor`): tower -> [2, D], for `anchor_reg`.
+def check_anchors(mapper: nn.Module) -> None:
+    """Refuse `anchor_reg` for a mapper without anchors (`identity.norm_match.mapper_anchors` finds none).
 
-    Raises F2DError for a mapper without anchors: an SD1.x mapper (its S* lives in CLIP-L's input space with the
-    position embedding added, where no anchor is defined), or an SDXL mapper whose anchors are all zero (one
-    made without the anchored initialisation, docs/sdxl.md 2.3).
+    Raises F2DError for an SD1.x mapper (its S* lives in CLIP-L's input space with the position embedding added,
+    where no anchor is defined), or an SDXL mapper whose anchors are missing or zero (one made without the
+    anchored initialisation, docs/sdxl.md 2.3).
     """
-    anchor = getattr(mapper, "anchor", None)
-    if anchor is None:
+    if mapper_anchors(mapper) is not None:
+        return
+    if getattr(mapper, "anchor", None) is None:
         raise F2DError(
             "anchor_reg pulls S* towards the anchors an SDXL mapper starts at; "
             "this mapper is for SD1.x and has none. Set anchor_reg to 0 for SD1.x training."
         )
-    anchors = dict(anchor.named_buffers())
-    if not anchors or all(not a.any() for a in anchors.values()):
-        raise F2DError(
-            "anchor_reg pulls S* towards the starting mapper's anchors, and this SDXL mapper records none (its "
-            "anchor tensors are zero). Start from scratch (S* then starts at the class noun's word and records "
-            "it), or set anchor_reg to 0."
-        )
-    return anchors
+    raise F2DError(
+        "anchor_reg pulls S* towards the starting mapper's anchors, and this SDXL mapper records none (its "
+        "anchor tensors are zero). Start from scratch (S* then starts at the class noun's word and records "
+        "it), or set anchor_reg to 0."
+    )
 
 
 class MapperTrainer:
@@ -206,7 +205,7 @@ class MapperTrainer:
         self.loss_scale = LossScale(enabled=self.training_dtype == torch.float16)
         self.identity: RunIdentity | None = None  # set when `run` starts, from the mapper it was given
         if settings.anchor_reg:
-            mapper_anchors(mapper)  # refused now, before any step, when the mapper has none
+            check_anchors(mapper)  # refused now, before any step, when the mapper has none
 
     @property
     def state_path(self) -> Path:

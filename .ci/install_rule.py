@@ -4,7 +4,8 @@
 
 START is fresh, onnxruntime-gpu or onnxruntime (what the venv held); BEFORE/AFTER are `pip list
 --format=json` of the venv around `pip install -r requirements.txt`. The rule: at most one onnxruntime
-build, the one the venv held kept as it was, torch and numpy unchanged, no second OpenCV distribution.
+build, the one the venv held kept as it was, torch, torchvision and numpy unchanged, no second OpenCV
+distribution.
 Exits non-zero naming what broke it.
 """
 
@@ -34,7 +35,7 @@ def main() -> int:
     expected = {} if start == "fresh" else {start: before.get(start)}
     if runtimes(after) != expected:
         problems.append(f"onnxruntime builds {runtimes(before)} before, {runtimes(after)} after; expected {expected}")
-    for name in ("torch", "numpy"):
+    for name in ("torch", "torchvision", "numpy"):
         if before.get(name) != after.get(name):
             problems.append(f"{name} changed: {before.get(name)} -> {after.get(name)}")
     opencv_before, opencv_after = OPENCV & set(before), OPENCV & set(after)

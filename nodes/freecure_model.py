@@ -123,7 +123,9 @@ def ksample(
 
 
 def cache_budget(model) -> int:
-    """Bytes of recorded foundation keys kept on the sampling device: a quarter of its free memory."""
+    """Bytes of recorded foundation keys kept on the sampling device: a quarter of its free memory (ComfyUI's
+    `get_free_memory`, which counts memory torch has reserved but not in use). Asked by FoundationCache at its
+    first record, inside stage 1's first UNet call, so the UNet's weights are already resident."""
     device = model.load_device
     if torch.device(device).type == "cpu":
         return 1 << 62

@@ -240,7 +240,7 @@ def run_freecure(
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     if route == "fast":
-        cache = FoundationCache(budget_bytes=cache_budget(model))
+        cache = FoundationCache(budget_bytes=lambda: cache_budget(model))  # read once the UNet is loaded
         # Released however the stages end. After an error (out of memory) ComfyUI's executor keeps the traceback,
         # and with it this frame, in a reference cycle until its next gc.collect (execution.py:567, main.py:232)
         # and unloads models meanwhile (execution.py:579-582); a cancel's traceback lives to the prompt's end.

@@ -233,3 +233,20 @@ def test_cached_route_with_a_missing_entry_stays_plain():
     patch = FasaPatch("cached", 1, _plain, sdpa, omega=2.0, cache=cache)
     assert torch.equal(patch(q, k, v, _eo([1, 0], 8, 8, 1.0)), sdpa(q, k, v, HEADS))
     assert cache.misses == 1
+
+
+def test_a_callable_budget_is_read_once_at_the_first_record_and_caps_what_is_counted():
+    reads = []
+
+    def budget() -> int:
+        reads.append(True)
+        return 2 * 64 * 320 * 4  # one record's keys and values, fp32
+
+    cache = FoundationCache(budget_bytes=budget)
+    assert reads == []  # not at construction: the sampler has not loaded the UNet yet
+    keys = torch.zeros(1, 64, 320)
+    cache.record(("l", 0, 0, 1.0), keys, keys, (8, 8))
+    cache.record(("l", 0, 0, 1.0), keys, keys, (8, 8))
+    assert len(reads) == 1 and cache.budget_bytes == 2 * 64 * 320 * 4
+    assert cache._held == cache.budget_bytes  # the second record went to the CPU, outside the budget
+    assert cache.nbytes == 2 * cache.budget_bytes

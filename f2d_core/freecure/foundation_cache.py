@@ -10,7 +10,7 @@ same sampler over the same schedule, so it asks for the keys in the same order. 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 import torch
 
@@ -23,9 +23,13 @@ FoundationTokens = list[tuple[torch.Tensor, torch.Tensor]]  # per pair: (keys [m
 class FoundationCache:
     """Recorded FD keys/values, full ([pairs, N, D]) until `gather`, then per pair in-mask only."""
 
-    def __init__(self, storage_device: torch.device | str | None = None, budget_bytes: int | None = None) -> None:
+    def __init__(
+        self, storage_device: torch.device | str | None = None, budget_bytes: int | Callable[[], int] | None = None
+    ) -> None:
         """storage_device: where records go (None: where they were computed). budget_bytes: once the records
-        would exceed it, later ones go to the CPU instead (a GPU's memory is kept for sampling)."""
+        would exceed it, later ones go to the CPU instead (a GPU's memory is kept for sampling). A callable is
+        asked once, at the first record: by then the sampler has loaded the UNet, so free memory it reads no
+        longer counts the UNet's weights."""
         self.storage_device = storage_device
         self.budget_bytes = budget_bytes
         self._held = 0
@@ -38,6 +42,8 @@ class FoundationCache:
         """Store one call's FD rows: keys, values [pairs, N, D] at layer resolution hw = (h, w)."""
         device = self.storage_device or keys.device
         size = keys.nbytes + values.nbytes
+        if callable(self.budget_bytes):
+            self.budget_bytes = int(self.budget_bytes())
         if self.budget_bytes is not None and self._held + size > self.budget_bytes:
             device = "cpu"
         else:

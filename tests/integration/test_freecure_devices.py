@@ -25,3 +25,13 @@ def test_a_cancelled_fast_route_holds_no_recorded_keys_while_comfyui_handles_the
     assert result["interrupted"] and result["steps_seen"] == 2
     assert result["caches"] == 1  # the traceback ComfyUI keeps still reaches the cache...
     assert result["held_bytes"] == 0 and result["held_calls"] == 0  # ...but it holds nothing any more
+
+
+def test_the_fast_route_reads_its_cache_budget_once_with_the_unet_loaded(comfyui_path, tiny_models, comfy_models_dir):
+    result = run_library_script(
+        SCRIPTS / "freecure_cache_budget.py",
+        comfyui_path,
+        checkpoint=str(tiny_models.checkpoint),
+        parser_path=str(comfy_models_dir / "face2diffusion" / "79999_iter.pth"),
+    )
+    assert result["reads"] == [True]  # once, and the UNet's weights were no longer counted as free memory

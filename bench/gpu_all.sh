@@ -13,7 +13,7 @@
 # against plain conditioning (bench/gpu_sdxl.py). The seventh, sdxl_training, is one SDXL CGDR step at 1024² on
 # the full-size SDXL UNet (random weights, bf16): the whole batch of 8 against micro-batches of 2 (time and
 # torch.cuda.max_memory_allocated), then the global batch of 32 in micro-batches of 4, and of 8 with
-# checkpointing (bench/sdxl_train_step.py). The eighth, freecure, is FreeCure's cost (plain F2D, the
+# checkpointing at both granularities (bench/sdxl_train_step.py). The eighth, freecure, is FreeCure's cost (plain F2D, the
 # straightforward two-stage port, the fast route and fast + APG, 512x512, 30 steps, on the full-size SD1.5
 # checkpoint written by the training part). Last, bench/gpu_robustness.py checks the GPU-only failure classes
 # (fp16 in the identity embedding and the margin softmax, memory released after an out-of-memory error, a state
@@ -38,7 +38,7 @@ status=0
 BUDGET_S=${GPU_ALL_BUDGET_S:-570}
 # name cap floor (seconds), in run order; the floors of later parts are held back from earlier parts' caps.
 PLAN=(encode:60:30 detection:50:25 training:80:50 training_peak:60:35 msid_training:60:35 freecure:90:60
-  sdxl:70:40 sdxl_training:100:60 robustness:150:60)
+  sdxl:70:40 sdxl_training:115:60 robustness:135:60)
 chosen() { [ ${#PARTS[@]} -eq 0 ] || [[ " ${PARTS[*]} " == *" $1 "* ]]; }
 floor_after() {  # the floors of the chosen parts after part $1
   local seen=0 sum=0 entry name

@@ -8,7 +8,8 @@ CPU: the step's time is measured with both configurations alternating in one pro
 the peak memory as each configuration's peak RSS above the process's RSS before its first step, each in
 a process of its own (the CPU allocator has no peak counter). GPU: one process, time and
 torch.cuda.max_memory_allocated per configuration; --gpu-plan runs the 1024² plan (batch 8 whole vs
-micro-batch 2, then the global batch of 32 in micro-batches, with and without checkpointing).
+micro-batch 2, then the global batch of 32 in micro-batches, without checkpointing and with it at "block" and
+"transformer_block" granularity).
 Reported: seconds per step, samples/s, peak memory, and the ratios micro / full. --checkpointing
 compares gradient checkpointing off, at "block" and at "transformer_block" granularity (docs/sdxl.md
 3.5) side by side on the same batch (no micro-batching): ratios against no checkpointing.
@@ -34,7 +35,8 @@ GPU_PLAN = [
     {"name": "full_b8", "batch": 8, "micro_batch": 0},
     {"name": "micro2_b8", "batch": 8, "micro_batch": 2},
     {"name": "micro4_b32", "batch": 32, "micro_batch": 4},
-    {"name": "micro8_b32_ckpt", "batch": 32, "micro_batch": 8, "checkpointing": True},
+    {"name": "micro8_b32_ckpt", "batch": 32, "micro_batch": 8, "checkpointing": "block"},
+    {"name": "micro8_b32_ckpt_tb", "batch": 32, "micro_batch": 8, "checkpointing": "transformer_block"},
 ]
 
 
@@ -100,6 +102,9 @@ def main() -> None:
         result["ratios"] = {name: _ratios(result["configs"], "none", name, f"{name}_over_none") for name in names[1:]}
     else:
         result["ratios"] = _ratios(result["configs"], names[0], names[1])
+    if args.gpu_plan:  # the finer granularity against "block", on the same global and micro batch
+        tb = _ratios(result["configs"], "micro8_b32_ckpt", "micro8_b32_ckpt_tb", "transformer_block_over_block")
+        result["ratios"].update(tb)
     result["command"] = " ".join(sys.argv)
     print(json.dumps(result, indent=1))
     if args.json:

@@ -303,6 +303,8 @@ class F2DTrainMapper(io.ComfyNode):
                 "eval_loss_start": result.eval_loss_start,
                 "eval_loss_end": result.eval_loss_end,
                 "training_dtype": dtype,
+                "gradient_checkpointing": gradient_checkpointing,
+                "checkpoint_granularity": options.checkpoint_granularity,
                 "family": backend_family,
                 "run_identity": asdict(result.identity) if result.identity else None,
                 **dataset.settings,

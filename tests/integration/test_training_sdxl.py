@@ -76,6 +76,25 @@ def sdxl_training_graph(run_name: str, steps: int = STEPS, save_as: str | None =
     )
 
 
+# F2D Training Options in the node's run (and the same CLI flags in H1): gradient checkpointing at its finest
+# granularity, which must not change the result. anchor_reg stays 0 there: at these runs' learning rate (100x the
+# paper's) any lambda > 0 sends the 3-step trajectory elsewhere (AdamW moves a parameter by about one learning rate
+# whatever the size of its gradient), and the eval loss, which counts the anchor term, then rose: 1.2426 -> 1.4348
+# with 1e-3, -> 4.4691 with 0.5 (1.1657 without). S5 sends an anchor_reg through the node to the trainer.
+GRANULARITY = "transformer_block"
+CLI_OPTIONS = ["--gradient-checkpointing", "--checkpoint-granularity", GRANULARITY]
+
+
+def sdxl_training_graph_with_options(run_name: str, anchor_reg: float = 0.0, **train: Any) -> Graph:
+    """sdxl_training_graph with F2D Training Options ("8") connected: anchor_reg, checkpointing at GRANULARITY."""
+    graph = sdxl_training_graph(run_name, gradient_checkpointing=True, options=["8", 0], **train)
+    graph["8"] = {
+        "class_type": "F2DTrainingOptions",
+        "inputs": {"anchor_reg": anchor_reg, "checkpoint_granularity": GRANULARITY},
+    }
+    return graph
+
+
 @pytest.fixture(scope="module")
 def sdxl_faces(comfy_server: ComfyServer) -> Path:
     folder = Path(comfy_server.input_dir) / FOLDER
@@ -110,14 +129,16 @@ def _trained(comfy_models_dir: Path, name: str) -> tuple[dict[str, torch.Tensor]
 def test_sdxl_training_graph_lowers_the_loss_resumes_exactly_and_encode_face_loads_it(
     comfy_server, comfy_models_dir, tiny_sdxl: TinySDXL, sdxl_faces
 ):
-    """S6 and resume: the node trains 3 steps from scratch (the fixed-batch loss falls; both heads and null_exp
-    move); a run stopped at step 2 and queued again to 3 gives the same mapper; Encode Face loads the saved
-    SDXL mapper and Apply F2D Tokens conditions the SDXL CLIP with it."""
-    comfy_server.run(sdxl_training_graph("sdxl_node", save_as="f2d_sdxl_trained"), timeout=TRAIN_TIMEOUT)
+    """S6 and resume: the node trains 3 steps from scratch, with F2D Training Options (the fixed-batch loss falls;
+    both heads and null_exp move); a run stopped at step 2 and queued again to 3 gives the same mapper; Encode
+    Face loads the saved SDXL mapper and Apply F2D Tokens conditions the SDXL CLIP with it."""
+    graph = sdxl_training_graph_with_options("sdxl_node", save_as="f2d_sdxl_trained")
+    comfy_server.run(graph, timeout=TRAIN_TIMEOUT)
     trained, meta = _trained(comfy_models_dir, "f2d_sdxl_trained")
     settings = json.loads(meta["training_settings"])
     assert (meta["family"], meta["pooled_source"], meta["trained_steps"]) == ("sdxl", "class_prompt", "3")
     assert settings["family"] == "sdxl" and settings["micro_batch"] == 1
+    assert (settings["gradient_checkpointing"], settings["checkpoint_granularity"]) == (True, GRANULARITY)
     assert settings["run_identity"]["family"] == "sdxl"
     assert len(meta["text_encoder_fingerprint"]) == 64  # the towers it was trained with
     assert settings["eval_loss_end"] < settings["eval_loss_start"], settings
@@ -127,8 +148,9 @@ def test_sdxl_training_graph_lowers_the_loss_resumes_exactly_and_encode_face_loa
     for key in ("heads.l.i2t_first.fc_out.bias", "heads.g.i2t_last.layers.0.0.weight", "null_exp"):
         assert not torch.equal(trained[key], start[key]), key
 
-    comfy_server.run(sdxl_training_graph("sdxl_resume", steps=2), timeout=TRAIN_TIMEOUT)
-    comfy_server.run(sdxl_training_graph("sdxl_resume", save_as="f2d_sdxl_resumed"), timeout=TRAIN_TIMEOUT)
+    comfy_server.run(sdxl_training_graph_with_options("sdxl_resume", steps=2), timeout=TRAIN_TIMEOUT)
+    resume = sdxl_training_graph_with_options("sdxl_resume", save_as="f2d_sdxl_resumed")
+    comfy_server.run(resume, timeout=TRAIN_TIMEOUT)
     resumed, meta = _trained(comfy_models_dir, "f2d_sdxl_resumed")
     assert meta["trained_steps"] == "3"
     for key, value in trained.items():
@@ -176,14 +198,10 @@ def test_sdxl_training_refuses_a_mismatched_mapper_and_training_set(comfy_server
     with pytest.raises(ExecutionFailed) as failure:
         comfy_server.run(wrong_set, timeout=TRAIN_TIMEOUT)
     assert "This training set was made with another VAE" in failure.value.exception_message
-    sd1_anchor_reg = sdxl_training_graph("sd1_anchor_reg", steps=1, gradient_checkpointing=True, options=["8", 0])
+    sd1_anchor_reg = sdxl_training_graph_with_options("sd1_anchor_reg", anchor_reg=0.1, steps=1)
     sd1_anchor_reg["7"] = wrong_set["7"]
     sd1_anchor_reg["4"]["inputs"] |= {"model": ["7", 0], "clip": ["7", 1]}
     del sd1_anchor_reg["4"]["inputs"]["vae"]
-    sd1_anchor_reg["8"] = {
-        "class_type": "F2DTrainingOptions",
-        "inputs": {"anchor_reg": 0.1, "checkpoint_granularity": "transformer_block"},
-    }
     with pytest.raises(ExecutionFailed) as failure:  # F2D Training Options reaches the trainer
         comfy_server.run(sd1_anchor_reg, timeout=TRAIN_TIMEOUT)
     assert "anchor_reg pulls S* towards the anchors an SDXL mapper starts at" in failure.value.exception_message
@@ -201,6 +219,7 @@ def test_sdxl_cli_trains_the_nodes_mapper(comfyui_path, comfy_models_dir, tiny_s
         sys.executable,
         TRAIN_MAPPER,
         *_cli_argv(tiny_sdxl, comfyui_path, comfy_models_dir, sdxl_faces, run_dir, out),
+        *CLI_OPTIONS,
     ]
     done = run_cli([*argv, "--steps", str(STEPS)], timeout=TRAIN_TIMEOUT)
     assert done.returncode == 0, _output(done)
@@ -215,6 +234,8 @@ def test_sdxl_cli_trains_the_nodes_mapper(comfyui_path, comfy_models_dir, tiny_s
     )
     for key in ("eval_loss_start", "eval_loss_end"):
         assert ours[key] == pytest.approx(theirs[key], rel=1e-5), key
+    for key in ("gradient_checkpointing", "checkpoint_granularity"):
+        assert ours[key] == theirs[key], key
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         start = torch.cat([v.flatten() for v in F2DMapperXL().state_dict().values()])

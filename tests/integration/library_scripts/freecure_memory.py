@@ -1,11 +1,13 @@
-"""Library script (run by tests/support/comfy_library_run.py): FreeCure's recorded foundation keys after a cancel.
+"""Library script (run by tests/support/comfy_library_run.py): the memory FreeCure's fast route holds.
 
 The fast route on the tiny SD1.5 checkpoint, cancelled at the last step of stage 1 the way the server cancels: the
 user's Cancel sets ComfyUI's interrupt flag and the progress hook the server installs raises
 InterruptProcessingException at the next step (main.py `hijack_progress`: `throw_exception_if_processing_interrupted`).
 The exception is then held as ComfyUI's executor holds it while it reports and unloads (execution.py keeps
 `sys.exc_info()` in its frame); the script reports what the FoundationCache objects reachable from that traceback
-still hold.
+still hold. On the way it notes, at each read of the cache budget (a share of the device's free memory, so it must
+be read once the sampler has loaded the UNet: comfy.sample -> load_models_gpu), whether ComfyUI holds the UNet as
+loaded.
 """
 
 from __future__ import annotations
@@ -50,6 +52,15 @@ def main(checkpoint: str, parser_path: str, steps: int = 2, size: int = 64) -> d
             comfy.model_management.interrupt_current_processing(True)
         comfy.model_management.throw_exception_if_processing_interrupted()
 
+    budget_reads = []
+    unwrapped_budget = freecure_run.cache_budget
+
+    def noting_budget(m) -> int:
+        patchers = [lm.model for lm in comfy.model_management.current_loaded_models]  # ModelPatchers (or None)
+        budget_reads.append(any(p is not None and p.model is model.model for p in patchers))
+        return unwrapped_budget(m)
+
+    freecure_run.cache_budget = noting_budget
     comfy.utils.set_progress_bar_global_hook(hook)
     result = {"interrupted": False}
     try:
@@ -70,4 +81,5 @@ def main(checkpoint: str, parser_path: str, steps: int = 2, size: int = 64) -> d
         }
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
-    return result
+        freecure_run.cache_budget = unwrapped_budget
+    return result | {"budget_reads_with_the_unet_loaded": budget_reads}

@@ -13,6 +13,7 @@ from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER
 from ..f2d_core.faces.face_parsing import load_face_parser
 from ..f2d_core.freecure.apg import template_prompt
 from ..f2d_core.freecure.attributes import parse_attribute_list
+from ..f2d_core.identity.s_star_family import s_star_family
 from .apply_tokens import s_star_for_prompt
 from .face_conditioning import (
     expression_inputs,
@@ -22,7 +23,7 @@ from .face_conditioning import (
     prompt_input,
 )
 from .freecure_apg import APG_MODES, run_apg, text_conditioning
-from .freecure_model import LAYER_CHOICES
+from .freecure_model import LAYER_CHOICES, check_sd1_freecure
 from .freecure_run import ROUTES, FasaSettings, Sampling, foundation_conditioning, run_freecure
 from .model_cache import load_weight_file
 from .model_paths import weight_files
@@ -205,6 +206,7 @@ class F2DFreeCureSampler(io.ComfyNode):
         apg_keep_identity: bool = False,
         route: str = "auto",
     ) -> io.NodeOutput:
+        check_sd1_freecure(model, s_star_family(f2d_face.face.s_star))
         identifier = identifier.strip()
         choice = parse_attribute_list(attributes, text)
         s_star = s_star_for_prompt(f2d_face, expression, expression_strength)

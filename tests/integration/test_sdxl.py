@@ -226,6 +226,37 @@ def test_sdxl_face_on_sd1_clip_is_a_node_error(sdxl_server, photos):
     assert "This F2D face is for SDXL (made with an SDXL F2D mapper), but this CLIP is SD1.x" in error.exception_message
 
 
+def _freecure_failure(server: ComfyServer, graph: dict, model: list, clip: list, vae: list) -> str:
+    """F2D FreeCure Sampler on face a with these MODEL/CLIP/VAE, saved by SaveLatent: its error message."""
+    graph["6"] = {"class_type": "EmptyLatentImage", "inputs": {"width": WIDTH, "height": HEIGHT, "batch_size": 1}}
+    graph["7"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": ""}}
+    graph["10"] = {
+        "class_type": "F2DFreeCureSampler",
+        "inputs": {
+            "model": model, "clip": clip, "vae": vae, "f2d_face": ["4a", 0], "text": "a photo of f l with red hair",
+            "negative": ["7", 0], "latent_image": ["6", 0], "face_parser": "79999_iter.pth", "seed": 3, "steps": 1,
+            "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "attributes": "auto", "mask_weight": 2.0,
+        },
+    }  # fmt: skip
+    graph["11"] = {"class_type": "SaveLatent", "inputs": {"samples": ["10", 0], "filename_prefix": "never_written"}}
+    with pytest.raises(ExecutionFailed) as info:
+        server.run(graph, timeout=300)
+    assert info.value.node_type == "F2DFreeCureSampler"
+    assert server.object_info("F2DFreeCureSampler")  # the server keeps serving
+    return info.value.exception_message
+
+
+def test_freecure_refuses_an_sdxl_face_and_an_sdxl_model_by_name(sdxl_server, photos):
+    """FreeCure here is SD1.x F2D. A real SDXL has up-block transformers (the tiny one has none), so the refusal
+    cannot rest on the layer search: an SDXL face, and an SD1 face with an SDXL MODEL, are refused first."""
+    sdxl_face = _freecure_failure(sdxl_server, _faces_graph(photos), ["1", 0], ["1", 1], ["1", 2])
+    assert "F2D FreeCure runs SD1.x Face2Diffusion, and this face comes from an SDXL mapper" in sdxl_face
+    graph = _faces_graph(photos, mapper="mapping.pt") | {"8": checkpoint_loader()}
+    sdxl_model = _freecure_failure(sdxl_server, graph, ["1", 0], ["8", 1], ["8", 2])
+    assert "F2D FreeCure runs on SD1.x checkpoints, and this MODEL is SDXL (cross-attention width 2048" in sdxl_model
+    assert "For SDXL, use Apply F2D Tokens with a KSampler" in sdxl_model
+
+
 @pytest.fixture(scope="module")
 def towers(tiny_sdxl: TinySDXL, comfyui_path, tmp_path_factory) -> dict:
     """library_scripts/sdxl_refiner_towers.py's report: refiner, fine-tuned towers, clip skip, refusals, flavours."""

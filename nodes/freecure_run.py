@@ -62,6 +62,13 @@ class FasaSettings:
     layers: str = "F2D default (last two up levels)"
     route: str = "auto"
 
+    def __post_init__(self) -> None:
+        # ComfyUI's range check lets NaN through (NaN < min is False), and a NaN bias makes every latent NaN
+        if math.isnan(self.omega) or self.omega == math.inf:
+            raise FreeCureInputError(
+                f"mask_weight is {self.omega}: give a number (the paper's range 1.8-2.4, 0.5 in F2D's example)."
+            )
+
 
 @dataclass
 class FreeCureResult:

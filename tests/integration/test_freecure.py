@@ -175,6 +175,15 @@ def test_regional_people_get_a_clear_message(comfy_server, face_photo):
         _run(comfy_server, graph, {"refined": ["10", 0]})
 
 
+def test_a_nan_mask_weight_is_refused_not_sampled_into_nan_latents(comfy_server, face_photo):
+    """ComfyUI's range check passes NaN (NaN < min is False); sampled, it made every latent NaN."""
+    graph = _graph(face_photo, "a photo of f l with red hair", batch=1)
+    graph["10"] = _freecure("a photo of f l with red hair", "euler", mask_weight=float("nan"))
+    with pytest.raises(ExecutionFailed, match="mask_weight is nan: give a number"):
+        _run(comfy_server, graph, {"refined": ["10", 0]})
+    assert comfy_server.object_info("F2DFreeCureSampler")
+
+
 def test_apg_reruns_the_expression_and_stays_off_with_an_expression_reference(comfy_server, face_photo):
     """'laughing' turns APG on in auto (the latent changes against apg off); an Expression Reference turns it off."""
     text = "a photo of f l laughing"

@@ -289,8 +289,11 @@ class ComfyServer:
         """POST /prompt an API-format graph; return its prompt id, or raise PromptRejected with node_errors."""
         if not self.running:
             raise ComfyServerError(f"ComfyUI is not running:\n{self.log_tail()}")
+        # json.dumps as ComfyUI's API examples send it (script_examples/basic_api_example.py): NaN and Infinity
+        # go out as such, where requests' json= refuses them
+        data = json.dumps({"prompt": dict(api_graph), "client_id": self.client_id}).encode()
         response = self._session.post(
-            f"{self.url}/prompt", json={"prompt": dict(api_graph), "client_id": self.client_id}, timeout=60
+            f"{self.url}/prompt", data=data, headers={"Content-Type": "application/json"}, timeout=60
         )
         if response.status_code == 400:
             raise PromptRejected(response.json())

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..f2d_core.conditioning.identity_start import class_prompt
 from ..f2d_core.errors import F2DError
 from ..f2d_core.faces.face_parsing import CELEBAMASK_HQ_CLASSES
-from ..f2d_core.freecure.attributes import AttributeChoice
+from ..f2d_core.freecure.attributes import FASA_ATTRIBUTES, AttributeChoice
 from ..f2d_core.freecure.foundation_cache import FoundationCache
 from ..f2d_core.freecure.gating import SigmaWindow
 from ..f2d_core.freecure.masks import LayerMasks, attribute_mask, quarter_resolution
@@ -184,6 +184,13 @@ def foundation_masks(
         full = full | extra
     small = quarter_resolution(full)
     lines = []
+    nothing_asked = not choice.attributes and extra is None
+    if nothing_asked:
+        lines.append(
+            "Warning: the prompt names no attribute FASA restores (" + ", ".join(FASA_ATTRIBUTES) + ") and no "
+            "attribute_mask is connected, so the mask is empty and the image is the plain F2D one: name the "
+            "attribute in the prompt or in attributes, or connect an attribute_mask."
+        )
     for j in range(pairs):
         counts = [
             f"{name} {int(torch.isin(labels[j], torch.tensor(ids)).sum())} px"
@@ -196,8 +203,8 @@ def foundation_masks(
             f"image {j + 1}: {', '.join(counts) or 'no attribute'}; FASA mask {used} of {small[j].numel()} cells "
             f"at {small.shape[1]}x{small.shape[2]}"
         )
-        if used == 0:
-            what = ", ".join([*choice.attributes, *(["attribute_mask"] if extra is not None else [])]) or "anything"
+        if used == 0 and not nothing_asked:
+            what = ", ".join([*choice.attributes, *(["attribute_mask"] if extra is not None else [])])
             lines.append(
                 f"Warning: the foundation image {j + 1} shows no {what}; FASA does nothing for it (try another seed, "
                 "a gendered class_noun such as 'woman', or an attribute_mask)."
@@ -302,7 +309,8 @@ def run_freecure(
         f"F2D FreeCure, route {route}: attributes {names}; mask weight {settings.omega}, style fidelity "
         f"{settings.style_fidelity}, {len(layers)} layers (output blocks {first[0]}-{first[1]})",
         *result.report,
-        f"FASA acted in {result.patch_stats.fasa_calls} layer calls, left {result.patch_stats.plain_calls} plain",
+        f"FASA acted in {result.patch_stats.fasa_calls} layer calls, left {result.patch_stats.plain_calls} plain"
+        + (" (every mask empty: no change)" if not bool(result.masks.any()) else ""),
         "seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()),
     ]
     return result

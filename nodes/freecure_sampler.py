@@ -78,7 +78,7 @@ class F2DFreeCureSampler(io.ComfyNode):
                     default="auto",
                     tooltip="'auto': the attribute words of the prompt (hair, glasses, eyes, hat, earrings, ...; "
                     "'chair' is not hair). Or a comma list of attributes, parser classes or class ids "
-                    "('hair, glasses', 'hat', '17').",
+                    "('hair, glasses', 'hat', '17'); empty is 'auto'.",
                 ),
                 io.Float.Input(
                     "mask_weight",

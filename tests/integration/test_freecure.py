@@ -114,7 +114,9 @@ def test_empty_mask_gives_the_plain_workflow_bit_for_bit_and_leaves_the_model_un
     assert torch.equal(latents["after"], latents["plain"])  # no patch left on the shared MODEL
     assert not torch.equal(latents["refined"][0], latents["refined"][1])
     report = _report(history, "10")
-    assert "attributes none" in report and "shows no anything" in report
+    assert "attributes none" in report and "the prompt names no attribute FASA restores (hair, " in report
+    assert "shows no" not in report  # one warning for the prompt, none per image
+    assert re.search(r"FASA acted in \d+ layer calls, left \d+ plain \(every mask empty: no change\)", report)
 
 
 @pytest.mark.parametrize(("batch", "sampler"), [(2, "euler"), (1, "heun")])

@@ -1,8 +1,9 @@
 """Widget values that came through a link, checked when the node runs.
 
-ComfyUI checks a widget's min, max and options only for a value typed into the widget. A value linked in
-from another node (a Primitive, Int, String or switch node) reaches `execute` unchecked, and reaches
-`validate_inputs` as None (its producer has not run yet). So every pack node runs this check first, at
+ComfyUI checks a widget's min, max and options only for a value typed into the widget, and the options only
+where the input's type is the list itself (not a V3 COMBO: a choice typed into an API graph is not checked). A
+value linked in from another node (a Primitive, Int, String or switch node) reaches `execute` unchecked, and
+reaches `validate_inputs` as None (its producer has not run yet). So every pack node runs this check first, at
 execution, with the values it is about to use: an INT or FLOAT outside the widget's range, a number of the
 wrong kind, or a choice that is not in the widget's list is a clear error naming the node, the input and
 what to do; and a node's fingerprint (`fingerprint_inputs`) is "unknown" (NaN: run again) while a value it
@@ -70,9 +71,12 @@ def _check(node: type[io.ComfyNode], name: str, kind: Any, options: dict, value:
     choices = kind if isinstance(kind, list) else options.get("options") if kind == "COMBO" else None
     if choices is not None and value not in choices:
         shown = ", ".join(repr(c) for c in list(choices)[:8]) + (", ..." if len(choices) > 8 else "")
+        # ComfyUI checks a typed choice only when the input's type is the list itself (execution.py
+        # validate_inputs), not for a V3 COMBO: a value typed into an API graph reaches here too
         raise LinkedValueError(
-            f"{where} is {value!r}, which is not one of its choices ({shown or 'none'}); link a value from "
-            "the widget's list (check the spelling and the file's folder), or pick it in the widget."
+            f'{_display_name(node)}: "{name}" is {value!r}, which is not one of its choices ({shown or "none"}); '
+            "pick one from the widget's list (check the spelling; for a file, that it is in its models folder), "
+            "or change the node that links it in."
         )
     return value
 

@@ -82,6 +82,14 @@ def test_identifier_text_and_numbers_linked_from_core_nodes(comfy_server, photos
     assert error.node_type == "F2DEncodeFace"
     assert 'the value linked into "face_index" is 65, outside the widget\'s range 0..64' in error.exception_message
 
+    # ComfyUI does not check a choice typed into an API graph for a V3 COMBO: the node does, without saying "linked"
+    graph["22"]["inputs"]["value"] = 0
+    graph["4"]["inputs"]["pooling"] = "medain"
+    error = _failure(comfy_server, graph)
+    assert error.node_type == "F2DEncodeFace"
+    assert '"pooling" is \'medain\', which is not one of its choices (' in error.exception_message
+    assert "pick one from the widget's list (check the spelling" in error.exception_message
+
 
 def _progress_events(server: ComfyServer, graph: dict, timeout: float) -> tuple[dict, list[dict]]:
     """Run `graph` while a websocket client (as the page) collects the pack's training progress events."""

@@ -385,7 +385,7 @@ def save_output(args: argparse.Namespace, result, settings, ranks: Ranks, data) 
         "trainer": WRITER,
         "training_dtype": args.training_dtype,
         "gradient_checkpointing": args.gradient_checkpointing,
-        "checkpoint_granularity": args.checkpoint_granularity or "block",
+        "checkpoint_granularity": (args.checkpoint_granularity or "block") if args.gradient_checkpointing else None,
         "family": result.identity.family if result.identity else "sd1",
         "eval_loss_start": result.eval_loss_start,
         "eval_loss_end": result.eval_loss_end,

@@ -219,6 +219,11 @@ class F2DTrainMapper(io.ComfyNode):
     ) -> io.NodeOutput:
         check_dataset_vae(dataset, vae)
         options = options or TrainingOptions()
+        if options.checkpoint_granularity != TrainingOptions.checkpoint_granularity and not gradient_checkpointing:
+            log.warning(
+                "checkpoint_granularity %s (F2D Training Options) does nothing with gradient_checkpointing off",
+                options.checkpoint_granularity,
+            )
         settings = TrainSettings(
             steps=steps,
             batch_size=batch_size,
@@ -304,7 +309,7 @@ class F2DTrainMapper(io.ComfyNode):
                 "eval_loss_end": result.eval_loss_end,
                 "training_dtype": dtype,
                 "gradient_checkpointing": gradient_checkpointing,
-                "checkpoint_granularity": options.checkpoint_granularity,
+                "checkpoint_granularity": options.checkpoint_granularity if gradient_checkpointing else None,
                 "family": backend_family,
                 "run_identity": asdict(result.identity) if result.identity else None,
                 **dataset.settings,

@@ -274,6 +274,7 @@ def test_sdxl_train_mapper_on_two_cpu_ranks_micro_batched_as_one_batch(
         settings = json.loads(_metadata(out)["training_settings"])
         assert (settings["global_batch_size"], settings["batch_size"], settings["world_size"]) == (4, 2, 2)
         assert settings["family"] == "sdxl" and settings["micro_batch"] == micro and settings["anchor_reg"] == 0.5
+        assert (settings["gradient_checkpointing"], settings["checkpoint_granularity"]) == (False, None)  # unused
         paths[micro] = (out, settings)
     (micro_path, micro), (full_path, full) = paths[1], paths[0]
     assert micro["eval_loss_start"] == pytest.approx(full["eval_loss_start"], rel=1e-6)  # before any update

@@ -184,6 +184,13 @@ def foundation_masks(
         full = full | extra
     small = quarter_resolution(full)
     lines = []
+    if external is not None and tuple(external.shape[-2:]) != (height, width):
+        mask_h, mask_w = external.shape[-2:]
+        stretched = abs((mask_w / mask_h) / (width / height) - 1) > 0.02
+        line = f"attribute_mask {mask_w}x{mask_h} was resized to the image's {width}x{height}"
+        if stretched:
+            line = f"Warning: {line} and stretched (another aspect ratio): is it this image's mask?"
+        lines.append(line)
     nothing_asked = not choice.attributes and extra is None
     if nothing_asked:
         lines.append(

@@ -143,6 +143,9 @@ def test_fast_route_equals_the_straightforward_port(comfy_server, face_photo, ba
     assert (latents["fd"] - latents["straight_fd"]).abs().max() <= 1e-4 * scale
     assert "stage 2 vs stage 1: max abs difference 0\n" in _report(history, "11") + "\n"
     assert "attribute_mask" in _report(history, "10") and "route fast" in _report(history, "10")
+    # the half-height SolidMask covers the whole image, stretched: said, as it may be another image's mask
+    stretched = f"Warning: attribute_mask {WIDTH}x{HEIGHT // 2} was resized to the image's {WIDTH}x{HEIGHT} and"
+    assert stretched in _report(history, "10")
 
 
 def test_sigma_window_gates_fasa_through_the_server(comfy_server, face_photo):
@@ -158,6 +161,7 @@ def test_sigma_window_gates_fasa_through_the_server(comfy_server, face_photo):
     graph["12"] = _freecure(text, "euler", start_percent=1.0, attribute_mask=["9", 0])
     latents, history = _run(comfy_server, graph, {"plain": ["8", 0], "late": ["11", 0], "none": ["12", 0]})
     late, none = _report(history, "11"), _report(history, "12")
+    assert "was resized" not in late  # a mask of the image's size is used as it is
     acted, plain = (int(n) for n in re.search(r"FASA acted in (\d+) layer calls, left (\d+) plain", late).groups())
     assert acted > 0 and plain > 0  # the first step's calls are outside the window
     assert not torch.equal(latents["late"], latents["plain"])

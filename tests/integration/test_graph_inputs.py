@@ -87,7 +87,7 @@ def test_identifier_text_and_numbers_linked_from_core_nodes(comfy_server, photos
     graph["4"]["inputs"]["pooling"] = "medain"
     error = _failure(comfy_server, graph)
     assert error.node_type == "F2DEncodeFace"
-    assert '"pooling" is \'medain\', which is not one of its choices (' in error.exception_message
+    assert "\"pooling\" is 'medain', which is not one of its choices (" in error.exception_message
     assert "pick one from the widget's list (check the spelling" in error.exception_message
 
 

@@ -373,8 +373,9 @@ def load_checkpoint(path: Path, te_options: dict | None = None):
     return model, clip, vae
 
 
-def save_output(args: argparse.Namespace, result, settings, ranks: Ranks, data) -> Path:
-    """The trained mapper with the run's settings in its metadata (what Save F2D Mapper writes)."""
+def save_output(args: argparse.Namespace, result, settings, ranks: Ranks, data, computation: dict) -> Path:
+    """The trained mapper with the run's settings in its metadata (what Save F2D Mapper writes); `computation`:
+    the backend's `computation_record` (training dtype as resolved, gradient checkpointing)."""
     training_settings = {
         **asdict(settings),
         "global_batch_size": args.batch_size,
@@ -383,9 +384,7 @@ def save_output(args: argparse.Namespace, result, settings, ranks: Ranks, data) 
         "checkpoint": args.checkpoint.name,
         "run_dir": str(args.run_dir),
         "trainer": WRITER,
-        "training_dtype": args.training_dtype,
-        "gradient_checkpointing": args.gradient_checkpointing,
-        "checkpoint_granularity": (args.checkpoint_granularity or "block") if args.gradient_checkpointing else None,
+        **computation,
         "family": result.identity.family if result.identity else "sd1",
         "eval_loss_start": result.eval_loss_start,
         "eval_loss_end": result.eval_loss_end,
@@ -439,6 +438,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> int:
         checkpoint_granularity=args.checkpoint_granularity or "block",
         training_dtype=TRAINING_DTYPE_FLAGS[args.training_dtype],
     )
+    computation = pack_module("nodes.training.comfy_backend").computation_record(backend)
     mapper = starting_mapper(args, backend, settings).to(backend.device)
     trainable = mapper
     start_process_group(ranks, args.dist_timeout)
@@ -482,7 +482,8 @@ def train(args: argparse.Namespace, ranks: Ranks) -> int:
         log.info("Stopped at step %d; the state is in %s: run the same command to continue.", result.step, args.run_dir)
         return EXIT_INTERRUPTED
     if ranks.rank == 0:
-        log.info("trained mapper (step %d): %s", result.step, save_output(args, result, settings, ranks, data))
+        out = save_output(args, result, settings, ranks, data, computation)
+        log.info("trained mapper (step %d): %s", result.step, out)
     return 0
 
 

@@ -176,6 +176,7 @@ class TrainingCopies:
     text_models: list[nn.Module]  # in their loaded dtype (fp32 compute through ComfyUI's manual_cast)
     training_dtype: torch.dtype
     device: torch.device
+    checkpointing: str | None  # the granularity gradient checkpointing recomputes at; None when it is off
 
 
 def training_copies(
@@ -217,7 +218,18 @@ def training_copies(
         log.warning("%s", warning)
     weights = dtype_name(next(frozen[0].parameters()).dtype)
     log.info("%s weights in %s; training computes in %s", unet_label, weights, dtype_name(dtype))
-    return TrainingCopies(unet, text_models, dtype, device)
+    return TrainingCopies(unet, text_models, dtype, device, checkpoint_granularity if gradient_checkpointing else None)
+
+
+def computation_record(backend) -> dict[str, object]:
+    """How a backend computes, for a trained mapper's `training_settings` (the node's and the CLI's alike):
+    `training_dtype` as resolved ("fp32", "bf16", "fp16"), `gradient_checkpointing` and `checkpoint_granularity`
+    (None when checkpointing is off)."""
+    return {
+        "training_dtype": dtype_name(backend.training_dtype),
+        "gradient_checkpointing": backend.checkpointing is not None,
+        "checkpoint_granularity": backend.checkpointing,
+    }
 
 
 _FORWARD_ONLY_ATTENTION = {"attention_sage": "--use-sage-attention", "attention_flash": "--use-flash-attention"}
@@ -302,6 +314,7 @@ class ComfyDiffusionBackend:
         )
         self.unet, (self.text_model,) = copies.unet, copies.text_models
         self.training_dtype, self.device = copies.training_dtype, copies.device
+        self.checkpointing = copies.checkpointing  # granularity, None when off
         self.model_sampling = model.get_model_object("model_sampling")  # honours ModelSamplingDiscrete patches
         self.latent_format = base.latent_format
         self.clip, self.identifier = clip, identifier

@@ -77,6 +77,7 @@ class ComfySDXLBackend(ComfyDiffusionBackend):
         )
         self.unet, self.towers = copies.unet, dict(zip(TOWERS, copies.text_models, strict=True))
         self.training_dtype, self.device = copies.training_dtype, copies.device
+        self.checkpointing = copies.checkpointing  # granularity, None when off
         self.model_sampling = model.get_model_object("model_sampling")
         self.latent_format = base.latent_format
         self.embedder = base.embedder  # Timestep(256): no weights

@@ -17,13 +17,14 @@ from ...f2d_core.run_lock import run_lock
 from ...f2d_core.training.backend import POOLED_SOURCES
 from ...f2d_core.training.data.cache import module_fingerprint
 from ...f2d_core.training.losses import LOSSES
-from ...f2d_core.training.precision import TRAINING_DTYPES, dtype_name
+from ...f2d_core.training.precision import TRAINING_DTYPES
 from ...f2d_core.training.size_conditioning import SIZE_CONDITIONINGS
 from ...f2d_core.training.trainer import MapperTrainer, TrainSettings
 from ..model_paths import training_run_dir
 from ..out_of_memory import OUT_OF_MEMORY, released_out_of_memory
 from ..out_of_memory import summary as memory_error_summary
 from ..sockets import F2DDatasetSocket, F2DModel, F2DModelSocket, F2DTrainedMapperSocket, TrainedMapper
+from .comfy_backend import computation_record
 from .comfy_backend_sdxl import make_backend
 from .options_node import F2DTrainingOptionsSocket, TrainingOptions
 from .starting_mapper import START_FROM, starting_mapper
@@ -253,7 +254,8 @@ class F2DTrainMapper(io.ComfyNode):
                     checkpoint_granularity=options.checkpoint_granularity,
                     training_dtype=training_dtype,
                 )
-                dtype = dtype_name(backend.training_dtype)
+                computation = computation_record(backend)
+                dtype = computation["training_dtype"]
                 source = f2d_model.encoder.mapper
                 mapper = starting_mapper(backend, source, start_from, seed, pooled_source, settings.class_prompt)
                 mapper = mapper.to(backend.device)
@@ -307,9 +309,7 @@ class F2DTrainMapper(io.ComfyNode):
                 "run_dir": str(run_dir),
                 "eval_loss_start": result.eval_loss_start,
                 "eval_loss_end": result.eval_loss_end,
-                "training_dtype": dtype,
-                "gradient_checkpointing": gradient_checkpointing,
-                "checkpoint_granularity": options.checkpoint_granularity if gradient_checkpointing else None,
+                **computation,
                 "family": backend_family,
                 "run_identity": asdict(result.identity) if result.identity else None,
                 **dataset.settings,

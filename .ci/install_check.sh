@@ -11,19 +11,24 @@ cd "$(dirname "$0")/.."
 WORK=${F2D_INSTALL_CHECK_DIR:-/tmp/f2d-install-check}
 rm -rf "$WORK"
 mkdir -p "$WORK"
+# pip's output without the index's "is ignored" lines, and pip's own exit status (pipefail; grep's is dropped)
+quiet() { "$@" 2>&1 | { grep -v "is ignored" || true; }; }
 python3 -m venv "$WORK/base"
 # The user's ComfyUI venv: ComfyUI's requirements.txt installs torch and torchvision (here the machine's CPU
 # builds, held by the constraints only while the base is made), and numpy.
-"$WORK/base/bin/python" -m pip install -q -c .ci/constraints.txt torch torchvision numpy 2>&1 | grep -v "is ignored" || true
+quiet "$WORK/base/bin/python" -m pip install -q -c .ci/constraints.txt torch torchvision numpy
 
 status=0
 for start in fresh onnxruntime-gpu onnxruntime; do
   venv="$WORK/$start"
   cp -al "$WORK/base" "$venv"
   py="$venv/bin/python"  # never bin/pip: its shebang names the base venv's python
-  if [ "$start" != fresh ]; then "$py" -m pip install -q "$start" 2>&1 | grep -v "is ignored" || true; fi
+  if [ "$start" != fresh ]; then quiet "$py" -m pip install -q "$start"; fi
   "$py" -m pip list --format=json > "$WORK/$start.before.json" 2>/dev/null
-  "$py" -m pip install -q -r requirements.txt 2>&1 | grep -v "is ignored" || true  # the README's line, as written
+  if ! quiet "$py" -m pip install -q -r requirements.txt; then  # the README's line, as written
+    echo "$start: the README's install failed"
+    status=1
+  fi
   "$py" -m pip list --format=json > "$WORK/$start.after.json" 2>/dev/null
   "$py" .ci/install_rule.py "$start" "$WORK/$start.before.json" "$WORK/$start.after.json" || status=1
   if ! "$py" -c "import torchvision" 2>/dev/null; then  # the CUDA torchvision wheel on CPU torch (see .ci/run)

@@ -4,7 +4,6 @@ and one KSampler run exactly as core's KSampler does it."""
 from __future__ import annotations
 
 import comfy.ldm.modules.attention as comfy_attention
-import comfy.model_base
 import comfy.model_management
 import comfy.sample
 import comfy.utils
@@ -32,8 +31,8 @@ def check_sd1_freecure(model, face_family: str) -> None:
     """Refuse what FreeCure here is not for: a face from an SDXL mapper, or a MODEL that is not an SD1.x UNet.
 
     F2D's FreeCure (its paper's F2D setting, docs/freecure.md) patches SD1.x's up-block self-attention and
-    builds the person's conditioning without SDXL's pooled vector. A MODEL counts as SD1.x when it is not
-    SDXL and its UNet's cross-attention width is 768 (SD2.x: 1024, SDXL: 2048; Flux and SD3 have no UNet).
+    builds the person's conditioning without SDXL's pooled vector. A MODEL counts as SD1.x when its UNet's
+    cross-attention width is 768 (SD2.x: 1024, SDXL: 2048, SDXL refiner: 1280; Flux and SD3 have no UNet).
     Raises FreeCureModelError naming what was given.
     """
     if face_family == "sdxl":
@@ -42,7 +41,7 @@ def check_sd1_freecure(model, face_family: str) -> None:
         )
     base = model.model
     width = base.model_config.unet_config.get("context_dim")
-    if isinstance(base, (comfy.model_base.SDXL, comfy.model_base.SDXLRefiner)) or width != SD1_CONTEXT_DIM:
+    if width != SD1_CONTEXT_DIM:
         raise FreeCureModelError(
             f"F2D FreeCure runs on SD1.x checkpoints, and this MODEL is {type(base).__name__} (cross-attention "
             f"width {width}, SD1.x's is {SD1_CONTEXT_DIM}): load an SD1.x checkpoint (e.g. SD1.5). " + SDXL_INSTEAD

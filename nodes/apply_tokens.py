@@ -9,7 +9,6 @@ from comfy_api.latest import io
 from ..f2d_core.conditioning.identity_start import DEFAULT_CLASS_NOUN
 from ..f2d_core.conditioning.injection import DEFAULT_IDENTIFIER
 from ..f2d_core.errors import F2DError
-from ..f2d_core.identity.norm_match import SETTINGS_KEY as NORM_MATCH_KEY
 from .clip_tokens import clip_skip_warning, fine_tuned_towers_warning
 from .face_conditioning import (
     checked_identifier,
@@ -34,8 +33,8 @@ def s_star_for_prompt(face: F2DFace, expression: F2DExpression | None, strength:
             "This F2D face was loaded from a file without its mapper, so no expression can be mixed in: connect "
             "an F2D model to Load F2D Face."
         )
-    norm_match = str(face.face.settings.get(NORM_MATCH_KEY, "off"))
-    return face.encoder.s_star(face.face.idvec, expression.code, strength * expression.strength, norm_match)  # CPU
+    code, mixed = expression.code, strength * expression.strength
+    return face.encoder.s_star(face.face.idvec, code, mixed, face.face.norm_match)  # on the CPU
 
 
 class F2DApplyTokens(io.ComfyNode):

@@ -14,7 +14,6 @@ from comfy_api.latest import io, ui
 from ..f2d_core.errors import WeightFileError
 from ..f2d_core.identity.face_encoder import EncodedFace, FaceEncoder
 from ..f2d_core.identity.face_file import load_face, save_embedding, save_face
-from ..f2d_core.identity.norm_match import SETTINGS_KEY as NORM_MATCH_KEY
 from ..f2d_core.identity.s_star_family import s_star_family
 from .encode_face import crops_as_image
 from .model_paths import FACES_FOLDER
@@ -36,7 +35,7 @@ def face_for_mapper(face: EncodedFace, encoder: FaceEncoder | None) -> tuple[Enc
             f"S* as saved, made by the mapper {saved_mapper}; connect an F2D model to map it with that model's mapper"
         )
     mapper = encoder.sources.get("mapper", "")
-    s_star = encoder.s_star(face.idvec, norm_match=str(face.settings.get(NORM_MATCH_KEY, "off")))
+    s_star = encoder.s_star(face.idvec, norm_match=face.norm_match)
     face = dataclasses.replace(face, s_star=s_star, settings={**face.settings, "mapper": mapper})
     note = f"S* mapped by the connected F2D model's mapper {mapper} (saved with {saved_mapper})"
     saved_msid, msid = face.settings.get("msid"), encoder.sources.get("msid", "")

@@ -17,6 +17,7 @@ from ..faces.alignment import align_faces, to_msid_input
 from ..faces.face_detection import DetectedFace, FaceDetector, OnMissing, detect_faces
 from ..images import ImageLike, as_labeled_images
 from ..progress import Progress
+from .norm_match import SETTINGS_KEY as NORM_MATCH_KEY
 from .norm_match import mapper_anchors, match_anchor_norms
 from .s_star_family import SStar, map_s_star, s_star_tensors
 
@@ -36,6 +37,12 @@ class EncodedFace:
     faces: list[DetectedFace | None] = field(default_factory=list)  # per input image; None = skipped
     settings: dict[str, object] = field(default_factory=dict)
     pooled_source: str | None = None  # SDXL: where the pooled vector comes from, as the mapper was trained
+
+    @property
+    def norm_match(self) -> str:
+        """ "anchor" when F2D Norm Match rescaled this S* (recorded in `settings`, so in a saved face), else "off":
+        what `FaceEncoder.s_star` is asked for when S* is mapped again (another expression, another mapper)."""
+        return str(self.settings.get(NORM_MATCH_KEY, "off"))
 
 
 def face_box_masks(faces: Sequence[DetectedFace | None], height: int, width: int) -> torch.Tensor:
